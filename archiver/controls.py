@@ -1,0 +1,130 @@
+"""What may stop or slow a run between batches (issue 3, "Spare production"): signals, a stop
+file, max runtime, max rows, sleep between batches, replica lag; plus progress display and the
+test-only fault hook."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from common.config import ResolvedOptions
+from common.events import TableResult
+
+log = logging.getLogger("archiver")
+
+#: Test-only fault injection (issue 3): "after_upload:3" SIGKILLs this process the 3rd time it
+#: reaches that point. Unset in production; documented in tests/test_faults.py.
+HOOK_ENV = "ARCHIVER_TEST_KILL_AT"
+
+
+@dataclass
+class RunControls:
+    stop_file: Path | None = None
+    max_rows: int | None = None
+    max_runtime_seconds: float | None = None
+    wait_for_lock: float = 0.0
+    replica_dsns: list[str] = field(default_factory=list)
+    show_progress: bool = False
+    started: float = field(default_factory=time.monotonic)
+    rows_this_run: int = 0
+    signal_received: int | None = None
+    hard_stop: bool = False
+    _hook_counts: dict[str, int] = field(default_factory=dict)
+    _last_progress: float = 0.0
+    _stop_event: threading.Event = field(default_factory=threading.Event)
+
+    # -- signals -----------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM: finish the current batch, then stop (exit 130 / 0-1)."""
+        def handler(signum: int, _frame: Any) -> None:
+            if self.signal_received is not None:  # a second signal: stop waiting for a stuck read
+                self.hard_stop = True
+            self.signal_received = signum
+            self._stop_event.set()
+            log.warning("received %s; finishing the current batch, then stopping", signal.Signals(signum).name)
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    @property
+    def stopping(self) -> bool:
+        return self.signal_received is not None
+
+    def should_stop(self, result: TableResult) -> bool:
+        if self.stopping:
+            return True
+        if self.stop_file is not None and self.stop_file.exists():
+            log.info("stop file %s exists; stopping after this batch", self.stop_file)
+            self._stop_event.set()
+            self.signal_received = 0
+            return True
+        if self.max_rows is not None and self.rows_this_run >= self.max_rows:
+            log.info("--max-rows %d reached; stopping (the next run resumes)", self.max_rows)
+            return True
+        if self.max_runtime_seconds is not None and time.monotonic() - self.started >= self.max_runtime_seconds:
+            log.info("max runtime reached; stopping cleanly (the next run resumes)")
+            self.signal_received = 0
+            return True
+        return False
+
+    def pause_between_batches(self, opts: ResolvedOptions, conn: psycopg.Connection[Any]) -> None:
+        if opts.sleep_seconds:
+            self._stop_event.wait(opts.sleep_seconds)
+        if opts.max_replica_lag_seconds and self.replica_dsns:
+            self._wait_for_replicas(opts.max_replica_lag_seconds)
+
+    def _wait_for_replicas(self, limit: float) -> None:
+        while not self.stopping:
+            lag = max((replica_lag(dsn) for dsn in self.replica_dsns), default=0.0)
+            if lag <= limit:
+                return
+            log.warning("replica lag %.1fs exceeds %.1fs; pausing", lag, limit)
+            self._stop_event.wait(min(limit, 10.0))
+
+    # -- progress ----------------------------------------------------------------------------
+    def progress(self, r: TableResult) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-6)
+        if self.show_progress:
+            sys.stderr.write(f"\r{r.database} {r.name}: {r.rows:,} rows, {r.objects} objects, {r.rows / elapsed:,.0f} rows/s   ")
+            sys.stderr.flush()
+        elif now - self._last_progress >= 30:
+            self._last_progress = now
+            log.info("progress: %d rows archived in %d objects (%.0f rows/s)", r.rows, r.objects, r.rows / elapsed,
+                     extra={"database": r.database, "table": r.name})
+
+    def add_rows(self, n: int) -> None:
+        self.rows_this_run += n
+
+    # -- fault injection (tests only) --------------------------------------------------------
+    def hook(self, point: str) -> None:
+        spec = os.environ.get(HOOK_ENV)
+        if not spec:
+            return
+        where, _, nth = spec.partition(":")
+        if where != point:
+            return
+        self._hook_counts[point] = self._hook_counts.get(point, 0) + 1
+        if self._hook_counts[point] >= int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def replica_lag(dsn: str) -> float:
+    """Seconds the replica's replay lags; 0 when it is idle or not a replica."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() <> pg_last_wal_replay_lsn()"
+                " THEN EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) ELSE 0 END"
+            ).fetchone()
+            return float(row[0] or 0) if row else 0.0
+    except psycopg.Error as exc:
+        log.warning("cannot check replica lag: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        return float("inf")

@@ -1,0 +1,81 @@
+"""--dry-run (issue 2): validate config, connect, check each table, column and primary key, and
+print per table the cutoff, eligible rows and estimated objects. Writes nothing, deletes nothing,
+never prints a password."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+
+from archiver.selection import Selection, cutoff_for
+from archiver.table_job import inspect_table
+from common.config import Config
+from common.db import connect, conninfo, describe_target, session_settings
+from common.errors import ArchiverError, ServiceUnavailable
+from common.exit_codes import ExitCode
+from common.s3client import primary_storage
+
+
+def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None) -> tuple[list[str], ExitCode]:
+    lines = [f"config {cfg.source}: valid", _storage_line(cfg, s3_client)]
+    code = ExitCode.OK
+    for db in cfg.databases:
+        opts = cfg.options(db.tables[0]) if db.tables else cfg.defaults
+        info = conninfo(db)
+        try:
+            conn = connect(info, session_settings(application_name=f"{opts.application_name} (dry run)",
+                                                  statement_timeout=opts.statement_timeout, lock_timeout=opts.lock_timeout))
+        except ServiceUnavailable as exc:
+            lines.append(f"database {db.name}: {exc}")
+            code = ExitCode.UNAVAILABLE
+            continue
+        lines.append(f"database {db.name} ({describe_target(info)}): connected")
+        with conn:
+            conn.read_only = True
+            for t in db.tables:
+                try:
+                    lines.append(_table_line(conn, cfg, t, now))
+                except (ArchiverError, Exception) as exc:  # noqa: BLE001 - report every table
+                    conn.rollback()
+                    lines.append(f"  {t.schema_}.{t.name}: error: {str(exc).splitlines()[0]}")
+                    code = max(code, ExitCode.FAILURE)
+    lines.append("dry run: nothing was written or deleted")
+    return lines, code
+
+
+def _table_line(conn: Any, cfg: Config, t: Any, now: datetime) -> str:
+    opts = cfg.options(t)
+    _oid, schema, pk_type = inspect_table(conn, t)
+    sel = Selection(t, schema, cutoff_for(opts.retention_days, now), pk_type)
+    pred, params = sel.predicate()
+    day = sql.SQL("date_trunc('day', {ts}::timestamptz AT TIME ZONE 'UTC')").format(ts=sel.ts)
+    query = sql.SQL(
+        "SELECT coalesce(sum(n), 0), coalesce(sum(ceil(n::numeric / %(bs)s)), 0), min(d), max(d)"
+        " FROM (SELECT {day} AS d, count(*) AS n FROM {rel} WHERE {pred} GROUP BY 1) per_day"
+    ).format(day=day, rel=sel.relation, pred=pred)
+    rows, objects, first, last = conn.execute(query, dict(params, bs=opts.batch_size)).fetchone()
+    skipped = conn.execute(
+        sql.SQL("SELECT count(*) FROM {rel} WHERE {ts} < %(floor)s").format(rel=sel.relation, ts=sel.ts),
+        {"floor": params["floor"]},
+    ).fetchone()[0]
+    conn.rollback()
+    span = f", days {first:%Y-%m-%d}..{last:%Y-%m-%d}" if first else ""
+    note = f"; {skipped} rows before year 1 or -infinity stay in the table" if skipped else ""
+    return (f"  {t.schema_}.{t.name}: cutoff {sel.cutoff:%Y-%m-%dT%H:%M:%SZ} (retention {opts.retention_days} days),"
+            f" eligible rows {rows}, estimated objects {objects}{span}, format {opts.format},"
+            f" delete after archive {'yes' if opts.delete_after_archive else 'no'}{note}")
+
+
+def _storage_line(cfg: Config, s3_client: Any | None) -> str:
+    if cfg.storage == "local":
+        return f"storage: local directory {cfg.local_dir}"
+    store = primary_storage(cfg, s3_client)
+    target = f"s3://{cfg.s3.bucket}/{cfg.s3.prefix}"
+    try:
+        store.probe()  # type: ignore[attr-defined]
+        status = "reachable"
+    except Exception as exc:  # noqa: BLE001
+        status = f"NOT reachable ({str(exc).splitlines()[0][:120]})"
+    fb = f", fallback {cfg.s3.local_fallback_dir}" if cfg.s3.local_fallback_dir else ", no fallback directory"
+    return f"storage: {target} ({status}), class {cfg.s3.storage_class}{fb}"

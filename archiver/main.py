@@ -1,0 +1,44 @@
+"""`python -m archiver.main`: move expired rows to verified archives. A thin click entrypoint."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from common.errors import run_tool
+from common.exit_codes import ExitCode
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML config file.")
+@click.option("--dry-run", is_flag=True, help="Check config, connections and tables; show what would be archived. Changes nothing.")
+@click.option("--database", "databases", multiple=True, help="Only these configured databases (repeatable).")
+@click.option("--table", "tables", multiple=True, help="Only these configured tables (repeatable).")
+@click.option("--max-rows", type=click.IntRange(min=1), help="Stop after archiving this many rows in this run.")
+@click.option("--stop-file", type=click.Path(path_type=Path), help="Finish the current batch and exit 0 when this file exists [default: <checkpoint_dir>/STOP].")
+@click.option("--wait-for-lock", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Seconds to wait for a table another archiver is working on (default: skip it).")
+@click.option("--daemon", is_flag=True, help="Run now and then every schedule.interval until SIGTERM.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging and tracebacks.")
+def cli(config_path: Path, dry_run: bool, databases: tuple[str, ...], tables: tuple[str, ...], max_rows: int | None,
+        stop_file: Path | None, wait_for_lock: float, daemon: bool, verbose: bool) -> None:
+    """Archive rows older than each table's retention to S3 (or a local directory), verify every
+    object, then delete exactly the archived rows."""
+    from archiver.app import ArchiverOptions, run
+
+    options = ArchiverOptions(config_path=config_path, dry_run=dry_run, databases=databases, tables=tables,
+                              max_rows=max_rows, stop_file=stop_file, wait_for_lock=wait_for_lock,
+                              daemon=daemon, verbose=verbose)
+    sys.exit(run_tool(lambda: run(options), verbose=verbose, tool="archiver"))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = ["cli", "main", "ExitCode"]

@@ -1,0 +1,156 @@
+"""Runs the archiver over every configured table: drains the fallback directory, archives tables
+(databases in parallel up to max_workers), prints the summary and decides the exit code."""
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+
+from archiver.controls import RunControls
+from archiver.dry_run import plan
+from archiver.sink import ArchiveSink, FallbackFull
+from archiver.table_job import TableBusy, TableJob
+from common.checkpoint import CheckpointStore
+from common.config import Config, DatabaseConfig
+from common.db import conninfo, pool, session_settings
+from common.errors import ArchiverError, ServiceUnavailable, UsageError, describe
+from common.events import NullObserver, Observer, TableResult
+from common.exit_codes import ExitCode
+from common.s3client import fallback_storage, primary_storage
+
+log = logging.getLogger("archiver")
+
+
+def make_sink(cfg: Config, s3_client: Any | None = None) -> ArchiveSink:
+    return ArchiveSink(primary_storage(cfg, s3_client), fallback_storage(cfg),
+                       probe_interval=cfg.s3.probe_interval_seconds)
+
+
+def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: Observer | None = None,
+                s3_client: Any | None = None, now: datetime | None = None,
+                only: Callable[[str, str], bool] | None = None) -> tuple[list[TableResult], ExitCode]:
+    controls = controls or RunControls()
+    observer = observer or NullObserver()
+    sink = make_sink(cfg, s3_client)
+    checkpoints = CheckpointStore(cfg.checkpoint_dir)
+    observer.run_started()
+    drain = sink.drain()
+    results: list[TableResult] = []
+
+    def one_database(db: DatabaseConfig) -> list[TableResult]:
+        return _run_database(cfg, db, sink=sink, checkpoints=checkpoints, controls=controls,
+                             observer=observer, now=now, only=only)
+
+    workers = max(1, min(cfg.defaults.max_workers, len(cfg.databases) or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db") as ex:
+        for db_results in ex.map(one_database, cfg.databases):
+            results.extend(db_results)
+    code = exit_code(results, controls, drain_quarantined=drain.quarantined)
+    _summary(results)
+    observer.run_finished(results, int(code))
+    return results, code
+
+
+def exit_code(results: list[TableResult], controls: RunControls, *, drain_quarantined: int = 0) -> ExitCode:
+    if controls.signal_received == signal.SIGINT:
+        return ExitCode.INTERRUPTED
+    if any(r.error_kind in ("database_unreachable", "s3_unreachable") for r in results):
+        return ExitCode.UNAVAILABLE
+    if any(r.status == "failed" for r in results) or drain_quarantined:
+        return ExitCode.FAILURE
+    return ExitCode.OK
+
+
+def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpoints: CheckpointStore,
+                  controls: RunControls, observer: Observer, now: datetime | None,
+                  only: Callable[[str, str], bool] | None) -> list[TableResult]:
+    tables = [t for t in db.tables if only is None or only(db.name, t.name)]
+    results = [TableResult(db.name, t.schema_, t.name) for t in tables]
+    if not tables:
+        return results
+    defaults = cfg.options(tables[0])
+    settings = session_settings(application_name=defaults.application_name,
+                                statement_timeout=defaults.statement_timeout, lock_timeout=defaults.lock_timeout)
+    info = conninfo(db)
+    try:
+        with pool(info, settings, size=max(defaults.connection_pool_size, 2)) as p:
+            for i, t in enumerate(tables):
+                if controls.stopping:
+                    results[i].status = "stopped"
+                    continue
+                with p.connection() as conn, p.connection() as reader_conn:
+                    job = TableJob(cfg=cfg, db=db, table=t, conn=conn, reader_conn=reader_conn, sink=sink,
+                                   checkpoints=checkpoints, controls=controls, observer=observer, now=now)
+                    results[i] = _run_table(job)
+                observer.table_done(results[i])
+    except ServiceUnavailable as exc:
+        log.error("database %s failed: %s", db.name, exc, extra={"database": db.name})
+        for r in results:
+            if r.status == "pending":
+                r.status, r.error, r.error_kind = "failed", str(exc), "database_unreachable"
+                observer.table_done(r)
+    return results
+
+
+def _run_table(job: TableJob) -> TableResult:
+    r = job.result
+    ctx = job.ctx
+    try:
+        job.run()
+        if r.status == "completed":
+            log.info("table %s completed: %d rows archived in %d objects, %s, ratio %.1fx, %.1fs",
+                     r.name, r.rows, r.objects, _human(r.bytes), r.ratio, r.seconds, extra=ctx)
+        else:
+            log.info("table %s stopped early after %d rows; the next run resumes", r.name, r.rows, extra=ctx)
+    except TableBusy as exc:
+        r.status, r.notes = "skipped", [str(exc)]
+        log.warning("%s", exc, extra=ctx)
+    except BaseException as exc:  # noqa: BLE001 - one table failing must not stop the others
+        code, message = describe(exc)
+        r.status, r.error = "failed", message
+        r.error_kind = _kind(exc, code)
+        log.error("table %s failed: %s", r.name, message, extra=ctx, exc_info=log.isEnabledFor(logging.DEBUG))
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+    return r
+
+
+def _kind(exc: BaseException, code: ExitCode) -> str:
+    if isinstance(exc, FallbackFull):
+        return "fallback"
+    if isinstance(exc, ServiceUnavailable):
+        return "s3_unreachable" if "S3" in str(exc) else "database_unreachable"
+    if isinstance(exc, psycopg.OperationalError):
+        return "database"
+    if isinstance(exc, UsageError):
+        return "config"
+    if isinstance(exc, ArchiverError):
+        return "integrity" if "checksum" in str(exc) else "other"
+    return "s3" if code == ExitCode.UNAVAILABLE else "other"
+
+
+def _summary(results: list[TableResult]) -> None:
+    for r in results:
+        log.info("summary %s.%s: %s, %d rows, %d objects (%d in fallback), %s, compression %.1fx, %.1fs%s",
+                 r.database, r.name, r.status, r.rows, r.objects, r.fallback_objects, _human(r.bytes), r.ratio,
+                 r.seconds, f", error: {r.error}" if r.error else "")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def dry_run(cfg: Config, *, now: datetime | None = None, s3_client: Any | None = None) -> tuple[list[str], ExitCode]:
+    """Check config, connections, tables and columns; report what a run would do. Writes nothing."""
+    return plan(cfg, now=now or datetime.now(timezone.utc), s3_client=s3_client)
+
+

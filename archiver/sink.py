@@ -1,0 +1,169 @@
+"""Puts verified batches somewhere safe: S3 first; when S3 fails after botocore's retries, the local
+fallback directory with the same key layout (issue 3), behind a circuit breaker so one outage does
+not cost botocore's retries on every batch. Also drains the fallback directory back to S3."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from common.errors import ArchiverError, DataIntegrityError, ServiceUnavailable
+from common.layout import data_key, is_manifest, manifest_key
+from common.manifest import Manifest, sha256_hex
+from common.storage import LocalStorage, Storage, is_disk_full
+
+log = logging.getLogger("archiver.sink")
+
+
+class FallbackFull(ArchiverError):
+    pass
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Connection refused, timeouts, 5xx: S3 is unavailable rather than refusing this request."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = exc.response.get("Error", {}).get("Code", "")
+        return status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout")
+    return isinstance(exc, BotoCoreError)
+
+
+@dataclass
+class DrainResult:
+    drained: int = 0
+    quarantined: int = 0
+    remaining: int = 0
+
+
+class ArchiveSink:
+    def __init__(self, primary: Storage, fallback: LocalStorage | None, *, probe_interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.probe_interval = probe_interval
+        self.clock = clock
+        self.opened_at: float | None = None  # circuit open since
+
+    @property
+    def s3_down(self) -> bool:
+        return self.opened_at is not None
+
+    def _circuit_allows_primary(self) -> bool:
+        if self.opened_at is None:
+            return True
+        if self.clock() - self.opened_at < self.probe_interval:
+            return False
+        probe = getattr(self.primary, "probe", None)
+        try:
+            if probe is not None:
+                probe()
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the circuit open
+            log.debug("S3 probe failed: %s", exc)
+            self.opened_at = self.clock()
+            return False
+        log.info("S3 reachable again; closing the circuit breaker")
+        self.opened_at = None
+        return True
+
+    def put(self, manifest: Manifest, data: bytes) -> str:
+        """Store object then manifest, both verified; returns the location ('s3', 'local', 'fallback')."""
+        if self._circuit_allows_primary():
+            try:
+                _put_pair(self.primary, manifest, data)
+                return self.primary.location
+            except (BotoCoreError, ClientError) as exc:
+                if not is_outage(exc):
+                    raise
+                self._cleanup(self.primary, manifest.key)
+                if self.fallback is None:
+                    raise ServiceUnavailable(f"S3 upload of {manifest.key} failed and no s3.local_fallback_dir is configured: {exc}") from None
+                log.warning("S3 upload failed (%s); S3 marked down, batches go to the fallback directory %s",
+                            _short(exc), self.fallback.root)
+                self.opened_at = self.clock()
+        assert self.fallback is not None
+        try:
+            _put_pair(self.fallback, manifest, data)
+        except OSError as exc:
+            self._cleanup(self.fallback, manifest.key)
+            if is_disk_full(exc):
+                raise FallbackFull(f"fallback directory {self.fallback.root} is full (ENOSPC); no rows deleted for this batch") from None
+            raise FallbackFull(f"cannot write to fallback directory {self.fallback.root}: {exc.strerror}") from None
+        return self.fallback.location
+
+    def remove(self, key: str, location: str) -> None:
+        store = self.fallback if location == "fallback" and self.fallback else self.primary
+        self._cleanup(store, key)
+
+    @staticmethod
+    def _cleanup(store: Storage, key: str) -> None:
+        for k in (manifest_key(key), key):
+            try:
+                store.delete(k)
+            except Exception as exc:  # noqa: BLE001 - best effort; validate reports what is left
+                log.warning("could not remove %s from %s: %s", k, store.location, _short(exc))
+
+    def drain(self) -> DrainResult:
+        """Upload pending fallback batches to S3, oldest first; quarantine any that fail their checksum."""
+        result = DrainResult()
+        if self.fallback is None or not self._circuit_allows_primary():
+            return result
+        manifests = sorted((o for o in self.fallback.list("") if is_manifest(o.key)),
+                           key=lambda o: (o.last_modified or 0, o.key))
+        for info in manifests:
+            key = data_key(info.key)
+            try:
+                manifest = Manifest.from_bytes(self.fallback.get(info.key), key=info.key)
+                data = self.fallback.get(key)
+                manifest.check(data)
+            except (DataIntegrityError, OSError) as exc:
+                self._quarantine(info.key, key)
+                log.error("fallback batch %s failed its checksum and was quarantined, not uploaded: %s", key, exc)
+                result.quarantined += 1
+                continue
+            try:
+                _put_pair(self.primary, manifest, data)
+            except (BotoCoreError, ClientError) as exc:
+                log.warning("S3 still unavailable while draining the fallback directory: %s", _short(exc))
+                self.opened_at = self.clock()
+                result.remaining = len(manifests) - result.drained - result.quarantined
+                break
+            self.fallback.delete(info.key)
+            self.fallback.delete(key)
+            result.drained += 1
+        if result.drained or result.quarantined:
+            log.info("Drained %d fallback batches to S3 (%d quarantined, %d remaining)",
+                     result.drained, result.quarantined, result.remaining)
+        return result
+
+    def _quarantine(self, mkey: str, key: str) -> None:
+        assert self.fallback is not None
+        qroot = self.fallback.root / ".quarantine"
+        for k in (mkey, key):
+            src = self.fallback.root / k
+            if src.exists():
+                dst = qroot / k
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+
+
+def _put_pair(store: Storage, manifest: Manifest, data: bytes) -> None:
+    store.put(manifest.key, data, sha256=manifest.sha256)
+    mbytes = manifest.to_bytes()
+    store.put(manifest_key(manifest.key), mbytes, sha256=sha256_hex(mbytes))
+
+
+def pending_fallback(fallback: LocalStorage | None) -> tuple[int, int]:
+    """(files, bytes) waiting in the fallback directory, for health and metrics."""
+    if fallback is None or not Path(fallback.root).exists():
+        return 0, 0
+    files = [o for o in fallback.list("") if not o.key.startswith(".quarantine/")]
+    return sum(1 for o in files if is_manifest(o.key)), sum(o.size for o in files)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200]

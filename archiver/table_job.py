@@ -1,0 +1,325 @@
+"""Archives one table: lock it, finish any interrupted move from the checkpoint, then stream
+batches (read + encode in a background thread) through upload, verify and delete."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+import pyarrow.compute as pc
+
+import archiver
+from archiver.controls import RunControls
+from archiver.reader import Batch, batches
+from archiver.selection import Selection, cutoff_for
+from archiver.sink import ArchiveSink, FallbackFull
+from common import batch_writer, layout
+from common.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint
+from common.config import Config, DatabaseConfig, ResolvedOptions, TableConfig
+from common.db import primary_key_columns, table_oid, table_schema
+from common.errors import ArchiverError, DataIntegrityError, ServiceUnavailable, UsageError
+from common.events import Observer, TableResult
+from common.manifest import Manifest, sha256_hex
+from common.pgtypes import TableSchema
+
+log = logging.getLogger("archiver")
+LOCK_CLASS = 0x50474152  # 'PGAR': advisory lock namespace; the table's oid is the other half
+_SUPPORTED_TS = {"timestamptz", "timestamp", "date"}
+_DONE = object()
+
+
+class TableBusy(ArchiverError):
+    pass
+
+
+@dataclass
+class Encoded:
+    batch: Batch
+    manifest: Manifest
+    data: bytes
+
+
+def inspect_table(conn: psycopg.Connection[Any], t: TableConfig) -> tuple[int, TableSchema, str]:
+    """(oid, schema, primary-key type), or a UsageError naming what is missing."""
+    oid = table_oid(conn, t.schema_, t.name)
+    schema = table_schema(conn, oid)
+    names = schema.names
+    for what, col in (("timestamp_column", t.timestamp_column), ("primary_key", t.primary_key)):
+        if col not in names:
+            raise UsageError(f"{t.schema_}.{t.name}: {what} {col!r} is not a column of the table")
+    ts = schema.column(t.timestamp_column)
+    if ts.typname not in _SUPPORTED_TS:
+        raise UsageError(f"{t.schema_}.{t.name}: timestamp_column {t.timestamp_column!r} is {ts.pg_type}, not a timestamp or date")
+    pk = primary_key_columns(conn, oid)
+    if pk != [t.primary_key]:
+        raise UsageError(f"{t.schema_}.{t.name}: primary_key {t.primary_key!r} is not the table's primary key ({', '.join(pk) or 'none'})")
+    return oid, schema, schema.column(t.primary_key).pg_type
+
+
+class TableJob:
+    def __init__(self, *, cfg: Config, db: DatabaseConfig, table: TableConfig, conn: psycopg.Connection[Any],
+                 reader_conn: psycopg.Connection[Any], sink: ArchiveSink, checkpoints: CheckpointStore,
+                 controls: RunControls, observer: Observer, now: datetime | None = None) -> None:
+        self.cfg, self.db, self.t = cfg, db, table
+        self.opts: ResolvedOptions = cfg.options(table)
+        self.conn, self.reader_conn = conn, reader_conn
+        self.sink, self.checkpoints, self.controls, self.observer = sink, checkpoints, controls, observer
+        self.now = now or datetime.now(timezone.utc)
+        self.result = TableResult(db.name, table.schema_, table.name)
+        self.ctx = {"database": db.name, "table": f"{table.schema_}.{table.name}"}
+
+    # -- entry -------------------------------------------------------------------------------
+    def run(self) -> TableResult:
+        started = time.monotonic()
+        oid, schema, pk_type = inspect_table(self.conn, self.t)
+        self.conn.commit()
+        self.sel = Selection(self.t, schema, cutoff_for(self.opts.retention_days, self.now), pk_type)
+        self._lock(oid)
+        try:
+            cp = self._load_checkpoint()
+            self._resume(cp)
+            self._archive(cp)
+        finally:
+            self._unlock(oid)
+            self.result.seconds = time.monotonic() - started
+        return self.result
+
+    # -- locking -----------------------------------------------------------------------------
+    def _lock(self, oid: int) -> None:
+        key = (LOCK_CLASS << 32) | oid
+        deadline = time.monotonic() + self.controls.wait_for_lock
+        while True:
+            got = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            self.conn.commit()
+            if got and got[0]:
+                return
+            if time.monotonic() >= deadline or self.controls.stopping:
+                raise TableBusy(f"{self.result.name} is being archived by another archiver (advisory lock held); skipped")
+            time.sleep(0.5)
+
+    def _unlock(self, oid: int) -> None:
+        try:
+            self.conn.rollback()
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", ((LOCK_CLASS << 32) | oid,))
+            self.conn.commit()
+        except psycopg.Error:
+            pass  # the lock dies with the session anyway
+
+    # -- checkpoint and resume ---------------------------------------------------------------
+    def _load_checkpoint(self) -> Checkpoint:
+        try:
+            cp = self.checkpoints.load(self.db.name, self.t.schema_, self.t.name)
+        except CorruptCheckpoint as exc:
+            log.error("%s; scanning this table's archives for unfinished moves", exc, extra=self.ctx)
+            cp = Checkpoint(self.db.name, self.t.schema_, self.t.name)
+            cp.pending = sorted(self._scan_manifests(), key=lambda m: (m["max_ts"], str(m["max_pk"])))
+        return cp or Checkpoint(self.db.name, self.t.schema_, self.t.name)
+
+    def _scan_manifests(self) -> list[dict[str, Any]]:
+        """All manifests of this table whose key range still has rows in the table (after a corrupt
+        checkpoint): candidates for finishing the move."""
+        prefix = layout.table_prefix(self.cfg.s3.prefix, self.db.name, self.t.schema_, self.t.name)
+        found = []
+        for store in (self.sink.primary, self.sink.fallback):
+            if store is None:
+                continue
+            for info in store.list(prefix):
+                if layout.is_manifest(info.key):
+                    m = Manifest.from_bytes(store.get(info.key), key=info.key)
+                    found.append(asdict(m))
+        return found
+
+    def _resume(self, cp: Checkpoint) -> None:
+        if not cp.pending:
+            if cp.position and not self.opts.delete_after_archive:
+                log.info("Resuming from checkpoint: %s after position %s", self.result.name, cp.position, extra=self.ctx)
+            return
+        for entry in list(cp.pending):
+            manifest = Manifest(**{k: v for k, v in entry.items() if k in Manifest.__dataclass_fields__})
+            log.info("Resuming from checkpoint: %s position %s, interrupted batch %s", self.result.name,
+                     cp.position or "start", manifest.key, extra=self.ctx)
+            self._finish_interrupted(manifest)
+            cp.pending.remove(entry)
+            if not self.opts.delete_after_archive:
+                cp.position = {"ts": manifest.max_ts, "pk": manifest.max_pk}
+            self.checkpoints.save(cp)
+            self.result.resumed += 1
+
+    def _finish_interrupted(self, m: Manifest) -> None:
+        for store in (self.sink.primary, self.sink.fallback):
+            if store is None or store.head(m.key) is None:
+                continue
+            data = store.get(m.key)
+            try:
+                m.check(data)
+            except DataIntegrityError as exc:
+                log.warning("interrupted upload %s is incomplete (%s); removed, its rows stay in the table", m.key, exc, extra=self.ctx)
+                self.sink.remove(m.key, store.location)
+                continue
+            if store.head(layout.manifest_key(m.key)) is None:
+                mb = m.to_bytes()
+                store.put(layout.manifest_key(m.key), mb, sha256=sha256_hex(mb))
+            if self.opts.delete_after_archive:
+                table = batch_writer.decode(data, fmt=m.format, columns=[self.t.primary_key])[0]
+                deleted = self._delete(table.column(self.t.primary_key).to_pylist(), None)
+                self.conn.commit()
+                log.info("finished the interrupted move of %s: %d rows deleted now, %d were already gone",
+                         m.key, deleted, m.rows - deleted, extra=self.ctx)
+            return
+        log.info("interrupted batch %s never reached storage; its rows stay in the table and will be archived again", m.key, extra=self.ctx)
+
+    # -- main loop ---------------------------------------------------------------------------
+    def _archive(self, cp: Checkpoint) -> None:
+        start_after = None
+        if cp.position and not self.opts.delete_after_archive:
+            start_after = (cp.position["ts"], cp.position["pk"])
+        stop = threading.Event()
+        q: queue.Queue[Any] = queue.Queue(maxsize=2)
+        producer = threading.Thread(target=self._produce, args=(q, stop, start_after), daemon=True,
+                                    name=f"reader-{self.t.name}")
+        producer.start()
+        try:
+            while True:
+                item = self._next(q)
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                self._move(cp, item)
+                if self.controls.should_stop(self.result):
+                    self.result.status = "stopped"
+                    break
+                self.controls.pause_between_batches(self.opts, self.reader_conn)
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            cp.pending = []
+            self.checkpoints.save(cp)
+        if self.result.status == "pending":
+            self.result.status = "completed"
+
+    def _next(self, q: queue.Queue[Any]) -> Any:
+        while True:
+            try:
+                return q.get(timeout=0.5)
+            except queue.Empty:
+                if self.controls.hard_stop:
+                    return _DONE
+
+    def _produce(self, q: queue.Queue[Any], stop: threading.Event, start_after: tuple[Any, Any] | None) -> None:
+        try:
+            for batch in batches(self.reader_conn, self.sel, batch_size=self.opts.batch_size,
+                                 all_text=self.opts.format == "jsonl", start_after=start_after, stop=stop):
+                q.put(self._encode(batch))
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self.reader_conn.rollback() if not self.reader_conn.closed else None
+            q.put(exc)
+            return
+        q.put(_DONE)
+
+    def _encode(self, batch: Batch) -> Encoded:
+        rows = batch.rows
+        meta = {"archiver_version": archiver.__version__, "database": self.db.name, "schema": self.t.schema_,
+                "table": self.t.name, "timestamp_column": self.t.timestamp_column, "primary_key": self.t.primary_key}
+        data = batch_writer.encode(rows, fmt=self.opts.format, level=self.opts.compression_level,
+                                   schema=self.sel.schema, encodings=batch.encodings, extra_meta=meta)
+        digest = sha256_hex(data)
+        pk = pc.min_max(rows.column(self.t.primary_key))
+        ts = pc.min_max(rows.column(self.t.timestamp_column))
+        name = f"part-{batch.day:%Y%m%d}-{digest[:20]}{batch_writer.EXTENSIONS[self.opts.format]}"
+        key = layout.object_key(self.cfg.s3.prefix, self.db.name, self.t.schema_, self.t.name, batch.day, name)
+        manifest = Manifest(
+            key=key, sha256=digest, size=len(data), rows=rows.num_rows, database=self.db.name,
+            schema=self.t.schema_, table=self.t.name, primary_key=self.t.primary_key,
+            timestamp_column=self.t.timestamp_column, min_pk=_jsonable(pk["min"].as_py()),
+            max_pk=_jsonable(pk["max"].as_py()), min_ts=_iso(ts["min"].as_py()), max_ts=_iso(ts["max"].as_py()),
+            schema_fingerprint=self.sel.schema.fingerprint(), format=self.opts.format,
+            format_version=1, archiver_version=archiver.__version__,
+            created_at=datetime.now(timezone.utc).isoformat(), source_bytes=batch.source_bytes,
+            columns=[dict(asdict(c), encoding=batch.encodings[c.name]) for c in self.sel.schema.columns],
+        )
+        return Encoded(batch, manifest, data)
+
+    def _move(self, cp: Checkpoint, enc: Encoded) -> None:
+        """Checkpoint, store + verify, then delete exactly the exported rows."""
+        t0 = time.monotonic()
+        m = enc.manifest
+        cp.pending = [asdict(m)]
+        self.checkpoints.save(cp)
+        self.controls.hook("after_checkpoint")
+        try:
+            location = self.sink.put(m, enc.data)
+        except FallbackFull:
+            self.observer.batch_failed(self.result, kind="fallback")
+            raise
+        except ServiceUnavailable:
+            self.observer.batch_failed(self.result, kind="s3")
+            raise
+        self.controls.hook("after_upload")
+        if self.opts.delete_after_archive:
+            pks = enc.batch.rows.column(self.t.primary_key).to_pylist()
+            deleted = self._delete(pks, enc.batch.xmins)
+            if deleted != m.rows:
+                self.conn.rollback()
+                self.sink.remove(m.key, location)
+                self.result.rolled_back_batches += 1
+                self.observer.batch_failed(self.result, kind="conflict")
+                log.warning("batch %s rolled back: %d of %d rows changed since export; they will be archived on a later run",
+                            m.key, m.rows - deleted, m.rows, extra=self.ctx)
+                cp.pending = []
+                return
+            self.controls.hook("before_commit")
+            self.conn.commit()
+        self.controls.hook("after_delete")
+        cp.pending = []
+        cp.position = {"ts": m.max_ts, "pk": m.max_pk}
+        self._count(m, location, time.monotonic() - t0)
+
+    def _count(self, m: Manifest, location: str, seconds: float) -> None:
+        r = self.result
+        r.rows += m.rows
+        r.objects += 1
+        r.bytes += m.size
+        r.source_bytes += m.source_bytes
+        r.fallback_objects += location == "fallback"
+        self.controls.add_rows(m.rows)
+        self.controls.progress(r)
+        self.observer.batch_done(r, rows=m.rows, nbytes=m.size, seconds=seconds, location=location)
+
+    def _delete(self, pks: list[Any], xmins: list[str] | None) -> int:
+        """DELETE the given rows (re-checking the predicate, and xmin when given); retried when a
+        lock timeout hits (issue 3). Leaves the transaction open for the caller to commit."""
+        pred_params = self.sel.predicate()[1]
+        query = self.sel.delete_query(check_xmin=xmins is not None)
+        params = dict(pred_params, pks=pks, xmins=xmins)
+        for attempt in range(4):
+            try:
+                cur = self.conn.execute(query, params)
+                return cur.rowcount
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                self.conn.rollback()
+                if attempt == 3:
+                    raise ArchiverError(f"delete kept timing out on locks ({exc.diag.message_primary}); "
+                                        "the batch stays archived and its rows will be deleted on the next run") from None
+                log.warning("delete hit a lock timeout; retrying in %ds", 2 ** attempt, extra=self.ctx)
+                time.sleep(2 ** attempt)
+        raise AssertionError("unreachable")
+
+
+def _iso(v: Any) -> str:
+    return v.isoformat() if hasattr(v, "isoformat") else str(v)
+
+
+def _jsonable(v: Any) -> Any:
+    return v if isinstance(v, (int, str, float)) or v is None else str(v)

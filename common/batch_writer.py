@@ -1,0 +1,59 @@
+"""Turns one batch of rows into archive bytes: Parquet with zstd (default) or zstd-compressed JSON
+lines, with the PostgreSQL schema carried in the file (Parquet) or manifest (JSONL)."""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
+from common.pgtypes import TableSchema, archive_metadata, read_archive_metadata
+
+EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl.zst"}
+
+
+def encode(table: pa.Table, *, fmt: str, level: int, schema: TableSchema, encodings: dict[str, str],
+           extra_meta: dict[str, Any]) -> bytes:
+    meta = archive_metadata(schema=schema, encodings=encodings, extra=extra_meta)
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        pq.write_table(table.replace_schema_metadata(meta), buf, compression="zstd", compression_level=level,
+                       row_group_size=max(table.num_rows, 1))
+        return buf.getvalue()
+    if fmt == "jsonl":
+        # Every column is in PostgreSQL text form here (see parse_copy_csv(all_text=True)).
+        header = json.dumps({"pg_archiver": json.loads(meta[b"pg_archiver"])}, separators=(",", ":"))
+        names = table.column_names
+        lines = [header] + [json.dumps(dict(zip(names, row)), ensure_ascii=False, separators=(",", ":"))
+                            for row in zip(*(table.column(n).to_pylist() for n in names))]
+        return zstandard.ZstdCompressor(level=level).compress(("\n".join(lines) + "\n").encode())
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def decode(data: bytes, *, fmt: str, columns: list[str] | None = None) -> tuple[pa.Table, TableSchema, dict[str, str], dict[str, Any]]:
+    """Read an archive back: (rows, PostgreSQL schema, column encodings, metadata document)."""
+    if fmt == "parquet":
+        pf = pq.ParquetFile(io.BytesIO(data))
+        schema, encodings, doc = read_archive_metadata(pf.schema_arrow.metadata)
+        return pf.read(columns=columns), schema, encodings, doc
+    if fmt == "jsonl":
+        text = zstandard.ZstdDecompressor().decompressobj().decompress(data).decode()
+        lines = text.splitlines()
+        doc = json.loads(lines[0])["pg_archiver"]
+        meta = {b"pg_archiver": json.dumps(doc).encode()}
+        schema, encodings, doc = read_archive_metadata(meta)
+        names = columns or schema.names
+        rows = [json.loads(line) for line in lines[1:]]
+        table = pa.table({n: pa.array([r.get(n) for r in rows], pa.string()) for n in names})
+        return table, schema, encodings, doc
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def format_of(key: str) -> str:
+    for fmt, ext in EXTENSIONS.items():
+        if key.endswith(ext):
+            return fmt
+    raise ValueError(f"{key}: not an archive object name")

@@ -1,0 +1,89 @@
+"""Per-table checkpoints (issue 3): which batch is in flight (uploaded or about to be, rows not yet
+deleted) and how far archiving got. Written atomically: temp file, fsync, rename, fsync dir. A
+corrupt file is reported and set aside, never trusted."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from common.storage import fsync_dir
+
+log = logging.getLogger("archiver.checkpoint")
+CHECKPOINT_VERSION = 1
+
+
+class CorruptCheckpoint(Exception):
+    pass
+
+
+@dataclass
+class Checkpoint:
+    database: str
+    schema: str
+    table: str
+    #: Manifests (as dicts) of batches written or being written whose rows may not be deleted yet.
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    #: Last archived (timestamp, primary key), as text; used when rows are kept (delete_after_archive: false).
+    position: dict[str, Any] | None = None
+    updated_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": CHECKPOINT_VERSION, "database": self.database, "schema": self.schema,
+                "table": self.table, "pending": self.pending, "position": self.position,
+                "updated_at": self.updated_at}
+
+
+class CheckpointStore:
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def path(self, database: str, schema: str, table: str) -> Path:
+        q = lambda s: quote(s, safe="-_.")  # noqa: E731 - hostile names stay inside the directory
+        return self.directory / q(database) / f"{q(schema)}.{q(table)}.json"
+
+    def load(self, database: str, schema: str, table: str) -> Checkpoint | None:
+        """The saved checkpoint, None when there is none; raises CorruptCheckpoint (after moving the
+        bad file aside as *.corrupt-<time>) when it cannot be trusted."""
+        path = self.path(database, schema, table)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            doc = json.loads(raw)
+            if doc.get("version") != CHECKPOINT_VERSION or (doc["database"], doc["schema"], doc["table"]) != (database, schema, table):
+                raise ValueError("version or table does not match")
+            if not isinstance(doc["pending"], list):
+                raise ValueError("pending is not a list")
+            return Checkpoint(database, schema, table, doc["pending"], doc.get("position"), float(doc.get("updated_at", 0)))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            aside = path.with_name(path.name + f".corrupt-{int(time.time())}")
+            os.replace(path, aside)
+            raise CorruptCheckpoint(f"checkpoint {path} is corrupt ({exc}); moved to {aside.name}") from None
+
+    def save(self, cp: Checkpoint) -> None:
+        path = self.path(cp.database, cp.schema, cp.table)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cp.updated_at = time.time()
+        data = json.dumps(cp.to_json(), default=str).encode()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        fsync_dir(path.parent)

@@ -1,0 +1,132 @@
+"""Database access: connection info (secrets never logged), pooled sessions with the archiver's
+session settings, and catalog look-ups. Identifiers always go through psycopg.sql."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+from common.config import DatabaseConfig
+from common.errors import ConfigError, ServiceUnavailable, UsageError
+from common.pgtypes import COLUMNS_SQL, SESSION_SETTINGS, TableSchema, schema_from_rows
+
+
+def conninfo(db: DatabaseConfig) -> str:
+    """Build a libpq conninfo string; the password comes from password_env / password_file only."""
+    params: dict[str, Any] = {}
+    if not db.dsn:
+        params = {"host": db.host, "port": db.port, "dbname": db.dbname or db.name, "user": db.user}
+    password = _password(db)
+    if password is not None:
+        params["password"] = password
+    return make_conninfo(db.dsn or "", **{k: v for k, v in params.items() if v is not None})
+
+
+def _password(db: DatabaseConfig) -> str | None:
+    if db.password_file:
+        try:
+            return Path(db.password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"databases[{db.name}].password_file: cannot read {db.password_file}: {exc.strerror}") from None
+    if db.password_env:
+        return os.environ.get(db.password_env)
+    return None
+
+
+def describe_target(info: str) -> str:
+    """host:port/dbname for messages: never the password or the full DSN."""
+    try:
+        d = conninfo_to_dict(info)
+    except psycopg.ProgrammingError:
+        return "<unparseable DSN>"
+    host = d.get("host") or d.get("hostaddr") or "localhost"
+    return f"{host}:{d.get('port') or 5432}/{d.get('dbname') or d.get('user') or ''}"
+
+
+def session_settings(*, application_name: str, statement_timeout: str | None, lock_timeout: str | None) -> dict[str, str]:
+    settings = dict(SESSION_SETTINGS, application_name=application_name)
+    if statement_timeout:
+        settings["statement_timeout"] = statement_timeout
+    if lock_timeout:
+        settings["lock_timeout"] = lock_timeout
+    return settings
+
+
+def apply_settings(conn: psycopg.Connection[Any], settings: dict[str, str]) -> None:
+    for name, value in settings.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    conn.commit()
+
+
+def connect(info: str, settings: dict[str, str], *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
+    try:
+        conn = psycopg.connect(info, connect_timeout=connect_timeout, autocommit=False)
+    except psycopg.OperationalError as exc:
+        raise ServiceUnavailable(f"cannot connect to database {describe_target(info)}: {_reason(exc)}") from None
+    apply_settings(conn, settings)
+    return conn
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    # libpq messages may echo connection parameters but never the password; keep the last clause.
+    return text[-1] if text else type(exc).__name__
+
+
+@contextmanager
+def pool(info: str, settings: dict[str, str], *, size: int) -> Iterator[ConnectionPool]:
+    """A psycopg-pool honouring connection_pool_size (issue 3); opened eagerly so an unreachable
+    server fails at start with exit 3."""
+    p = ConnectionPool(info, min_size=1, max_size=max(size, 1), open=False,
+                       configure=lambda c: apply_settings(c, settings),
+                       kwargs={"connect_timeout": 10, "autocommit": False}, name="archiver")
+    try:
+        p.open(wait=True, timeout=15)
+    except Exception as exc:  # psycopg_pool.PoolTimeout hides the libpq reason; probe once for it
+        try:
+            psycopg.connect(info, connect_timeout=5).close()
+            reason = str(exc)
+        except psycopg.OperationalError as inner:
+            reason = _reason(inner)
+        p.close()
+        raise ServiceUnavailable(f"cannot connect to database {describe_target(info)}: {reason}") from None
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def table_oid(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
+    row = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        (schema, table),
+    ).fetchone()
+    if row is None:
+        raise UsageError(f"table {schema}.{table} does not exist")
+    return int(row[0])
+
+
+def table_schema(conn: psycopg.Connection[Any], oid: int) -> TableSchema:
+    return schema_from_rows(conn.execute(COLUMNS_SQL, (oid,)).fetchall())
+
+
+def primary_key_columns(conn: psycopg.Connection[Any], oid: int) -> list[str]:
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+        " WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord",
+        (oid,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def qualified(schema: str, table: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))

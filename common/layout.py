@@ -1,0 +1,74 @@
+"""Archive key layout (issue 2): <prefix>/<database>/<schema>.<table>/year=YYYY/month=MM/day=DD/<name>.
+Names are percent-quoted so a hostile table name cannot climb out of its folder."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from urllib.parse import quote, unquote
+
+MANIFEST_SUFFIX = ".manifest.json"
+_PART_RE = re.compile(r"^year=(\d{4})/month=(\d{2})/day=(\d{2})/([^/]+)$")
+
+
+def _q(part: str) -> str:
+    return quote(part, safe="-_.@+=")
+
+
+def join(prefix: str, key: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/{key}" if prefix else key
+
+
+def table_prefix(prefix: str, database: str, schema: str, table: str) -> str:
+    return join(prefix, f"{_q(database)}/{_q(schema)}.{_q(table)}/")
+
+
+def database_prefix(prefix: str, database: str) -> str:
+    return join(prefix, f"{_q(database)}/")
+
+
+def object_key(prefix: str, database: str, schema: str, table: str, day: date, name: str) -> str:
+    return (f"{table_prefix(prefix, database, schema, table)}"
+            f"year={day.year:04d}/month={day.month:02d}/day={day.day:02d}/{_q(name)}")
+
+
+def manifest_key(key: str) -> str:
+    return key + MANIFEST_SUFFIX
+
+
+def is_manifest(key: str) -> bool:
+    return key.endswith(MANIFEST_SUFFIX)
+
+
+def data_key(manifest: str) -> str:
+    return manifest[: -len(MANIFEST_SUFFIX)]
+
+
+@dataclass(frozen=True)
+class ParsedKey:
+    database: str
+    schema: str
+    table: str
+    day: date
+    name: str
+
+
+def parse_key(prefix: str, key: str) -> ParsedKey | None:
+    """Split a key back into its parts; None for keys outside the layout (strays)."""
+    base = join(prefix, "")
+    if base and not key.startswith(base):
+        return None
+    rest = key[len(base):]
+    parts = rest.split("/", 2)
+    if len(parts) != 3 or "." not in parts[1]:
+        return None
+    m = _PART_RE.match(parts[2])
+    if not m:
+        return None
+    schema, _, table = parts[1].partition(".")
+    try:
+        day = date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    except ValueError:
+        return None
+    return ParsedKey(unquote(parts[0]), unquote(schema), unquote(table), day, unquote(m.group(4)))

@@ -1,0 +1,69 @@
+"""Per-object manifests (issue 2): sha256 and size of the object, row count, pk and timestamp
+ranges, schema fingerprint, format version, created-at. Stored as a sidecar `<key>.manifest.json`;
+the manifest is written after its object and is what makes the object count as archived."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from common.errors import DataIntegrityError
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    key: str
+    sha256: str
+    size: int
+    rows: int
+    database: str
+    schema: str
+    table: str
+    primary_key: str
+    timestamp_column: str
+    min_pk: Any
+    max_pk: Any
+    min_ts: str
+    max_ts: str
+    schema_fingerprint: str
+    format: str
+    format_version: int
+    archiver_version: str
+    created_at: str
+    #: Bytes of the rows as PostgreSQL sent them (CSV), for the compression ratio.
+    source_bytes: int = 0
+    columns: list[dict[str, Any]] = field(default_factory=list)
+    manifest_version: int = MANIFEST_VERSION
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True, default=str).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, key: str = "?") -> Manifest:
+        try:
+            doc = json.loads(data)
+            known = {f for f in cls.__dataclass_fields__}
+            return cls(**{k: v for k, v in doc.items() if k in known})
+        except (ValueError, TypeError) as exc:
+            raise DataIntegrityError(f"manifest {key} is unreadable: {exc}") from None
+
+    def check(self, data: bytes) -> None:
+        """Raise unless data is exactly the object this manifest describes."""
+        if len(data) != self.size:
+            raise DataIntegrityError(f"{self.key}: size {len(data)} differs from manifest size {self.size}")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.sha256:
+            raise DataIntegrityError(f"{self.key}: checksum mismatch (sha256 {digest[:12]}… vs manifest {self.sha256[:12]}…)")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hex_to_b64(hex_digest: str) -> str:
+    """S3's ChecksumSHA256 is the base64 of the raw digest."""
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()

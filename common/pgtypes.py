@@ -1,0 +1,223 @@
+"""PostgreSQL column types <-> Arrow: natural Arrow types where they are lossless, PostgreSQL's own
+`COPY ... TO STDOUT` text form everywhere else (issue 2, "Archive contract"), so restore reproduces
+every value byte for byte.
+
+Rows travel as `COPY (FORMAT csv)`: one server-side query, parsed by pyarrow's C++ CSV reader without
+a Python object per value (issue 2 measured ~140k rows/s this way vs ~21k with a cursor)."""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from hashlib import sha256
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+#: Session settings that make PostgreSQL's text output canonical; restore uses the same ones.
+SESSION_SETTINGS = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "1",
+    "bytea_output": "hex",
+    "client_encoding": "UTF8",
+}
+
+METADATA_KEY = b"pg_archiver"
+FORMAT_VERSION = 1
+
+_SIMPLE: dict[str, pa.DataType] = {
+    "int2": pa.int16(),
+    "int4": pa.int32(),
+    "int8": pa.int64(),
+    "float4": pa.float32(),
+    "float8": pa.float64(),
+    "bool": pa.bool_(),
+    "text": pa.string(),
+    "varchar": pa.string(),
+    "bpchar": pa.string(),
+    "name": pa.string(),
+    "uuid": pa.string(),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "timestamp": pa.timestamp("us"),
+    "date": pa.date32(),
+    "bytea": pa.binary(),
+}
+#: Types whose text form can fail Arrow parsing (infinity, BC dates, NaN numerics): per batch such a
+#: column falls back to the text encoding.
+_FALLIBLE = {"timestamptz", "timestamp", "date", "numeric"}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    typname: str  # pg_type.typname of the column's own type (a domain's name for a domain)
+    pg_type: str  # format_type(), e.g. numeric(12,2), character varying(20)
+    typtype: str  # b base, d domain, e enum, c composite, r range, m multirange
+    precision: int | None = None
+    scale: int | None = None
+    generated: bool = False
+    identity: bool = False
+
+    def natural_type(self) -> pa.DataType | None:
+        """The lossless Arrow type, or None when the text form is stored."""
+        if self.typtype != "b":
+            return None
+        if self.typname == "numeric":
+            if self.precision is not None and self.precision <= 38:
+                return pa.decimal128(self.precision, self.scale or 0)
+            return None
+        return _SIMPLE.get(self.typname)
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def fingerprint(self) -> str:
+        """Identifies the table shape: names and declared types, in order."""
+        text = json.dumps([[c.name, c.pg_type] for c in self.columns], separators=(",", ":"))
+        return "sha256:" + sha256(text.encode()).hexdigest()[:32]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [asdict(c) for c in self.columns]
+
+    @classmethod
+    def from_json(cls, data: list[dict[str, Any]]) -> TableSchema:
+        return cls(tuple(Column(**c) for c in data))
+
+
+COLUMNS_SQL = """
+SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod), t.typtype,
+       CASE WHEN t.typname = 'numeric' AND a.atttypmod >= 4 THEN ((a.atttypmod - 4) >> 16) & 65535 END,
+       CASE WHEN t.typname = 'numeric' AND a.atttypmod >= 4 THEN (a.atttypmod - 4) & 65535 END,
+       a.attgenerated <> '', a.attidentity <> ''
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+
+def schema_from_rows(rows: list[tuple[Any, ...]]) -> TableSchema:
+    return TableSchema(
+        tuple(
+            Column(name=r[0], typname=r[1], pg_type=r[2], typtype=r[3], precision=r[4], scale=r[5],
+                   generated=bool(r[6]), identity=bool(r[7]))
+            for r in rows
+        )
+    )
+
+
+def _csv_options(schema: TableSchema, text_columns: set[str], extra: list[str]) -> dict[str, Any]:
+    types: dict[str, pa.DataType] = {n: pa.string() for n in extra}
+    for c in schema.columns:
+        natural = c.natural_type()
+        if natural is None or c.name in text_columns or c.typname == "bytea":
+            types[c.name] = pa.string()
+        else:
+            types[c.name] = natural
+    return {
+        "read_options": pacsv.ReadOptions(column_names=extra + schema.names, use_threads=True,
+                                          block_size=1 << 22),
+        "parse_options": pacsv.ParseOptions(newlines_in_values=True),
+        # PostgreSQL's CSV writes NULL as an unquoted empty field and '' as a quoted one; 'NaN' is a value.
+        "convert_options": pacsv.ConvertOptions(
+            column_types=types, null_values=[""], strings_can_be_null=True,
+            quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"],
+        ),
+    }
+
+
+def parse_copy_csv(data: bytes, schema: TableSchema, *, extra: list[str] | None = None,
+                   all_text: bool = False) -> tuple[pa.Table, dict[str, str]]:
+    """Parse `COPY ... (FORMAT csv)` output. Returns the table and each column's encoding
+    (`native` or `text`). `extra` names leading helper columns (e.g. xmin), kept as strings.
+    `all_text` keeps every column in PostgreSQL's text form (the JSONL format)."""
+    extra = extra or []
+    if all_text:
+        table = pacsv.read_csv(io.BytesIO(data), **_csv_options(schema, set(schema.names), extra))
+        return table, {n: "text" for n in schema.names}
+    try:
+        table = pacsv.read_csv(io.BytesIO(data), **_csv_options(schema, set(), extra))
+        text_cols: set[str] = set()
+    except pa.ArrowInvalid:
+        # Some value has no natural Arrow form (e.g. 'infinity'); parse the fallible columns as text,
+        # then cast each one that can be cast.
+        fallible = {c.name for c in schema.columns if c.typname in _FALLIBLE}
+        table = pacsv.read_csv(io.BytesIO(data), **_csv_options(schema, fallible, extra))
+        text_cols = set()
+        for c in schema.columns:
+            if c.name in fallible and c.natural_type() is not None:
+                idx = table.schema.get_field_index(c.name)
+                try:
+                    table = table.set_column(idx, c.name, _cast_text(table.column(idx), c))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    text_cols.add(c.name)
+    for c in schema.columns:
+        if c.typname == "bytea" and c.typtype == "b":
+            idx = table.schema.get_field_index(c.name)
+            table = table.set_column(idx, c.name, _decode_bytea(table.column(idx)))
+    encodings = {c.name: ("text" if c.natural_type() is None or c.name in text_cols else "native") for c in schema.columns}
+    return table, encodings
+
+
+def _cast_text(arr: pa.ChunkedArray, col: Column) -> pa.ChunkedArray:
+    natural = col.natural_type()
+    assert natural is not None
+    return pc.cast(arr, natural)
+
+
+def _decode_bytea(arr: pa.ChunkedArray) -> pa.Array:
+    # bytea is rare in audit tables; a per-value hex decode is acceptable here.
+    return pa.array([None if v is None else bytes.fromhex(v[2:]) for v in arr.to_pylist()], pa.binary())
+
+
+def _encode_bytea(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return pa.array([None if v is None else "\\x" + v.hex() for v in arr.to_pylist()], pa.string())
+
+
+def to_copy_csv(table: pa.Table, schema: TableSchema, encodings: dict[str, str]) -> bytes:
+    """Render archived rows as CSV that `COPY ... FROM STDIN (FORMAT csv)` reads back exactly."""
+    cols = []
+    for name in table.column_names:
+        arr = table.column(name)
+        col = schema.column(name)
+        if encodings.get(name) == "native" and col.typname == "bytea":
+            arr = _encode_bytea(arr)
+        cols.append(arr)
+    out = io.BytesIO()
+    pacsv.write_csv(pa.table(cols, names=table.column_names), out,
+                    write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return out.getvalue()
+
+
+def archive_metadata(*, schema: TableSchema, encodings: dict[str, str], extra: dict[str, Any]) -> dict[bytes, bytes]:
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "schema_fingerprint": schema.fingerprint(),
+        "columns": [dict(asdict(c), encoding=encodings[c.name]) for c in schema.columns],
+        **extra,
+    }
+    return {METADATA_KEY: json.dumps(doc, separators=(",", ":")).encode()}
+
+
+def read_archive_metadata(meta: dict[bytes, bytes] | None) -> tuple[TableSchema, dict[str, str], dict[str, Any]]:
+    if not meta or METADATA_KEY not in meta:
+        raise ValueError("archive has no pg_archiver schema metadata")
+    doc = json.loads(meta[METADATA_KEY])
+    cols = doc["columns"]
+    encodings = {c["name"]: c.pop("encoding") for c in cols}
+    return TableSchema.from_json(cols), encodings, doc

@@ -1,0 +1,43 @@
+"""Builds the boto3 S3 client from config: the only place that does (clients are injected elsewhere)."""
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+from common.config import Config
+from common.storage import LocalStorage, S3Storage, Storage
+
+
+def make_client(cfg: Config) -> Any:
+    s3 = cfg.s3
+    return boto3.session.Session().client(
+        "s3",
+        region_name=s3.region,
+        endpoint_url=s3.endpoint_url,
+        config=BotoConfig(
+            retries={"max_attempts": s3.max_attempts, "mode": "standard"},
+            connect_timeout=s3.connect_timeout,
+            read_timeout=s3.read_timeout,
+            # Moto and MinIO accept the checksum headers; "when_required" avoids a second,
+            # CRC-based checksum on top of the SHA-256 we send ourselves.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+def primary_storage(cfg: Config, client: Any | None = None) -> Storage:
+    """The configured archive store: S3 or local_dir (same key layout)."""
+    if cfg.storage == "local":
+        assert cfg.local_dir is not None
+        return LocalStorage(cfg.local_dir, location="local")
+    return S3Storage(client if client is not None else make_client(cfg), cfg.s3.bucket,
+                     storage_class=cfg.s3.storage_class, sse=cfg.s3.sse, kms_key_id=cfg.s3.kms_key_id)
+
+
+def fallback_storage(cfg: Config) -> LocalStorage | None:
+    if cfg.storage == "s3" and cfg.s3.local_fallback_dir:
+        return LocalStorage(cfg.s3.local_fallback_dir, location="fallback")
+    return None

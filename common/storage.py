@@ -1,0 +1,171 @@
+"""Where archives live: S3 (with a checksum sent on upload and verified after), or a local
+directory with the same key layout (storage: local, and the S3-outage fallback of issue 3).
+Clients are injected, never built here, so tests pass a real boto3 client aimed at moto."""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError
+
+from common.errors import DataIntegrityError
+from common.manifest import hex_to_b64, sha256_hex
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    storage_class: str = "STANDARD"
+    last_modified: datetime | None = None
+
+
+class Storage(Protocol):
+    location: str  # "s3" | "fallback" | "local"
+
+    def put(self, key: str, data: bytes, *, sha256: str) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def head(self, key: str) -> ObjectInfo | None: ...
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+    def delete(self, key: str) -> None: ...
+
+
+class S3Storage:
+    location = "s3"
+
+    def __init__(self, client: Any, bucket: str, *, storage_class: str = "STANDARD",
+                 sse: str | None = None, kms_key_id: str | None = None) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.storage_class = storage_class
+        self.sse = sse
+        self.kms_key_id = kms_key_id
+
+    def put(self, key: str, data: bytes, *, sha256: str) -> None:
+        """Upload with a SHA-256 checksum S3 itself checks, then verify what is stored (issue 2)."""
+        extra: dict[str, Any] = {"StorageClass": self.storage_class}
+        if self.sse:
+            extra["ServerSideEncryption"] = self.sse
+            if self.kms_key_id:
+                extra["SSEKMSKeyId"] = self.kms_key_id
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
+                               ChecksumSHA256=hex_to_b64(sha256), **extra)
+        self.verify(key, size=len(data), sha256=sha256)
+
+    def verify(self, key: str, *, size: int, sha256: str) -> None:
+        head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        if head["ContentLength"] != size:
+            raise DataIntegrityError(f"s3://{self.bucket}/{key}: stored size {head['ContentLength']} != {size}")
+        stored = head.get("ChecksumSHA256")
+        if stored is None:  # endpoint without checksum support: re-read instead
+            if sha256_hex(self.get(key)) != sha256:
+                raise DataIntegrityError(f"s3://{self.bucket}/{key}: re-read checksum mismatch")
+        elif stored.split("-")[0] != hex_to_b64(sha256):
+            raise DataIntegrityError(f"s3://{self.bucket}/{key}: stored checksum {stored} does not match upload")
+
+    def get(self, key: str) -> bytes:
+        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            h = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectInfo(key, int(h["ContentLength"]), h.get("StorageClass", "STANDARD"), h.get("LastModified"))
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                yield ObjectInfo(o["Key"], int(o["Size"]), o.get("StorageClass", "STANDARD"), o.get("LastModified"))
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def probe(self) -> None:
+        """Cheap reachability check (HeadBucket)."""
+        self.client.head_bucket(Bucket=self.bucket)
+
+
+class LocalStorage:
+    """A directory holding keys as relative paths. Writes are atomic and durable: temp file, fsync,
+    rename, fsync of the directory; a partial file never carries a final name."""
+
+    def __init__(self, root: str | os.PathLike[str], *, location: str = "local") -> None:
+        self.root = Path(root)
+        self.location = location
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not str(path).startswith(str(self.root.resolve()) + os.sep):
+            raise ValueError(f"key {key!r} escapes {self.root}")
+        return path
+
+    def put(self, key: str, data: bytes, *, sha256: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if sha256_hex(Path(tmp).read_bytes()) != sha256:
+                raise DataIntegrityError(f"{path}: written bytes do not match their checksum")
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key, st.st_size, "LOCAL", datetime.fromtimestamp(st.st_mtime, timezone.utc))
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        if not self.root.exists():
+            return
+        for dirpath, dirs, files in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .quarantine, temp dirs
+            for f in sorted(files):
+                if f.startswith(".tmp-"):
+                    continue
+                full = Path(dirpath) / f
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    st = full.stat()
+                    yield ObjectInfo(key, st.st_size, "LOCAL", datetime.fromtimestamp(st.st_mtime, timezone.utc))
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

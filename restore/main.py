@@ -1,0 +1,21 @@
+"""`python -m restore.main`: not implemented yet (see the open issue for the restore tool)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def cli() -> None:
+    """Not implemented yet."""
+    click.echo("restore: not implemented yet", err=True)
+    sys.exit(1)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

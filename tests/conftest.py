@@ -1,0 +1,147 @@
+"""Shared fixtures: a throwaway PostgreSQL database per test (on ARCHIVER_TEST_DSN's server, default
+the local one), a real moto S3 server over HTTP on a free loopback port, and config builders."""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+import yaml
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+ADMIN_DSN = os.environ.get("ARCHIVER_TEST_DSN", "host=127.0.0.1 port=5432 user=root dbname=postgres")
+BUCKET = "audit-archives"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_env() -> Iterator[None]:
+    # Credentials for moto only; never real ones.
+    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def s3_client(moto_server: str) -> Any:
+    return boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+
+
+@pytest.fixture()
+def bucket(s3_client: Any) -> Iterator[str]:
+    """A fresh bucket per test (unique name), emptied afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    yield name
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for o in page.get("Contents", []):
+            s3_client.delete_object(Bucket=name, Key=o["Key"])
+
+
+@pytest.fixture()
+def pg_dsn() -> Iterator[str]:
+    """A throwaway database, dropped after the test."""
+    name = f"archiver_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(ADMIN_DSN)
+    params["dbname"] = name
+    dsn = make_conninfo(**params)
+    yield dsn
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture()
+def pg(pg_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        yield conn
+
+
+AUDIT_DDL = """
+CREATE TABLE audit_logs (
+    id bigserial PRIMARY KEY,
+    created_at timestamptz NOT NULL,
+    user_id bigint,
+    email text,
+    action text,
+    payload jsonb,
+    ok boolean,
+    amount numeric(12,2)
+);
+CREATE INDEX audit_logs_created_at ON audit_logs (created_at);
+"""
+
+
+def seed_audit(conn: psycopg.Connection[Any], *, rows: int, days: int, end_days_ago: int = 0) -> None:
+    """rows spread evenly over `days` days ending `end_days_ago` days before now."""
+    conn.execute(AUDIT_DDL)
+    conn.execute(
+        """INSERT INTO audit_logs (created_at, user_id, email, action, payload, ok, amount)
+           SELECT now() - make_interval(days => %s) - (g * (%s::float8 * 86400 / %s)) * interval '1 second',
+                  g %% 1000, 'user' || g || '@example.com', (ARRAY['login','logout','update'])[1 + g %% 3],
+                  jsonb_build_object('n', g, 'tag', md5(g::text)), g %% 2 = 0, (g %% 100000) / 100.0
+           FROM generate_series(1, %s) g""",
+        (end_days_ago, days, rows, rows),
+    )
+
+
+def make_config(tmp_path: Path, *, dsn: str, bucket: str | None = None, endpoint: str | None = None,
+                tables: list[dict[str, Any]] | None = None, **overrides: Any) -> Path:
+    """Write a config file for a test and return its path."""
+    cfg: dict[str, Any] = {
+        "s3": {"bucket": bucket or BUCKET, "endpoint_url": endpoint, "region": "us-east-1",
+               "local_fallback_dir": str(tmp_path / "fallback"), "max_attempts": 1,
+               "connect_timeout": 1, "read_timeout": 5},
+        "storage": "s3" if bucket else "local",
+        "local_dir": None if bucket else str(tmp_path / "archive"),
+        "defaults": {"retention_days": 90, "batch_size": 1000},
+        "databases": [{"name": "production_db", "dsn": dsn,
+                       "tables": tables or [{"name": "audit_logs", "timestamp_column": "created_at", "primary_key": "id"}]}],
+        "logging": {"file": str(tmp_path / "archiver.log"), "level": "INFO"},
+        "checkpoint_dir": str(tmp_path / "checkpoints"),
+        "monitoring": {"enabled": False},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture()
+def audit_table(pg: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """audit_logs with 3,000 rows over 300 days ending today: 1,900-ish older than 90 days."""
+    seed_audit(pg, rows=3000, days=300)
+    return pg
