@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from archiver.selection import Selection
-from common.pgtypes import parse_copy_csv
+from common.pgtypes import FALLIBLE, parse_copy_csv
 
 
 @dataclass
@@ -108,9 +108,28 @@ def _emit(rows: _Rows, sel: Selection, batch_size: int, *, keep_tail: bool) -> t
             if keep_tail and i == len(groups) - 1 and n < batch_size:
                 carry = _Rows(piece, rows.encodings, int(per_row * n))
                 break
-            out.append(Batch(day, piece.drop_columns(["__xmin"]), piece.column("__xmin").to_pylist(),
-                             rows.encodings, int(per_row * n)))
+            table, encodings = _narrow(piece.drop_columns(["__xmin"]), rows.encodings, sel)
+            out.append(Batch(day, table, piece.column("__xmin").to_pylist(), encodings, int(per_row * n)))
     return out, carry
+
+
+def _narrow(table: pa.Table, encodings: dict[str, str], sel: Selection) -> tuple[pa.Table, dict[str, str]]:
+    """A chunk falls back to text for a column when any of its rows needs it (e.g. 'infinity');
+    give each batch back the natural type where its own rows allow."""
+    if all(v == "native" for v in encodings.values()):
+        return table, encodings
+    encodings = dict(encodings)
+    for col in sel.schema.columns:
+        natural = col.natural_type()
+        if encodings[col.name] != "text" or natural is None or col.typname not in FALLIBLE:
+            continue
+        idx = table.schema.get_field_index(col.name)
+        try:
+            table = table.set_column(idx, col.name, pc.cast(table.column(idx), natural))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        encodings[col.name] = "native"
+    return table, encodings
 
 
 def _split(chunk: pa.Table, ts_col: str) -> list[tuple[int, int, date]]:

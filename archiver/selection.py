@@ -70,12 +70,18 @@ class Selection:
         return query, params
 
     def delete_query(self, *, check_xmin: bool) -> sql.Composed:
-        """Delete exactly the exported rows that still match the predicate (and, on the normal path,
-        are still the version that was exported)."""
+        """Delete exactly the exported rows that still match the predicate and, on the normal path,
+        are still the very row versions that were exported (same xmin): a row updated after export
+        is not deleted unseen. The (pk, xmin) pairs are joined through unnest, not `= ANY` on both,
+        which would compare every row with every xmin (quadratic)."""
         pred, _ = self.predicate()
-        xmin = sql.SQL(" AND xmin = ANY(%(xmins)s::text[]::xid[])") if check_xmin else sql.SQL("")
-        return sql.SQL("DELETE FROM {rel} WHERE {pk} = ANY(%(pks)s::{pkt}[]){xmin} AND {pred}").format(
-            rel=self.relation, pk=self.pk, pkt=sql.SQL(self.pk_type), xmin=xmin, pred=pred)  # type: ignore[arg-type]
+        if check_xmin:
+            return sql.SQL(
+                "DELETE FROM {rel} AS t USING unnest(%(pks)s::{pkt}[], %(xmins)s::text[]) AS u(archiver_pk__, archiver_xmin__)"
+                " WHERE t.{pk} = u.archiver_pk__ AND t.xmin = u.archiver_xmin__::xid AND {pred}"
+            ).format(rel=self.relation, pk=self.pk, pkt=sql.SQL(self.pk_type), pred=pred)  # type: ignore[arg-type]
+        return sql.SQL("DELETE FROM {rel} WHERE {pk} = ANY(%(pks)s::{pkt}[]) AND {pred}").format(
+            rel=self.relation, pk=self.pk, pkt=sql.SQL(self.pk_type), pred=pred)  # type: ignore[arg-type]
 
     def count_query(self) -> tuple[sql.Composed, dict[str, Any]]:
         pred, params = self.predicate()

@@ -48,7 +48,7 @@ _SIMPLE: dict[str, pa.DataType] = {
 }
 #: Types whose text form can fail Arrow parsing (infinity, BC dates, NaN numerics): per batch such a
 #: column falls back to the text encoding.
-_FALLIBLE = {"timestamptz", "timestamp", "date", "numeric"}
+FALLIBLE = {"timestamptz", "timestamp", "date", "numeric"}
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def parse_copy_csv(data: bytes, schema: TableSchema, *, extra: list[str] | None 
     except pa.ArrowInvalid:
         # Some value has no natural Arrow form (e.g. 'infinity'); parse the fallible columns as text,
         # then cast each one that can be cast.
-        fallible = {c.name for c in schema.columns if c.typname in _FALLIBLE}
+        fallible = {c.name for c in schema.columns if c.typname in FALLIBLE}
         table = pacsv.read_csv(io.BytesIO(data), **_csv_options(schema, fallible, extra))
         text_cols = set()
         for c in schema.columns:

@@ -1,0 +1,30 @@
+# One command to set up and run the demo, one to set up and run the tests (README).
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: venv demo test bench typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VPY) scripts/demo.py
+
+test: $(STAMP)
+	$(VPY) -m pytest -q
+
+bench: $(STAMP)
+	$(VPY) bench/run.py
+
+typecheck: $(STAMP)
+	$(VPY) -m mypy common archiver restore validate cost wizard
+
+clean:
+	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache
