@@ -1,16 +1,67 @@
-"""`python -m wizard.main`: not implemented yet (see the open issue for the wizard tool)."""
+"""`python -m wizard.main`: a first working config in two minutes, interactive or scripted."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
+from common.errors import run_tool
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def cli() -> None:
-    """Not implemented yet."""
-    click.echo("wizard: not implemented yet", err=True)
-    sys.exit(1)
+_PORT = click.IntRange(0, 65535)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--output", "-o", default="config.yaml", show_default=True, type=click.Path(path_type=Path),
+              help="Config file to write (mode 0600).")
+@click.option("--non-interactive", is_flag=True, help="Prompt for nothing: flags, else detected or default values; a missing required answer is exit 2.")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@click.option("--dsn", help="PostgreSQL DSN (a password in it is used to connect, never written).")
+@click.option("--host", help="Database host, when no --dsn.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Database port, when no --dsn.")
+@click.option("--dbname", help="Database name, when no --dsn.")
+@click.option("--user", help="Database user, when no --dsn.")
+@click.option("--database-name", help="Name of the database in the config [default: its dbname].")
+@click.option("--password-env", help="Environment variable the archiver reads the password from [default: ARCHIVER_DB_PASSWORD].")
+@click.option("--table", "tables", multiple=True, help="Table to archive, TABLE or SCHEMA.TABLE (repeatable).")
+@click.option("--timestamp-column", "timestamp_columns", multiple=True, metavar="[TABLE=]COLUMN",
+              help="Timestamp column, for all tables or one (repeatable) [default: detected].")
+@click.option("--primary-key", "primary_keys", multiple=True, metavar="[TABLE=]COLUMN",
+              help="Primary key, for all tables or one (repeatable) [default: from the catalog].")
+@click.option("--retention-days", multiple=True, metavar="[TABLE=]DAYS",
+              help="Days rows stay in the table, for all tables or one (repeatable) [default: 90].")
+@click.option("--bucket", help="S3 bucket [default: audit-archives].")
+@click.option("--prefix", help="Key prefix inside the bucket [default: none].")
+@click.option("--region", help="AWS region [default: us-east-1].")
+@click.option("--endpoint-url", help="S3 endpoint URL for S3-compatible stores [default: AWS].")
+@click.option("--storage-class", help="S3 storage class [default: STANDARD].")
+@click.option("--sse", type=click.Choice(["none", "AES256", "aws:kms"]), help="Server-side encryption [default: none].")
+@click.option("--kms-key-id", help="KMS key for --sse aws:kms.")
+@click.option("--skip-bucket-check", is_flag=True, help="Do not probe the bucket with a put and delete.")
+@click.option("--fallback-dir", help="Local fallback directory, or 'none' [default: /var/archiver/fallback].")
+@click.option("--checkpoint-dir", help="Checkpoint directory [default: /var/lib/archiver/checkpoints].")
+@click.option("--log-file", help="Log file, or 'none' [default: /var/log/archiver.log].")
+@click.option("--health-port", type=_PORT, help="Health endpoint port [default: 8001].")
+@click.option("--metrics-port", type=_PORT, help="Metrics endpoint port [default: 8000].")
+@click.option("--notify-on", help="Events to notify about: failure,success,fallback [default: failure].")
+@click.option("--slack-webhook-env", help="Env var holding the Slack webhook URL.")
+@click.option("--pagerduty-key-env", help="Env var holding the PagerDuty routing key.")
+@click.option("--smtp-host", help="SMTP host for email notifications.")
+@click.option("--smtp-port", type=click.IntRange(1, 65535), help="SMTP port [default: 587].")
+@click.option("--smtp-user", help="SMTP user.")
+@click.option("--smtp-password-env", help="Env var holding the SMTP password [default: ARCHIVER_SMTP_PASSWORD].")
+@click.option("--email-from", help="Sender address of email notifications.")
+@click.option("--email-to", multiple=True, help="Recipient of email notifications (repeatable).")
+@click.option("--verbose", "-v", is_flag=True, help="Tracebacks on errors.")
+def cli(**kwargs: Any) -> None:
+    """Ask (or take from flags) everything a first config needs, check the database and the
+    bucket, and write a commented config file the archiver accepts. The password is never written."""
+    from wizard.app import run
+    from wizard.model import Flags
+
+    flags = Flags(**kwargs)
+    sys.exit(run_tool(lambda: run(flags), verbose=flags.verbose, tool="wizard"))
 
 
 def main() -> None:

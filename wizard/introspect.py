@@ -1,0 +1,199 @@
+"""Catalog queries behind the wizard's proposals: the tables with their estimated size, the
+timestamp columns worth archiving by, the primary key, and how many rows a retention makes
+eligible now. Read-only; counts use the archiver's own predicate so the numbers match --dry-run."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from archiver.selection import Selection, cutoff_for
+from common.config import TableConfig
+from common.db import primary_key_columns, qualified, table_oid, table_schema
+from common.errors import UsageError
+
+#: The column types the archiver accepts as timestamp_column (archiver/table_job.py).
+TIMESTAMP_TYPES = ("timestamptz", "timestamp", "date")
+#: Above this estimate the share of eligible rows is taken against the estimate, not count(*),
+#: so the wizard never scans a huge table twice.
+EXACT_TOTAL_LIMIT = 1_000_000
+
+_LIST_SQL = r"""
+SELECT n.nspname, c.relname,
+       CASE WHEN c.relkind = 'p' THEN
+            (SELECT CASE WHEN bool_or(l.reltuples >= 0) THEN sum(greatest(l.reltuples, 0)) END
+               FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid WHERE t.isleaf)
+            WHEN c.reltuples >= 0 THEN c.reltuples END AS est_rows,
+       CASE WHEN c.relkind = 'p' THEN
+            (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0) FROM pg_partition_tree(c.oid) t)
+            ELSE pg_total_relation_size(c.oid) END AS size_bytes
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+ORDER BY size_bytes DESC, n.nspname, c.relname
+"""
+
+# An index helps the archiver only if the column leads it, it is valid, and it is not partial.
+_TS_SQL = """
+SELECT a.attname, t.typname, a.attnotnull,
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indkey[0] = a.attnum
+                                          AND i.indisvalid AND i.indpred IS NULL) AS indexed
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped AND t.typname = ANY(%s)
+ORDER BY a.attnum
+"""
+
+_CREATED_LIKE = re.compile(r"^(created|creation|inserted|logged|occurred|recorded|event|happened)(_|$)|^(timestamp|ts|time)$")
+# Columns that change after insert make a poor archiving key: a row could move back into the live range.
+_MUTABLE_LIKE = re.compile(r"^(updated|modified|changed|deleted|last_|expires|expiry|valid_)")
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    schema: str
+    name: str
+    est_rows: int | None  # None: never analyzed
+    size_bytes: int
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class TimestampCandidate:
+    name: str
+    typname: str
+    indexed: bool
+    not_null: bool
+
+
+@dataclass(frozen=True)
+class TableDetails:
+    info: TableInfo
+    candidates: tuple[TimestampCandidate, ...]  # best first
+    primary_key: tuple[str, ...]
+    can_select_delete: bool
+
+    def candidate(self, name: str) -> TimestampCandidate | None:
+        return next((c for c in self.candidates if c.name == name), None)
+
+    def refusal(self) -> str | None:
+        """Why the archiver cannot take this table, or None."""
+        if not self.primary_key:
+            return (f"{self.info.qualified} has no primary key; archiving needs one (rows are deleted by"
+                    " primary key after their archive is verified): add one or pick another table")
+        if len(self.primary_key) > 1:
+            return (f"{self.info.qualified} has a composite primary key ({', '.join(self.primary_key)});"
+                    " the archiver needs a single-column primary key")
+        if not self.candidates:
+            return f"{self.info.qualified} has no timestamp, timestamptz or date column to archive by"
+        return None
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    cutoff: datetime
+    eligible: int | None  # None: the count did not finish within the statement timeout
+    total: int | None
+    total_is_estimate: bool
+
+    @property
+    def share(self) -> float | None:
+        if self.eligible is None or not self.total:
+            return None
+        return min(self.eligible / self.total, 1.0)
+
+
+def list_tables(conn: psycopg.Connection[Any]) -> list[TableInfo]:
+    rows = conn.execute(_LIST_SQL).fetchall()
+    conn.rollback()
+    return [TableInfo(r[0], r[1], None if r[2] is None else int(r[2]), int(r[3] or 0)) for r in rows]
+
+
+def resolve_table(tables: list[TableInfo], spec: str) -> TableInfo:
+    """`schema.table` or a bare name (public first, else the only schema that has it)."""
+    if "." in spec:
+        schema, _, name = spec.partition(".")
+        found = [t for t in tables if t.schema == schema and t.name == name]
+    else:
+        found = [t for t in tables if t.name == spec]
+        if len(found) > 1:
+            found = [t for t in found if t.schema == "public"] or found
+    if not found:
+        raise UsageError(f"table {spec} not found (the wizard lists ordinary and partitioned tables)")
+    if len(found) > 1:
+        schemas = ", ".join(f"{t.schema}.{t.name}" for t in found)
+        raise UsageError(f"table {spec} is ambiguous ({schemas}): give schema.table")
+    return found[0]
+
+
+def rank(c: TimestampCandidate) -> tuple[int, int, int, int]:
+    """Sort key: stable names first, then indexed, then created_at-like names, then tz-aware types."""
+    name = c.name.lower()
+    mutable = 1 if _MUTABLE_LIKE.match(name) else 0
+    likeness = 0 if name == "created_at" else (1 if _CREATED_LIKE.match(name) else 2)
+    return (mutable, 0 if c.indexed else 1, likeness, TIMESTAMP_TYPES.index(c.typname))
+
+
+def timestamp_candidates(conn: psycopg.Connection[Any], oid: int) -> list[TimestampCandidate]:
+    rows = conn.execute(_TS_SQL, (oid, list(TIMESTAMP_TYPES))).fetchall()
+    found = [TimestampCandidate(name=r[0], typname=r[1], not_null=bool(r[2]), indexed=bool(r[3])) for r in rows]
+    return sorted(found, key=rank)  # sorted() is stable: ties keep column order
+
+
+def inspect(conn: psycopg.Connection[Any], info: TableInfo) -> TableDetails:
+    oid = table_oid(conn, info.schema, info.name)
+    priv = conn.execute("SELECT has_table_privilege(%s, 'SELECT') AND has_table_privilege(%s, 'DELETE')",
+                        (oid, oid)).fetchone()
+    details = TableDetails(info=info, candidates=tuple(timestamp_candidates(conn, oid)),
+                           primary_key=tuple(primary_key_columns(conn, oid)),
+                           can_select_delete=bool(priv and priv[0]))
+    conn.rollback()
+    return details
+
+
+def eligibility(conn: psycopg.Connection[Any], details: TableDetails, *, timestamp_column: str,
+                retention_days: int, now: datetime) -> Eligibility:
+    """Rows the archiver would take now, counted with its own predicate (so --dry-run agrees)."""
+    info = details.info
+    table = TableConfig(name=info.name, schema=info.schema, timestamp_column=timestamp_column,
+                        primary_key=details.primary_key[0])
+    schema = table_schema(conn, table_oid(conn, info.schema, info.name))
+    sel = Selection(table, schema, cutoff_for(retention_days, now), schema.column(table.primary_key).pg_type)
+    query, params = sel.count_query()
+    eligible = _count(conn, query, params)
+    if info.est_rows is not None and info.est_rows > EXACT_TOTAL_LIMIT:
+        return Eligibility(sel.cutoff, eligible, info.est_rows, True)
+    total = _count(conn, sql.SQL("SELECT count(*) FROM {}").format(sel.relation), {})
+    if total is None:
+        return Eligibility(sel.cutoff, eligible, info.est_rows, info.est_rows is not None)
+    return Eligibility(sel.cutoff, eligible, total, False)
+
+
+def _count(conn: psycopg.Connection[Any], query: Any, params: dict[str, Any]) -> int | None:
+    try:
+        row = conn.execute(query, params).fetchone()
+    except pg_errors.QueryCanceled:
+        # The wizard's statement_timeout: an unindexed giant table; report "unknown" and go on.
+        conn.rollback()
+        return None
+    conn.rollback()
+    return int(row[0]) if row else 0
+
+
+def eligible_bytes(details: TableDetails, elig: Eligibility) -> int:
+    """The eligible rows' share of the table's on-disk size (the compressed archive is smaller)."""
+    share = elig.share
+    return int(details.info.size_bytes * share) if share is not None else details.info.size_bytes
+
+
+def create_index_hint(conn: psycopg.Connection[Any], schema: str, table: str, column: str) -> str:
+    stmt = sql.SQL("CREATE INDEX CONCURRENTLY ON {} ({})").format(qualified(schema, table), sql.Identifier(column))
+    return stmt.as_string(conn)
