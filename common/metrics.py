@@ -1,0 +1,166 @@
+"""Prometheus metrics for the archiver (issue 6): an Observer that counts what the run does into its
+own registry, served at /metrics, written atomically as a node_exporter textfile, or pushed to a
+Pushgateway for one-shot runs that end before Prometheus scrapes them."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import prometheus_client
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from common.events import TableResult
+from common.storage import fsync_dir
+
+log = logging.getLogger("archiver.metrics")
+
+# `*_created` series double every counter for no use to the runbook's `grep archiver`.
+prometheus_client.disable_created_metrics()
+
+LABELS = ("database", "table")
+LAST_SUCCESS = "archiver_last_success_timestamp_seconds"
+PUSH_JOB = "pg_archiver"
+#: How a run ended, by exit code (common/exit_codes.py), for labels and the health JSON.
+RESULTS = {0: "success", 1: "failed", 2: "config_error", 3: "unavailable", 130: "interrupted"}
+
+
+def result_name(exit_code: int) -> str:
+    return RESULTS.get(exit_code, f"exit_{exit_code}")
+
+
+class _FallbackCollector:
+    """Pending fallback files/bytes, measured at scrape time so they are right between runs too."""
+
+    def __init__(self, pending: Callable[[], tuple[int, int]]) -> None:
+        self.pending = pending
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            files, nbytes = self.pending()
+        except Exception as exc:  # noqa: BLE001 - an unreadable directory must not break /metrics
+            log.warning("cannot measure the fallback directory: %s", exc)
+            return
+        yield GaugeMetricFamily("archiver_fallback_pending_files",
+                                "Batches held in s3.local_fallback_dir waiting for upload to S3", value=files)
+        yield GaugeMetricFamily("archiver_fallback_pending_bytes",
+                                "Bytes held in s3.local_fallback_dir waiting for upload to S3", value=nbytes)
+
+
+class ArchiverMetrics:
+    """Observer (common/events.py) that turns run events into Prometheus metrics."""
+
+    def __init__(self, *, pending_fallback: Callable[[], tuple[int, int]] | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.rows = Counter("archiver_rows_archived_total", "Rows archived and deleted", LABELS, registry=r)
+        self.batches = Counter("archiver_batches_total",
+                               "Batches by outcome: success, fallback (held locally), failed, rolled_back",
+                               (*LABELS, "status"), registry=r)
+        self.uploaded = Counter("archiver_bytes_uploaded_total", "Archive bytes stored in S3 (or local_dir)", LABELS, registry=r)
+        self.fallback_bytes = Counter("archiver_bytes_fallback_total", "Archive bytes written to the fallback directory",
+                                      LABELS, registry=r)
+        self.duration = Histogram("archiver_batch_duration_seconds", "Seconds to store, verify and delete one batch",
+                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=r)
+        self.last_success = Gauge(LAST_SUCCESS, "Unix time the table last completed a run without error", LABELS, registry=r)
+        self.errors = Counter("archiver_errors_total", "Failed tables (or runs) by kind of error", (*LABELS, "kind"), registry=r)
+        self.in_progress = Gauge("archiver_run_in_progress", "1 while an archival run is going on", registry=r)
+        self.last_run = Gauge("archiver_last_run_timestamp_seconds", "Unix time the last run finished", registry=r)
+        self.last_code = Gauge("archiver_last_run_exit_code", "Exit code of the last run (0 ok, 1 failed, 3 unreachable)", registry=r)
+        self.last_duration = Gauge("archiver_last_run_duration_seconds", "Seconds the last run took", registry=r)
+        self.runs = Counter("archiver_runs_total", "Finished runs by result", ("result",), registry=r)
+        self._started = 0.0
+        if pending_fallback is not None:
+            r.register(_FallbackCollector(pending_fallback))  # type: ignore[arg-type]
+
+    # -- Observer ----------------------------------------------------------------------------
+    def run_started(self) -> None:
+        self._started = time.monotonic()
+        self.in_progress.set(1)
+
+    def batch_done(self, result: TableResult, *, rows: int, nbytes: int, seconds: float, location: str) -> None:
+        labels = (result.database, result.name)
+        self.rows.labels(*labels).inc(rows)
+        self.duration.observe(seconds)
+        if location == "fallback":
+            self.batches.labels(*labels, "fallback").inc()
+            self.fallback_bytes.labels(*labels).inc(nbytes)
+        else:
+            self.batches.labels(*labels, "success").inc()
+            self.uploaded.labels(*labels).inc(nbytes)
+
+    def batch_failed(self, result: TableResult, *, kind: str) -> None:
+        status = "rolled_back" if kind == "conflict" else "failed"
+        self.batches.labels(result.database, result.name, status).inc()
+
+    def table_done(self, result: TableResult) -> None:
+        if result.status == "completed":
+            self.last_success.labels(result.database, result.name).set(time.time())
+        elif result.status == "failed":
+            self.errors.labels(result.database, result.name, result.error_kind or "other").inc()
+
+    def run_finished(self, results: list[TableResult], exit_code: int) -> None:
+        self.in_progress.set(0)
+        self.last_run.set(time.time())
+        self.last_code.set(exit_code)
+        self.last_duration.set(time.monotonic() - self._started if self._started else 0)
+        self.runs.labels(result_name(exit_code)).inc()
+
+    def run_crashed(self, kind: str, exit_code: int) -> None:
+        """The run ended with an exception before run_finished (not a table's failure)."""
+        self.errors.labels("", "", kind).inc()
+        self.run_finished([], exit_code)
+
+    # -- output ------------------------------------------------------------------------------
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def route(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, self.render()
+
+    def write_textfile(self, path: str | os.PathLike[str]) -> None:
+        """Atomically replace `path` (temp file in the same directory, fsync, rename): node_exporter
+        never reads half a file."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.render())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from node_exporter's user
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(target.parent)
+
+    def seed_from_textfile(self, path: str | os.PathLike[str]) -> int:
+        """Carry last-success times over from the previous run's textfile, so a table that fails
+        now still shows when it last succeeded. Returns how many were read."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError:
+            return 0
+        seeded = 0
+        try:
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == LAST_SUCCESS and set(LABELS) <= set(sample.labels):
+                        self.last_success.labels(*(sample.labels[k] for k in LABELS)).set(sample.value)
+                        seeded += 1
+        except ValueError as exc:
+            log.warning("ignoring unreadable metrics textfile %s: %s", path, exc)
+        return seeded
+
+    def push(self, url: str, *, timeout: float = 5.0) -> None:
+        prometheus_client.push_to_gateway(url, job=PUSH_JOB, registry=self.registry, timeout=timeout,
+                                          grouping_key={"instance": socket.gethostname()})
