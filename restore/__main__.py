@@ -1,0 +1,3 @@
+from restore.main import main
+
+main()

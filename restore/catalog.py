@@ -1,0 +1,291 @@
+"""What archives a table has: its objects in the archive store (S3 or local_dir) and in the S3-outage
+fallback directory, each with its manifest, ordered by time. Only objects with a manifest count as
+archived (the archiver writes the manifest last), exactly as the archiver itself decides."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date, datetime, time, timezone
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from common import batch_writer, layout
+from common.config import Config
+from common.errors import ArchiverError, ConfigError, DataIntegrityError, ServiceUnavailable
+from common.manifest import Manifest
+from common.pgtypes import TableSchema
+from common.s3client import fallback_storage, primary_storage
+from common.storage import ObjectInfo, S3Storage, Storage
+
+log = logging.getLogger("restore")
+
+#: Storage classes whose objects cannot be read until an S3 restore request has completed
+#: (GLACIER_IR and the infrequent-access classes are readable at once).
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+_MANIFEST_READERS = 8
+
+
+class ArchiveNotFound(ArchiverError):
+    """An --s3-key that does not exist or belongs to another table (exit 1)."""
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """The archived table whose objects we look at (the configured one, or one only in the archive)."""
+
+    database: str
+    schema: str
+    table: str
+    timestamp_column: str | None = None
+    primary_key: str | None = None
+    retention_days: int | None = None
+    unconfigured: str | None = None  # the config error, when the table is not (or no longer) configured
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass
+class ArchiveObject:
+    key: str
+    day: date  # the UTC day partition: every row of the object has a timestamp on this day
+    location: str  # s3 | local | fallback
+    size: int
+    storage_class: str
+    manifest: Manifest | None  # None while the manifest itself sits in an archive storage class
+    restore_state: str | None = None  # archive classes: None (not requested) | ongoing | available
+
+    @property
+    def rows(self) -> int | None:
+        return self.manifest.rows if self.manifest else None
+
+    @property
+    def start(self) -> datetime | None:
+        return parse_ts(self.manifest.min_ts) if self.manifest else None
+
+    @property
+    def end(self) -> datetime | None:
+        return parse_ts(self.manifest.max_ts) if self.manifest else None
+
+    @property
+    def needs_s3_restore(self) -> bool:
+        return self.storage_class in ARCHIVE_CLASSES and (self.restore_state != "available" or self.manifest is None)
+
+    @property
+    def archived_schema(self) -> TableSchema | None:
+        """The table shape recorded in the manifest (the object's own metadata is authoritative)."""
+        if not self.manifest or not self.manifest.columns:
+            return None
+        return TableSchema.from_json([{k: v for k, v in c.items() if k != "encoding"} for c in self.manifest.columns])
+
+    def sort_key(self) -> tuple[Any, ...]:
+        start = self.start or datetime.combine(self.day, time.min, timezone.utc)
+        return (self.day, start, self.key)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "rows": self.rows,
+            "bytes": self.size,
+            "storage_class": self.storage_class,
+            "location": self.location,
+            "needs_s3_restore": self.needs_s3_restore,
+        }
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    """A manifest timestamp (ISO text of a timestamptz, timestamp or date value) as aware UTC."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None  # e.g. a year beyond 9999: still listed, just without a time
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def resolve_table(cfg: Config, database: str, table: str, schema: str | None = None) -> TableRef:
+    """The table as configured (`schema.table` is accepted too). A table no longer in the config is
+    still restorable from its archives; `unconfigured` keeps the config error for when it has none."""
+    cfg.database(database)  # an unknown database is a config error whatever the archive holds
+    if schema is None and "." in table and not any(t.name == table for t in cfg.database(database).tables):
+        schema, table = table.split(".", 1)
+    try:
+        t = cfg.table(database, table, schema)
+    except ConfigError as exc:
+        return TableRef(database, schema or "public", table, unconfigured=str(exc))
+    return TableRef(database, t.schema_, t.name, t.timestamp_column, t.primary_key, cfg.options(t).retention_days)
+
+
+class Catalog:
+    def __init__(self, cfg: Config, *, s3_client: Any | None = None) -> None:
+        self.prefix = cfg.s3.prefix
+        self.bucket = cfg.s3.bucket
+        self._cfg = cfg
+        self._client = s3_client
+        self._primary: Storage | None = None
+        self.fallback = fallback_storage(cfg)
+
+    @property
+    def primary(self) -> Storage:
+        # Built lazily: a local lookup must not need an S3 client.
+        if self._primary is None:
+            self._primary = primary_storage(self._cfg, self._client)
+        return self._primary
+
+    def stores(self) -> list[Storage]:
+        return [self.primary] + ([self.fallback] if self.fallback is not None else [])
+
+    def where(self) -> str:
+        if isinstance(self.primary, S3Storage):
+            return f"s3://{self.bucket}/{self.prefix}" + (f" or the fallback directory {self.fallback.root}" if self.fallback else "")
+        return f"{getattr(self.primary, 'root', '?')}"
+
+    # -- listing -------------------------------------------------------------------------------
+    def list_objects(self, ref: TableRef, *, start: date | None = None, end: date | None = None) -> list[ArchiveObject]:
+        """Every archived object of the table whose UTC day lies in [start, end], oldest first."""
+        prefix = layout.table_prefix(self.prefix, ref.database, ref.schema, ref.table)
+        found: dict[str, tuple[Storage, ObjectInfo, ObjectInfo]] = {}
+        for store in self.stores():
+            for key, (info, minfo) in self._pairs(store, prefix, ref).items():
+                found.setdefault(key, (store, info, minfo))  # the archive store wins over the fallback copy
+        if not found and ref.unconfigured:
+            raise ConfigError(ref.unconfigured)
+        chosen = [(s, i, m, d) for s, i, m in found.values()
+                  if (d := self._day(i.key)) is not None and (start is None or d >= start) and (end is None or d <= end)]
+        with ThreadPoolExecutor(max_workers=_MANIFEST_READERS, thread_name_prefix="manifest") as ex:
+            objects = list(ex.map(lambda c: self._describe(c[0], c[1], c[2]), chosen))
+        return sorted(objects, key=ArchiveObject.sort_key)
+
+    def _pairs(self, store: Storage, prefix: str, ref: TableRef) -> dict[str, tuple[ObjectInfo, ObjectInfo]]:
+        data: dict[str, ObjectInfo] = {}
+        manifests: dict[str, ObjectInfo] = {}
+        for info in self._list(store, prefix):
+            parsed = layout.parse_key(self.prefix, info.key)
+            if parsed is None or (parsed.database, parsed.schema, parsed.table) != (ref.database, ref.schema, ref.table):
+                continue  # strays, or a table whose name merely starts the same
+            if layout.is_manifest(info.key):
+                manifests[layout.data_key(info.key)] = info
+            elif _is_archive_name(info.key):
+                data[info.key] = info
+        for key in sorted(set(data) - set(manifests)):
+            log.warning("%s in %s has no manifest: not counted as archived (an interrupted upload?)", key, store.location)
+        return {k: (v, manifests[k]) for k, v in data.items() if k in manifests}
+
+    def _list(self, store: Storage, prefix: str) -> Iterable[ObjectInfo]:
+        try:
+            return list(store.list(prefix))
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            raise ArchiverError(f"cannot list s3://{self.bucket}/{prefix}: {err.get('Code')}: {err.get('Message')}") from None
+        except BotoCoreError as exc:
+            raise ServiceUnavailable(f"S3 unreachable while listing s3://{self.bucket}/{prefix}: {exc}") from None
+
+    def _day(self, key: str) -> date | None:
+        parsed = layout.parse_key(self.prefix, key)
+        return parsed.day if parsed else None
+
+    def _describe(self, store: Storage, info: ObjectInfo, minfo: ObjectInfo) -> ArchiveObject:
+        day = self._day(info.key)
+        assert day is not None
+        obj = ArchiveObject(info.key, day, store.location, info.size, info.storage_class, None)
+        if info.storage_class in ARCHIVE_CLASSES or minfo.storage_class in ARCHIVE_CLASSES:
+            obj.restore_state = self._restore_state(info.key)
+        obj.manifest = self._manifest(store, minfo.key)
+        return obj
+
+    def _manifest(self, store: Storage, mkey: str) -> Manifest | None:
+        try:
+            return Manifest.from_bytes(store.get(mkey), key=mkey)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidObjectState":
+                return None  # the manifest is in GLACIER/DEEP_ARCHIVE too: readable after an S3 restore
+            raise
+
+    def _restore_state(self, key: str) -> str | None:
+        assert isinstance(self.primary, S3Storage)
+        header = self.primary.client.head_object(Bucket=self.bucket, Key=key).get("Restore")
+        if not header:
+            return None
+        return "ongoing" if 'ongoing-request="true"' in header else "available"
+
+    # -- single objects --------------------------------------------------------------------------
+    def find(self, ref: TableRef, key: str) -> ArchiveObject:
+        """The object named by --s3-key; ArchiveNotFound (exit 1) naming the key otherwise."""
+        key = self._normalise(key)
+        parsed = layout.parse_key(self.prefix, key)
+        if parsed is None or not _is_archive_name(key):
+            raise ArchiveNotFound(f"{key}: not an archive object key of {ref.database}/{ref.name}")
+        if (parsed.database, parsed.schema, parsed.table) != (ref.database, ref.schema, ref.table):
+            raise ArchiveNotFound(f"{key}: belongs to {parsed.database}/{parsed.schema}.{parsed.table}, "
+                                  f"not to {ref.database}/{ref.name}")
+        for store in self.stores():
+            info = store.head(key)
+            minfo = store.head(layout.manifest_key(key)) if info else None
+            if info and minfo:
+                return self._describe(store, info, minfo)
+            if info:
+                log.warning("%s in %s has no manifest", key, store.location)
+        raise ArchiveNotFound(f"{key}: no such archived object (with a manifest) in {self.where()}")
+
+    def _normalise(self, key: str) -> str:
+        key = key.strip()
+        if key.startswith("s3://"):
+            bucket, _, key = key[len("s3://"):].partition("/")
+            if bucket != self.bucket:
+                raise ArchiveNotFound(f"s3://{bucket}/{key}: not in the configured bucket {self.bucket}")
+        return layout.data_key(key) if layout.is_manifest(key) else key
+
+    def store_for(self, obj: ArchiveObject) -> Storage:
+        for store in self.stores():
+            if store.location == obj.location:
+                return store
+        raise DataIntegrityError(f"{obj.key}: its storage ({obj.location}) is not configured")
+
+    def read(self, obj: ArchiveObject) -> bytes:
+        store = self.store_for(obj)
+        try:
+            return store.get(obj.key)
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            raise ArchiverError(f"{obj.key}: cannot read from S3: {err.get('Code')}: {err.get('Message')}") from None
+
+    # -- archive storage classes -------------------------------------------------------------------
+    def request_restore(self, objects: list[ArchiveObject], *, days: int, tier: str = "Standard") -> list[str]:
+        """Ask S3 to make archived-class objects (and their manifests) readable for `days` days.
+        Returns the keys a request was issued for."""
+        if not isinstance(self.primary, S3Storage):
+            return []
+        client = self.primary.client
+        issued = []
+        for obj in objects:
+            if obj.location != "s3" or not obj.needs_s3_restore or obj.restore_state == "ongoing":
+                continue
+            for key in (obj.key, layout.manifest_key(obj.key)):
+                try:
+                    client.restore_object(Bucket=self.bucket, Key=key,
+                                          RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}})
+                except ClientError as exc:
+                    code = exc.response.get("Error", {}).get("Code")
+                    if code not in ("InvalidObjectState", "RestoreAlreadyInProgress"):
+                        raise  # InvalidObjectState: that one is not in an archive class
+            issued.append(obj.key)
+        return issued
+
+
+def _is_archive_name(key: str) -> bool:
+    try:
+        batch_writer.format_of(key)
+    except ValueError:
+        return False
+    return True

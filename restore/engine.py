@@ -1,0 +1,314 @@
+"""Restore, callable without the CLI: pick archive objects (all, a UTC date range, or one key), check
+them, and load them object by object into the live table or a --target-table (issue 4)."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+
+from common.config import Config
+from common.db import connect, conninfo, session_settings
+from common.errors import ArchiverError, UsageError
+from common.pgtypes import TableSchema
+from restore.catalog import ArchiveObject, Catalog, TableRef, resolve_table
+from restore.drift import ColumnPlan, plan_columns
+from restore.loader import STRATEGIES, Loader, ObjectResult, prefetched, prepare
+from restore.target import LiveTable, create_table, find_table, require_table, table_lock
+
+log = logging.getLogger("restore")
+_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: Room for one object's temporary table in memory (PostgreSQL's default is 8MB).
+_TEMP_BUFFERS = "64MB"
+
+
+@dataclass
+class RestoreReport:
+    database: str
+    source: str  # schema.table whose archives are restored
+    target: str  # schema.table the rows went (or would go) into
+    strategy: str
+    dry_run: bool
+    selected: list[ArchiveObject] = field(default_factory=list)
+    objects: list[ObjectResult] = field(default_factory=list)
+    created_target: bool = False
+    dropped_columns: list[str] = field(default_factory=list)
+    defaulted_columns: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return sum(o.rows for o in self.objects) if not self.dry_run else sum(o.rows or 0 for o in self.selected)
+
+    def total(self, what: str) -> int:
+        return sum(getattr(o, what) for o in self.objects)
+
+    def span(self) -> tuple[datetime | None, datetime | None]:
+        starts = [o.start for o in self.selected if o.start]
+        ends = [o.end for o in self.selected if o.end]
+        return (min(starts) if starts else None, max(ends) if ends else None)
+
+    def to_json(self) -> dict[str, Any]:
+        first, last = self.span()
+        return {
+            "database": self.database, "source": self.source, "target": self.target, "strategy": self.strategy,
+            "dry_run": self.dry_run, "created_target": self.created_target,
+            "start": first.isoformat() if first else None, "end": last.isoformat() if last else None,
+            "rows": self.rows, "inserted": self.total("inserted"), "skipped": self.total("skipped"),
+            "overwritten": self.total("overwritten"), "seconds": round(self.seconds, 3),
+            "dropped_columns": self.dropped_columns, "defaulted_columns": self.defaulted_columns,
+            "objects": [o.to_json() for o in self.objects] if not self.dry_run else [o.to_json() for o in self.selected],
+            "notes": self.notes,
+        }
+
+
+def parse_day(value: date | str | None, *, flag: str) -> date | None:
+    if value is None or isinstance(value, date):
+        return value
+    try:
+        if not _DAY_RE.match(value):
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r}: not a date (expected YYYY-MM-DD, a UTC day)") from None
+
+
+def parse_range(start: date | str | None, end: date | str | None) -> tuple[date | None, date | None]:
+    first, last = parse_day(start, flag="--start-date"), parse_day(end, flag="--end-date")
+    if first and last and last < first:
+        raise UsageError(f"--end-date {last} is before --start-date {first}")
+    return first, last
+
+
+def list_archives(cfg: Config, *, database: str, table: str, schema: str | None = None,
+                  start_date: date | str | None = None, end_date: date | str | None = None,
+                  s3_client: Any | None = None) -> list[ArchiveObject]:
+    """The table's archived objects (S3 or local_dir, plus the fallback directory), oldest first;
+    dates are UTC days of the timestamp column, inclusive at both ends."""
+    first, last = parse_range(start_date, end_date)
+    ref = resolve_table(cfg, database, table, schema)
+    return Catalog(cfg, s3_client=s3_client).list_objects(ref, start=first, end=last)
+
+
+def select_objects(catalog: Catalog, ref: TableRef, *, restore_all: bool, s3_key: str | None,
+                   start: date | None, end: date | None) -> list[ArchiveObject]:
+    if s3_key and restore_all:
+        raise UsageError("--s3-key and --restore-all exclude each other")
+    if s3_key and (start or end):
+        raise UsageError("--start-date/--end-date select objects for --restore-all; not with --s3-key")
+    if not s3_key and not restore_all:
+        raise UsageError("say what to restore: --restore-all (optionally with dates) or --s3-key KEY")
+    return [catalog.find(ref, s3_key)] if s3_key else catalog.list_objects(ref, start=start, end=end)
+
+
+def request_s3_restore(cfg: Config, *, database: str, table: str, days: int, schema: str | None = None,
+                       restore_all: bool = False, s3_key: str | None = None, start_date: date | str | None = None,
+                       end_date: date | str | None = None, s3_client: Any | None = None) -> list[str]:
+    """Issue S3 restore requests for the selected objects in GLACIER/DEEP_ARCHIVE; returns their keys."""
+    first, last = parse_range(start_date, end_date)
+    ref = resolve_table(cfg, database, table, schema)
+    catalog = Catalog(cfg, s3_client=s3_client)
+    if s3_key or restore_all:
+        objects = select_objects(catalog, ref, restore_all=restore_all, s3_key=s3_key, start=first, end=last)
+    else:
+        objects = catalog.list_objects(ref, start=first, end=last)
+    return catalog.request_restore(objects, days=days)
+
+
+def restore(cfg: Config, *, database: str, table: str, schema: str | None = None, restore_all: bool = False,
+            start_date: date | str | None = None, end_date: date | str | None = None, s3_key: str | None = None,
+            conflict_strategy: str = "fail", target_table: str | None = None, dry_run: bool = False,
+            allow_drop_columns: bool = False, s3_client: Any | None = None) -> RestoreReport:
+    """Restore archived rows exactly as they were archived. Raises an ArchiverError (with its exit
+    code) naming the object when something is wrong; returns what was (or would be) restored."""
+    started = time.monotonic()
+    if conflict_strategy not in STRATEGIES:
+        raise UsageError(f"--conflict-strategy {conflict_strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    first, last = parse_range(start_date, end_date)
+    ref = resolve_table(cfg, database, table, schema)
+    catalog = Catalog(cfg, s3_client=s3_client)
+    objects = select_objects(catalog, ref, restore_all=restore_all, s3_key=s3_key, start=first, end=last)
+    tschema, tname = _target_name(ref, target_table)
+    report = RestoreReport(database, ref.name, f"{tschema}.{tname}", conflict_strategy, dry_run, selected=objects)
+    _check_readable(objects, report)
+    if not objects:
+        report.notes.append("no archived objects match; nothing to restore")
+    with connect(conninfo(cfg.database(database)), _settings(cfg, ref)) as conn:
+        if dry_run:
+            conn.read_only = True
+            _dry_run(conn, report, ref, objects, (tschema, tname), allow_drop_columns, creatable=target_table is not None)
+        elif objects:
+            job = _Job(conn, catalog, ref, objects, report, allow_drop_columns)
+            job.run(tschema, tname, creatable=target_table is not None)
+    _retention_note(report, ref, objects, same_table=report.target == ref.name)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _target_name(ref: TableRef, target_table: str | None) -> tuple[str, str]:
+    if not target_table:
+        return ref.schema, ref.table
+    if "." in target_table:
+        schema, _, name = target_table.partition(".")
+        return schema, name
+    return ref.schema, target_table
+
+
+def _settings(cfg: Config, ref: TableRef) -> dict[str, str]:
+    opts = cfg.options(cfg.table(ref.database, ref.table, ref.schema)) if not ref.unconfigured else cfg.defaults
+    settings = session_settings(application_name=f"{opts.application_name} restore",
+                                statement_timeout=opts.statement_timeout, lock_timeout=opts.lock_timeout)
+    settings["temp_buffers"] = _TEMP_BUFFERS
+    return settings
+
+
+def _check_readable(objects: list[ArchiveObject], report: RestoreReport) -> None:
+    frozen = [o for o in objects if o.needs_s3_restore]
+    if not frozen:
+        return
+    classes = "/".join(sorted({o.storage_class for o in frozen}))
+    message = (f"{len(frozen)} of the selected objects are in {classes} and need an S3 restore request first "
+               f"(e.g. {frozen[0].key}); run again with --request-glacier-restore DAYS, then restore once they are available")
+    if not report.dry_run:
+        raise ArchiverError(message)
+    report.notes.append(message)
+
+
+def _planner(live: LiveTable, allow_drop: bool) -> tuple[Any, dict[str, ColumnPlan]]:
+    plans: dict[str, ColumnPlan] = {}
+
+    def plan_for(archived: TableSchema, key: str) -> ColumnPlan:
+        fp = archived.fingerprint()
+        if fp not in plans:
+            plans[fp] = plan_columns(archived, live.columns, primary_key=live.primary_key,
+                                     allow_drop=allow_drop, key=key, target=live.name)
+        return plans[fp]
+
+    return plan_for, plans
+
+
+def _precheck(objects: list[ArchiveObject], plan_for: Any) -> None:
+    """Check drift with the manifests' schemas before loading anything, so a drifted archive stops
+    the run at its start rather than half way."""
+    for obj in objects:
+        archived = obj.archived_schema
+        if archived is not None:
+            plan_for(archived, obj.key)
+
+
+def _record_plans(report: RestoreReport, plans: dict[str, ColumnPlan]) -> None:
+    report.dropped_columns = sorted({c for p in plans.values() for c in p.dropped})
+    report.defaulted_columns = sorted({c for p in plans.values() for c in p.defaulted})
+    if report.dropped_columns:
+        report.notes.append(f"not restored (dropped or retyped in {report.target}): {', '.join(report.dropped_columns)}")
+    if report.defaulted_columns:
+        report.notes.append(f"columns not in the archive took their defaults: {', '.join(report.defaulted_columns)}")
+
+
+def _dry_run(conn: psycopg.Connection[Any], report: RestoreReport, ref: TableRef, objects: list[ArchiveObject],
+             target: tuple[str, str], allow_drop: bool, *, creatable: bool) -> None:
+    live = find_table(conn, *target)
+    if live is None:
+        if not creatable:
+            require_table(conn, *target)  # raises the usual message
+        report.notes.append(f"{report.target} does not exist: it would be created from the archived schema")
+    else:
+        live = require_table(conn, *target)
+        plan_for, plans = _planner(live, allow_drop)
+        _precheck(objects, plan_for)
+        _record_plans(report, plans)
+    conn.rollback()
+    report.notes.append("dry run: nothing was changed")
+
+
+def _retention_note(report: RestoreReport, ref: TableRef, objects: list[ArchiveObject], *, same_table: bool) -> None:
+    if not same_table or ref.retention_days is None or not report.rows:
+        return
+    cutoff = datetime.now(timezone.utc) - timedelta(days=ref.retention_days)
+    if any(o.start and o.start < cutoff for o in objects):
+        report.notes.append(f"restored rows older than retention_days ({ref.retention_days}) will be archived again "
+                            "by the next archiver run unless retention is raised first")
+
+
+class _Job:
+    """One restore run on one connection: target, lock, then every object in order."""
+
+    def __init__(self, conn: psycopg.Connection[Any], catalog: Catalog, ref: TableRef, objects: list[ArchiveObject],
+                 report: RestoreReport, allow_drop: bool) -> None:
+        self.conn, self.catalog, self.ref, self.objects = conn, catalog, ref, objects
+        self.report, self.allow_drop = report, allow_drop
+        self.single_tx = report.strategy == "fail"
+
+    def run(self, schema: str, table: str, *, creatable: bool) -> None:
+        try:
+            live = self._open_target(schema, table, creatable=creatable)
+            with table_lock(self.conn, live):
+                plan_for, plans = _planner(live, self.allow_drop)
+                _precheck(self.objects, plan_for)
+                self._load(live, plan_for)
+                _record_plans(self.report, plans)
+        except BaseException as exc:
+            self.conn.rollback()
+            raise self._explain(exc) from None
+
+    def _open_target(self, schema: str, table: str, *, creatable: bool) -> LiveTable:
+        live = find_table(self.conn, schema, table)
+        if live is not None or not creatable:
+            return require_table(self.conn, schema, table)
+        newest = self.objects[-1]
+        archived = newest.archived_schema
+        if archived is None or newest.manifest is None:
+            raise ArchiverError(f"{newest.key}: its manifest carries no schema to create {schema}.{table} from")
+        live = create_table(self.conn, schema, table, archived, [newest.manifest.primary_key])
+        self.report.created_target = True
+        log.info("created %s.%s from the archived schema of %s", schema, table, newest.key)
+        if not self.single_tx:
+            self.conn.commit()
+        return live
+
+    def _load(self, live: LiveTable, plan_for: Any) -> None:
+        loader = Loader(self.conn, live, self.report.strategy)
+        progress = _Progress(len(self.objects), sum(o.rows or 0 for o in self.objects))
+        with prefetched(self.objects, lambda o: prepare(self.catalog, o, self.ref, plan_for)) as items:
+            for item in items:
+                result = loader.load(item)
+                if not self.single_tx:
+                    self.conn.commit()  # each object is its own transaction
+                self.report.objects.append(result)
+                progress.done(result)
+        self.conn.commit()
+
+    def _explain(self, exc: BaseException) -> BaseException:
+        """Say what state the run left behind, on top of what went wrong."""
+        if not isinstance(exc, ArchiverError) or isinstance(exc, UsageError):
+            return exc
+        done = self.report.objects
+        if self.single_tx:
+            tail = "the run was rolled back: nothing was restored"
+        elif done:
+            tail = (f"nothing from that object was restored; the {len(done)} object(s) before it "
+                    f"({sum(o.rows for o in done)} rows) stay restored")
+        else:
+            tail = "nothing was restored"
+        return type(exc)(f"{exc}; {tail}")
+
+
+class _Progress:
+    def __init__(self, objects: int, rows: int) -> None:
+        self.objects, self.rows = objects, rows
+        self.done_objects = self.done_rows = 0
+        self.started = time.monotonic()
+
+    def done(self, r: ObjectResult) -> None:
+        self.done_objects += 1
+        self.done_rows += r.rows
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.done_rows / elapsed
+        eta = (self.rows - self.done_rows) / rate if rate and self.rows > self.done_rows else 0.0
+        log.info("restored %d/%d %s: %d rows, %d inserted, %d skipped, %d overwritten (%.0f rows/s, ETA %.0fs)",
+                 self.done_objects, self.objects, r.key, r.rows, r.inserted, r.skipped, r.overwritten, rate, eta)
