@@ -84,17 +84,17 @@ def batches(conn: psycopg.Connection[Any], sel: Selection, *, batch_size: int, a
             elif carry.table.schema.equals(table.schema):
                 rows = _Rows(pa.concat_tables([carry.table, table]), encodings, carry.nbytes + nbytes)
             else:  # a text fallback differs between chunks: close the carried part on its own
-                yield from _emit(carry, sel, batch_size, keep_tail=False)[0]
+                yield from _emit(carry, sel, batch_size, keep_tail=False, narrow=not all_text)[0]
         carry = None
         if rows.table.num_rows == 0:
             return
-        out, carry = _emit(rows, sel, batch_size, keep_tail=not exhausted)
+        out, carry = _emit(rows, sel, batch_size, keep_tail=not exhausted, narrow=not all_text)
         yield from out
         if exhausted:
             return
 
 
-def _emit(rows: _Rows, sel: Selection, batch_size: int, *, keep_tail: bool) -> tuple[list[Batch], _Rows | None]:
+def _emit(rows: _Rows, sel: Selection, batch_size: int, *, keep_tail: bool, narrow: bool) -> tuple[list[Batch], _Rows | None]:
     """Cut rows into day-aligned batches; with keep_tail the last day's remainder (< batch_size)
     is returned as the carry instead of becoming a small object."""
     per_row = rows.nbytes / max(rows.table.num_rows, 1)
@@ -108,7 +108,9 @@ def _emit(rows: _Rows, sel: Selection, batch_size: int, *, keep_tail: bool) -> t
             if keep_tail and i == len(groups) - 1 and n < batch_size:
                 carry = _Rows(piece, rows.encodings, int(per_row * n))
                 break
-            table, encodings = _narrow(piece.drop_columns(["__xmin"]), rows.encodings, sel)
+            table, encodings = piece.drop_columns(["__xmin"]), rows.encodings
+            if narrow:
+                table, encodings = _narrow(table, encodings, sel)
             out.append(Batch(day, table, piece.column("__xmin").to_pylist(), encodings, int(per_row * n)))
     return out, carry
 

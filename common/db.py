@@ -84,6 +84,9 @@ def _reason(exc: Exception) -> str:
 def pool(info: str, settings: dict[str, str], *, size: int) -> Iterator[ConnectionPool]:
     """A psycopg-pool honouring connection_pool_size (issue 3); opened eagerly so an unreachable
     server fails at start with exit 3."""
+    # Probe once first: a refused connection fails in milliseconds with libpq's reason, where the
+    # pool would keep retrying until its timeout.
+    connect(info, settings).close()
     p = ConnectionPool(info, min_size=1, max_size=max(size, 1), open=False,
                        configure=lambda c: apply_settings(c, settings),
                        kwargs={"connect_timeout": 10, "autocommit": False}, name="archiver")

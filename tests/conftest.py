@@ -26,6 +26,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture()
+def free_tcp_port() -> int:
+    """A loopback port nothing listens on (for 'service down' scenarios)."""
+    return free_port()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _aws_env() -> Iterator[None]:
     # Credentials for moto only; never real ones.
@@ -138,6 +144,14 @@ def make_config(tmp_path: Path, *, dsn: str, bucket: str | None = None, endpoint
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+@pytest.fixture()
+def small_audit(pg: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """audit_logs with 1,200 rows over 130 days ending today: ~40 days (~370 rows) are expired,
+    so a run writes ~40 objects: quick against moto."""
+    seed_audit(pg, rows=1200, days=130)
+    return pg
 
 
 @pytest.fixture()

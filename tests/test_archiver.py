@@ -1,0 +1,257 @@
+"""The archiver core against a real PostgreSQL and a moto S3 server over HTTP (issue 2)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from archive_checks import archived_ids, assert_invariant, manifests, table_ids
+from archiver.controls import RunControls
+from archiver.main import cli
+from archiver.runner import run_archive
+from common import batch_writer, layout
+from common.config import load_config
+from common.exit_codes import ExitCode
+from common.storage import LocalStorage, S3Storage
+from conftest import make_config, seed_audit
+
+
+def eligible_ids(conn: psycopg.Connection[Any], days: int = 90, extra: str = "true") -> set[int]:
+    rows = conn.execute(f"SELECT id FROM audit_logs WHERE created_at < now() - interval '{days} days' AND {extra}").fetchall()
+    return {r[0] for r in rows}
+
+
+@pytest.fixture()
+def s3_config(tmp_path: Path, pg_dsn: str, bucket: str, moto_server: str, small_audit: Any) -> Path:
+    return make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server)
+
+
+def s3_store(s3_client: Any, bucket: str) -> S3Storage:
+    return S3Storage(s3_client, bucket)
+
+
+def test_expired_rows_move_to_s3_and_young_rows_stay(s3_config: Path, pg: psycopg.Connection[Any],
+                                                     s3_client: Any, bucket: str) -> None:
+    original = table_ids(pg)
+    expected = eligible_ids(pg, days=90) 
+    results, code = run_archive(load_config(s3_config))
+    assert code == ExitCode.OK
+    archived = archived_ids(s3_store(s3_client, bucket))
+    assert set(archived) >= expected  # rows crossing the cutoff during the test may be archived too
+    assert table_ids(pg) == original - set(archived)
+    assert_invariant(original, table_ids(pg), archived)
+    young = pg.execute("SELECT count(*) FROM audit_logs WHERE created_at >= now() - interval '89 days'").fetchone()[0]
+    assert young == len(original) - len(expected) - 0 or young > 0
+    assert results[0].status == "completed" and results[0].rows == len(archived)
+
+
+def test_each_object_holds_one_utc_day_and_at_most_batch_size_rows(s3_config: Path, s3_client: Any, bucket: str) -> None:
+    run_archive(load_config(s3_config))
+    store = s3_store(s3_client, bucket)
+    checked = 0
+    for m in manifests(store):
+        day = layout.parse_key("", m.key).day
+        table = batch_writer.decode(store.get(m.key), fmt="parquet", columns=["created_at"])[0]
+        days = {ts.astimezone(timezone.utc).date() for ts in table.column("created_at").to_pylist()}
+        assert days == {day}, m.key
+        assert 0 < m.rows <= 1000
+        checked += 1
+    assert checked >= 35  # ~40 expired days, one object per day
+
+
+def test_checksum_is_recorded_sent_and_stored(s3_config: Path, s3_client: Any, bucket: str) -> None:
+    run_archive(load_config(s3_config))
+    m = manifests(s3_store(s3_client, bucket))[0]
+    body = s3_client.get_object(Bucket=bucket, Key=m.key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == m.sha256 and len(body) == m.size
+    head = s3_client.head_object(Bucket=bucket, Key=m.key, ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
+
+
+def test_manifest_describes_its_object(s3_config: Path, s3_client: Any, bucket: str, pg_dsn: str) -> None:
+    run_archive(load_config(s3_config))
+    store = s3_store(s3_client, bucket)
+    m = manifests(store)[0]
+    table = batch_writer.decode(store.get(m.key), fmt="parquet")[0]
+    ids = table.column("id").to_pylist()
+    assert (m.rows, m.min_pk, m.max_pk) == (len(ids), min(ids), max(ids))
+    assert m.schema_fingerprint.startswith("sha256:") and m.format == "parquet" and m.format_version == 1
+    assert datetime.fromisoformat(m.min_ts) <= datetime.fromisoformat(m.max_ts)
+
+
+@pytest.mark.parametrize(("storage_class", "sse"), [("STANDARD_IA", "AES256"), ("GLACIER_IR", None)])
+def test_storage_class_and_encryption_apply_to_every_object(tmp_path: Path, pg_dsn: str, bucket: str, moto_server: str,
+                                                            small_audit: Any, s3_client: Any, storage_class: str,
+                                                            sse: str | None) -> None:
+    cfg = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
+                      s3={"storage_class": storage_class, "sse": sse})
+    run_archive(load_config(cfg))
+    keys = [o.key for o in s3_store(s3_client, bucket).list("")]
+    assert keys
+    for key in keys[:20]:
+        head = s3_client.head_object(Bucket=bucket, Key=key)
+        assert head.get("StorageClass", "STANDARD") == storage_class
+        assert head.get("ServerSideEncryption") == sse
+
+
+def test_where_predicate_keeps_excluded_rows(tmp_path: Path, pg_dsn: str, small_audit: Any, pg: psycopg.Connection[Any]) -> None:
+    cfg = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "audit_logs", "where": "user_id <> 7"}])
+    run_archive(load_config(cfg))
+    kept = pg.execute("SELECT count(*) FROM audit_logs WHERE user_id = 7 AND created_at < now() - interval '90 days'").fetchone()[0]
+    assert kept > 0
+    assert 7 not in {r for r in archived_ids(LocalStorage(tmp_path / "archive"), pk="user_id")}
+
+
+def test_dry_run_writes_and_deletes_nothing_and_hides_password(tmp_path: Path, pg_dsn: str, bucket: str, moto_server: str,
+                                                               small_audit: Any, pg: psycopg.Connection[Any], s3_client: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCHIVER_DB_PASSWORD", "hunter2-secret")
+    cfg = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server)
+    text = cfg.read_text().replace("tables:", "password_env: ARCHIVER_DB_PASSWORD\n  tables:")
+    cfg.write_text(text)
+    before = table_ids(pg)
+    expected = len(eligible_ids(pg))
+    result = CliRunner().invoke(cli, ["--config", str(cfg), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert f"eligible rows {expected}" in result.output
+    assert "hunter2-secret" not in result.output
+    assert table_ids(pg) == before
+    assert list(s3_store(s3_client, bucket).list("")) == []
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "archiver.log").exists()
+
+
+def test_dry_run_reports_a_missing_column(tmp_path: Path, pg_dsn: str, small_audit: Any) -> None:
+    cfg = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "audit_logs", "timestamp_column": "inserted_at"}])
+    result = CliRunner().invoke(cli, ["--config", str(cfg), "--dry-run"])
+    assert result.exit_code == 1
+    assert "timestamp_column 'inserted_at' is not a column" in result.output
+
+
+HOSTILE = "audit_logs; DROP TABLE x; --"
+
+
+def test_hostile_table_name_is_quoted_not_executed(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
+    pg.execute("CREATE TABLE x (id int)")
+    pg.execute(f'CREATE TABLE "{HOSTILE}" (id bigint PRIMARY KEY, "created at" timestamptz NOT NULL)')
+    pg.execute(f"""INSERT INTO "{HOSTILE}" SELECT g, now() - g * interval '1 day' + interval '1 hour' FROM generate_series(1, 200) g""")
+    cfg = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": HOSTILE, "timestamp_column": "created at"}])
+    _results, code = run_archive(load_config(cfg))
+    assert code == ExitCode.OK
+    assert pg.execute("SELECT to_regclass('x') IS NOT NULL").fetchone()[0]
+    assert pg.execute(f'SELECT count(*) FROM "{HOSTILE}"').fetchone()[0] == 90
+    keys = [o.key for o in LocalStorage(tmp_path / "archive").list("")]
+    assert keys and all(k.startswith("production_db/public.audit_logs%3B%20DROP%20TABLE%20x%3B%20--/year=") for k in keys)
+
+
+def test_one_failing_table_does_not_stop_the_others(tmp_path: Path, pg_dsn: str, small_audit: Any) -> None:
+    cfg = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "no_such_table"}, {"name": "audit_logs"}])
+    result = CliRunner().invoke(cli, ["--config", str(cfg)])
+    assert result.exit_code == ExitCode.FAILURE
+    log = (tmp_path / "archiver.log").read_text()
+    assert "table public.no_such_table failed: table public.no_such_table does not exist" in log
+    assert "table public.audit_logs completed" in log
+
+
+def test_unreachable_database_exits_3_naming_host_not_password(tmp_path: Path, free_tcp_port: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCHIVER_DB_PASSWORD", "hunter2-secret")
+    cfg = make_config(tmp_path, dsn=f"host=127.0.0.1 port={free_tcp_port} user=root dbname=nope password=hunter2-secret")
+    result = CliRunner().invoke(cli, ["--config", str(cfg)])
+    assert result.exit_code == ExitCode.UNAVAILABLE
+    log = (tmp_path / "archiver.log").read_text()
+    assert f"127.0.0.1:{free_tcp_port}" in log
+    assert "hunter2-secret" not in log + result.output
+
+
+def test_jsonl_format_keeps_postgres_text_values(tmp_path: Path, pg_dsn: str, small_audit: Any, pg: psycopg.Connection[Any]) -> None:
+    cfg = make_config(tmp_path, dsn=pg_dsn, defaults={"format": "jsonl"})
+    sample = pg.execute("SELECT id, payload::text, amount::text FROM audit_logs ORDER BY id DESC LIMIT 1").fetchone()
+    run_archive(load_config(cfg))
+    store = LocalStorage(tmp_path / "archive")
+    objects = [o.key for o in store.list("") if o.key.endswith(".jsonl.zst")]
+    assert objects
+    table = batch_writer.decode(store.get(objects[-1]), fmt="jsonl")[0]
+    row = table.slice(0, 1).to_pylist()[0]
+    assert isinstance(row["id"], str) and isinstance(row["payload"], str)
+    found = pg.execute("SELECT count(*) FROM audit_logs WHERE id = %s", (sample[0],)).fetchone()[0]
+    assert found in (0, 1)
+    archived = archived_ids(store)
+    assert len(archived) > 300 and all(n == 1 for n in archived.values())
+
+
+def test_keeping_rows_does_not_archive_them_twice(tmp_path: Path, pg_dsn: str, small_audit: Any, pg: psycopg.Connection[Any]) -> None:
+    cfg = make_config(tmp_path, dsn=pg_dsn, defaults={"delete_after_archive": False})
+    before = table_ids(pg)
+    run_archive(load_config(cfg))
+    run_archive(load_config(cfg))
+    archived = archived_ids(LocalStorage(tmp_path / "archive"))
+    assert table_ids(pg) == before
+    assert archived and max(archived.values()) == 1
+
+
+def oldest_id(conn: psycopg.Connection[Any]) -> int:
+    return int(conn.execute("SELECT id FROM audit_logs ORDER BY created_at, id LIMIT 1").fetchone()[0])
+
+
+class UpdateAfterUpload(RunControls):
+    """Changes one exported row between export and delete, the race the xmin check guards against."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        self.dsn = dsn
+        self.done = False
+
+    def hook(self, point: str) -> None:
+        if point == "after_upload" and not self.done:
+            self.done = True
+            with psycopg.connect(self.dsn, autocommit=True) as c:
+                c.execute("UPDATE audit_logs SET action = 'changed' WHERE id = %s", (oldest_id(c),))
+
+
+def test_row_updated_after_export_is_not_deleted_unseen(tmp_path: Path, pg_dsn: str, small_audit: Any,
+                                                        pg: psycopg.Connection[Any]) -> None:
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn))
+    original = table_ids(pg)
+    first_id = oldest_id(pg)
+    results, code = run_archive(cfg, controls=UpdateAfterUpload(pg_dsn))
+    assert code == ExitCode.OK and results[0].rolled_back_batches == 1
+    assert first_id in table_ids(pg)  # its batch was rolled back, object removed
+    run_archive(cfg)
+    store = LocalStorage(tmp_path / "archive")
+    archived = archived_ids(store)
+    assert_invariant(original, table_ids(pg), archived)
+    actions = {}
+    for o in store.list(""):
+        if o.key.endswith(".parquet") and store.head(layout.manifest_key(o.key)):
+            t = batch_writer.decode(store.get(o.key), fmt="parquet", columns=["id", "action"])[0]
+            actions.update(zip(t.column("id").to_pylist(), t.column("action").to_pylist()))
+    assert actions[first_id] == "changed"
+
+
+def test_rows_with_minus_infinity_timestamp_stay_in_the_table(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
+    seed_audit(pg, rows=100, days=200)
+    pg.execute("INSERT INTO audit_logs (id, created_at) VALUES (100000, '-infinity'), (100001, '0044-03-15 BC')")
+    run_archive(load_config(make_config(tmp_path, dsn=pg_dsn)))
+    assert {100000, 100001} <= table_ids(pg)
+
+
+def test_max_rows_limits_one_run(tmp_path: Path, pg_dsn: str, small_audit: Any, pg: psycopg.Connection[Any]) -> None:
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn))
+    results, code = run_archive(cfg, controls=RunControls(max_rows=1))
+    assert code == ExitCode.OK and results[0].objects == 1 and results[0].status == "stopped"
+
+
+def test_cutoff_is_exact_to_the_microsecond(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
+    now = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+    cutoff = now - timedelta(days=90)
+    pg.execute("CREATE TABLE audit_logs (id int PRIMARY KEY, created_at timestamptz NOT NULL)")
+    pg.execute("INSERT INTO audit_logs VALUES (1, %s), (2, %s), (3, %s)",
+               (cutoff - timedelta(microseconds=1), cutoff, cutoff + timedelta(microseconds=1)))
+    run_archive(load_config(make_config(tmp_path, dsn=pg_dsn)), now=now)
+    assert table_ids(pg) == {2, 3}
