@@ -1,16 +1,43 @@
-"""`python -m validate.main`: not implemented yet (see the open issue for the validate tool)."""
+"""`python -m validate.main`: prove the archives are whole. A thin click entrypoint; the work is in
+validate.app / validate.checks."""
 from __future__ import annotations
 
 import sys
+from datetime import datetime
+from pathlib import Path
 
 import click
 
+from common.errors import run_tool
+from validate.checks import DEFAULT_PARALLEL
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def cli() -> None:
-    """Not implemented yet."""
-    click.echo("validate: not implemented yet", err=True)
-    sys.exit(1)
+_DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML config file.")
+@click.option("--database", help="Only this configured database.")
+@click.option("--table", help="Only this configured table (name or schema.name).")
+@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: one line per problem and a summary; json: one document on stdout.")
+@click.option("--quick", is_flag=True,
+              help="Manifests, sizes and S3's stored checksums only: no downloads, no database cross-check.")
+@click.option("--since", type=click.DateTime(_DATE_FORMATS), metavar="DATE",
+              help="Only objects archived at or after DATE (UTC), e.g. 2026-01-31.")
+@click.option("--parallel", type=click.IntRange(min=1, max=64), default=DEFAULT_PARALLEL, show_default=True,
+              help="Objects downloaded and checked at once.")
+@click.option("--verbose", "-v", is_flag=True, help="List every object checked; debug logging and tracebacks.")
+def cli(config_path: Path, database: str | None, table: str | None, output_format: str, quick: bool,
+        since: datetime | None, parallel: int, verbose: bool) -> None:
+    """Check every archive object against its manifest (checksum, size, rows, partition), find
+    orphans, overlaps, unfinished moves, pending fallback batches and open uploads. Changes nothing.
+    Exit 0: no problems; 1: problems found; 2: usage/config error; 3: S3 or database unreachable."""
+    from validate.app import ValidateOptions, run
+
+    options = ValidateOptions(config_path=config_path, database=database, table=table, output_format=output_format,
+                              verbose=verbose, quick=quick, since=since, parallel=parallel)
+    sys.exit(run_tool(lambda: run(options), verbose=verbose, tool="validate"))
 
 
 def main() -> None:

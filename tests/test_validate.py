@@ -1,0 +1,350 @@
+"""validate (issue 5): every problem type produced on purpose in a real archive (archiver -> moto S3,
+real PostgreSQL), then found with the right type and key; a clean archive set has no problems."""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from archiver.runner import run_archive
+from common import layout
+from common.config import Config, load_config
+from common.errors import ConfigError, ServiceUnavailable, UsageError
+from common.manifest import Manifest, hex_to_b64
+from conftest import free_port, make_config, seed_audit
+from validate.checks import validate
+from validate.report import Report
+
+ROWS = 300  # over 5 days, 100+ days ago: 6 day-partitioned objects, all expired
+
+
+@dataclass
+class Archive:
+    path: Path
+    cfg: Config
+    s3: Any
+    bucket: str
+    pg: psycopg.Connection[Any]
+
+    def data_keys(self) -> list[str]:
+        keys = [o["Key"] for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+                for o in page.get("Contents", [])]
+        return sorted(k for k in keys if not layout.is_manifest(k))
+
+    def get(self, key: str) -> bytes:
+        return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def put(self, key: str, data: bytes, *, with_checksum: bool = False) -> None:
+        extra = {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": hex_to_b64(hashlib.sha256(data).hexdigest())} if with_checksum else {}
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+
+    def delete(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def manifest(self, key: str) -> Manifest:
+        return Manifest.from_bytes(self.get(layout.manifest_key(key)))
+
+    def put_object_with_manifest(self, key: str, data: bytes, manifest: Manifest) -> None:
+        """What an archiver would have written: the object and a manifest that matches it."""
+        m = replace(manifest, key=key, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        self.put(key, data)
+        self.put(layout.manifest_key(key), m.to_bytes())
+
+    def validate(self, **kw: Any) -> Report:
+        return validate(self.cfg, s3_client=self.s3, **kw)
+
+
+def archive_table(tmp_path: Path, pg: psycopg.Connection[Any], cfg_path: Path, s3: Any = None) -> Config:
+    cfg = load_config(cfg_path)
+    results, code = run_archive(cfg, s3_client=s3)
+    assert int(code) == 0, results
+    assert sum(r.rows for r in results) == ROWS * len(results)
+    return cfg
+
+
+@pytest.fixture()
+def archive(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str, moto_server: str, s3_client: Any,
+            bucket: str) -> Archive:
+    seed_audit(pg, rows=ROWS, days=5, end_days_ago=100)
+    path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server)
+    cfg = archive_table(tmp_path, pg, path, s3_client)
+    return Archive(path, cfg, s3_client, bucket, pg)
+
+
+def found(report: Report) -> set[tuple[str, str]]:
+    return {(p.type, p.key) for p in report.problems}
+
+
+def flip_byte(data: bytes, at: int | None = None) -> bytes:
+    i = len(data) // 2 if at is None else at
+    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+
+
+# -- clean -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+def test_clean_archive_set_has_no_problems(archive: Archive, quick: bool) -> None:
+    report = archive.validate(quick=quick)
+    assert report.problems == []
+    assert report.ok
+    assert report.summary.objects == len(archive.data_keys()) == 6
+    assert report.summary.rows == ROWS
+    assert report.summary.bytes == sum(archive.manifest(k).size for k in archive.data_keys())
+
+
+def test_full_check_downloads_every_object_and_quick_check_none(archive: Archive) -> None:
+    gets: list[str] = []
+    archive.s3.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
+    archive.validate(quick=True)
+    assert [k for k in gets if not layout.is_manifest(k)] == []
+    gets.clear()
+    archive.validate()
+    assert sorted(k for k in gets if not layout.is_manifest(k)) == archive.data_keys()
+
+
+# -- integrity of one object -----------------------------------------------------------------
+def test_flipped_byte_is_a_checksum_mismatch(archive: Archive) -> None:
+    key = archive.data_keys()[2]
+    archive.put(key, flip_byte(archive.get(key)))
+    report = archive.validate()
+    assert found(report) == {("checksum_mismatch", key)}
+    p = report.problems[0]
+    assert (p.database, p.table) == ("production_db", "public.audit_logs")
+
+
+def test_quick_check_compares_the_checksum_s3_stored(archive: Archive) -> None:
+    key = archive.data_keys()[0]
+    archive.put(key, flip_byte(archive.get(key)), with_checksum=True)
+    assert found(archive.validate(quick=True)) == {("checksum_mismatch", key)}
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+def test_truncated_object_is_a_size_mismatch(archive: Archive, quick: bool) -> None:
+    key = archive.data_keys()[1]
+    archive.put(key, archive.get(key)[:-100])
+    assert found(archive.validate(quick=quick)) == {("size_mismatch", key)}
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+def test_deleted_object_is_missing(archive: Archive, quick: bool) -> None:
+    key = archive.data_keys()[3]
+    archive.delete(key)
+    report = archive.validate(quick=quick)
+    assert found(report) == {("missing_object", key)}
+    assert "gone" in report.problems[0].message
+
+
+def test_dropped_manifest_leaves_an_orphaned_file(archive: Archive) -> None:
+    key = archive.data_keys()[4]
+    archive.delete(layout.manifest_key(key))
+    assert found(archive.validate()) == {("orphaned_file", key)}
+
+
+@pytest.mark.parametrize("stray", [
+    "notes.txt",
+    "production_db/public.audit_logs/README.md",
+    "production_db/public.audit_logs/year=2026/month=01/day=01/copy-of-something.csv",
+])
+def test_stray_file_under_the_prefix_is_orphaned(archive: Archive, stray: str) -> None:
+    archive.put(stray, b"not an archive")
+    report = archive.validate()
+    assert found(report) == {("orphaned_file", stray)}
+    assert "stray" in report.problems[0].message
+
+
+@pytest.mark.parametrize("payload", ["garbage", "parquet_without_metadata"])
+def test_object_that_is_not_a_valid_archive_is_unreadable(archive: Archive, payload: str) -> None:
+    key = archive.data_keys()[0]
+    if payload == "garbage":
+        data = b"PAR1" + b"\x00" * 64
+    else:
+        buf = io.BytesIO()
+        rows = pq.read_table(io.BytesIO(archive.get(key)))
+        pq.write_table(rows.replace_schema_metadata(None), buf)
+        data = buf.getvalue()
+    archive.put_object_with_manifest(key, data, archive.manifest(key))
+    report = archive.validate()
+    assert found(report) == {("unreadable_archive", key)}
+    assert "invalid" in report.problems[0].message
+
+
+def test_edited_manifest_count_is_a_row_count_mismatch(archive: Archive) -> None:
+    key = archive.data_keys()[2]
+    m = archive.manifest(key)
+    archive.put(layout.manifest_key(key), replace(m, rows=m.rows + 7).to_bytes())
+    report = archive.validate()
+    assert found(report) == {("row_count_mismatch", key)}
+    assert f"holds {m.rows} rows" in report.problems[0].message
+
+
+def test_object_under_the_wrong_day_is_a_partition_mismatch(archive: Archive) -> None:
+    key = archive.data_keys()[0]
+    parsed = layout.parse_key("", key)
+    assert parsed is not None
+    moved = layout.object_key("", parsed.database, parsed.schema, parsed.table, parsed.day + timedelta(days=40), parsed.name)
+    archive.put_object_with_manifest(moved, archive.get(key), archive.manifest(key))
+    archive.delete(key)
+    archive.delete(layout.manifest_key(key))
+    report = archive.validate()
+    assert found(report) == {("partition_mismatch", moved)}
+    assert parsed.day.isoformat() in report.problems[0].message
+
+
+# -- across objects --------------------------------------------------------------------------
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+def test_copied_object_overlaps_its_original(archive: Archive, quick: bool) -> None:
+    key = archive.data_keys()[1]
+    copy = key.rsplit("/", 1)[0] + "/part-copy.parquet"  # sorts after part-2026...
+    archive.put_object_with_manifest(copy, archive.get(key), archive.manifest(key))
+    report = archive.validate(quick=quick)
+    assert found(report) == {("overlapping_archives", copy)}
+    assert key in report.problems[0].message
+
+
+def test_object_sharing_some_keys_overlaps(archive: Archive) -> None:
+    key = archive.data_keys()[3]
+    rows = pq.read_table(io.BytesIO(archive.get(key))).slice(0, 5)  # keeps the pg_archiver metadata
+    buf = io.BytesIO()
+    pq.write_table(rows, buf, compression="zstd")
+    ids = rows.column("id").to_pylist()
+    extra = key.rsplit("/", 1)[0] + "/part-extra.parquet"
+    archive.put_object_with_manifest(extra, buf.getvalue(),
+                                     replace(archive.manifest(key), rows=5, min_pk=min(ids), max_pk=max(ids)))
+    report = archive.validate()
+    assert found(report) == {("overlapping_archives", extra)}
+    assert "shares 5 primary keys" in report.problems[0].message
+
+
+def test_archived_row_put_back_is_still_in_the_database(archive: Archive) -> None:
+    key = archive.data_keys()[2]
+    m = archive.manifest(key)
+    archive.pg.execute("INSERT INTO audit_logs (id, created_at) VALUES (%s, %s)", (m.max_pk, m.max_ts))
+    report = archive.validate()
+    assert found(report) == {("rows_still_in_database", key)}
+    assert "rerun the archiver to finish the move" in report.problems[0].message
+    assert f"id {m.max_pk}" in report.problems[0].message
+
+
+def test_rows_kept_on_purpose_are_not_an_unfinished_move(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str,
+                                                         moto_server: str, s3_client: Any, bucket: str) -> None:
+    seed_audit(pg, rows=ROWS, days=5, end_days_ago=100)
+    path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
+                       defaults={"delete_after_archive": False})
+    cfg = archive_table(tmp_path, pg, path, s3_client)
+    assert pg.execute("SELECT count(*) FROM audit_logs").fetchone() == (ROWS,)
+    report = validate(cfg, s3_client=s3_client)
+    assert report.ok, report.problems
+    assert any("delete_after_archive" in n for n in report.notes)
+
+
+def test_batch_left_in_the_fallback_directory_is_pending(archive: Archive) -> None:
+    archive.pg.execute("INSERT INTO audit_logs (created_at) SELECT now() - interval '200 days' FROM generate_series(1, 10)")
+    s3_down = archive.cfg.model_copy(deep=True)
+    s3_down.s3.endpoint_url = f"http://127.0.0.1:{free_port()}"
+    results, _code = run_archive(s3_down)
+    assert results[0].fallback_objects == 1
+    report = archive.validate()
+    [(kind, key)] = found(report)
+    assert kind == "pending_fallback"
+    assert Path(archive.cfg.s3.local_fallback_dir or "", key).is_file()
+    assert "run the archiver with S3 reachable" in report.problems[0].message
+
+
+def test_open_multipart_upload_is_incomplete(archive: Archive) -> None:
+    key = layout.object_key("", "production_db", "public", "audit_logs", date(2026, 1, 2), "part-big.parquet")
+    archive.s3.create_multipart_upload(Bucket=archive.bucket, Key=key)
+    report = archive.validate()
+    assert found(report) == {("incomplete_upload", key)}
+    assert "abort" in report.problems[0].message
+
+
+def test_validation_changes_nothing(archive: Archive) -> None:
+    key = archive.data_keys()[0]
+    archive.put(key, flip_byte(archive.get(key)))
+    archive.delete(layout.manifest_key(archive.data_keys()[1]))
+    archive.pg.execute("INSERT INTO audit_logs (id, created_at) VALUES (1, now() - interval '100 days')")
+
+    def snapshot() -> tuple[Any, ...]:
+        objects = sorted((o["Key"], o["ETag"]) for o in archive.s3.list_objects_v2(Bucket=archive.bucket)["Contents"])
+        return objects, archive.pg.execute("SELECT count(*), sum(id) FROM audit_logs").fetchone()
+
+    before = snapshot()
+    assert not archive.validate().ok
+    assert snapshot() == before
+
+
+# -- scope and filters -----------------------------------------------------------------------
+def test_since_limits_the_check_to_recent_archives(archive: Archive) -> None:
+    now = datetime.now(timezone.utc)
+    assert archive.validate(since=now - timedelta(hours=1)).summary.objects == 6
+    assert archive.validate(since=now + timedelta(days=1)).summary.objects == 0
+
+
+def test_table_filter_checks_only_that_table(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str,
+                                             moto_server: str, s3_client: Any, bucket: str) -> None:
+    seed_audit(pg, rows=ROWS, days=5, end_days_ago=100)
+    pg.execute("CREATE TABLE other_logs (LIKE audit_logs INCLUDING ALL); INSERT INTO other_logs SELECT * FROM audit_logs")
+    tables = [{"name": "audit_logs"}, {"name": "other_logs"}]
+    cfg = archive_table(tmp_path, pg, make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server, tables=tables), s3_client)
+    arch = Archive(tmp_path / "config.yaml", cfg, s3_client, bucket, pg)
+    broken = next(k for k in arch.data_keys() if "/public.audit_logs/" in k)
+    arch.delete(broken)
+    assert arch.validate(table="other_logs").ok
+    assert arch.validate(table="public.other_logs", database="production_db").summary.objects == 6
+    assert found(arch.validate(table="audit_logs")) == {("missing_object", broken)}
+    assert found(arch.validate(database="production_db")) == {("missing_object", broken)}
+
+
+@pytest.mark.parametrize("filters, error", [
+    ({"table": "no_such_table"}, UsageError),
+    ({"database": "no_such_db"}, ConfigError),
+])
+def test_unknown_filter_is_a_usage_error(archive: Archive, filters: dict[str, str], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        archive.validate(**filters)
+
+
+# -- unreachable services ----------------------------------------------------------------------
+def test_unreachable_s3_is_service_unavailable(archive: Archive) -> None:
+    cfg = archive.cfg.model_copy(deep=True)
+    cfg.s3.endpoint_url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ServiceUnavailable, match="S3"):
+        validate(cfg, quick=True)
+
+
+def test_unreachable_database_is_service_unavailable(archive: Archive) -> None:
+    cfg = archive.cfg.model_copy(deep=True)
+    cfg.databases[0].dsn = f"host=127.0.0.1 port={free_port()} user=root dbname=postgres"
+    with pytest.raises(ServiceUnavailable, match="database"):
+        validate(cfg, s3_client=archive.s3)
+
+
+def test_missing_bucket_is_a_config_error(archive: Archive) -> None:
+    cfg = archive.cfg.model_copy(deep=True)
+    cfg.s3.bucket = "no-such-bucket-here"
+    with pytest.raises(ConfigError, match="no-such-bucket-here"):
+        validate(cfg, s3_client=archive.s3, quick=True)
+
+
+# -- storage: local ----------------------------------------------------------------------------
+def test_local_storage_archives_are_checked_the_same_way(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str) -> None:
+    seed_audit(pg, rows=ROWS, days=5, end_days_ago=100)
+    cfg = archive_table(tmp_path, pg, make_config(tmp_path, dsn=pg_dsn))
+    assert cfg.storage == "local"
+    assert validate(cfg).ok
+    root = Path(cfg.local_dir or "")
+    files = sorted(p for p in root.rglob("*.parquet"))
+    assert len(files) == 6
+    files[0].write_bytes(flip_byte(files[0].read_bytes()))
+    (root / "stray.txt").write_text("left behind")
+    report = validate(cfg)
+    assert found(report) == {("checksum_mismatch", files[0].relative_to(root).as_posix()),
+                             ("orphaned_file", "stray.txt")}
+    assert report.summary.objects == 7

@@ -1,0 +1,103 @@
+"""The validate tool's work behind the CLI: load config, set up logging, run the checks, print the
+report (text lines or one JSON document on stdout; everything else goes to stderr)."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+from common.config import load_config
+from common.exit_codes import ExitCode
+from common.logging_setup import setup_logging
+from validate.checks import DEFAULT_PARALLEL, validate
+from validate.objects import Checked
+from validate.report import Report, human_bytes
+
+log = logging.getLogger("validate")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidateOptions:
+    config_path: Path
+    database: str | None = None
+    table: str | None = None
+    output_format: str = "text"
+    verbose: bool = False
+    quick: bool = False
+    since: datetime | None = None
+    parallel: int = DEFAULT_PARALLEL
+
+
+def run(opts: ValidateOptions, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    cfg = load_config(opts.config_path)
+    setup_logging(cfg.logging, verbose=opts.verbose)
+    since = opts.since.replace(tzinfo=timezone.utc) if opts.since and opts.since.tzinfo is None else opts.since
+    progress = Progress(sys.stderr) if sys.stderr.isatty() else None
+    listed = ObjectLister(out if opts.output_format == "text" else None) if opts.verbose else None
+
+    def on_object(c: Checked) -> None:
+        if listed is not None:
+            listed(c)
+        if progress is not None:
+            progress(c)
+
+    report = validate(cfg, database=opts.database, table=opts.table, quick=opts.quick, since=since,
+                      parallel=opts.parallel, on_object=on_object)
+    if progress is not None:
+        progress.done()
+    emit(report, output_format=opts.output_format, out=out)
+    log.info("validate finished: %s", report.summary_line())
+    return int(ExitCode.OK if report.ok else ExitCode.FAILURE)
+
+
+def emit(report: Report, *, output_format: str, out: TextIO) -> None:
+    if output_format == "json":
+        out.write(report.to_json() + "\n")
+    else:
+        out.write("\n".join(report.text_lines()) + "\n")
+    out.flush()
+
+
+class ObjectLister:
+    """--verbose: one line per object checked; on stdout in text mode, in the log (stderr) with JSON
+    so stdout stays a single document."""
+
+    def __init__(self, out: TextIO | None) -> None:
+        self.out = out
+
+    def __call__(self, c: Checked) -> None:
+        status = "ok" if not c.problems else ", ".join(sorted({p.type for p in c.problems}))
+        line = f"checked {c.key}: {c.rows} rows, {human_bytes(c.bytes)}, {status}"
+        if self.out is not None:
+            self.out.write(line + "\n")
+        else:
+            log.info("%s", line)
+
+
+class Progress:
+    """A single self-rewriting status line on a terminal, at most a few times a second."""
+
+    def __init__(self, stream: TextIO, *, every: float = 0.25) -> None:
+        self.stream = stream
+        self.every = every
+        self.objects = self.bytes = 0
+        self.last = 0.0
+
+    def __call__(self, c: Checked) -> None:
+        self.objects += 1
+        self.bytes += c.bytes
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.stream.write(f"\rvalidate: {self.objects} objects, {human_bytes(self.bytes)} checked")
+            self.stream.flush()
+
+    def done(self) -> None:
+        if self.objects:
+            self.stream.write("\r\033[K")
+            self.stream.flush()

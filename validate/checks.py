@@ -1,0 +1,155 @@
+"""The validation run: stream the listing, check objects in a bounded thread pool (downloads, hashing
+and the database look-ups overlap), then compare overlapping key ranges and look for leftovers.
+Read-only throughout: nothing is uploaded, deleted or repaired."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
+from datetime import datetime
+from typing import Any, TypeVar
+
+import pyarrow as pa
+from botocore.exceptions import BotoCoreError, ClientError
+
+from common import batch_writer
+from common.config import Config
+from common.errors import ConfigError, ServiceUnavailable
+from common.s3client import fallback_storage, primary_storage
+from common.storage import S3Storage, Storage
+from validate.dbcheck import LiveRows
+from validate.inventory import Entry, Scope, build_scope, pair_listing
+from validate.leftovers import incomplete_uploads, pending_fallback
+from validate.objects import Checked, ObjectChecker, is_not_found
+from validate.overlap import OverlapFinder, Span, shared_keys
+from validate.report import Report
+
+log = logging.getLogger("validate")
+DEFAULT_PARALLEL = 4
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def validate(cfg: Config, *, database: str | None = None, table: str | None = None, quick: bool = False,
+             since: datetime | None = None, s3_client: Any | None = None, parallel: int = DEFAULT_PARALLEL,
+             on_object: Callable[[Checked], None] | None = None) -> Report:
+    """Check the archives in scope and return what was found. Raises ConfigError/UsageError for bad
+    filters (exit 2) and ServiceUnavailable when S3 or a database cannot be reached (exit 3)."""
+    started = time.monotonic()
+    scope = build_scope(cfg, database=database, table=table)
+    store = primary_storage(cfg, s3_client)
+    report = Report()
+    try:
+        _run(cfg, store, scope, report, quick=quick, since=since, parallel=max(parallel, 1), on_object=on_object)
+    except ClientError as exc:
+        raise _s3_refused(exc, cfg.s3.bucket) from None
+    except BotoCoreError as exc:
+        raise ServiceUnavailable(f"S3 unreachable: {_first_line(exc)}") from None
+    report.summary.seconds = time.monotonic() - started
+    report.sort()
+    return report
+
+
+def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bool, since: datetime | None,
+         parallel: int, on_object: Callable[[Checked], None] | None) -> None:
+    with ExitStack() as stack:
+        live = None
+        if quick:
+            report.notes.append("--quick: nothing was downloaded, so row counts, partitions, shared keys and the "
+                                "database cross-check were not checked; run without --quick for those")
+        else:
+            live = stack.enter_context(LiveRows(cfg, scope.tables, size=parallel))
+            report.notes.extend(live.notes)
+        checker = ObjectChecker(store, root=scope.root, quick=quick, live=live)
+        finder = OverlapFinder()
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="validate"))
+        for checked in bounded_map(pool, checker.check, _entries(store, scope, since), window=parallel * 2):
+            _tally(report, checked)
+            finder.add(checked)
+            if on_object is not None:
+                on_object(checked)
+        if quick:
+            report.problems.extend(finder.identical())
+        else:
+            for group in finder.groups():
+                report.problems.extend(shared_keys(group, _KeyFetcher(store, pool).prefetch(group)))
+        report.notes.extend(finder.notes)
+        report.problems.extend(pending_fallback(fallback_storage(cfg), scope))
+        if isinstance(store, S3Storage):
+            report.problems.extend(incomplete_uploads(store.client, store.bucket, scope))
+    for note in report.notes:
+        log.info("note: %s", note)
+
+
+def _entries(store: Storage, scope: Scope, since: datetime | None) -> Iterator[Entry]:
+    for prefix in scope.prefixes:
+        for entry in pair_listing(store.list(prefix), head=store.head):
+            if entry.since(since):
+                yield entry
+
+
+def _tally(report: Report, c: Checked) -> None:
+    s = report.summary
+    s.objects += 1
+    s.rows += c.rows
+    s.bytes += c.bytes
+    report.problems.extend(c.problems)
+    for p in c.problems:
+        log.debug("%s %s: %s", p.type, p.key, p.message)
+
+
+def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], *, window: int) -> Iterator[R]:
+    """Like pool.map, but with at most `window` items in flight, results in completion order, and the
+    input consumed lazily: memory stays flat however long `items` is."""
+    pending: set[Future[R]] = set()
+    try:
+        for item in items:
+            pending.add(pool.submit(fn, item))
+            if len(pending) >= window:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                yield f.result()
+    finally:
+        for f in pending:
+            f.cancel()
+
+
+class _KeyFetcher:
+    """Downloads the key column of each object in an overlap group, in parallel."""
+
+    def __init__(self, store: Storage, pool: ThreadPoolExecutor) -> None:
+        self.store = store
+        self.pool = pool
+
+    def prefetch(self, group: list[Span]) -> Callable[[Span], pa.ChunkedArray]:
+        fetched = dict(zip((s.key for s in group), self.pool.map(self._keys, group)))
+        return lambda s: fetched[s.key]
+
+    def _keys(self, span: Span) -> pa.ChunkedArray:
+        try:
+            data = self.store.get(span.key)
+        except Exception as exc:
+            if is_not_found(exc):  # deleted since it was checked: nothing left to overlap
+                return pa.chunked_array([], pa.int64())
+            raise
+        table = batch_writer.decode(data, fmt=batch_writer.format_of(span.key), columns=[span.pk])[0]
+        return table.column(span.pk)
+
+
+def _s3_refused(exc: ClientError, bucket: str) -> Exception:
+    code = exc.response.get("Error", {}).get("Code", "")
+    if code == "NoSuchBucket":
+        return ConfigError(f"s3.bucket: bucket {bucket!r} does not exist")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+    return ServiceUnavailable(f"S3 refused the request ({code or status}): {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,111 @@
+"""The read-only database cross-check: are an archived object's primary keys still in the live table
+(an unfinished move)? One indexed query per object, bounded by the manifest's pk range."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from common.config import Config, DatabaseConfig, TableConfig
+from common.db import connect, conninfo, pool, qualified, session_settings, table_oid, table_schema
+from common.errors import UsageError
+
+log = logging.getLogger("validate.db")
+
+
+@dataclass(frozen=True)
+class LiveTable:
+    database: str
+    schema: str
+    table: str
+    pk_types: dict[str, str]  # column -> format_type(), for the casts of the key arrays
+    pool: ConnectionPool
+
+
+@dataclass(frozen=True)
+class Presence:
+    count: int
+    sample: list[str]
+
+
+class LiveRows:
+    """Connection pools (one per database in scope) in read-only sessions, and what the check needs
+    to know about each configured table. Tables that keep their rows on purpose
+    (delete_after_archive: false) are left out."""
+
+    def __init__(self, cfg: Config, tables: Iterable[tuple[DatabaseConfig, TableConfig]], *, size: int) -> None:
+        self.cfg = cfg
+        self.size = max(size, 1)
+        self.wanted = [(db, t) for db, t in tables if cfg.options(t).delete_after_archive]
+        self.skipped = [f"{db.name} {t.schema_}.{t.name}" for db, t in tables if not cfg.options(t).delete_after_archive]
+        self.tables: dict[tuple[str, str, str], LiveTable] = {}
+        self.notes: list[str] = []
+        self._stack = ExitStack()
+
+    def __enter__(self) -> LiveRows:
+        try:
+            pools: dict[str, ConnectionPool] = {}
+            for db, t in self.wanted:
+                if db.name not in pools:
+                    info, settings = conninfo(db), self._settings(t)
+                    # One plain connection first: an unreachable server fails at once (exit 3)
+                    # instead of after the pool's reconnect attempts.
+                    connect(info, settings, connect_timeout=10).close()
+                    pools[db.name] = self._stack.enter_context(pool(info, settings, size=self.size))
+                self._inspect(db, t, pools[db.name])
+        except BaseException:
+            self._stack.close()
+            raise
+        if self.skipped:
+            self.notes.append("not cross-checked against the database (delete_after_archive: false keeps the rows): "
+                              + ", ".join(self.skipped))
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self._stack.close()
+
+    def _settings(self, t: TableConfig) -> dict[str, str]:
+        opts = self.cfg.options(t)
+        settings = session_settings(application_name=f"{opts.application_name}-validate",
+                                    statement_timeout=opts.statement_timeout, lock_timeout=opts.lock_timeout)
+        # Belt and braces for "never changes anything": the server refuses writes in these sessions.
+        settings["default_transaction_read_only"] = "on"
+        return settings
+
+    def _inspect(self, db: DatabaseConfig, t: TableConfig, p: ConnectionPool) -> None:
+        with p.connection() as conn:
+            try:
+                schema = table_schema(conn, table_oid(conn, t.schema_, t.name))
+            except UsageError as exc:
+                self.notes.append(f"{db.name}: {exc}; its archives were not cross-checked against the database")
+                return
+        types = {c.name: c.pg_type for c in schema.columns}
+        self.tables[(db.name, t.schema_, t.name)] = LiveTable(db.name, t.schema_, t.name, types, p)
+
+    def lookup(self, database: str | None, schema: str, table: str) -> LiveTable | None:
+        return self.tables.get((database or "", schema, table))
+
+    def present(self, live: LiveTable, *, pk: str, keys: list[Any], bounds: tuple[Any, Any] | None) -> Presence | None:
+        """How many of `keys` are still in the table (and the first few). None when the table has no
+        such column. `bounds` (the manifest's min/max pk) lets the planner scan one index range."""
+        pk_type = live.pk_types.get(pk)
+        if pk_type is None or not keys:
+            return None
+        col = sql.Identifier(pk)
+        typ = sql.SQL(pk_type)  # format_type() output from the catalog, not user input
+        query = sql.SQL("SELECT count(*), (array_agg({col}::text ORDER BY {col}))[1:3] FROM {rel} "
+                        "WHERE {col} = ANY(%(keys)s::{typ}[])").format(col=col, rel=qualified(live.schema, live.table), typ=typ)
+        params: dict[str, Any] = {"keys": keys}
+        if bounds is not None:
+            query += sql.SQL(" AND {col} BETWEEN %(lo)s::{typ} AND %(hi)s::{typ}").format(col=col, typ=typ)
+            params.update(lo=bounds[0], hi=bounds[1])
+        with live.pool.connection() as conn:
+            row = conn.execute(query, params).fetchone()
+        assert row is not None
+        return Presence(int(row[0]), list(row[1] or []))

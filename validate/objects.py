@@ -1,0 +1,227 @@
+"""Checks of one archive object against its manifest: presence, size, checksum (stored by S3 with
+--quick, re-hashed after download otherwise), readability, row count, partition truth, and whether
+its primary keys are still in the live table. Runs in worker threads; returns findings, never raises
+for a bad object (only for an unreachable service)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from botocore.exceptions import ClientError
+
+from common import batch_writer, layout
+from common.errors import DataIntegrityError
+from common.manifest import Manifest, hex_to_b64
+from common.storage import S3Storage, Storage
+from validate.dbcheck import LiveRows
+from validate.inventory import Entry
+from validate.report import Problem, problem
+
+log = logging.getLogger("validate")
+#: Key types whose manifest min/max (computed by Arrow) orders the way PostgreSQL does.
+_RANGE_SAFE = {"int2", "int4", "int8"}
+_EPOCH_ORDINAL = 719163  # date(1970, 1, 1).toordinal()
+
+
+@dataclass
+class Checked:
+    """The outcome for one entry. `interval` is the typed pk range, for the overlap check."""
+
+    key: str
+    database: str | None
+    table: str | None  # "schema.table"
+    problems: list[Problem] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+    manifest: Manifest | None = None
+    interval: tuple[Any, Any] | None = None
+
+    def add(self, kind: str, what: str) -> None:
+        self.problems.append(problem(kind, self.key, what, database=self.database, table=self.table))
+
+
+def is_not_found(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
+class ObjectChecker:
+    def __init__(self, store: Storage, *, root: str, quick: bool, live: LiveRows | None) -> None:
+        self.store = store
+        self.root = root
+        self.quick = quick
+        self.live = live
+
+    def check(self, entry: Entry) -> Checked:
+        parsed = layout.parse_key(self.root, entry.key)
+        out = Checked(entry.key, parsed.database if parsed else None,
+                      f"{parsed.schema}.{parsed.table}" if parsed else None)
+        manifest = self._manifest(entry, out)
+        if manifest is None:
+            return out
+        out.manifest = manifest
+        if out.database is None:
+            out.database, out.table = manifest.database, f"{manifest.schema}.{manifest.table}"
+        if entry.data is None:
+            out.add("missing_object", f"manifest {entry.manifest_key} describes {manifest.rows} rows but its data object is gone")
+            return out
+        if entry.data.size != manifest.size:
+            out.add("size_mismatch", f"object is {entry.data.size} bytes, its manifest says {manifest.size}")
+            return out
+        if self.quick:
+            self._quick(entry, manifest, out)
+        else:
+            self._full(entry, manifest, out, parsed.day.toordinal() if parsed else None)
+        return out
+
+    def _manifest(self, entry: Entry, out: Checked) -> Manifest | None:
+        if entry.manifest is None:
+            if _archive_format(entry.key) is None or layout.parse_key(self.root, entry.key) is None:
+                out.add("orphaned_file", "stray file under the archive prefix (not an archive object or manifest)")
+            else:
+                out.add("orphaned_file", "archive object without a manifest (an upload interrupted before its manifest)")
+            return None
+        try:
+            return Manifest.from_bytes(self.store.get(entry.manifest_key), key=entry.manifest_key)
+        except DataIntegrityError as exc:
+            out.add("unreadable_archive", f"invalid manifest: {exc}")
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
+            if entry.data is not None:  # the manifest went away while we were listing
+                out.add("orphaned_file", "archive object without a manifest")
+        return None
+
+    def _quick(self, entry: Entry, m: Manifest, out: Checked) -> None:
+        """Manifest, size and the checksum S3 stored at upload: no download."""
+        out.rows, out.bytes = m.rows, m.size
+        stored = stored_sha256(self.store, entry.key)
+        if stored is not None and stored != hex_to_b64(m.sha256):
+            out.add("checksum_mismatch", f"S3's stored SHA-256 {stored} differs from the manifest's ({hex_to_b64(m.sha256)})")
+
+    def _full(self, entry: Entry, m: Manifest, out: Checked, day: int | None) -> None:
+        try:
+            data = self.store.get(entry.key)
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
+            out.add("missing_object", "data object disappeared while being checked")
+            return
+        out.bytes = len(data)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != m.sha256:
+            out.add("checksum_mismatch", f"sha256 {digest[:16]}… differs from the manifest's {m.sha256[:16]}…")
+            return
+        table = self._decode(entry.key, data, m, out)
+        del data
+        if table is None:
+            return
+        out.rows = table.num_rows
+        if table.num_rows != m.rows:
+            out.add("row_count_mismatch", f"object holds {table.num_rows} rows, its manifest says {m.rows}")
+        if day is not None:
+            self._partition(table.column(m.timestamp_column), day, out)
+        keys = table.column(m.primary_key)
+        out.interval = _typed_interval(keys)
+        self._still_live(m, keys, out)
+
+    @staticmethod
+    def _decode(key: str, data: bytes, m: Manifest, out: Checked) -> pa.Table | None:
+        fmt = _archive_format(key) or m.format
+        try:
+            table = batch_writer.decode(data, fmt=fmt, columns=[m.primary_key, m.timestamp_column])[0]
+            for col in (m.primary_key, m.timestamp_column):
+                table.column(col)
+            return table
+        # Untrusted bytes through pyarrow/zstd/json: whatever fails to parse makes the file unreadable.
+        except Exception as exc:  # noqa: BLE001
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            out.add("unreadable_archive", f"invalid {fmt} archive: {reason[:200]}")
+            return None
+
+    @staticmethod
+    def _partition(ts: pa.ChunkedArray, day: int, out: Checked) -> None:
+        try:
+            days = utc_days(pc.drop_null(ts))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+            out.add("partition_mismatch", f"timestamps cannot be read as dates ({exc})")
+            return
+        outside = int(np.count_nonzero(days != day - _EPOCH_ORDINAL))
+        if outside:
+            lo, hi = (_ordinal_text(int(days.min())), _ordinal_text(int(days.max())))
+            out.add("partition_mismatch", f"{outside} rows have timestamps outside the key's day (rows span {lo}..{hi})")
+
+    def _still_live(self, m: Manifest, keys: pa.ChunkedArray, out: Checked) -> None:
+        if self.live is None:
+            return
+        live = self.live.lookup(out.database, m.schema, m.table)
+        if live is None:
+            return
+        found = self.live.present(live, pk=m.primary_key, keys=keys.to_pylist(), bounds=_manifest_bounds(m))
+        if found is not None and found.count:
+            out.add("rows_still_in_database", f"{found.count} of its {m.rows} archived rows are still in the table "
+                    f"({m.primary_key} {', '.join(found.sample)}{', …' if found.count > len(found.sample) else ''})")
+
+
+def stored_sha256(store: Storage, key: str) -> str | None:
+    """The SHA-256 S3 computed at upload (base64), or None where there is none to ask for."""
+    if not isinstance(store, S3Storage):
+        return None
+    head = store.client.head_object(Bucket=store.bucket, Key=key, ChecksumMode="ENABLED")
+    value = head.get("ChecksumSHA256")
+    # A composite multipart checksum ("...-N") is a checksum of part checksums: not comparable.
+    return None if not value or "-" in value else str(value)
+
+
+def utc_days(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Days since the epoch (UTC) of timestamp, date, or text (PostgreSQL output in UTC) values."""
+    if pa.types.is_timestamp(ts.type):
+        ts = pc.cast(ts, pa.timestamp("us", tz="UTC")) if ts.type.tz is None else ts
+        ts = pc.cast(ts, pa.date32())
+    elif pa.types.is_string(ts.type) or pa.types.is_large_string(ts.type):
+        ts = pc.cast(pc.utf8_slice_codeunits(ts, 0, 10), pa.date32())
+    if not pa.types.is_date(ts.type):
+        raise ValueError(f"unsupported timestamp type {ts.type}")
+    return pc.cast(ts, pa.int32()).to_numpy(zero_copy_only=False).astype("int64")  # type: ignore[no-any-return]
+
+
+def _ordinal_text(days: int) -> str:
+    from datetime import date
+
+    return date.fromordinal(days + _EPOCH_ORDINAL).isoformat()
+
+
+def _archive_format(key: str) -> str | None:
+    try:
+        return batch_writer.format_of(key)
+    except ValueError:
+        return None
+
+
+def _pk_column(m: Manifest) -> dict[str, Any]:
+    return next((c for c in m.columns if c.get("name") == m.primary_key), {})
+
+
+def _manifest_bounds(m: Manifest) -> tuple[Any, Any] | None:
+    """The manifest's pk range, where it is typed the way PostgreSQL orders it."""
+    col = _pk_column(m)
+    if col.get("typname") in _RANGE_SAFE and col.get("encoding") == "native" and m.min_pk is not None:
+        return m.min_pk, m.max_pk
+    return None
+
+
+def _typed_interval(keys: pa.ChunkedArray) -> tuple[Any, Any] | None:
+    if pa.types.is_string(keys.type):
+        try:
+            keys = pc.cast(keys, pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    mm = pc.min_max(keys)
+    lo, hi = mm["min"].as_py(), mm["max"].as_py()
+    return None if lo is None else (lo, hi)
