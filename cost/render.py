@@ -160,6 +160,8 @@ def _table_lines(currency: str, estimates: list[Estimate], months: int, selected
 def _saving(e: Estimate, currency: str) -> str:
     if e.saving is None:
         return "-"
+    if e.saving == 0:
+        return money(e.saving, currency)
     return f"-{money(e.saving, currency)}" if e.saving > 0 else f"+{money(-e.saving, currency)}"
 
 
