@@ -8,6 +8,7 @@ Each month's storage and request lines are rounded to the cent, as on a bill, an
 is the sum of those months. A month is 30 days (for Intelligent-Tiering's 30/90-day tiers)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, Decimal
 
@@ -35,52 +36,72 @@ class Estimate:
         return self.monthly_storage + self.monthly_requests
 
 
-def month_storage(prices: ClassPrices, standard: ClassPrices, cohorts: list[tuple[Population, int]]) -> Decimal:
-    """Storage cost of one month for cohorts of (objects, age in days) all in this class."""
-    tiered_gb = Decimal(0)   # billed through the class's tiers (Frequent Access for Intelligent-Tiering)
-    flat = Decimal(0)        # Intelligent-Tiering objects that moved to a cheaper access tier
-    monitored = 0
-    overhead_std_gb = Decimal(0)
-    for pop, age_days in cohorts:
+@dataclass(frozen=True)
+class Billed:
+    """One cohort of objects as a class bills it, whatever month it is."""
+
+    #: GB always billed through the class's tiers (for Intelligent-Tiering: too small to be monitored).
+    fixed_gb: Decimal
+    #: GB that moves down Intelligent-Tiering's access tiers with age (for other classes: tiered too).
+    moving_gb: Decimal
+    monitored_objects: int
+    #: The Glacier classes' per-object overhead billed at STANDARD's rate.
+    standard_gb: Decimal
+
+    @classmethod
+    def of(cls, prices: ClassPrices, pop: Population) -> Billed:
         unmonitored, monitorable = pop.split(prices.monitoring_min_kb)
-        rate = prices.rate_for_age(age_days)
-        moving = monitorable.billable_gb(min_object_kb=prices.min_object_kb, overhead_kb=prices.overhead_kb)
-        tiered_gb += unmonitored.billable_gb(min_object_kb=prices.min_object_kb, overhead_kb=prices.overhead_kb)
+        size = {"min_object_kb": prices.min_object_kb, "overhead_kb": prices.overhead_kb}
+        return cls(fixed_gb=unmonitored.billable_gb(**size), moving_gb=monitorable.billable_gb(**size),
+                   monitored_objects=monitorable.objects if prices.monitoring_per_1000 else 0,
+                   standard_gb=Decimal(prices.overhead_standard_kb * KB * pop.objects) / GB)
+
+
+def month_storage(prices: ClassPrices, standard: ClassPrices, stored: Billed, writes: Billed, month: int) -> Decimal:
+    """Storage cost of month `month` (0 = the first): what is stored now, aged `month` months, plus
+    `month` cohorts of monthly writes aged 0 .. month-1 months."""
+    tiered = stored.fixed_gb + month * writes.fixed_gb
+    flat = Decimal(0)
+    for rate, cohorts, pieces in ((prices.rate_for_age(month * DAYS_PER_MONTH), 1, stored),
+                                  *((r, n, writes) for r, n in write_ages_by_rate(prices, month))):
         if rate is None:
-            tiered_gb += moving
+            tiered += cohorts * pieces.moving_gb
         else:
-            flat += moving * rate
-        if prices.monitoring_per_1000:
-            monitored += monitorable.objects
-        overhead_std_gb += Decimal(prices.overhead_standard_kb * KB * pop.objects) / GB
-    return (prices.storage_cost(tiered_gb) + flat + monitored / THOUSAND * prices.monitoring_per_1000
-            + standard.storage_cost(overhead_std_gb))
+            flat += cohorts * pieces.moving_gb * rate
+    monitored = stored.monitored_objects + month * writes.monitored_objects
+    return (prices.storage_cost(tiered) + flat + monitored / THOUSAND * prices.monitoring_per_1000
+            + standard.storage_cost(stored.standard_gb + month * writes.standard_gb))
+
+
+def write_ages_by_rate(prices: ClassPrices, month: int) -> list[tuple[Decimal | None, int]]:
+    """How many of the `month` write cohorts (ages 0 .. month-1 months) sit at each access-tier
+    rate (None: still in the tiered rate). Counted, not looped, so long periods stay cheap."""
+    def at_least(days: int) -> int:  # cohorts aged at least `days`: ages ceil(days / 30) .. month-1
+        return max(0, month - math.ceil(days / DAYS_PER_MONTH))
+    bounds = [t.after_days for t in prices.access_tiers]
+    out: list[tuple[Decimal | None, int]] = [(None, month - (at_least(bounds[0]) if bounds else 0))]
+    for i, tier in enumerate(prices.access_tiers):
+        older = at_least(bounds[i + 1]) if i + 1 < len(bounds) else 0
+        out.append((tier.usd_per_gb_month, at_least(tier.after_days) - older))
+    return [(rate, n) for rate, n in out if n]
 
 
 def month_requests(prices: ClassPrices, work: Workload) -> Decimal:
-    """PUTs of the objects written this month, plus the month's retrieval."""
+    """PUTs of the objects written this month, plus the month's retrieval (the same every month)."""
     puts = work.monthly_writes.objects / THOUSAND * prices.put_per_1000
     reads = work.retrieval_requests_per_month / THOUSAND * (prices.get_per_1000 + prices.restore_per_1000)
     return puts + reads + work.retrieval_gb_per_month * prices.retrieval_per_gb
 
 
-def cohorts_in_month(work: Workload, month: int) -> list[tuple[Population, int]]:
-    """Month 0 bills what is stored now; month k also bills the k months of writes before it."""
-    cohorts = [(work.stored, month * DAYS_PER_MONTH)]
-    cohorts += [(work.monthly_writes, age * DAYS_PER_MONTH) for age in range(month)]
-    return [(pop, age) for pop, age in cohorts if pop.objects]
-
-
 def estimate_class(table: PriceTable, region: str, storage_class: str, work: Workload) -> Estimate:
     prices = table.class_prices(region, storage_class)
     standard = table.class_prices(region, "STANDARD")
-    months = []
-    for month in range(work.months):
-        storage = cents(month_storage(prices, standard, cohorts_in_month(work, month)))
-        months.append((storage, cents(month_requests(prices, work))))
+    stored, writes = Billed.of(prices, work.stored), Billed.of(prices, work.monthly_writes)
+    storage = [cents(month_storage(prices, standard, stored, writes, m)) for m in range(work.months)]
+    requests = cents(month_requests(prices, work))
     return Estimate(storage_class=storage_class, label=prices.label, retrieval_time=prices.retrieval_time,
-                    monthly_storage=months[0][0], monthly_requests=months[0][1],
-                    period_total=sum((s + r for s, r in months), Decimal(0)),
+                    monthly_storage=storage[0], monthly_requests=requests,
+                    period_total=sum(storage, Decimal(0)) + requests * work.months,
                     notes=class_notes(table.currency, storage_class, prices, standard, work))
 
 

@@ -37,6 +37,14 @@ def test_standard_storage_follows_the_50_tb_and_500_tb_tiers(prices, size_gb, ex
     assert est.period_total == expected
 
 
+def test_growth_across_the_50_tb_edge_switches_rate_mid_period(prices):
+    work = Workload(stored=objects(51_100, GB), monthly_writes=objects(100, GB), months=3)
+    est = estimate_class(prices, REGION, "STANDARD", work)
+    # Month 1: 51,100 * 0.023 = 1,175.30; month 2: 51,200 * 0.023 = 1,177.60;
+    # month 3: 51,200 * 0.023 + 100 * 0.022 = 1,179.80. PUTs: 100 objects * 0.005 / 1,000 = 0.0005 -> 0.00
+    assert est.period_total == D("1175.30") + D("1177.60") + D("1179.80")
+
+
 def test_tier_edge_costs_the_lower_rate_only_above_it(prices):
     standard = prices.class_prices(REGION, "STANDARD")
     # The GB from 51,200 to 51,201 is billed at 0.022, not 0.023; those below stay at 0.023.
@@ -107,6 +115,19 @@ def test_intelligent_tiering_moves_unread_objects_down_over_the_months(prices):
     # Months 4-12 (age 90+ days): Archive Instant 1,000 * 0.004 = 4.00 + 0.32 = 4.32 each, 9 months
     assert est.monthly_total == D("23.32")
     assert est.period_total == D("23.32") + 2 * D("12.82") + 9 * D("4.32")  # 87.84
+
+
+def test_intelligent_tiering_ages_each_month_of_writes_separately(prices):
+    work = Workload(stored=Population(), monthly_writes=objects(128_000, 8 * MB), months=5)  # 1,000 GB a month
+    est = estimate_class(prices, REGION, "INTELLIGENT_TIERING", work)
+    # Month 1: nothing stored yet.                                     storage 0.00
+    # Month 2: one cohort aged 0 days: 23.00 + monitoring 0.32        = 23.32
+    # Month 3: aged 30 (12.50) and 0 (23.00), + 2 * 0.32               = 36.14
+    # Month 4: aged 60, 30 (2 * 12.50) and 0 (23.00), + 3 * 0.32       = 48.96
+    # Month 5: aged 90 (4.00), 60, 30 (25.00), 0 (23.00), + 4 * 0.32   = 53.28
+    # PUTs every month: 128 thousand * 0.005 = 0.64
+    assert (est.monthly_storage, est.monthly_requests) == (D("0.00"), D("0.64"))
+    assert est.period_total == D("23.32") + D("36.14") + D("48.96") + D("53.28") + 5 * D("0.64")  # 164.90
 
 
 def test_growth_is_stored_from_the_month_after_it_is_written(prices):
