@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 
 import click
@@ -47,18 +47,29 @@ def split_dsn(dsn: str) -> tuple[str, str | None]:
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise UsageError(f"--dsn: not a valid PostgreSQL DSN ({str(exc).splitlines()[0]})") from None
+        # libpq quotes pieces of the DSN in its message; one of them could be the password.
+        reason = re.sub(r'"[^"]{2,}"', '"..."', str(exc).splitlines()[0] if str(exc) else "unparseable")
+        raise UsageError(f"--dsn: not a valid PostgreSQL DSN ({reason})") from None
     password = params.pop("password", None)
     if password is None:
         return dsn, None
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None}), str(password)
 
 
+def _dsn_check(value: str) -> str | None:
+    try:
+        split_dsn(value)
+    except UsageError as exc:
+        return str(exc).removeprefix("--dsn: ")
+    return None
+
+
 def _ask_target(p: Prompter, flags: Flags, prev: Target | None) -> tuple[Target, str | None]:
     scripted_without_dsn = not p.interactive and not flags.dsn and flags.dbname
     dsn = p.ask("PostgreSQL DSN (Enter to give host, port, database and user instead)", flag="--dsn",
                 given=flags.dsn, default=prev.dsn if prev else None,
-                optional=p.interactive or bool(scripted_without_dsn))
+                optional=p.interactive or bool(scripted_without_dsn), check=_dsn_check,
+                may_hold_secret=True)
     if dsn:
         clean, password = split_dsn(dsn)
         if password:

@@ -180,8 +180,9 @@ def eligibility(conn: psycopg.Connection[Any], details: TableDetails, *, timesta
 def _count(conn: psycopg.Connection[Any], query: Any, params: dict[str, Any]) -> int | None:
     try:
         row = conn.execute(query, params).fetchone()
-    except pg_errors.QueryCanceled:
-        # The wizard's statement_timeout: an unindexed giant table; report "unknown" and go on.
+    except (pg_errors.QueryCanceled, pg_errors.LockNotAvailable):
+        # The wizard's statement or lock timeout (a giant unindexed table, a migration holding a
+        # lock): report "not counted" and go on; the dry run counts them later.
         conn.rollback()
         return None
     conn.rollback()

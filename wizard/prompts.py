@@ -19,12 +19,13 @@ class Prompter:
         self.interactive = interactive
 
     def ask(self, text: str, *, flag: str, given: Any = None, default: Any = None, type: Any = None,
-            check: Check | None = None, optional: bool = False) -> Any:
-        """The answer to one question. `optional` answers may be empty (returned as None)."""
+            check: Check | None = None, optional: bool = False, may_hold_secret: bool = False) -> Any:
+        """The answer to one question. `optional` answers may be empty (returned as None);
+        `may_hold_secret` values (a DSN) are never repeated in an error message."""
         if given is not None:
             problem = check(given) if check else None
             if problem:
-                raise UsageError(f"{flag} {given}: {problem}")
+                raise UsageError(f"{flag}{'' if may_hold_secret else ' ' + str(given)}: {problem}")
             return given
         if not self.interactive:
             if default is None and not optional:

@@ -97,7 +97,7 @@ def _ask_storage(p: Prompter, flags: Flags, prev: dict[str, Any], eligible_bytes
                    check=nonempty_check)
     endpoint = p.ask("S3 endpoint URL (optional; Enter for AWS itself)", flag="--endpoint-url",
                      given=flags.endpoint_url, default=prev.get("endpoint_url"), optional=True,
-                     check=lambda v: None if re.match(r"^https?://", str(v)) else "must start with http:// or https://")
+                     check=lambda v: None if not v or re.match(r"^https?://", str(v)) else "must start with http:// or https://")
     if flags.storage_class is None:
         show_costs(p, eligible_bytes, region)
     storage_class = str(p.ask("Storage class", flag="--storage-class", given=flags.storage_class,
@@ -110,5 +110,5 @@ def _ask_storage(p: Prompter, flags: Flags, prev: dict[str, Any], eligible_bytes
     if sse == "aws:kms":
         kms = p.ask("KMS key id or ARN", flag="--kms-key-id", given=flags.kms_key_id,
                     default=prev.get("kms_key_id"), check=nonempty_check)
-    return S3Config(bucket=bucket, prefix=prefix.strip("/"), region=region, endpoint_url=endpoint,
+    return S3Config(bucket=bucket, prefix=prefix.strip("/"), region=region, endpoint_url=endpoint or None,
                     storage_class=storage_class, sse=None if sse == "none" else sse, kms_key_id=kms)
