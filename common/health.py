@@ -49,12 +49,15 @@ class RunState:
     exit_code: int | None = None
     failed_tables: list[str] = field(default_factory=list)
     fallback_batches: int = 0
+    #: Bumped when a run starts or ends, so /health does not serve checks cached from before.
+    generation: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def run_started(self) -> None:
         with self._lock:
             self.started, self.finished, self.exit_code = _now(), None, None
             self.failed_tables, self.fallback_batches = [], 0
+            self.generation += 1
 
     def batch_done(self, result: TableResult, *, rows: int, nbytes: int, seconds: float, location: str) -> None:
         if location == "fallback":
@@ -71,6 +74,7 @@ class RunState:
     def run_finished(self, results: list[TableResult], exit_code: int) -> None:
         with self._lock:
             self.finished, self.exit_code = _now(), exit_code
+            self.generation += 1
 
     def run_crashed(self, kind: str, exit_code: int) -> None:
         self.run_finished([], exit_code)
@@ -94,7 +98,7 @@ class HealthChecker:
     def __init__(self, cfg: Config, *, state: RunState, cache_seconds: float = 5.0, timeout: float = 3.0) -> None:
         self.state, self.cache_seconds, self.timeout = state, cache_seconds, timeout
         self._lock = threading.Lock()
-        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._cached: tuple[float, int, dict[str, Any]] | None = None
         self._s3: Any = None
         self.set_config(cfg)
 
@@ -134,12 +138,14 @@ class HealthChecker:
         return status, unhealthy + degraded
 
     def checks(self) -> dict[str, Any]:
-        """The live checks, computed at most once per cache_seconds (concurrent callers wait for one)."""
+        """The live checks, computed at most once per cache_seconds and run (concurrent callers wait
+        for one computation)."""
         with self._lock:
-            if self._cached and time.monotonic() < self._cached[0]:
-                return self._cached[1]
+            generation = self.state.generation
+            if self._cached and time.monotonic() < self._cached[0] and self._cached[1] == generation:
+                return self._cached[2]
             result = self._run_checks(self.cfg)
-            self._cached = (time.monotonic() + self.cache_seconds, result)
+            self._cached = (time.monotonic() + self.cache_seconds, generation, result)
             return result
 
     # -- the checks --------------------------------------------------------------------------

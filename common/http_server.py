@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,6 +22,10 @@ Route = Callable[[], tuple[int, str, bytes]]
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a slow scraper must never keep the process alive
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 def _handler(routes: Mapping[str, Route]) -> type[BaseHTTPRequestHandler]:
@@ -66,7 +71,8 @@ class EndpointServer:
 
     def start(self) -> EndpointServer:
         try:
-            self._server = _Server((self.bind, self.requested_port), _handler(self.routes))
+            server_class = _Server6 if ":" in self.bind else _Server
+            self._server = server_class((self.bind, self.requested_port), _handler(self.routes))
         except OSError as exc:
             raise ConfigError(_bind_error(self.key, self.bind, self.requested_port, exc)) from None
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -95,13 +101,13 @@ def _bind_error(key: str, bind: str, port: int, exc: OSError) -> str:
                 f"stop it, choose another port, or set {key} to null to disable it")
     if exc.errno == errno.EACCES:
         return f"{where}: permission denied (ports below 1024 need privileges); choose a port above 1024"
-    if exc.errno == errno.EADDRNOTAVAIL or exc.errno is None:
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
         return f"{where}: address {bind} is not available on this host; check monitoring.bind"
     return f"{where}: {exc.strerror or exc}"
 
 
 @contextmanager
-def serve_endpoints(*, bind: str, endpoints: list[tuple[str, int | None, str, Route]]) -> Iterator[list[EndpointServer]]:
+def serve_endpoints(*, bind: str, endpoints: Sequence[tuple[str, int | None, str, Route]]) -> Iterator[list[EndpointServer]]:
     """Serve each (config key, port, path, route); endpoints sharing a port share one server, and a
     port of None or 0 is disabled. Yields the started servers; all stop when the block ends."""
     by_port: dict[int, tuple[str, dict[str, Route]]] = {}

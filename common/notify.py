@@ -252,9 +252,11 @@ class Notifications:
 
     # -- delivery ----------------------------------------------------------------------------
     def deliver(self, notices: list[Notice], *, run_ok: bool) -> None:
+        if not self.channels:
+            return
         wanted = [n for n in notices if n.kind in self.cfg.on]
         wanted += self._recoveries(notices, wanted, run_ok=run_ok)
-        if wanted and self.channels:
+        if wanted:
             self._send_all(wanted)
 
     def _recoveries(self, notices: list[Notice], alerts: list[Notice], *, run_ok: bool) -> list[Notice]:

@@ -44,8 +44,8 @@ def _restore_process_state() -> Iterator[None]:
     root = logging.getLogger()
     saved, level = list(root.handlers), root.level
     yield
-    for s, h in handlers.items():
-        signal.signal(s, h)
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
     for h in list(root.handlers):
         if h not in saved:
             root.removeHandler(h)
@@ -197,6 +197,14 @@ def test_a_port_in_use_is_a_clear_error_with_exit_2(key: str, pg_dsn: str, tmp_p
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("bind", ["192.0.2.1", "no-such-host.invalid"])
+def test_a_bind_address_not_on_this_host_is_a_config_error(bind: str) -> None:
+    routes = [("monitoring.health_port", free_port(), "/health", lambda: (200, "text/plain", b""))]
+    with pytest.raises(ConfigError, match=f"cannot listen on {bind}:.*not available on this host; check monitoring.bind"):
+        with serve_endpoints(bind=bind, endpoints=routes):
+            pass
+
+
 @pytest.mark.parametrize("ports", [{"health_port": None, "metrics_port": None}, {"enabled": False}])
 def test_endpoints_can_be_disabled(ports: dict[str, Any], pg_dsn: str, audit_table: Any, tmp_path: Path) -> None:
     with socket.socket() as taken:  # 8000/8001 may be anything on a test host; disabled means never bound
@@ -277,6 +285,41 @@ def test_a_pushgateway_failure_is_logged_and_does_not_fail_the_run(httpserver: H
     assert "WARNING pushing metrics to the Pushgateway failed" in (tmp_path / "archiver.log").read_text()
 
 
+# -- notifications from a real run -------------------------------------------------------------
+@pytest.mark.parametrize("status", [200, 500])
+def test_a_failed_run_notifies_and_keeps_its_exit_code(status: int, httpserver: HTTPServer, pg_dsn: str,
+                                                       audit_table: Any, tmp_path: Path) -> None:
+    httpserver.expect_request("/hook", method="POST").respond_with_data("ok" if status == 200 else "down", status=status)
+    path = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "audit_logs"}, {"name": "missing_table"}],
+                       notifications={"slack": {"webhook_url": httpserver.url_for("/hook"), "timeout": 5}})
+    assert run(ArchiverOptions(config_path=path)) == 1
+    (req, _resp), = httpserver.log
+    text = json.loads(req.get_data())["text"]
+    assert "FAILURE production_db/public.missing_table" in text and "audit_logs" not in text
+    assert "table public.missing_table does not exist" in text
+    log_text = (tmp_path / "archiver.log").read_text()
+    assert ("notification via slack failed: HTTP 500" in log_text) == (status == 500)
+
+
+def test_a_run_that_raises_is_reported_and_still_writes_the_textfile(httpserver: HTTPServer, pg_dsn: str,
+                                                                     tmp_path: Path) -> None:
+    httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
+    textfile = tmp_path / "archiver.prom"
+    path = make_config(tmp_path, dsn=pg_dsn, notifications={"slack": {"webhook_url": httpserver.url_for("/hook")}},
+                       monitoring={"enabled": True, "health_port": None, "metrics_port": None,
+                                   "textfile_path": str(textfile)})
+    doc = yaml.safe_load(path.read_text())
+    doc["databases"][0]["password_file"] = str(tmp_path / "no-such-secret")
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(cli, ["--config", str(path)])
+    assert result.exit_code == 2 and "password_file: cannot read" in result.output
+    (req, _resp), = httpserver.log
+    text = json.loads(req.get_data())["text"]
+    assert "FAILURE the whole run" in text and "password_file" in text and "--dry-run" in text
+    assert value(textfile.read_text(), "archiver_last_run_exit_code") == 2
+    assert value(textfile.read_text(), "archiver_errors_total", database="", table="", kind="config") == 1
+
+
 # -- logs ---------------------------------------------------------------------------------------
 def test_log_has_the_words_the_runbook_greps_and_no_password(pg_dsn: str, audit_table: Any, tmp_path: Path) -> None:
     dsn = pg_dsn + " password=hunter2-secret"  # trust auth ignores it; it must still never be logged
@@ -321,6 +364,15 @@ def test_daemon_with_a_bad_interval_exits_2(pg_dsn: str, tmp_path: Path) -> None
     path = make_config(tmp_path, dsn=pg_dsn, schedule={"interval": "hourly"})
     result = CliRunner().invoke(cli, ["--config", str(path), "--daemon"])
     assert result.exit_code == 2 and "schedule.interval: 'hourly' is not a duration" in result.output
+
+
+def test_the_stop_file_ends_the_daemon_with_exit_0(pg_dsn: str, audit_table: Any, tmp_path: Path) -> None:
+    path = make_config(tmp_path, dsn=pg_dsn, schedule={"interval": "1h"})
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "STOP").touch()
+    result = CliRunner().invoke(cli, ["--config", str(path), "--daemon"])
+    assert result.exit_code == 0
+    assert "daemon stopping" in (tmp_path / "archiver.log").read_text()
 
 
 def test_config_keys_for_monitoring_exist_with_issue_defaults(tmp_path: Path) -> None:
