@@ -183,7 +183,8 @@ def _read_manifests(store: Storage, manifests: list[tuple[str, TableUsage]], res
         try:
             return Manifest.from_bytes(store.get(key), key=key)
         except (DataIntegrityError, OSError, ClientError) as exc:  # ClientError: InvalidObjectState, ...
-            log.warning("manifest %s unreadable: %s", key, exc)
+            # One line per manifest would flood a Glacier bucket's run; the report shows the count.
+            log.debug("manifest %s unreadable: %s", key, exc)
             return None
 
     with ThreadPoolExecutor(max_workers=_READERS, thread_name_prefix="manifest") as pool:

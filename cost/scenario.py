@@ -40,7 +40,8 @@ class Scenario:
     workload: Workload
     region: str
     storage_class: str
-    #: Figure name -> value, and figure name -> "given" | "measured" | "config" | "assumed" | "default".
+    #: Figure name -> value, and figure name -> "given" | "measured" | "config" | "derived" (worked out
+    #: from other figures) | "assumed" | "default".
     inputs: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -116,11 +117,12 @@ def _object_size(req: Request, measured: Measurement | None, size_gb: Decimal,
         avg, src = Decimal(measured.bytes) / measured.objects / (1024 * 1024), "measured"
     else:
         avg, src = DEFAULT_OBJECT_MB, "assumed"
-    count = measured.objects if src == "measured" and sc.sources["size_gb"] == "measured" and measured else \
-        archive_objects(size_gb, avg)
     sc.put("avg_object_mb", avg, src)
-    sc.put("objects", count, src)
-    return avg, count
+    if measured is not None and src == "measured" and sc.sources["size_gb"] == "measured":
+        sc.put("objects", measured.objects, "measured")
+    else:  # the size in objects of the average size: as assumed as that size, else worked out
+        sc.put("objects", archive_objects(size_gb, avg), "assumed" if src == "assumed" else "derived")
+    return avg, int(sc.inputs["objects"])
 
 
 def _manifest_size(measured: Measurement | None, sc: Scenario) -> Decimal:

@@ -146,7 +146,7 @@ def test_given_size_overrides_the_measured_one_but_object_size_stays_measured(kn
     cfg, _ = known
     inputs = as_json(run("--config", str(cfg), "--size-gb", "500", "--output-format", "json"))["inputs"]
     assert inputs["size_gb"] == 500 and inputs["sources"]["size_gb"] == "given"
-    assert inputs["sources"]["avg_object_mb"] == "measured"
+    assert inputs["sources"]["avg_object_mb"] == "measured" and inputs["sources"]["objects"] == "derived"
     # 160,000 bytes per object on average: 500 * 2^30 / 160,000 = 3,355,443.2 -> 3,355,444 objects
     assert inputs["objects"] == 3_355_444
 
