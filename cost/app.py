@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from common.errors import UsageError
 from common.exit_codes import ExitCode
 from cost.estimate import estimate_all
-from cost.prices import PriceTable, load_prices
+from cost.prices import load_prices
 from cost.render import dumps, render_text, to_document
 from cost.scenario import Request, build, pick_region_class
 
@@ -120,4 +120,4 @@ def _integer(text: str | None, flag: str) -> int | None:
     return int(value)
 
 
-__all__ = ["CostOptions", "PriceTable", "parse_request", "run"]
+__all__ = ["CostOptions", "parse_request", "run"]
