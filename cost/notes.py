@@ -3,7 +3,6 @@ Intelligent-Tiering's monitoring and tiers, minimum storage durations (early del
 and one-time costs that are deliberately left out of the totals."""
 from __future__ import annotations
 
-
 from cost.money import THOUSAND, money, size_text
 from cost.population import Population
 from cost.prices import ClassPrices
