@@ -1,0 +1,86 @@
+"""Issue 2: the archiver against `psql \\copy | zstd -3`, an upload, and 50k-row range deletes,
+on two identical copies of the seeded table."""
+from __future__ import annotations
+
+import json
+
+from bench import baseline
+from bench.context import Archived, Context
+from bench.env import list_keys
+from bench.report import PartResult
+from bench.seed import count
+
+TARGET_RATIO = 1.25
+
+
+def run_baseline(ctx: Context, part: PartResult) -> None:
+    dsn = ctx.fresh_copy("baseline")
+    bucket = ctx.bucket("baseline")
+    path = ctx.work / "baseline.tsv.zst"
+    cutoff = ctx.seeded.cutoff_sql
+    baseline.checkpoint(dsn)
+    export_s = baseline.export(dsn, cutoff, path)
+    upload_s = baseline.upload(ctx.client, bucket, "audit_logs/baseline.tsv.zst", path)
+    delete_s, deleted = baseline.delete_ranges(dsn, cutoff)
+    part.baseline_stages = {"copy_zstd": export_s, "upload": upload_s, "delete": delete_s}
+    part.baseline_seconds = export_s + upload_s + delete_s
+    part.extra["baseline_bytes"] = path.stat().st_size
+    if deleted != ctx.seeded.eligible:
+        part.fail(f"baseline deleted {deleted} rows, expected {ctx.seeded.eligible}")
+    ctx.export_file = path
+    # Its dead rows would draw autovacuum during the archiver's run.
+    ctx.dbs.drop(dsn)
+
+
+def archived_rows(ctx: Context, archived: Archived) -> tuple[int, int, int]:
+    """(rows, objects, bytes) according to the manifests in the archiver's bucket."""
+    rows = objects = nbytes = 0
+    for key, _ in list_keys(ctx.client, archived.bucket):
+        if key.endswith(".manifest.json"):
+            doc = json.loads(ctx.client.get_object(Bucket=archived.bucket, Key=key)["Body"].read())
+            rows += int(doc["rows"])
+            objects += 1
+            nbytes += int(doc["size"])
+    return rows, objects, nbytes
+
+
+def verify(ctx: Context, archived: Archived, part: PartResult) -> None:
+    seeded = ctx.seeded
+    if archived.run.returncode != 0:
+        part.fail(f"archiver exited {archived.run.returncode}: {archived.run.tail(3)}")
+        return
+    remaining = count(archived.dsn)
+    if remaining != seeded.rows - seeded.eligible:
+        part.fail(f"{remaining} rows left in the table, expected {seeded.rows - seeded.eligible}")
+    still = count(archived.dsn, "created_at < %(c)s", {"c": seeded.cutoff_sql})
+    if still:
+        part.fail(f"{still} eligible rows still in the table")
+    rows, objects, nbytes = archived_rows(ctx, archived)
+    part.extra.update(objects=objects, archive_bytes=nbytes)
+    if rows != seeded.eligible:
+        part.fail(f"manifests count {rows} archived rows, expected {seeded.eligible}")
+
+
+def run(ctx: Context, *, with_baseline: bool) -> PartResult:
+    part = PartResult("archive", TARGET_RATIO, rows=ctx.seeded.eligible)
+    if with_baseline:
+        run_baseline(ctx, part)
+    archived = ctx.run_archiver(ctx.fresh_copy("archiver"), bucket=ctx.bucket("archives"))
+    part.tool_seconds, part.peak_rss_mb = archived.run.seconds, archived.run.peak_rss_mb
+    verify(ctx, archived, part)
+    ctx.archived = archived
+    return part
+
+
+def rss_scaling(ctx: Context, sizes: tuple[int, ...] = (1_000_000, 4_000_000)) -> dict[str, dict[str, float]]:
+    """Peak RSS of the archiver on tables of different sizes: it should stay flat."""
+    out: dict[str, dict[str, float]] = {}
+    for rows in sizes:
+        seeded = ctx.dbs.seed(rows=rows, suffix=f"seed{rows}")
+        dsn = ctx.dbs.dsn(ctx.dbs.copy(seeded, f"scale{rows}"))
+        archived = ctx.run_archiver(dsn, bucket=ctx.bucket(f"scale{rows}"), name=f"archiver-{rows}")
+        out[str(rows)] = {"peak_rss_mb": archived.run.peak_rss_mb, "seconds": archived.run.seconds,
+                          "returncode": archived.run.returncode, "eligible": seeded.eligible}
+        ctx.dbs.drop(dsn)
+        ctx.dbs.drop(ctx.dbs.dsn(seeded.template))
+    return out

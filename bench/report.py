@@ -1,0 +1,73 @@
+"""Results of each part, the printed table and the JSON file."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RSS_TARGET_MB = 300.0
+
+
+@dataclass
+class PartResult:
+    name: str
+    target_ratio: float
+    status: str = "ok"  # ok | failed | skipped
+    note: str = ""
+    rows: int = 0
+    baseline_seconds: float | None = None
+    tool_seconds: float | None = None
+    peak_rss_mb: float | None = None
+    baseline_stages: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline_seconds and self.tool_seconds is not None:
+            return self.tool_seconds / self.baseline_seconds
+        return None
+
+    @property
+    def rows_per_second(self) -> float | None:
+        return self.rows / self.tool_seconds if self.tool_seconds else None
+
+    def fail(self, problem: str) -> None:
+        self.status = "failed"
+        self.problems.append(problem)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc.update(ratio=self.ratio, rows_per_second=self.rows_per_second,
+                   ratio_ok=None if self.ratio is None else self.ratio <= self.target_ratio,
+                   rss_ok=None if self.peak_rss_mb is None else self.peak_rss_mb < RSS_TARGET_MB)
+        return doc
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "" if ok is None else (" ok" if ok else " MISS")
+
+
+def table(parts: list[PartResult]) -> str:
+    head = f"{'part':<9} {'baseline s':>10} {'tool s':>8} {'ratio':>12} {'target':>7} {'peak RSS MB':>15} {'rows/s':>9}  status"
+    lines = [head, "-" * len(head)]
+    for p in parts:
+        if p.status == "skipped":
+            lines.append(f"{p.name:<9} skipped: {p.note}")
+            continue
+        ratio = _num(p.ratio, ".2f") + "x" + _verdict(None if p.ratio is None else p.ratio <= p.target_ratio)
+        rss = _num(p.peak_rss_mb, ".0f") + _verdict(None if p.peak_rss_mb is None else p.peak_rss_mb < RSS_TARGET_MB)
+        status = p.status + (f" ({'; '.join(p.problems)})" if p.problems else "")
+        lines.append(f"{p.name:<9} {_num(p.baseline_seconds, '.1f'):>10} {_num(p.tool_seconds, '.1f'):>8} "
+                     f"{ratio:>12} {p.target_ratio:>6.2f}x {rss:>15} {_num(p.rows_per_second, ',.0f'):>9}  {status}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
