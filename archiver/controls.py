@@ -37,7 +37,6 @@ class RunControls:
     rows_this_run: int = 0
     signal_received: int | None = None
     hard_stop: bool = False
-    _hook_counts: dict[str, int] = field(default_factory=dict)
     _last_progress: float = 0.0
     _stop_event: threading.Event = field(default_factory=threading.Event)
 
@@ -45,11 +44,11 @@ class RunControls:
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM: finish the current batch, then stop (exit 130 / 0-1)."""
         def handler(signum: int, _frame: Any) -> None:
+            # Only set flags here: logging from a signal handler can deadlock on the handler's lock.
             if self.signal_received is not None:  # a second signal: stop waiting for a stuck read
                 self.hard_stop = True
             self.signal_received = signum
             self._stop_event.set()
-            log.warning("received %s; finishing the current batch, then stopping", signal.Signals(signum).name)
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
 
@@ -59,6 +58,9 @@ class RunControls:
 
     def should_stop(self, result: TableResult) -> bool:
         if self.stopping:
+            if self.signal_received:
+                log.warning("received %s; the current batch is done, stopping (the next run resumes)",
+                            signal.Signals(self.signal_received).name)
             return True
         if self.stop_file is not None and self.stop_file.exists():
             log.info("stop file %s exists; stopping after this batch", self.stop_file)
@@ -105,15 +107,24 @@ class RunControls:
 
     # -- fault injection (tests only) --------------------------------------------------------
     def hook(self, point: str) -> None:
-        spec = os.environ.get(HOOK_ENV)
-        if not spec:
-            return
-        where, _, nth = spec.partition(":")
-        if where != point:
-            return
-        self._hook_counts[point] = self._hook_counts.get(point, 0) + 1
-        if self._hook_counts[point] >= int(nth or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
+        fault_point(point)
+
+
+_hook_counts: dict[str, int] = {}
+
+
+def fault_point(point: str) -> None:
+    """With ARCHIVER_TEST_KILL_AT=<point>:<n>, SIGKILL this process the n-th time it reaches <point>
+    (issue 3: "targeted points via a test-only environment hook"). A no-op otherwise."""
+    spec = os.environ.get(HOOK_ENV)
+    if not spec:
+        return
+    where, _, nth = spec.partition(":")
+    if where != point:
+        return
+    _hook_counts[point] = _hook_counts.get(point, 0) + 1
+    if _hook_counts[point] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def replica_lag(dsn: str) -> float:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from archiver.controls import fault_point
 from common.errors import ArchiverError, DataIntegrityError, ServiceUnavailable
 from common.layout import data_key, is_manifest, manifest_key
 from common.manifest import Manifest, sha256_hex
@@ -153,6 +154,7 @@ class ArchiveSink:
 
 def _put_pair(store: Storage, manifest: Manifest, data: bytes) -> None:
     store.put(manifest.key, data, sha256=manifest.sha256)
+    fault_point("between_object_and_manifest")
     mbytes = manifest.to_bytes()
     store.put(manifest_key(manifest.key), mbytes, sha256=sha256_hex(mbytes))
 

@@ -202,7 +202,8 @@ class TableJob:
                     q.get(timeout=0.1)
                 except queue.Empty:
                     pass
-            cp.pending = []
+            # pending still names a batch whose move did not finish (e.g. the delete failed): the
+            # next run must find it, so it is saved as it is, never cleared here.
             self.checkpoints.save(cp)
         if self.result.status == "pending":
             self.result.status = "completed"
@@ -219,6 +220,7 @@ class TableJob:
         try:
             for batch in batches(self.reader_conn, self.sel, batch_size=self.opts.batch_size,
                                  all_text=self.opts.format == "jsonl", start_after=start_after, stop=stop):
+                self.controls.hook("after_read")
                 q.put(self._encode(batch))
                 if stop.is_set():
                     break

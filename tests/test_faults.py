@@ -1,0 +1,204 @@
+"""The archiver under faults (issue 3): kill -9 anywhere, signals, S3 outages with the local
+fallback, database faults. Every scenario ends with a clean run and checks the invariant: each
+original row is in its table or in exactly one archive object; never both, never neither, never twice."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from archive_checks import archived_ids, assert_invariant, table_ids
+from common import layout
+from common.storage import LocalStorage, S3Storage
+from conftest import make_config, seed_audit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def archiver(config: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "archiver.main", "--config", str(config), *extra], cwd=ROOT,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+def start_archiver(config: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "archiver.main", "--config", str(config), *extra], cwd=ROOT,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def orphans(*stores: Any) -> list[str]:
+    """Data objects without a manifest (half-written moves)."""
+    out = []
+    for store in stores:
+        keys = {o.key for o in store.list("")}
+        out += [k for k in keys if not layout.is_manifest(k) and layout.manifest_key(k) not in keys]
+    return out
+
+
+class Scenario:
+    """A seeded table with many small batches, archived to moto S3 with a fallback directory."""
+
+    def __init__(self, tmp_path: Path, dsn: str, conn: psycopg.Connection[Any], s3_client: Any, bucket: str,
+                 endpoint: str, **overrides: Any) -> None:
+        seed_audit(conn, rows=400, days=130)  # ~120 expired rows over ~40 days
+        self.conn, self.tmp = conn, tmp_path
+        self.original = table_ids(conn)
+        self.s3 = S3Storage(s3_client, bucket)
+        self.fallback = LocalStorage(tmp_path / "fallback")
+        overrides.setdefault("defaults", {"batch_size": 3})
+        self.args = {"dsn": dsn, "bucket": bucket, "endpoint": endpoint}
+        self.config = make_config(tmp_path, **self.args, **overrides)
+
+    def reconfigure(self, **overrides: Any) -> None:
+        """Rewrite the config (e.g. without the slow-down a scenario needed) for the final run."""
+        overrides.setdefault("defaults", {"batch_size": 3})
+        self.config = make_config(self.tmp, **self.args, **overrides)
+
+    def check(self) -> None:
+        assert_invariant(self.original, table_ids(self.conn), archived_ids(self.s3, self.fallback))
+        assert orphans(self.s3, self.fallback) == []
+        expired = self.conn.execute("SELECT count(*) FROM audit_logs WHERE created_at < now() - interval '90 days'").fetchone()[0]
+        assert expired == 0
+
+    @property
+    def log(self) -> str:
+        return (self.tmp / "archiver.log").read_text()
+
+
+@pytest.fixture()
+def scenario(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str, moto_server: str) -> Scenario:
+    return Scenario(tmp_path, pg_dsn, pg, s3_client, bucket, moto_server)
+
+
+# -- kill -9 ---------------------------------------------------------------------------------
+
+KILL_POINTS = [
+    ("after_read", 5, None),  # the reader thread dies; an earlier batch may be mid-move
+    ("after_checkpoint", 4, True),  # batch recorded as in flight, not uploaded
+    ("between_object_and_manifest", 4, True),  # object stored, manifest not
+    ("after_upload", 4, True),  # object + manifest verified, rows not deleted
+    ("before_commit", 4, True),  # DELETE ran, transaction not committed
+    ("after_delete", 4, True),  # committed, checkpoint not yet updated
+]
+
+
+@pytest.mark.parametrize(("point", "nth", "resumes"), KILL_POINTS, ids=[p[0] for p in KILL_POINTS])
+def test_kill_at_each_point_loses_and_duplicates_no_rows(scenario: Scenario, point: str, nth: int, resumes: bool | None) -> None:
+    killed = archiver(scenario.config, env={"ARCHIVER_TEST_KILL_AT": f"{point}:{nth}"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rerun = archiver(scenario.config)
+    assert rerun.returncode == 0, rerun.stderr
+    if resumes is not None:
+        assert ("Resuming from checkpoint" in scenario.log) == resumes
+    scenario.check()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kill_at_random_moments_loses_and_duplicates_no_rows(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
+                                                             s3_client: Any, bucket: str, moto_server: str, seed: int) -> None:
+    sc = Scenario(tmp_path, pg_dsn, pg, s3_client, bucket, moto_server, defaults={"batch_size": 2, "sleep_seconds": 0.01})
+    rng = random.Random(seed)
+    for _ in range(2):  # two crashes in a row, then a clean run
+        proc = start_archiver(sc.config)
+        time.sleep(rng.uniform(1.2, 3.0))  # interpreter start-up takes ~1s; kills land mid-run
+        proc.kill()
+        proc.communicate(timeout=30)
+    sc.reconfigure()
+    final = archiver(sc.config)
+    assert final.returncode == 0, final.stderr
+    sc.check()
+
+
+def test_corrupt_checkpoint_is_reported_and_the_move_still_finishes(scenario: Scenario) -> None:
+    killed = archiver(scenario.config, env={"ARCHIVER_TEST_KILL_AT": "after_upload:3"})
+    assert killed.returncode == -signal.SIGKILL
+    (cp,) = list((scenario.tmp / "checkpoints").rglob("*.json"))
+    cp.write_text(cp.read_text()[:20])  # truncated mid-write by a broken disk, say
+    rerun = archiver(scenario.config)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "is corrupt" in scenario.log and list(cp.parent.glob("*.corrupt-*"))
+    scenario.check()
+
+
+# -- signals ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_signal_finishes_the_batch_and_exits_promptly(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
+                                                      s3_client: Any, bucket: str, moto_server: str,
+                                                      sig: signal.Signals, code: int) -> None:
+    sc = Scenario(tmp_path, pg_dsn, pg, s3_client, bucket, moto_server, defaults={"batch_size": 2, "sleep_seconds": 0.2})
+    proc = start_archiver(sc.config)
+    deadline = time.monotonic() + 30
+    while "rows archived" not in (tmp_path / "archiver.log").read_text() if (tmp_path / "archiver.log").exists() else True:
+        assert time.monotonic() < deadline, "archiver never started archiving"
+        time.sleep(0.1)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    proc.communicate(timeout=30)
+    assert proc.returncode == code
+    assert time.monotonic() - sent < 5
+    assert "stopping" in sc.log and "summary" in sc.log
+    assert orphans(sc.s3, sc.fallback) == []
+    sc.reconfigure()
+    assert archiver(sc.config).returncode == 0
+    sc.check()
+
+
+# -- one archiver per table ------------------------------------------------------------------
+
+def _hold_table_lock(conn: psycopg.Connection[Any]) -> None:
+    from archiver.table_job import LOCK_CLASS
+    oid = conn.execute("SELECT 'audit_logs'::regclass::oid").fetchone()[0]
+    conn.execute("SELECT pg_advisory_lock(%s)", ((LOCK_CLASS << 32) | oid,))
+
+
+def test_second_archiver_skips_a_busy_table(scenario: Scenario, pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as other:
+        _hold_table_lock(other)
+        busy = archiver(scenario.config)
+        assert busy.returncode == 0, busy.stderr
+        assert "being archived by another archiver" in scenario.log
+        assert table_ids(scenario.conn) == scenario.original
+    assert archiver(scenario.config).returncode == 0
+    scenario.check()
+
+
+def test_wait_for_lock_waits_then_archives(scenario: Scenario, pg_dsn: str) -> None:
+    other = psycopg.connect(pg_dsn, autocommit=True)
+    _hold_table_lock(other)
+    proc = start_archiver(scenario.config, "--wait-for-lock", "30")
+    time.sleep(2.5)
+    assert proc.poll() is None  # still waiting
+    other.close()  # releases the lock
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    scenario.check()
+
+
+def test_two_archivers_at_once_never_archive_a_row_twice(scenario: Scenario) -> None:
+    procs = [start_archiver(scenario.config, "--wait-for-lock", "60") for _ in range(2)]
+    for p in procs:
+        p.communicate(timeout=120)
+        assert p.returncode == 0
+    scenario.check()
+
+
+# -- stop conditions -------------------------------------------------------------------------
+
+def test_stop_file_ends_the_run_cleanly(scenario: Scenario) -> None:
+    stop = scenario.tmp / "STOP"
+    stop.touch()
+    done = archiver(scenario.config, "--stop-file", str(stop))
+    assert done.returncode == 0
+    assert "stop file" in scenario.log
+    assert 0 < len(table_ids(scenario.conn) ^ scenario.original) <= 3  # one batch moved, then stopped
+    stop.unlink()
+    assert archiver(scenario.config).returncode == 0
+    scenario.check()
