@@ -80,7 +80,8 @@ class ArchiveSink:
             except (BotoCoreError, ClientError) as exc:
                 if not is_outage(exc):
                     raise
-                self._cleanup(self.primary, manifest.key)
+                # No clean-up call to an S3 that is down: an object stored before the outage hit
+                # its manifest is overwritten by the same key when the fallback copy is drained.
                 if self.fallback is None:
                     raise ServiceUnavailable(f"S3 upload of {manifest.key} failed and no s3.local_fallback_dir is configured: {exc}") from None
                 log.warning("S3 upload failed (%s); S3 marked down, batches go to the fallback directory %s",

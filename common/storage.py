@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from botocore.exceptions import ClientError
 
 from common.errors import DataIntegrityError
+from common.layout import MANIFEST_SUFFIX
 from common.manifest import hex_to_b64, sha256_hex
 
 
@@ -48,8 +49,11 @@ class S3Storage:
         self.kms_key_id = kms_key_id
 
     def put(self, key: str, data: bytes, *, sha256: str) -> None:
-        """Upload with a SHA-256 checksum S3 itself checks, then verify what is stored (issue 2)."""
-        extra: dict[str, Any] = {"StorageClass": self.storage_class}
+        """Upload with a SHA-256 checksum S3 itself checks, then verify what is stored (issue 2).
+        Manifests always go to STANDARD: in GLACIER they could not be read without a restore
+        request, and IA classes would bill each ~2 KB manifest as 128 KB."""
+        storage_class = "STANDARD" if key.endswith(MANIFEST_SUFFIX) else self.storage_class
+        extra: dict[str, Any] = {"StorageClass": storage_class}
         if self.sse:
             extra["ServerSideEncryption"] = self.sse
             if self.kms_key_id:

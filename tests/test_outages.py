@@ -1,0 +1,215 @@
+"""S3 outages and the local fallback directory, a full disk, and database faults (issue 3)."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from archive_checks import archived_ids, assert_invariant, table_ids
+from archiver.controls import RunControls
+from archiver.main import cli
+from archiver.runner import run_archive
+from common import layout
+from common.config import load_config
+from common.exit_codes import ExitCode
+from common.storage import LocalStorage, S3Storage
+from conftest import make_config, seed_audit
+from tcp_proxy import TcpProxy
+
+
+@pytest.fixture(autouse=True)
+def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+
+
+@pytest.fixture()
+def proxy(moto_server: str) -> Iterator[TcpProxy]:
+    p = TcpProxy(int(urlparse(moto_server).port or 0))
+    yield p
+    p.close()
+
+
+@pytest.fixture()
+def seeded(pg: psycopg.Connection[Any]) -> set[int]:
+    seed_audit(pg, rows=300, days=120)  # ~75 expired rows over ~30 days
+    return table_ids(pg)
+
+
+def config(tmp_path: Path, dsn: str, bucket: str, proxy: TcpProxy, **overrides: Any) -> Path:
+    overrides.setdefault("defaults", {"batch_size": 5})
+    return make_config(tmp_path, dsn=dsn, bucket=bucket, endpoint=proxy.url, **overrides)
+
+
+def stores(tmp_path: Path, s3_client: Any, bucket: str) -> tuple[S3Storage, LocalStorage]:
+    return S3Storage(s3_client, bucket), LocalStorage(tmp_path / "fallback")
+
+
+def test_s3_down_sends_batches_to_fallback_then_next_run_drains_them(caplog: pytest.LogCaptureFixture, tmp_path: Path, pg_dsn: str, bucket: str, proxy: TcpProxy,
+                                                                     s3_client: Any, pg: psycopg.Connection[Any], seeded: set[int]) -> None:
+    cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy))
+    s3, fallback = stores(tmp_path, s3_client, bucket)
+    proxy.cut()
+    results, code = run_archive(cfg)
+    assert code == ExitCode.OK and results[0].fallback_objects == results[0].objects > 0
+    held = [o.key for o in fallback.list("") if not layout.is_manifest(o.key)]
+    assert held and all(layout.parse_key("", k) is not None for k in held)  # same key layout as the bucket
+    assert list(s3.list("")) == []
+    assert_invariant(seeded, table_ids(pg), archived_ids(fallback))
+
+    proxy.restore()
+    _results, code = run_archive(cfg)
+    assert code == ExitCode.OK
+    assert list(fallback.list("")) == []
+    assert sorted(k for k in (o.key for o in s3.list("")) if not layout.is_manifest(k)) == sorted(held)
+    assert_invariant(seeded, table_ids(pg), archived_ids(s3))
+    assert f"Drained {len(held)} fallback batches to S3" in caplog.text
+
+
+class CutAfter(RunControls):
+    def __init__(self, proxy: TcpProxy, after: int) -> None:
+        super().__init__()
+        self.proxy, self.after, self.seen, self.accepted_at_cut = proxy, after, 0, 0
+
+    def hook(self, point: str) -> None:
+        if point == "after_upload":
+            self.seen += 1
+            if self.seen == self.after:
+                self.proxy.cut()
+                self.accepted_at_cut = self.proxy.accepted
+
+
+def test_outage_mid_run_opens_the_circuit_instead_of_retrying_every_batch(tmp_path: Path, pg_dsn: str, bucket: str,
+                                                                          proxy: TcpProxy, s3_client: Any,
+                                                                          pg: psycopg.Connection[Any], seeded: set[int]) -> None:
+    cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy))
+    controls = CutAfter(proxy, after=3)
+    results, code = run_archive(cfg, controls=controls)
+    assert code == ExitCode.OK
+    assert results[0].fallback_objects >= 5 and results[0].objects - results[0].fallback_objects == 3
+    # one failed attempt opened the circuit; later batches did not try S3 (probe interval 60s)
+    assert proxy.accepted - controls.accepted_at_cut <= 2
+    proxy.restore()
+    assert run_archive(cfg)[1] == ExitCode.OK
+    s3, fallback = stores(tmp_path, s3_client, bucket)
+    assert_invariant(seeded, table_ids(pg), archived_ids(s3, fallback))
+    assert list(fallback.list("")) == []
+
+
+def test_s3_down_without_fallback_exits_3_and_deletes_nothing(tmp_path: Path, pg_dsn: str, bucket: str, proxy: TcpProxy,
+                                                              pg: psycopg.Connection[Any], seeded: set[int]) -> None:
+    path = config(tmp_path, pg_dsn, bucket, proxy, s3={"local_fallback_dir": None})
+    proxy.cut()
+    result = CliRunner().invoke(cli, ["--config", str(path)])
+    assert result.exit_code == ExitCode.UNAVAILABLE
+    assert table_ids(pg) == seeded
+    assert "no s3.local_fallback_dir is configured" in (tmp_path / "archiver.log").read_text()
+
+
+def test_corrupted_fallback_batch_is_quarantined_not_uploaded(caplog: pytest.LogCaptureFixture, tmp_path: Path, pg_dsn: str, bucket: str, proxy: TcpProxy,
+                                                              s3_client: Any, seeded: set[int]) -> None:
+    cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy))
+    s3, fallback = stores(tmp_path, s3_client, bucket)
+    proxy.cut()
+    run_archive(cfg)
+    victim = next(o.key for o in fallback.list("") if not layout.is_manifest(o.key))
+    path = fallback.root / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    proxy.restore()
+    _results, code = run_archive(cfg)
+    assert code == ExitCode.FAILURE
+    assert s3.head(victim) is None
+    assert (fallback.root / ".quarantine" / victim).exists()
+    assert "quarantined" in caplog.text
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a real ENOSPC from the kernel, no mocks (needs root, as CI has)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_fallback_disk_stops_the_table_without_deleting_unwritten_rows(tmp_path: Path, pg_dsn: str, bucket: str,
+                                                                           proxy: TcpProxy, pg: psycopg.Connection[Any],
+                                                                           seeded: set[int], tiny_disk: Path) -> None:
+    cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy, s3={"local_fallback_dir": str(tiny_disk)}))
+    proxy.cut()
+    results, code = run_archive(cfg)
+    assert code == ExitCode.FAILURE and results[0].status == "failed"
+    assert "is full (ENOSPC)" in (results[0].error or "")
+    assert 0 < results[0].objects
+    assert_invariant(seeded, table_ids(pg), archived_ids(LocalStorage(tiny_disk)))
+    assert not [p for p in tiny_disk.rglob(".tmp-*")]
+
+
+class KillBackend(RunControls):
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        self.dsn, self.done = dsn, False
+
+    def hook(self, point: str) -> None:
+        if point == "after_upload" and not self.done:
+            self.done = True
+            with psycopg.connect(self.dsn, autocommit=True) as c:
+                c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE application_name = 'pg-archiver' AND pid <> pg_backend_pid()")
+
+
+def test_backend_killed_mid_run_fails_the_table_cleanly_and_rerun_finishes(caplog: pytest.LogCaptureFixture, tmp_path: Path, pg_dsn: str, bucket: str,
+                                                                          proxy: TcpProxy, s3_client: Any,
+                                                                          pg: psycopg.Connection[Any], seeded: set[int]) -> None:
+    cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy))
+    results, code = run_archive(cfg, controls=KillBackend(pg_dsn))
+    assert code == ExitCode.FAILURE and results[0].error_kind == "database"
+    _results, code = run_archive(cfg)
+    assert code == ExitCode.OK
+    assert "Resuming from checkpoint" in caplog.text
+    s3, fallback = stores(tmp_path, s3_client, bucket)
+    assert_invariant(seeded, table_ids(pg), archived_ids(s3, fallback))
+
+
+def test_lock_timeout_on_delete_is_retried_not_fatal(caplog: pytest.LogCaptureFixture, tmp_path: Path, pg_dsn: str, bucket: str, proxy: TcpProxy,
+                                                     s3_client: Any, pg: psycopg.Connection[Any], seeded: set[int]) -> None:
+    cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy, defaults={"batch_size": 5, "lock_timeout": "200ms"}))
+    locker = psycopg.connect(pg_dsn)
+    locker.execute("SELECT id FROM audit_logs ORDER BY created_at LIMIT 1 FOR UPDATE")
+    release = threading.Timer(1.5, locker.rollback)
+    release.start()
+    try:
+        _results, code = run_archive(cfg)
+    finally:
+        release.join()
+        locker.close()
+    assert code == ExitCode.OK
+    assert "lock timeout; retrying" in caplog.text
+    s3, fallback = stores(tmp_path, s3_client, bucket)
+    assert_invariant(seeded, table_ids(pg), archived_ids(s3, fallback))
+
+
+def test_sessions_identify_themselves(tmp_path: Path, pg_dsn: str, bucket: str, proxy: TcpProxy, seeded: set[int]) -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Watch(RunControls):
+        def hook(self, point: str) -> None:
+            if point == "after_upload" and not seen:
+                with psycopg.connect(pg_dsn, autocommit=True) as c:
+                    seen.extend(c.execute("SELECT application_name, state FROM pg_stat_activity"
+                                          " WHERE application_name = 'pg-archiver'").fetchall())
+
+    run_archive(load_config(config(tmp_path, pg_dsn, bucket, proxy)), controls=Watch())
+    assert len(seen) >= 2  # the mover's and the reader's sessions
