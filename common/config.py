@@ -234,6 +234,12 @@ def parse_config(data: Any, *, source: str = "<memory>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    notifications = data.get("notifications")
+    if isinstance(notifications, dict) and True in notifications:
+        # YAML 1.1 reads a bare `on:` key as the boolean true; issue 6 spells the key `on`.
+        notifications = dict(notifications)
+        notifications["on"] = notifications.pop(True)
+        data = dict(data, notifications=notifications)
     data = _expand(data, "", source)
     try:
         cfg = Config.model_validate(data)

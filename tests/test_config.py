@@ -92,3 +92,14 @@ def test_unknown_database_is_named() -> None:
     cfg = parse_config({"databases": [{"name": "a"}]}, source="c.yaml")
     with pytest.raises(ConfigError, match="no database named 'b'"):
         cfg.database("b")
+
+
+def test_bare_on_key_of_notifications_is_read_as_on(tmp_path: Path) -> None:
+    # YAML 1.1 turns a bare `on:` into true; the documented key must still work.
+    cfg = load_config(write(tmp_path, "notifications:\n  on: [failure, fallback]\n"))
+    assert cfg.notifications.on == ["failure", "fallback"]
+
+
+def test_example_config_loads() -> None:
+    cfg = load_config(Path(__file__).resolve().parent.parent / "config.example.yaml")
+    assert cfg.databases[0].tables[0].name == "audit_logs"
