@@ -2,6 +2,7 @@
 sets of overlapping objects, the bounded worker map, and the report formats."""
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from common.storage import ObjectInfo
+from validate.app import Progress
 from validate.checks import bounded_map
 from validate.inventory import Entry, pair_listing
 from validate.objects import Checked, utc_days
@@ -157,6 +159,17 @@ def test_bounded_map_passes_a_worker_failure_on() -> None:
 
     with ThreadPoolExecutor(max_workers=2) as pool, pytest.raises(RuntimeError, match="S3 went away"):
         list(bounded_map(pool, boom, range(100), window=4))
+
+
+# -- terminal progress -------------------------------------------------------------------------
+def test_progress_rewrites_one_status_line_and_clears_it() -> None:
+    out = io.StringIO()
+    progress = Progress(out, every=0)
+    for i in range(3):
+        progress(Checked(f"k{i}", None, None, bytes=1024))
+    progress.done()
+    assert out.getvalue().split("\r")[1:] == ["validate: 1 objects, 1.0 KB checked", "validate: 2 objects, 2.0 KB checked",
+                                              "validate: 3 objects, 3.0 KB checked", "\033[K"]
 
 
 # -- report --------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The read-only database cross-check: are an archived object's primary keys still in the live table
-(an unfinished move)? One indexed query per object, bounded by the manifest's pk range."""
+(an unfinished move)? Per object, one index probe of its pk range (from the manifest), and only when
+live rows fall in that range one indexed query with the object's keys; never a row at a time."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -91,21 +92,25 @@ class LiveRows:
     def lookup(self, database: str | None, schema: str, table: str) -> LiveTable | None:
         return self.tables.get((database or "", schema, table))
 
-    def present(self, live: LiveTable, *, pk: str, keys: list[Any], bounds: tuple[Any, Any] | None) -> Presence | None:
-        """How many of `keys` are still in the table (and the first few). None when the table has no
-        such column. `bounds` (the manifest's min/max pk) lets the planner scan one index range."""
+    def present(self, live: LiveTable, *, pk: str, keys: Callable[[], list[Any]],
+                bounds: tuple[Any, Any] | None) -> Presence | None:
+        """How many of the object's keys are still in the table (and the first few); None when the
+        table has no such column. With `bounds` (the pk range, in PostgreSQL's order) one index probe
+        of the range answers the usual case, an empty range, without sending the keys at all."""
         pk_type = live.pk_types.get(pk)
-        if pk_type is None or not keys:
+        if pk_type is None:
             return None
-        col = sql.Identifier(pk)
+        col, rel = sql.Identifier(pk), qualified(live.schema, live.table)
         typ = sql.SQL(pk_type)  # format_type() output from the catalog, not user input
-        query = sql.SQL("SELECT count(*), (array_agg({col}::text ORDER BY {col}))[1:3] FROM {rel} "
-                        "WHERE {col} = ANY(%(keys)s::{typ}[])").format(col=col, rel=qualified(live.schema, live.table), typ=typ)
-        params: dict[str, Any] = {"keys": keys}
-        if bounds is not None:
-            query += sql.SQL(" AND {col} BETWEEN %(lo)s::{typ} AND %(hi)s::{typ}").format(col=col, typ=typ)
-            params.update(lo=bounds[0], hi=bounds[1])
         with live.pool.connection() as conn:
-            row = conn.execute(query, params).fetchone()
+            if bounds is not None:
+                probe = sql.SQL("SELECT EXISTS (SELECT 1 FROM {rel} WHERE {col} BETWEEN %s::{typ} AND %s::{typ})").format(
+                    rel=rel, col=col, typ=typ)
+                row = conn.execute(probe, bounds).fetchone()
+                if row is not None and not row[0]:
+                    return Presence(0, [])
+            query = sql.SQL("SELECT count(*), (array_agg({col}::text ORDER BY {col}))[1:3] FROM {rel} "
+                            "WHERE {col} = ANY(%s::{typ}[])").format(col=col, rel=rel, typ=typ)
+            row = conn.execute(query, (keys(),)).fetchone()
         assert row is not None
         return Presence(int(row[0]), list(row[1] or []))

@@ -25,8 +25,9 @@ _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
               help="Manifests, sizes and S3's stored checksums only: no downloads, no database cross-check.")
 @click.option("--since", type=click.DateTime(_DATE_FORMATS), metavar="DATE",
               help="Only objects archived at or after DATE (UTC), e.g. 2026-01-31.")
-@click.option("--parallel", type=click.IntRange(min=1, max=64), default=DEFAULT_PARALLEL, show_default=True,
-              help="Objects downloaded and checked at once.")
+# At most botocore's 10 pooled connections per client: more workers would only queue for them.
+@click.option("--parallel", type=click.IntRange(min=1, max=10), default=DEFAULT_PARALLEL, show_default=True,
+              help="Objects downloaded and checked at once (1-10).")
 @click.option("--verbose", "-v", is_flag=True, help="List every object checked; debug logging and tracebacks.")
 def cli(config_path: Path, database: str | None, table: str | None, output_format: str, quick: bool,
         since: datetime | None, parallel: int, verbose: bool) -> None:

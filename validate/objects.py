@@ -88,15 +88,20 @@ class ObjectChecker:
                 out.add("orphaned_file", "archive object without a manifest (an upload interrupted before its manifest)")
             return None
         try:
-            return Manifest.from_bytes(self.store.get(entry.manifest_key), key=entry.manifest_key)
-        except DataIntegrityError as exc:
-            out.add("unreadable_archive", f"invalid manifest: {exc}")
+            raw = self.store.get(entry.manifest_key)
         except Exception as exc:
             if not is_not_found(exc):
                 raise
             if entry.data is not None:  # the manifest went away while we were listing
                 out.add("orphaned_file", "archive object without a manifest")
-        return None
+            return None
+        try:
+            return Manifest.from_bytes(raw, key=entry.manifest_key)
+        # Untrusted JSON (a list, wrong field types, ...): any failure to read it is the finding.
+        except Exception as exc:  # noqa: BLE001
+            reason = exc if isinstance(exc, DataIntegrityError) else f"manifest {entry.manifest_key} is unreadable: {exc}"
+            out.add("unreadable_archive", f"invalid manifest: {reason}")
+            return None
 
     def _quick(self, entry: Entry, m: Manifest, out: Checked) -> None:
         """Manifest, size and the checksum S3 stored at upload: no download."""
@@ -163,7 +168,8 @@ class ObjectChecker:
         live = self.live.lookup(out.database, m.schema, m.table)
         if live is None:
             return
-        found = self.live.present(live, pk=m.primary_key, keys=keys.to_pylist(), bounds=_manifest_bounds(m))
+        found = self.live.present(live, pk=m.primary_key, keys=keys.to_pylist,
+                                  bounds=_bounds(m, out.interval))
         if found is not None and found.count:
             out.add("rows_still_in_database", f"{found.count} of its {m.rows} archived rows are still in the table "
                     f"({m.primary_key} {', '.join(found.sample)}{', …' if found.count > len(found.sample) else ''})")
@@ -214,6 +220,18 @@ def _manifest_bounds(m: Manifest) -> tuple[Any, Any] | None:
     if col.get("typname") in _RANGE_SAFE and col.get("encoding") == "native" and m.min_pk is not None:
         return m.min_pk, m.max_pk
     return None
+
+
+def _bounds(m: Manifest, interval: tuple[Any, Any] | None) -> tuple[Any, Any] | None:
+    """The pk range to probe, in PostgreSQL's order: the manifest's for native integer keys; for
+    integer keys stored as text (JSONL, whose manifest range is text-ordered) the range read from
+    the data as numbers; none for other types (a collation may order text differently)."""
+    if _pk_column(m).get("typname") not in _RANGE_SAFE:
+        return None
+    bounds = _manifest_bounds(m)
+    if bounds is None and interval is not None and all(isinstance(v, int) for v in interval):
+        bounds = interval
+    return bounds
 
 
 def _typed_interval(keys: pa.ChunkedArray) -> tuple[Any, Any] | None:
