@@ -210,3 +210,13 @@ def test_in_a_real_terminal_the_password_is_not_echoed(shop_dsn: str, moto_serve
     assert doc["databases"][0]["tables"][0]["retention_days"] == 200
     assert doc["databases"][0]["password_env"] == "ARCHIVER_DB_PASSWORD"
 
+
+
+def test_ctrl_c_in_a_real_terminal_exits_130_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "config.yaml"
+    term = Terminal(["--output", str(out)])
+    term.expect(r"PostgreSQL DSN .*: ")
+    os.write(term.fd, b"\x03")  # the terminal turns it into SIGINT for the wizard
+    assert term.finish() == 130, term.transcript
+    assert "interrupted; nothing was written" in term.transcript
+    assert not out.exists()

@@ -58,3 +58,15 @@ def test_unreachable_endpoint_is_reported() -> None:
     result = probe_bucket(probe_client(s3), s3)
     assert not result.ok
     assert "cannot write s3://audit-archives/" in result.message and "Could not connect" in result.message
+
+
+def test_missing_credentials_are_named(moto_server: str, bucket: str, monkeypatch: pytest.MonkeyPatch,
+                                       tmp_path: Any) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3 = S3Config(bucket=bucket, endpoint_url=moto_server)
+    result = probe_bucket(probe_client(s3), s3)
+    assert not result.ok and "no AWS credentials found" in result.message

@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import NoCredentialsError
+
 from common.config import S3Config, parse_config
 from common.manifest import sha256_hex
 from common.s3client import make_client
@@ -49,6 +51,8 @@ def probe_bucket(client: Any, s3: S3Config) -> ProbeResult:
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, NoCredentialsError):
+        return "no AWS credentials found (environment, shared profile or instance role)"
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and response.get("Error"):
         err = response["Error"]

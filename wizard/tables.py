@@ -76,9 +76,11 @@ def choose_tables(p: Prompter, conn: psycopg.Connection[Any], flags: Flags) -> l
     if not tables:
         raise UsageError("the database has no tables to archive")
     given: str | None = ",".join(flags.tables) or None
+    listed = False
     while True:
-        if given is None and p.interactive:
+        if given is None and p.interactive and not listed:
             show_tables(p, tables)
+            listed = True
         text = p.ask("Tables to archive (numbers or names, comma-separated)", flag="--table", given=given,
                      default=_suggestion(conn, tables) if p.interactive and given is None else None)
         given = None
