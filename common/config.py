@@ -139,8 +139,15 @@ class PagerDutyConfig(_Strict):
     timeout: float = 10.0
 
 
+NotifyOn = Literal["failure", "success", "fallback"]
+
+
+def _default_on() -> list[NotifyOn]:
+    return ["failure"]
+
+
 class NotificationsConfig(_Strict):
-    on: list[Literal["failure", "success", "fallback"]] = Field(default_factory=lambda: ["failure"])
+    on: list[NotifyOn] = Field(default_factory=_default_on)
     email: EmailConfig | None = None
     slack: SlackConfig | None = None
     pagerduty: PagerDutyConfig | None = None

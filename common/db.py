@@ -75,9 +75,11 @@ def connect(info: str, settings: dict[str, str], *, connect_timeout: int = 10) -
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    # libpq messages may echo connection parameters but never the password; keep the last clause.
-    return text[-1] if text else type(exc).__name__
+    """libpq's own words (they never include the password), minus its generic hint lines:
+    'connection to server at "db", port 5432 failed: Connection refused'."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Is the server running")] or lines
+    return "; ".join(lines) if lines else type(exc).__name__
 
 
 @contextmanager

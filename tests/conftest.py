@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import yaml
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 ADMIN_DSN = os.environ.get("ARCHIVER_TEST_DSN", "host=127.0.0.1 port=5432 user=root dbname=postgres")
 BUCKET = "audit-archives"
@@ -81,9 +81,7 @@ def pg_dsn() -> Iterator[str]:
     name = f"archiver_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(ADMIN_DSN)
-    params["dbname"] = name
-    dsn = make_conninfo(**params)
+    dsn = make_conninfo(ADMIN_DSN, dbname=name)
     yield dsn
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
