@@ -50,18 +50,24 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db") as ex:
         for db_results in ex.map(one_database, cfg.databases):
             results.extend(db_results)
-    code = exit_code(results, controls, drain_quarantined=drain.quarantined)
+    if drain.quarantined:
+        # Reported like a failed table so exit code, metrics and notifications all carry it.
+        assert sink.fallback is not None
+        results.append(TableResult("", "fallback", "drain", status="failed", error_kind="integrity",
+                                   error=f"{drain.quarantined} fallback batches failed their checksum and were "
+                                         f"quarantined in {sink.fallback.root / '.quarantine'}; their rows are not in S3"))
+    code = exit_code(results, controls)
     _summary(results)
     observer.run_finished(results, int(code))
     return results, code
 
 
-def exit_code(results: list[TableResult], controls: RunControls, *, drain_quarantined: int = 0) -> ExitCode:
+def exit_code(results: list[TableResult], controls: RunControls) -> ExitCode:
     if controls.signal_received == signal.SIGINT:
         return ExitCode.INTERRUPTED
     if any(r.error_kind in ("database_unreachable", "s3_unreachable") for r in results):
         return ExitCode.UNAVAILABLE
-    if any(r.status == "failed" for r in results) or drain_quarantined:
+    if any(r.status == "failed" for r in results):
         return ExitCode.FAILURE
     return ExitCode.OK
 

@@ -30,7 +30,7 @@ class ObjectInfo:
 class Storage(Protocol):
     location: str  # "s3" | "fallback" | "local"
 
-    def put(self, key: str, data: bytes, *, sha256: str) -> None: ...
+    def put(self, key: str, data: bytes, *, sha256: str, verify: bool = True) -> None: ...
     def get(self, key: str) -> bytes: ...
     def head(self, key: str) -> ObjectInfo | None: ...
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
@@ -48,10 +48,11 @@ class S3Storage:
         self.sse = sse
         self.kms_key_id = kms_key_id
 
-    def put(self, key: str, data: bytes, *, sha256: str) -> None:
-        """Upload with a SHA-256 checksum S3 itself checks, then verify what is stored (issue 2).
-        Manifests always go to STANDARD: in GLACIER they could not be read without a restore
-        request, and IA classes would bill each ~2 KB manifest as 128 KB."""
+    def put(self, key: str, data: bytes, *, sha256: str, verify: bool = True) -> None:
+        """Upload with a SHA-256 checksum S3 itself checks (it refuses a body that does not match),
+        then, with verify, read back the stored size and checksum (issue 2) before anyone deletes
+        rows on the strength of it. Manifests always go to STANDARD: in GLACIER they could not be
+        read without a restore request, and IA classes would bill each ~2 KB manifest as 128 KB."""
         storage_class = "STANDARD" if key.endswith(MANIFEST_SUFFIX) else self.storage_class
         extra: dict[str, Any] = {"StorageClass": storage_class}
         if self.sse:
@@ -60,7 +61,8 @@ class S3Storage:
                 extra["SSEKMSKeyId"] = self.kms_key_id
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
                                ChecksumSHA256=hex_to_b64(sha256), **extra)
-        self.verify(key, size=len(data), sha256=sha256)
+        if verify:
+            self.verify(key, size=len(data), sha256=sha256)
 
     def verify(self, key: str, *, size: int, sha256: str) -> None:
         head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
@@ -112,7 +114,7 @@ class LocalStorage:
             raise ValueError(f"key {key!r} escapes {self.root}")
         return path
 
-    def put(self, key: str, data: bytes, *, sha256: str) -> None:
+    def put(self, key: str, data: bytes, *, sha256: str, verify: bool = True) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
