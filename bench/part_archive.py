@@ -3,6 +3,7 @@ on two identical copies of the seeded table."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from bench import baseline
 from bench.context import Archived, Context
@@ -72,15 +73,17 @@ def run(ctx: Context, *, with_baseline: bool) -> PartResult:
     return part
 
 
-def rss_scaling(ctx: Context, sizes: tuple[int, ...] = (1_000_000, 4_000_000)) -> dict[str, dict[str, float]]:
+def rss_scaling(ctx: Context, sizes: tuple[int, ...] = (1_000_000, 4_000_000)) -> dict[str, dict[str, Any]]:
     """Peak RSS of the archiver on tables of different sizes: it should stay flat."""
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for rows in sizes:
         seeded = ctx.dbs.seed(rows=rows, suffix=f"seed{rows}")
         dsn = ctx.dbs.dsn(ctx.dbs.copy(seeded, f"scale{rows}"))
         archived = ctx.run_archiver(dsn, bucket=ctx.bucket(f"scale{rows}"), name=f"archiver-{rows}")
+        left = count(dsn, "created_at < %(c)s", {"c": seeded.cutoff_sql})
         out[str(rows)] = {"peak_rss_mb": archived.run.peak_rss_mb, "seconds": archived.run.seconds,
-                          "returncode": archived.run.returncode, "eligible": seeded.eligible}
+                          "returncode": archived.run.returncode, "eligible": seeded.eligible,
+                          "eligible_left": left, "error": archived.run.tail(3) if archived.run.returncode else ""}
         ctx.dbs.drop(dsn)
         ctx.dbs.drop(ctx.dbs.dsn(seeded.template))
     return out

@@ -75,7 +75,10 @@ def print_extra(extra: dict[str, Any]) -> None:
     if "rss_scaling" in extra:
         click.echo("\narchiver peak RSS by table size (should stay flat):")
         for rows, r in extra["rss_scaling"].items():
-            click.echo(f"  {int(rows):>10,} rows: {r['peak_rss_mb']:6.0f} MB, {r['seconds']:6.1f} s, exit {r['returncode']}")
+            click.echo(f"  {int(rows):>10,} rows: {r['peak_rss_mb']:6.0f} MB, {r['seconds']:6.1f} s, exit {r['returncode']}, "
+                       f"{r['eligible_left']} eligible rows left")
+            if r["error"]:
+                click.echo(f"      {r['error']}")
     if "profile" in extra:
         click.echo("\n" + pyspy.render(extra["profile"]))
 
