@@ -21,6 +21,8 @@ from common.errors import ConfigError, ServiceUnavailable, UsageError
 from common.manifest import Manifest, hex_to_b64
 from conftest import free_port, make_config, seed_audit
 from validate.checks import validate
+from validate.dbcheck import LiveRows
+from validate.inventory import build_scope
 from validate.report import Report
 
 ROWS = 300  # over 5 days, 100+ days ago: 6 day-partitioned objects, all expired
@@ -146,6 +148,15 @@ def test_quick_check_compares_the_checksum_s3_stored(archive: Archive) -> None:
     key = archive.data_keys()[0]
     archive.put(key, flip_byte(archive.get(key)), with_checksum=True)
     assert found(archive.validate(quick=True)) == {("checksum_mismatch", key)}
+
+
+def test_quick_check_says_when_it_could_compare_only_sizes(archive: Archive) -> None:
+    key = archive.data_keys()[0]
+    archive.put(key, flip_byte(archive.get(key)))  # same size, and no checksum stored with it
+    report = archive.validate(quick=True)
+    assert report.ok  # the limit of --quick: a full check is what reads the bytes
+    assert "1 objects have no checksum stored with them; --quick compared only their sizes" in report.notes
+    assert found(archive.validate()) == {("checksum_mismatch", key)}
 
 
 @pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
@@ -328,6 +339,14 @@ def test_validation_changes_nothing(archive: Archive) -> None:
     before = snapshot()
     assert not archive.validate().ok
     assert snapshot() == before
+
+
+def test_database_sessions_of_the_cross_check_refuse_writes(archive: Archive) -> None:
+    with LiveRows(archive.cfg, build_scope(archive.cfg).tables, size=1) as live:
+        table = live.lookup("production_db", "public", "audit_logs")
+        assert table is not None
+        with table.pool.connection() as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("DELETE FROM audit_logs")
 
 
 # -- scope and filters -----------------------------------------------------------------------

@@ -40,6 +40,8 @@ class Checked:
     bytes: int = 0
     manifest: Manifest | None = None
     interval: tuple[Any, Any] | None = None
+    #: --quick found no checksum stored with the object (its size was all it could compare).
+    size_only: bool = False
 
     def add(self, kind: str, what: str) -> None:
         self.problems.append(problem(kind, self.key, what, database=self.database, table=self.table))
@@ -83,7 +85,9 @@ class ObjectChecker:
     def _manifest(self, entry: Entry, out: Checked) -> Manifest | None:
         if entry.manifest is None:
             if _archive_format(entry.key) is None or layout.parse_key(self.root, entry.key) is None:
-                out.add("orphaned_file", "stray file under the archive prefix (not an archive object or manifest)")
+                out.problems.append(problem("orphaned_file", out.key, "stray file under the archive prefix (not an "
+                                            "archive object or manifest): move it elsewhere or remove it",
+                                            database=out.database, table=out.table, repair=False))
             else:
                 out.add("orphaned_file", "archive object without a manifest (an upload interrupted before its manifest)")
             return None
@@ -107,6 +111,7 @@ class ObjectChecker:
         """Manifest, size and the checksum S3 stored at upload: no download."""
         out.rows, out.bytes = m.rows, m.size
         stored = stored_sha256(self.store, entry.key)
+        out.size_only = stored is None
         if stored is not None and stored != hex_to_b64(m.sha256):
             out.add("checksum_mismatch", f"S3's stored SHA-256 {stored} differs from the manifest's ({hex_to_b64(m.sha256)})")
 
