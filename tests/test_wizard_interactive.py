@@ -6,8 +6,10 @@ import os
 import pty
 import re
 import select
+import signal
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,8 +178,22 @@ class Terminal:
     def send(self, line: str) -> None:
         os.write(self.fd, line.encode() + b"\r")
 
-    def finish(self) -> int:
+    def wait_until_reading(self, *, deadline: float = 30.0) -> None:
+        """Block until the child sleeps in its terminal read. A Ctrl-C that lands between the prompt
+        and the read() call is lost by CPython (the read then blocks), which no person could hit."""
+        end = time.monotonic() + deadline
+        while Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "S":
+            if time.monotonic() > end:
+                raise AssertionError(f"the wizard never waited for input:\n{self.transcript}")
+            time.sleep(0.01)
+
+    def finish(self, *, deadline: float = 60.0) -> int:
         while True:
+            ready, _, _ = select.select([self.fd], [], [], deadline)
+            if not ready:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                raise AssertionError(f"the wizard did not finish:\n{self.transcript}")
             try:
                 chunk = os.read(self.fd, 4096)
             except OSError:  # EIO: the child closed the terminal
@@ -216,6 +232,7 @@ def test_ctrl_c_in_a_real_terminal_exits_130_and_writes_nothing(tmp_path: Path) 
     out = tmp_path / "config.yaml"
     term = Terminal(["--output", str(out)])
     term.expect(r"PostgreSQL DSN .*: ")
+    term.wait_until_reading()
     os.write(term.fd, b"\x03")  # the terminal turns it into SIGINT for the wizard
     assert term.finish() == 130, term.transcript
     assert "interrupted; nothing was written" in term.transcript
