@@ -33,8 +33,9 @@ class TableFlags:
                    PerTable(flags.retention_days, flag="--retention-days", convert=non_negative_int))
 
     def check_used(self, chosen: list[TableInfo]) -> None:
-        for resolver in (self.timestamp, self.primary_key, self.retention):
-            resolver.check_used(chosen)  # type: ignore[attr-defined]
+        self.timestamp.check_used(chosen)
+        self.primary_key.check_used(chosen)
+        self.retention.check_used(chosen)
 
 
 def show_tables(p: Prompter, tables: list[TableInfo]) -> None:
