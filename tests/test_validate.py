@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import io
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import boto3
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from archiver.runner import run_archive
 from common import batch_writer, layout
 from common.config import Config, load_config
 from common.errors import ConfigError, ServiceUnavailable, UsageError
 from common.manifest import Manifest, hex_to_b64
-from conftest import free_port, make_config, seed_audit
+from conftest import ADMIN_DSN, free_port, make_config, seed_audit
 from validate.checks import validate
 from validate.dbcheck import LiveRows
 from validate.inventory import build_scope
@@ -34,7 +39,13 @@ class Archive:
     cfg: Config
     s3: Any
     bucket: str
-    pg: psycopg.Connection[Any]
+    #: Only archives with a database of their own may change it (see own_archive).
+    own_pg: psycopg.Connection[Any] | None = None
+
+    @property
+    def pg(self) -> psycopg.Connection[Any]:
+        assert self.own_pg is not None, "this test changes the database: use own_archive"
+        return self.own_pg
 
     def data_keys(self) -> list[str]:
         keys = [o["Key"] for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
@@ -64,7 +75,7 @@ class Archive:
         return validate(self.cfg, s3_client=self.s3, **kw)
 
 
-def archive_table(tmp_path: Path, pg: psycopg.Connection[Any], cfg_path: Path, s3: Any = None) -> Config:
+def archive_table(cfg_path: Path, s3: Any = None) -> Config:
     cfg = load_config(cfg_path)
     results, code = run_archive(cfg, s3_client=s3)
     assert int(code) == 0, results
@@ -72,13 +83,51 @@ def archive_table(tmp_path: Path, pg: psycopg.Connection[Any], cfg_path: Path, s
     return cfg
 
 
+@dataclass(frozen=True)
+class Pristine:
+    dsn: str
+    bucket: str
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[Pristine]:
+    """One archiver run per module (a database of its own, left with its table emptied by the move),
+    which each test copies into a fresh bucket: much cheaper than archiving again per test."""
+    name = f"archiver_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = make_conninfo(ADMIN_DSN, dbname=name)
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    bucket = f"pristine-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            seed_audit(conn, rows=ROWS, days=5, end_days_ago=100)
+        archive_table(make_config(tmp_path_factory.mktemp("pristine"), dsn=dsn, bucket=bucket, endpoint=moto_server), s3)
+        yield Pristine(dsn, bucket)
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture()
-def archive(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str, moto_server: str, s3_client: Any,
-            bucket: str) -> Archive:
+def archive(tmp_path: Path, pristine: Pristine, moto_server: str, s3_client: Any, bucket: str) -> Archive:
+    """The module's archive, copied into this test's bucket; the test may damage it at will but must
+    not change the (shared) database."""
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=pristine.bucket):
+        for o in page.get("Contents", []):
+            s3_client.copy_object(Bucket=bucket, Key=o["Key"], CopySource={"Bucket": pristine.bucket, "Key": o["Key"]})
+    path = make_config(tmp_path, dsn=pristine.dsn, bucket=bucket, endpoint=moto_server)
+    return Archive(path, load_config(path), s3_client, bucket)
+
+
+@pytest.fixture()
+def own_archive(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str, moto_server: str, s3_client: Any,
+                bucket: str) -> Archive:
+    """A fresh database and archive, for tests that change the database."""
     seed_audit(pg, rows=ROWS, days=5, end_days_ago=100)
     path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server)
-    cfg = archive_table(tmp_path, pg, path, s3_client)
-    return Archive(path, cfg, s3_client, bucket, pg)
+    return Archive(path, archive_table(path, s3_client), s3_client, bucket, pg)
 
 
 def found(report: Report) -> set[tuple[str, str]]:
@@ -116,7 +165,7 @@ def jsonl_archive(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str, moto
                   bucket: str) -> Archive:
     seed_audit(pg, rows=ROWS, days=5, end_days_ago=100)
     path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server, defaults={"format": "jsonl"})
-    return Archive(path, archive_table(tmp_path, pg, path, s3_client), s3_client, bucket, pg)
+    return Archive(path, archive_table(path, s3_client), s3_client, bucket, pg)
 
 
 def test_clean_jsonl_archive_has_no_problems(jsonl_archive: Archive) -> None:
@@ -265,11 +314,11 @@ def test_object_sharing_some_keys_overlaps(archive: Archive) -> None:
     assert "shares 5 primary keys" in report.problems[0].message
 
 
-def test_archived_row_put_back_is_still_in_the_database(archive: Archive) -> None:
-    key = archive.data_keys()[2]
-    m = archive.manifest(key)
-    archive.pg.execute("INSERT INTO audit_logs (id, created_at) VALUES (%s, %s)", (m.max_pk, m.max_ts))
-    report = archive.validate()
+def test_archived_row_put_back_is_still_in_the_database(own_archive: Archive) -> None:
+    key = own_archive.data_keys()[2]
+    m = own_archive.manifest(key)
+    own_archive.pg.execute("INSERT INTO audit_logs (id, created_at) VALUES (%s, %s)", (m.max_pk, m.max_ts))
+    report = own_archive.validate()
     assert found(report) == {("rows_still_in_database", key)}
     assert "rerun the archiver to finish the move" in report.problems[0].message
     assert f"id {m.max_pk}" in report.problems[0].message
@@ -298,23 +347,23 @@ def test_rows_kept_on_purpose_are_not_an_unfinished_move(tmp_path: Path, pg: psy
     seed_audit(pg, rows=ROWS, days=5, end_days_ago=100)
     path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
                        defaults={"delete_after_archive": False})
-    cfg = archive_table(tmp_path, pg, path, s3_client)
+    cfg = archive_table(path, s3_client)
     assert pg.execute("SELECT count(*) FROM audit_logs").fetchone() == (ROWS,)
     report = validate(cfg, s3_client=s3_client)
     assert report.ok, report.problems
     assert any("delete_after_archive" in n for n in report.notes)
 
 
-def test_batch_left_in_the_fallback_directory_is_pending(archive: Archive) -> None:
-    archive.pg.execute("INSERT INTO audit_logs (created_at) SELECT now() - interval '200 days' FROM generate_series(1, 10)")
-    s3_down = archive.cfg.model_copy(deep=True)
+def test_batch_left_in_the_fallback_directory_is_pending(own_archive: Archive) -> None:
+    own_archive.pg.execute("INSERT INTO audit_logs (created_at) SELECT now() - interval '200 days' FROM generate_series(1, 10)")
+    s3_down = own_archive.cfg.model_copy(deep=True)
     s3_down.s3.endpoint_url = f"http://127.0.0.1:{free_port()}"
     results, _code = run_archive(s3_down)
     assert results[0].fallback_objects == 1
-    report = archive.validate()
+    report = own_archive.validate()
     [(kind, key)] = found(report)
     assert kind == "pending_fallback"
-    assert Path(archive.cfg.s3.local_fallback_dir or "", key).is_file()
+    assert Path(own_archive.cfg.s3.local_fallback_dir or "", key).is_file()
     assert "run the archiver with S3 reachable" in report.problems[0].message
 
 
@@ -326,18 +375,18 @@ def test_open_multipart_upload_is_incomplete(archive: Archive) -> None:
     assert "abort" in report.problems[0].message
 
 
-def test_validation_changes_nothing(archive: Archive) -> None:
-    key = archive.data_keys()[0]
-    archive.put(key, flip_byte(archive.get(key)))
-    archive.delete(layout.manifest_key(archive.data_keys()[1]))
-    archive.pg.execute("INSERT INTO audit_logs (id, created_at) VALUES (1, now() - interval '100 days')")
+def test_validation_changes_nothing(own_archive: Archive) -> None:
+    key = own_archive.data_keys()[0]
+    own_archive.put(key, flip_byte(own_archive.get(key)))
+    own_archive.delete(layout.manifest_key(own_archive.data_keys()[1]))
+    own_archive.pg.execute("INSERT INTO audit_logs (id, created_at) VALUES (1, now() - interval '100 days')")
 
     def snapshot() -> tuple[Any, ...]:
-        objects = sorted((o["Key"], o["ETag"]) for o in archive.s3.list_objects_v2(Bucket=archive.bucket)["Contents"])
-        return objects, archive.pg.execute("SELECT count(*), sum(id) FROM audit_logs").fetchone()
+        objects = sorted((o["Key"], o["ETag"]) for o in own_archive.s3.list_objects_v2(Bucket=own_archive.bucket)["Contents"])
+        return objects, own_archive.pg.execute("SELECT count(*), sum(id) FROM audit_logs").fetchone()
 
     before = snapshot()
-    assert not archive.validate().ok
+    assert not own_archive.validate().ok
     assert snapshot() == before
 
 
@@ -361,8 +410,8 @@ def test_table_filter_checks_only_that_table(tmp_path: Path, pg: psycopg.Connect
     seed_audit(pg, rows=ROWS, days=5, end_days_ago=100)
     pg.execute("CREATE TABLE other_logs (LIKE audit_logs INCLUDING ALL); INSERT INTO other_logs SELECT * FROM audit_logs")
     tables = [{"name": "audit_logs"}, {"name": "other_logs"}]
-    cfg = archive_table(tmp_path, pg, make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server, tables=tables), s3_client)
-    arch = Archive(tmp_path / "config.yaml", cfg, s3_client, bucket, pg)
+    cfg = archive_table(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server, tables=tables), s3_client)
+    arch = Archive(tmp_path / "config.yaml", cfg, s3_client, bucket)
     broken = next(k for k in arch.data_keys() if "/public.audit_logs/" in k)
     arch.delete(broken)
     assert arch.validate(table="other_logs").ok
@@ -405,7 +454,7 @@ def test_missing_bucket_is_a_config_error(archive: Archive) -> None:
 # -- storage: local ----------------------------------------------------------------------------
 def test_local_storage_archives_are_checked_the_same_way(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str) -> None:
     seed_audit(pg, rows=ROWS, days=5, end_days_ago=100)
-    cfg = archive_table(tmp_path, pg, make_config(tmp_path, dsn=pg_dsn))
+    cfg = archive_table(make_config(tmp_path, dsn=pg_dsn))
     assert cfg.storage == "local"
     assert validate(cfg).ok
     root = Path(cfg.local_dir or "")

@@ -10,29 +10,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from archiver.runner import run_archive
 from common import layout
-from common.config import load_config
-from conftest import free_port, make_config, seed_audit
+from conftest import free_port, make_config
+from test_validate import Pristine, pristine  # noqa: F401 - the module-scoped archive fixture
 from validate.main import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def archived(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str, moto_server: str, s3_client: Any,
-             bucket: str) -> tuple[Path, Any, str]:
+def archived(tmp_path: Path, pristine: Pristine, moto_server: str, s3_client: Any, bucket: str) -> tuple[Path, Any, str]:
     """A config and its real archive (6 objects), as the runbook's operator would have them."""
-    seed_audit(pg, rows=300, days=5, end_days_ago=100)
-    path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server)
-    _results, code = run_archive(load_config(path), s3_client=s3_client)
-    assert int(code) == 0
-    return path, s3_client, bucket
+    for o in s3_client.list_objects_v2(Bucket=pristine.bucket)["Contents"]:
+        s3_client.copy_object(Bucket=bucket, Key=o["Key"], CopySource={"Bucket": pristine.bucket, "Key": o["Key"]})
+    return make_config(tmp_path, dsn=pristine.dsn, bucket=bucket, endpoint=moto_server), s3_client, bucket
 
 
 def data_keys(s3: Any, bucket: str) -> list[str]:
