@@ -1,0 +1,3 @@
+from validate.main import main
+
+main()
