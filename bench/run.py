@@ -53,11 +53,12 @@ def parse_parts(value: str) -> tuple[str, ...]:
     return parts
 
 
-def run_parts(ctx: Context, parts: tuple[str, ...], *, rss_scaling: bool) -> tuple[list[PartResult], dict[str, Any]]:
+def run_parts(ctx: Context, parts: tuple[str, ...], *, rss_scaling: bool,
+              repeat: int) -> tuple[list[PartResult], dict[str, Any]]:
     results: list[PartResult] = []
     extra: dict[str, Any] = {}
     # restore and validate work on the archiver's output, so the archiver always runs.
-    results.append(part_archive.run(ctx, with_baseline="archive" in parts))
+    results.append(part_archive.run(ctx, with_baseline="archive" in parts, repeat=repeat))
     if "archive" not in parts:
         results[0].name = "archiver (setup)"
     if "restore" in parts:
@@ -88,13 +89,15 @@ def print_extra(extra: dict[str, Any]) -> None:
 @click.option("--quick", is_flag=True, help="200,000 rows: a smoke run in well under a minute.")
 @click.option("--parts", "parts_", default=",".join(PARTS), show_default=True, help="Comma-separated parts to run.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=50_000, show_default=True)
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the archive baseline and the archiver this many times; the best time of each counts.")
 @click.option("--rss-scaling", is_flag=True, help="Also measure the archiver's peak RSS at 1M and 4M rows (slower).")
 @click.option("--profile", is_flag=True, help="Also run the archiver once more under py-spy and summarise where its time goes.")
 @click.option("--keep", is_flag=True, help="Keep the databases and the work directory for inspection.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               default=REPO / "bench" / "results" / "latest.json", show_default=True)
-def main(rows: int, quick: bool, parts_: str, batch_size: int, rss_scaling: bool, profile: bool, keep: bool,
-         output: Path) -> None:
+def main(rows: int, quick: bool, parts_: str, batch_size: int, repeat: int, rss_scaling: bool, profile: bool,
+         keep: bool, output: Path) -> None:
     """Time the archiver (and restore, validate) against plain psql/zstd/boto3 baselines."""
     parts = parse_parts(parts_)
     rows = 200_000 if quick else rows
@@ -110,7 +113,7 @@ def main(rows: int, quick: bool, parts_: str, batch_size: int, rss_scaling: bool
             click.echo(f"seeded in {seeded.seconds:.1f}s: {seeded.eligible:,} rows older than 90 days", err=True)
             ctx = Context(dbs=dbs, seeded=seeded, endpoint=endpoint, client=s3_client(endpoint), work=work,
                           batch_size=batch_size, profile=profile)
-            results, extra = run_parts(ctx, parts, rss_scaling=rss_scaling)
+            results, extra = run_parts(ctx, parts, rss_scaling=rss_scaling, repeat=repeat)
     finally:
         if keep:
             click.echo(f"kept the work directory {work}", err=True)
@@ -125,7 +128,7 @@ def main(rows: int, quick: bool, parts_: str, batch_size: int, rss_scaling: bool
     print_extra(extra)
     write_json(output, {
         "created_at": datetime.now(timezone.utc).isoformat(), "rows": rows, "eligible": seeded.eligible,
-        "batch_size": batch_size, "seed_seconds": seeded.seconds, "total_seconds": time.monotonic() - started,
+        "batch_size": batch_size, "repeat": repeat, "seed_seconds": seeded.seconds, "total_seconds": time.monotonic() - started,
         "machine": {"cpus": os.cpu_count(), "load_average_before_after": load, "python": platform.python_version(),
                     "postgresql": version},
         "parts": [r.to_json() for r in results], **extra})
