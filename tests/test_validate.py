@@ -403,6 +403,7 @@ def test_since_limits_the_check_to_recent_archives(archive: Archive) -> None:
     now = datetime.now(timezone.utc)
     assert archive.validate(since=now - timedelta(hours=1)).summary.objects == 6
     assert archive.validate(since=now + timedelta(days=1)).summary.objects == 0
+    assert archive.validate(since=datetime(2000, 1, 1)).summary.objects == 6  # naive: read as UTC
 
 
 def test_table_filter_checks_only_that_table(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str,

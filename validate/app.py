@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -36,7 +36,6 @@ def run(opts: ValidateOptions, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     cfg = load_config(opts.config_path)
     setup_logging(cfg.logging, verbose=opts.verbose)
-    since = opts.since.replace(tzinfo=timezone.utc) if opts.since and opts.since.tzinfo is None else opts.since
     progress = Progress(sys.stderr) if sys.stderr.isatty() else None
     listed = ObjectLister(out if opts.output_format == "text" else None) if opts.verbose else None
 
@@ -46,7 +45,7 @@ def run(opts: ValidateOptions, *, out: TextIO | None = None) -> int:
         if progress is not None:
             progress(c)
 
-    report = validate(cfg, database=opts.database, table=opts.table, quick=opts.quick, since=since,
+    report = validate(cfg, database=opts.database, table=opts.table, quick=opts.quick, since=opts.since,
                       parallel=opts.parallel, on_object=on_object)
     if progress is not None:
         progress.done()

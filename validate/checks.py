@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -38,6 +38,8 @@ def validate(cfg: Config, *, database: str | None = None, table: str | None = No
     """Check the archives in scope and return what was found. Raises ConfigError/UsageError for bad
     filters (exit 2) and ServiceUnavailable when S3 or a database cannot be reached (exit 3)."""
     started = time.monotonic()
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)  # dates on the command line are UTC
     scope = build_scope(cfg, database=database, table=table)
     store = primary_storage(cfg, s3_client)
     report = Report()
