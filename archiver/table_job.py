@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 import pyarrow.compute as pc
 
 import archiver
@@ -237,8 +238,8 @@ class TableJob:
         data = batch_writer.encode(rows, fmt=self.opts.format, level=self.opts.compression_level,
                                    schema=self.sel.schema, encodings=batch.encodings, extra_meta=meta)
         digest = sha256_hex(data)
-        pk = pc.min_max(rows.column(self.t.primary_key))
-        ts = pc.min_max(rows.column(self.t.timestamp_column))
+        pk = pc.min_max(self._typed(rows, self.t.primary_key))
+        ts = pc.min_max(self._typed(rows, self.t.timestamp_column))
         name = f"part-{batch.day:%Y%m%d}-{digest[:20]}{batch_writer.EXTENSIONS[self.opts.format]}"
         key = layout.object_key(self.cfg.s3.prefix, self.db.name, self.t.schema_, self.t.name, batch.day, name)
         manifest = Manifest(
@@ -252,6 +253,18 @@ class TableJob:
             columns=[dict(asdict(c), encoding=batch.encodings[c.name]) for c in self.sel.schema.columns],
         )
         return Encoded(batch, manifest, data)
+
+    def _typed(self, rows: pa.Table, name: str) -> pa.ChunkedArray:
+        """The column in its natural type, so manifest ranges order like the database does
+        (JSONL keeps text, where "100" < "99")."""
+        column = rows.column(name)
+        natural = self.sel.schema.column(name).natural_type()
+        if natural is not None and column.type != natural:
+            try:
+                return pc.cast(column, natural)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        return column
 
     def _move(self, cp: Checkpoint, enc: Encoded) -> None:
         """Checkpoint, store + verify, then delete exactly the exported rows."""

@@ -48,7 +48,7 @@ class Manifest:
             doc = json.loads(data)
             known = {f for f in cls.__dataclass_fields__}
             return cls(**{k: v for k, v in doc.items() if k in known})
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise DataIntegrityError(f"manifest {key} is unreadable: {exc}") from None
 
     def check(self, data: bytes) -> None:

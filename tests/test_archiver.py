@@ -257,3 +257,14 @@ def test_cutoff_is_exact_to_the_microsecond(tmp_path: Path, pg_dsn: str, pg: psy
                (cutoff - timedelta(microseconds=1), cutoff, cutoff + timedelta(microseconds=1)))
     run_archive(load_config(make_config(tmp_path, dsn=pg_dsn)), now=now)
     assert table_ids(pg) == {2, 3}
+
+
+def test_jsonl_manifest_ranges_order_like_the_database(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
+    # ids 95..105 on one day: as text "100" < "99", as numbers 95 < 105
+    pg.execute("CREATE TABLE audit_logs (id bigint PRIMARY KEY, created_at timestamptz NOT NULL)")
+    pg.execute("INSERT INTO audit_logs SELECT g, '2026-01-05 12:00:00+00'::timestamptz + g * interval '1 second'"
+               " FROM generate_series(95, 105) g")
+    run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, defaults={"format": "jsonl"})))
+    (m,) = manifests(LocalStorage(tmp_path / "archive"))
+    assert (m.min_pk, m.max_pk) == (95, 105)
+    assert m.min_ts.startswith("2026-01-05T12:01:35")
