@@ -38,6 +38,7 @@ class RunControls:
     signal_received: int | None = None
     hard_stop: bool = False
     _last_progress: float = 0.0
+    _signal_logged: bool = False
     _stop_event: threading.Event = field(default_factory=threading.Event)
 
     # -- signals -----------------------------------------------------------------------------
@@ -58,9 +59,6 @@ class RunControls:
 
     def should_stop(self, result: TableResult) -> bool:
         if self.stopping:
-            if self.signal_received:
-                log.warning("received %s; the current batch is done, stopping (the next run resumes)",
-                            signal.Signals(self.signal_received).name)
             return True
         if self.stop_file is not None and self.stop_file.exists():
             log.info("stop file %s exists; stopping after this batch", self.stop_file)
@@ -75,6 +73,17 @@ class RunControls:
             self.signal_received = 0
             return True
         return False
+
+    def log_signal_stop(self) -> None:
+        """Said once, from normal code (a signal handler must not log)."""
+        if self.signal_received and not self._signal_logged:
+            self._signal_logged = True
+            log.warning("received %s; batches in flight finished, stopping (the next run resumes)",
+                        signal.Signals(self.signal_received).name)
+
+    def wants_more(self, rows_in_flight: int) -> bool:
+        """Whether to start another batch: not when --max-rows would be reached by those in flight."""
+        return self.max_rows is None or self.rows_this_run + rows_in_flight < self.max_rows
 
     def pause_between_batches(self, opts: ResolvedOptions, conn: psycopg.Connection[Any]) -> None:
         if opts.sleep_seconds:

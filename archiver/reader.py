@@ -22,7 +22,7 @@ from common.pgtypes import FALLIBLE, parse_copy_csv
 class Batch:
     day: date
     rows: pa.Table  # archived columns only
-    xmins: list[str]
+    xmins: pa.Array
     encodings: dict[str, str]
     source_bytes: int  # approximate CSV bytes of these rows, for the compression ratio
 
@@ -111,7 +111,7 @@ def _emit(rows: _Rows, sel: Selection, batch_size: int, *, keep_tail: bool, narr
             table, encodings = piece.drop_columns(["__xmin"]), rows.encodings
             if narrow:
                 table, encodings = _narrow(table, encodings, sel)
-            out.append(Batch(day, table, piece.column("__xmin").to_pylist(), encodings, int(per_row * n)))
+            out.append(Batch(day, table, piece.column("__xmin").combine_chunks(), encodings, int(per_row * n)))
     return out, carry
 
 

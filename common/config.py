@@ -33,6 +33,8 @@ class S3Config(_Strict):
     max_attempts: int = Field(default=3, ge=1)
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)
+    #: Uploads in flight per table: S3 latency, not bandwidth, bounds small objects.
+    max_concurrency: int = Field(default=4, ge=1, le=16)
     #: Seconds the circuit breaker waits before probing S3 again after an outage (issue 3).
     probe_interval_seconds: float = Field(default=60.0, ge=0)
 

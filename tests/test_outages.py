@@ -89,7 +89,8 @@ class CutAfter(RunControls):
 def test_outage_mid_run_opens_the_circuit_instead_of_retrying_every_batch(tmp_path: Path, pg_dsn: str, bucket: str,
                                                                           proxy: TcpProxy, s3_client: Any,
                                                                           pg: psycopg.Connection[Any], seeded: set[int]) -> None:
-    cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy))
+    # one upload in flight, so "the batches after the cut" is exact
+    cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy, s3={"max_concurrency": 1}))
     controls = CutAfter(proxy, after=3)
     results, code = run_archive(cfg, controls=controls)
     assert code == ExitCode.OK
