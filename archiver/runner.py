@@ -18,7 +18,7 @@ from archiver.table_job import TableBusy, TableJob
 from common.checkpoint import CheckpointStore
 from common.config import Config, DatabaseConfig
 from common.db import conninfo, pool, session_settings
-from common.errors import ArchiverError, ConfigError, ServiceUnavailable, UsageError, describe
+from common.errors import ArchiverError, ServiceUnavailable, UsageError, describe
 from common.events import NullObserver, Observer, TableResult
 from common.exit_codes import ExitCode
 from common.s3client import fallback_storage, primary_storage
@@ -36,6 +36,8 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
                 only: Callable[[str, str], bool] | None = None) -> tuple[list[TableResult], ExitCode]:
     controls = controls or RunControls()
     observer = observer or NullObserver()
+    for db in cfg.databases:
+        conninfo(db)  # an unreadable password_file is a config error (exit 2) before anything starts
     sink = make_sink(cfg, s3_client)
     checkpoints = CheckpointStore(cfg.checkpoint_dir)
     observer.run_started()
@@ -82,8 +84,8 @@ def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpo
     defaults = cfg.options(tables[0])
     settings = session_settings(application_name=defaults.application_name,
                                 statement_timeout=defaults.statement_timeout, lock_timeout=defaults.lock_timeout)
+    info = conninfo(db)
     try:
-        info = conninfo(db)  # may fail on an unreadable password_file: that database's tables fail
         with pool(info, settings, size=max(defaults.connection_pool_size, 2)) as p:
             for i, t in enumerate(tables):
                 if controls.stopping:
@@ -94,12 +96,11 @@ def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpo
                                    checkpoints=checkpoints, controls=controls, observer=observer, now=now)
                     results[i] = _run_table(job)
                 observer.table_done(results[i])
-    except (ServiceUnavailable, ConfigError) as exc:
+    except ServiceUnavailable as exc:
         log.error("database %s failed: %s", db.name, exc, extra={"database": db.name})
-        kind = "database_unreachable" if isinstance(exc, ServiceUnavailable) else "config"
         for r in results:
             if r.status == "pending":
-                r.status, r.error, r.error_kind = "failed", str(exc), kind
+                r.status, r.error, r.error_kind = "failed", str(exc), "database_unreachable"
                 observer.table_done(r)
     return results
 
