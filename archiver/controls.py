@@ -68,11 +68,14 @@ class RunControls:
         if self.max_rows is not None and self.rows_this_run >= self.max_rows:
             log.info("--max-rows %d reached; stopping (the next run resumes)", self.max_rows)
             return True
-        if self.max_runtime_seconds is not None and time.monotonic() - self.started >= self.max_runtime_seconds:
+        if self._time_is_up():
             log.info("max runtime reached; stopping cleanly (the next run resumes)")
             self.signal_received = 0
             return True
         return False
+
+    def _time_is_up(self) -> bool:
+        return self.max_runtime_seconds is not None and time.monotonic() - self.started >= self.max_runtime_seconds
 
     def log_signal_stop(self) -> None:
         """Said once, from normal code (a signal handler must not log)."""
@@ -92,12 +95,16 @@ class RunControls:
             self._wait_for_replicas(opts.max_replica_lag_seconds)
 
     def _wait_for_replicas(self, limit: float) -> None:
+        """Pause while any replica lags more than `limit` (or cannot be asked: pausing is the safe
+        side); a signal, the stop file or max runtime still end the wait."""
         while not self.stopping:
             lag = max((replica_lag(dsn) for dsn in self.replica_dsns), default=0.0)
             if lag <= limit:
                 return
-            log.warning("replica lag %.1fs exceeds %.1fs; pausing", lag, limit)
+            log.warning("replica lag %s exceeds %.1fs; pausing", "unknown" if lag == float("inf") else f"{lag:.1f}s", limit)
             self._stop_event.wait(min(limit, 10.0))
+            if self._time_is_up() or (self.stop_file is not None and self.stop_file.exists()):
+                return
 
     # -- progress ----------------------------------------------------------------------------
     def progress(self, r: TableResult) -> None:

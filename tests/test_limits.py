@@ -1,0 +1,88 @@
+"""Sparing production (issue 3): max runtime, replica lag, parallel databases."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from archive_checks import archived_ids, assert_invariant, table_ids
+from archiver.app import ArchiverOptions, make_controls
+from archiver.runner import run_archive
+from common.config import load_config
+from common.exit_codes import ExitCode
+from common.storage import LocalStorage
+from conftest import make_config, seed_audit
+
+
+def test_max_runtime_stops_cleanly_and_the_next_run_resumes(tmp_path: Path, pg_dsn: str, small_audit: Any) -> None:
+    path = make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": 5, "max_runtime_minutes": 0.0001})
+    cfg = load_config(path)
+    original = table_ids(small_audit)
+    results, code = run_archive(cfg, controls=make_controls(cfg, ArchiverOptions(config_path=path)))
+    assert code == ExitCode.OK and results[0].status == "stopped"
+    assert 0 < results[0].objects < 10
+    run_archive(load_config(make_config(tmp_path, dsn=pg_dsn)))
+    assert_invariant(original, table_ids(small_audit), archived_ids(LocalStorage(tmp_path / "archive")))
+
+
+def test_replica_that_cannot_be_asked_pauses_until_max_runtime(caplog: pytest.LogCaptureFixture, tmp_path: Path,
+                                                               pg_dsn: str, small_audit: Any, free_tcp_port: int) -> None:
+    caplog.set_level(logging.INFO)
+    path = make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": 5, "max_replica_lag_seconds": 0.2,
+                                                        "max_runtime_minutes": 0.03})
+    doc = yaml.safe_load(path.read_text())
+    doc["databases"][0]["replica_dsns"] = [f"host=127.0.0.1 port={free_tcp_port} user=root dbname=x connect_timeout=1"]
+    path.write_text(yaml.safe_dump(doc))
+    cfg = load_config(path)
+    results, code = run_archive(cfg, controls=make_controls(cfg, ArchiverOptions(config_path=path)))
+    assert code == ExitCode.OK and results[0].status == "stopped"
+    assert results[0].objects <= cfg.s3.max_concurrency + 1  # paused after the first batches
+    assert "replica lag unknown exceeds 0.2s; pausing" in caplog.text
+
+
+def test_replica_in_sync_does_not_pause(tmp_path: Path, pg_dsn: str, small_audit: Any) -> None:
+    path = make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": 50, "max_replica_lag_seconds": 5})
+    doc = yaml.safe_load(path.read_text())
+    doc["databases"][0]["replica_dsns"] = [pg_dsn]  # not in recovery: lag 0
+    path.write_text(yaml.safe_dump(doc))
+    cfg = load_config(path)
+    results, code = run_archive(cfg, controls=make_controls(cfg, ArchiverOptions(config_path=path)))
+    assert code == ExitCode.OK and results[0].status == "completed"
+
+
+@pytest.fixture()
+def second_db(pg_dsn: str) -> str:
+    """Another throwaway database (the pg_dsn fixture's server), seeded like the first."""
+    import uuid
+
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    from conftest import ADMIN_DSN
+
+    name = f"archiver_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = make_conninfo(ADMIN_DSN, dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        seed_audit(conn, rows=300, days=130)
+    yield dsn
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_databases_run_in_parallel_up_to_max_workers(tmp_path: Path, pg_dsn: str, small_audit: Any, second_db: str) -> None:
+    path = make_config(tmp_path, dsn=pg_dsn, defaults={"max_workers": 2})
+    doc = yaml.safe_load(path.read_text())
+    doc["databases"].append({"name": "billing_db", "dsn": second_db, "tables": [{"name": "audit_logs"}]})
+    path.write_text(yaml.safe_dump(doc))
+    results, code = run_archive(load_config(path))
+    assert code == ExitCode.OK
+    assert {(r.database, r.status) for r in results} == {("production_db", "completed"), ("billing_db", "completed")}
+    assert all(r.rows > 0 for r in results)
+    store = LocalStorage(tmp_path / "archive")
+    assert {o.key.split("/")[0] for o in store.list("")} == {"production_db", "billing_db"}
