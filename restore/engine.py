@@ -273,7 +273,9 @@ class _Job:
 
     def _load(self, live: LiveTable, plan_for: Any) -> None:
         loader = Loader(self.conn, live, self.report.strategy)
-        progress = _Progress(len(self.objects), sum(o.rows or 0 for o in self.objects))
+        # fail: nothing is committed before the end, so the log must not say "restored" yet.
+        progress = _Progress(len(self.objects), sum(o.rows or 0 for o in self.objects),
+                             verb="loaded (commit at the end)" if self.single_tx else "restored")
         with prefetched(self.objects, lambda o: prepare(self.catalog, o, self.ref, plan_for)) as items:
             for item in items:
                 result = loader.load(item)
@@ -299,8 +301,8 @@ class _Job:
 
 
 class _Progress:
-    def __init__(self, objects: int, rows: int) -> None:
-        self.objects, self.rows = objects, rows
+    def __init__(self, objects: int, rows: int, *, verb: str) -> None:
+        self.objects, self.rows, self.verb = objects, rows, verb
         self.done_objects = self.done_rows = 0
         self.started = time.monotonic()
 
@@ -310,5 +312,5 @@ class _Progress:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = self.done_rows / elapsed
         eta = (self.rows - self.done_rows) / rate if rate and self.rows > self.done_rows else 0.0
-        log.info("restored %d/%d %s: %d rows, %d inserted, %d skipped, %d overwritten (%.0f rows/s, ETA %.0fs)",
-                 self.done_objects, self.objects, r.key, r.rows, r.inserted, r.skipped, r.overwritten, rate, eta)
+        log.info("%s %d/%d %s: %d rows, %d inserted, %d skipped, %d overwritten (%.0f rows/s, ETA %.0fs)",
+                 self.verb, self.done_objects, self.objects, r.key, r.rows, r.inserted, r.skipped, r.overwritten, rate, eta)

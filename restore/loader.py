@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
 from common import batch_writer
@@ -26,8 +27,7 @@ from restore.drift import ColumnPlan
 from restore.target import LiveTable
 
 STRATEGIES = ("skip", "overwrite", "fail")
-_TMP = sql.Identifier("_pg_archiver_restore")
-_TMP_REL = sql.SQL("pg_temp.{}").format(_TMP)
+_TMP_PREFIX = "_pg_archiver_restore"
 _COPY_CHUNK = 1 << 20
 _DONE = object()
 
@@ -85,8 +85,18 @@ def prepare(catalog: Catalog, obj: ArchiveObject, ref: TableRef, plan_for: PlanF
     if schema.fingerprint() != m.schema_fingerprint:
         raise DataIntegrityError(f"{obj.key}: its schema fingerprint differs from its manifest's")
     plan = plan_for(schema, obj.key)
-    csv = to_copy_csv(table.select(list(plan.load)), schema, encodings)
+    csv = to_copy_csv(_utc_naive(table.select(list(plan.load))), schema, encodings)
     return Prepared(obj, m, plan, table.num_rows, csv, time.monotonic() - t0)
+
+
+def _utc_naive(table: pa.Table) -> pa.Table:
+    """timestamptz columns as naive UTC timestamps: pyarrow prints those ~20x faster than zoned
+    ones (the biggest cost of rendering), and the restore session runs with TimeZone=UTC
+    (SESSION_SETTINGS), so PostgreSQL reads them back as the same instants."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type) and field.type.tz in ("UTC", "+00:00"):
+            table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit)))
+    return table
 
 
 @contextmanager
@@ -147,59 +157,76 @@ class Loader:
         if strategy not in STRATEGIES:
             raise ValueError(strategy)
         self.conn, self.live, self.strategy = conn, live, strategy
+        #: Staging tables by column list, created once: creating and dropping one per object costs
+        #: catalog writes and a WAL flush each, which dominated restores of many small objects.
+        self._staging: dict[tuple[str, ...], sql.Composed] = {}
 
     def load(self, item: Prepared) -> ObjectResult:
         t0 = time.monotonic()
         result = ObjectResult(item.obj.key, item.obj.location, item.rows)
         cols = list(item.plan.load)
         try:
-            self._stage(cols, item.csv)
-            existing = self._count_existing() if self.strategy != "skip" else 0
-            if self.strategy == "fail" and existing:
-                raise RestoreConflict(f"{item.obj.key}: {existing} of its {item.rows} rows already exist in "
-                                      f"{self.live.name} (e.g. {self._sample_conflict()}) and --conflict-strategy is fail "
-                                      "(use skip to keep the existing rows, or overwrite to replace them)")
-            written = self.conn.execute(self._insert(cols)).rowcount
-            self.conn.execute(sql.SQL("DROP TABLE {}").format(_TMP_REL))
+            moved = self._direct(cols, item.csv)
+            if moved is None:
+                moved = self._move(cols, self._stage(cols, item.csv))
+            result.inserted, result.overwritten = moved
+        except psycopg.errors.UniqueViolation as exc:
+            what = (exc.diag.message_detail or "a row already exists").rstrip(".")
+            if self.strategy == "fail":
+                raise RestoreConflict(f"{item.obj.key}: {what} in {self.live.name} and --conflict-strategy is fail "
+                                      "(use skip to keep the existing rows, or overwrite to replace them)") from None
+            raise ArchiverError(f"{item.obj.key}: restoring into {self.live.name} failed: {what} "
+                                f"({exc.diag.constraint_name or 'a unique constraint'})") from None
         except psycopg.OperationalError:
             raise  # connection trouble: mapped to exit 3 by the caller
         except psycopg.Error as exc:
             raise ArchiverError(f"{item.obj.key}: restoring into {self.live.name} failed: "
                                 f"{exc.diag.message_primary or exc}") from None
-        result.overwritten = existing if self.strategy == "overwrite" else 0
-        # DO UPDATE counts updated rows in rowcount too; DO NOTHING (and fail) counts only inserts.
-        result.inserted = written - result.overwritten if self._updates(cols) and self.strategy == "overwrite" else written
         result.skipped = item.rows - result.inserted - result.overwritten
         result.seconds = time.monotonic() - t0
         return result
 
-    def _stage(self, cols: list[str], csv: bytes) -> None:
+    def _direct(self, cols: list[str], csv: bytes) -> tuple[int, int] | None:
+        """Fast path: COPY straight into the target. When no archived row exists in the target yet
+        (the usual full restore into an emptied table) this is exactly what the INSERT ... ON
+        CONFLICT would do, at the cost of a single COPY. The primary key refuses the first
+        conflicting row; then, for skip/overwrite, this object is rolled back to its savepoint and
+        takes the staging path. Returns (inserted, overwritten), or None for "use the staging path"."""
+        # A deferrable key would only complain at commit: make it (and the rest) check now.
+        self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        if self.strategy == "fail":
+            return self._copy(self.live.relation, cols, csv), 0  # a duplicate aborts the run's transaction
+        self.conn.execute("SAVEPOINT pg_archiver_object")
+        try:
+            copied = self._copy(self.live.relation, cols, csv)
+        except psycopg.errors.UniqueViolation:
+            self.conn.execute("ROLLBACK TO SAVEPOINT pg_archiver_object")
+            return None
+        self.conn.execute("RELEASE SAVEPOINT pg_archiver_object")
+        return copied, 0
+
+    def _copy(self, relation: sql.Composable, cols: list[str], csv: bytes) -> int:
         ids = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
-        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_TMP_REL))
-        # Typed like the target's columns (no constraints, no defaults): COPY parses every value
-        # with the very type it was printed from.
-        self.conn.execute(sql.SQL("CREATE TEMP TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
-            _TMP, ids, self.live.relation))
         with self.conn.cursor() as cur:
-            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(_TMP_REL, ids)) as copy:
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(relation, ids)) as copy:
                 view = memoryview(csv)
                 for off in range(0, len(view), _COPY_CHUNK):
                     copy.write(view[off:off + _COPY_CHUNK])
+            return cur.rowcount
 
-    def _pk_match(self) -> sql.Composable:
-        return sql.SQL(" AND ").join(
-            sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in self.live.primary_key)
-
-    def _count_existing(self) -> int:
-        row = self.conn.execute(sql.SQL("SELECT count(*) FROM {} s WHERE EXISTS (SELECT 1 FROM {} t WHERE {})").format(
-            _TMP_REL, self.live.relation, self._pk_match())).fetchone()
-        return int(row[0]) if row else 0
-
-    def _sample_conflict(self) -> str:
-        cols = sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(c)) for c in self.live.primary_key)
-        row = self.conn.execute(sql.SQL("SELECT {} FROM {} s WHERE EXISTS (SELECT 1 FROM {} t WHERE {}) LIMIT 1").format(
-            cols, _TMP_REL, self.live.relation, self._pk_match())).fetchone()
-        return ", ".join(f"{c}={v}" for c, v in zip(self.live.primary_key, row or ()))
+    def _stage(self, cols: list[str], csv: bytes) -> sql.Composed:
+        """COPY the rows into an empty staging table typed like the target's columns (no
+        constraints, no defaults), so every value is parsed by the very type it was printed from."""
+        ids = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+        tmp = self._staging.get(tuple(cols))
+        if tmp is None:
+            name = sql.Identifier(f"{_TMP_PREFIX}_{len(self._staging)}")
+            # ON COMMIT DELETE ROWS empties it at each per-object commit without catalog changes.
+            self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA")
+                              .format(name, ids, self.live.relation))
+            tmp = self._staging[tuple(cols)] = sql.SQL("pg_temp.{}").format(name)
+        self._copy(tmp, cols, csv)
+        return tmp
 
     def _updates(self, cols: list[str]) -> list[str]:
         """Columns an overwrite sets: not the key, and not identity columns (UPDATE cannot set a
@@ -207,16 +234,23 @@ class Loader:
         identity = {c.name for c in self.live.columns.columns if c.identity}
         return [c for c in cols if c not in self.live.primary_key and c not in identity]
 
-    def _insert(self, cols: list[str]) -> sql.Composed:
+    def _move(self, cols: list[str], tmp: sql.Composed) -> tuple[int, int]:
+        """One INSERT ... ON CONFLICT of the staged rows (skip/overwrite; `fail` never stages: the
+        primary key refuses its first duplicate); returns (inserted, overwritten). No conflict
+        pre-count: it would join against a target whose statistics lag behind the rows this run
+        adds, and seq-scan it per object."""
         ids = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
         # OVERRIDING SYSTEM VALUE: identity columns keep their archived values.
         query = sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}").format(
-            self.live.relation, ids, ids, _TMP_REL)
-        if self.strategy == "fail":
-            return query  # conflicts were checked; a concurrent insert still fails the whole run
+            self.live.relation, ids, ids, tmp)
         pk = sql.SQL(", ").join(sql.Identifier(c) for c in self.live.primary_key)
         updates = self._updates(cols)
         if self.strategy == "skip" or not updates:
-            return query + sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(pk)
+            return self.conn.execute(query + sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(pk)).rowcount, 0
         sets = sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in updates)
-        return query + sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(pk, sets)
+        # xmax is 0 on a freshly inserted row and set on a row the upsert updated: one statement
+        # tells both counts.
+        counted = sql.SQL("WITH w AS ({} ON CONFLICT ({}) DO UPDATE SET {} RETURNING (xmax = 0) AS fresh)"
+                          " SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM w")
+        row = self.conn.execute(counted.format(query, pk, sets)).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)

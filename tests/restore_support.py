@@ -3,18 +3,25 @@ boundaries), archived for real by the archiver to a moto S3 server, so restore h
 bring back. The archiver deletes what it archives, so every restore goes into the emptied table."""
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from archiver.runner import run_archive
 from common import layout
 from common.config import Config, load_config
 from common.manifest import Manifest
 from common.pgtypes import SESSION_SETTINGS
-from conftest import AUDIT_DDL, make_config
+from conftest import ADMIN_DSN, AUDIT_DDL, make_config
 
 #: 4 days x 4 rows: each day's first and last microsecond, and two rows in between.
 DAYS = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"]
@@ -97,10 +104,14 @@ class Archived:
     before: bytes  # COPY dump of the table before archiving
 
     def keys(self) -> list[str]:
-        """Data keys in S3, oldest day first."""
+        """Data keys in S3, sorted by name (so by day, not by time within a day)."""
         prefix = layout.table_prefix(self.cfg.s3.prefix, "production_db", "public", self.table)
         listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix).get("Contents", [])
         return sorted(o["Key"] for o in listed if not layout.is_manifest(o["Key"]))
+
+    def keys_by_time(self) -> list[str]:
+        """Data keys in the order restore takes them: by first timestamp."""
+        return sorted(self.keys(), key=lambda k: (self.manifest(k).min_ts, k))
 
     def manifest(self, key: str) -> Manifest:
         body = self.s3.get_object(Bucket=self.bucket, Key=layout.manifest_key(key))["Body"].read()
@@ -111,6 +122,14 @@ class Archived:
 
     def ids(self, table: str | None = None) -> list[int]:
         return [r[0] for r in self.conn.execute(f"SELECT id FROM {table or self.table} ORDER BY id").fetchall()]
+
+    def reset(self) -> None:
+        """Back to just after archiving, for a module-scoped archive shared by several tests."""
+        others = self.conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> %s",
+                                   (self.table,)).fetchall()
+        for (name,) in others:
+            self.conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+        self.conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.table)))
 
 
 def dump(conn: psycopg.Connection[Any], table: str) -> bytes:
@@ -135,15 +154,49 @@ def seed_days(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-def archive(tmp_path: Path, conn: psycopg.Connection[Any], *, dsn: str, bucket: str, endpoint: str, s3: Any,
+def archive(tmp_path: Path, conn: psycopg.Connection[Any], *, dsn: str, bucket: str, endpoint: str, client: Any,
             table: str, batch_size: int = 3, fmt: str = "parquet", **overrides: Any) -> Archived:
     cfg_path = make_config(tmp_path, dsn=dsn, bucket=bucket, endpoint=endpoint,
                            tables=[{"name": table, "timestamp_column": "created_at", "primary_key": "id"}],
                            defaults={"retention_days": 90, "batch_size": batch_size, "format": fmt}, **overrides)
     cfg = load_config(cfg_path)
     before = dump(conn, table)
-    results, code = run_archive(cfg, s3_client=s3)
+    results, code = run_archive(cfg, s3_client=client)
     assert code == 0 and results[0].status == "completed", results
     remaining = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     assert remaining == (0,), "every row is old enough to be archived"
-    return Archived(cfg, cfg_path, conn, s3, bucket, table, before)
+    return Archived(cfg, cfg_path, conn, client, bucket, table, before)
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    """Like conftest's pg_dsn, for archives shared by the tests of one module (each CREATE/DROP
+    DATABASE costs about a second)."""
+    name = f"restore_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(ADMIN_DSN)
+    params["dbname"] = name
+    try:
+        yield make_conninfo(**params)
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def shared_archive(tmp_path_factory: pytest.TempPathFactory, moto_server: str, *, seed: str = "days",
+                   **kwargs: Any) -> Iterator[Archived]:
+    """Body of a module-scoped fixture: a scratch database and bucket with an archived table."""
+    client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    bucket = f"restore-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    with scratch_database() as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        if seed == "days":
+            seed_days(conn)
+            table = "audit_logs"
+        else:
+            conn.execute(TYPE_MATRIX_DDL)
+            conn.execute(TYPE_MATRIX_ROWS)
+            table = "type_matrix"
+        yield archive(tmp_path_factory.mktemp("restore"), conn, dsn=dsn, bucket=bucket, endpoint=moto_server,
+                      client=client, table=table, **kwargs)

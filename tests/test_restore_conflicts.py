@@ -1,0 +1,91 @@
+"""--conflict-strategy (issue 4): skip keeps existing rows, overwrite replaces them with the archived
+version, fail (the default) restores nothing at all when any archived row already exists."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from common.errors import ArchiverError
+from restore.engine import restore
+from restore.loader import RestoreConflict
+from restore_support import Archived, shared_archive
+
+#: An archived row that comes back into the table before the restore, with a different email.
+LIVE_ID = 14
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[Archived]:
+    yield from shared_archive(tmp_path_factory, moto_server)
+
+
+@pytest.fixture()
+def clash(shared: Archived) -> Iterator[Archived]:
+    shared.conn.execute("""INSERT INTO audit_logs (id, created_at, user_id, email, action, payload, ok, amount)
+                  VALUES (%s, '2024-01-04 06:00:00+00', 0, 'live@example.com', 'edit', '{}', true, 0)""", (LIVE_ID,))
+    yield shared
+    shared.reset()
+
+
+def email_of(arch: Archived, pk: int) -> str:
+    row = arch.conn.execute("SELECT email FROM audit_logs WHERE id = %s", (pk,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_skip_keeps_the_existing_row_and_restores_the_rest(clash: Archived, s3_client: Any) -> None:
+    report = restore(clash.cfg, database="production_db", table="audit_logs", restore_all=True,
+                     conflict_strategy="skip", s3_client=s3_client)
+
+    assert (report.total("inserted"), report.total("skipped"), report.total("overwritten")) == (15, 1, 0)
+    assert email_of(clash, LIVE_ID) == "live@example.com"
+    assert clash.ids() == list(range(1, 17))
+    skipped_in = [o.key for o in report.objects if o.skipped]
+    assert len(skipped_in) == 1 and clash.manifest(skipped_in[0]).min_pk <= LIVE_ID <= clash.manifest(skipped_in[0]).max_pk
+
+
+def test_overwrite_replaces_the_existing_row_with_the_archived_version(clash: Archived, s3_client: Any) -> None:
+    report = restore(clash.cfg, database="production_db", table="audit_logs", restore_all=True,
+                     conflict_strategy="overwrite", s3_client=s3_client)
+
+    assert (report.total("inserted"), report.total("skipped"), report.total("overwritten")) == (15, 0, 1)
+    assert email_of(clash, LIVE_ID) == f"user{LIVE_ID}@example.com"
+    assert clash.dump() == clash.before
+
+
+def test_fail_restores_nothing_when_any_row_exists(clash: Archived, s3_client: Any) -> None:
+    # The clashing row is in the last day's objects: earlier objects were loaded when it is found,
+    # and must be rolled back with it.
+    with pytest.raises(RestoreConflict) as err:
+        restore(clash.cfg, database="production_db", table="audit_logs", restore_all=True, s3_client=s3_client)
+
+    assert f"(id)=({LIVE_ID}) already exists" in str(err.value) and "day=04" in str(err.value)
+    assert "nothing was restored" in str(err.value)
+    assert clash.ids() == [LIVE_ID]
+    assert err.value.exit_code == 1
+
+
+def test_fail_is_the_default_and_works_when_nothing_clashes(clash: Archived, s3_client: Any) -> None:
+    clash.conn.execute("DELETE FROM audit_logs")
+    report = restore(clash.cfg, database="production_db", table="audit_logs", restore_all=True, s3_client=s3_client)
+    assert report.strategy == "fail" and report.total("inserted") == 16
+    assert clash.dump() == clash.before
+
+
+def test_restoring_twice_with_skip_changes_nothing_the_second_time(clash: Archived, s3_client: Any) -> None:
+    kwargs: dict[str, Any] = dict(database="production_db", table="audit_logs", restore_all=True,
+                                  conflict_strategy="skip", s3_client=s3_client)
+    restore(clash.cfg, **kwargs)
+    first = clash.dump()
+    again = restore(clash.cfg, **kwargs)
+    assert again.total("inserted") == 0 and again.total("skipped") == 16
+    assert clash.dump() == first
+
+
+def test_unknown_strategy_is_a_usage_error(clash: Archived, s3_client: Any) -> None:
+    with pytest.raises(ArchiverError) as err:
+        restore(clash.cfg, database="production_db", table="audit_logs", restore_all=True,
+                conflict_strategy="merge", s3_client=s3_client)
+    assert err.value.exit_code == 2
