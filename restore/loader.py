@@ -2,10 +2,12 @@
 the rows as CSV exactly as `COPY ... TO STDOUT` printed them, COPY them into a temporary table and
 move them into the target with one `INSERT ... ON CONFLICT` (issue 4, "Restore semantics").
 
-Reading and decoding run one object ahead in a background thread while PostgreSQL loads the
-previous one; at most three objects are in memory at any time, so memory stays flat."""
+Reading and checking run one object ahead in a background thread while PostgreSQL loads the
+previous one; rows are decoded and rendered a slice at a time while COPY streams, so memory stays
+flat whatever the size of the objects."""
 from __future__ import annotations
 
+import io
 import queue
 import threading
 import time
@@ -16,19 +18,20 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
+import pyarrow.parquet as pq
 from psycopg import sql
 
 from common import batch_writer
 from common.errors import ArchiverError, DataIntegrityError
 from common.manifest import Manifest
-from common.pgtypes import TableSchema, to_copy_csv
+from common.pgtypes import TableSchema, read_archive_metadata, to_copy_csv
 from restore.catalog import ArchiveObject, Catalog, TableRef
 from restore.drift import ColumnPlan
 from restore.target import LiveTable
 
 STRATEGIES = ("skip", "overwrite", "fail")
 _TMP_PREFIX = "_pg_archiver_restore"
-_COPY_CHUNK = 1 << 20
+_RENDER_ROWS = 8192
 _DONE = object()
 
 
@@ -38,12 +41,34 @@ class RestoreConflict(ArchiverError):
 
 @dataclass
 class Prepared:
+    """A verified object, ready to load. Parquet rows stay encoded until they are streamed into
+    COPY a slice at a time, so memory depends on the slice size, not on the object's size."""
+
     obj: ArchiveObject
     manifest: Manifest
     plan: ColumnPlan
     rows: int
-    csv: bytes
-    read_seconds: float
+    schema: TableSchema  # as archived
+    encodings: dict[str, str]
+    data: bytes | None  # the Parquet object (verified), or None when `decoded` holds the rows
+    decoded: pa.Table | None = None  # JSON lines: decoded whole (not the default format)
+
+    def batches(self) -> Iterator[pa.Table]:
+        cols = list(self.plan.load)
+        if self.data is not None:
+            pf = pq.ParquetFile(io.BytesIO(self.data))
+            for batch in pf.iter_batches(batch_size=_RENDER_ROWS, columns=cols):
+                yield pa.Table.from_batches([batch]).select(cols)
+        else:
+            assert self.decoded is not None
+            table = self.decoded.select(cols)
+            for off in range(0, table.num_rows, _RENDER_ROWS):
+                yield table.slice(off, _RENDER_ROWS)
+
+    def csv_chunks(self) -> Iterator[bytes]:
+        """The rows as `COPY ... (FORMAT csv)` input, one slice at a time."""
+        for table in self.batches():
+            yield to_copy_csv(_utc_naive(table), self.schema, self.encodings)
 
 
 @dataclass
@@ -65,9 +90,8 @@ PlanFor = Callable[[TableSchema, str], ColumnPlan]
 
 
 def prepare(catalog: Catalog, obj: ArchiveObject, ref: TableRef, plan_for: PlanFor) -> Prepared:
-    """Read, verify and decode one object; raises naming the key if it is not exactly what its
-    manifest describes."""
-    t0 = time.monotonic()
+    """Read and verify one object and read its schema; raises naming the key if it is not exactly
+    what its manifest describes."""
     m = obj.manifest
     if m is None:
         raise ArchiverError(f"{obj.key}: its manifest is not readable ({obj.storage_class}); an S3 restore request is needed first")
@@ -75,18 +99,23 @@ def prepare(catalog: Catalog, obj: ArchiveObject, ref: TableRef, plan_for: PlanF
     m.check(data)  # size and sha256; the message names the key
     if (m.database, m.schema, m.table) != (ref.database, ref.schema, ref.table):
         raise DataIntegrityError(f"{obj.key}: its manifest describes {m.database}/{m.schema}.{m.table}, not {ref.database}/{ref.name}")
+    decoded = None
     try:
-        table, schema, encodings, _doc = batch_writer.decode(data, fmt=m.format)
+        if m.format == "parquet":
+            pf = pq.ParquetFile(io.BytesIO(data))
+            schema, encodings, _doc = read_archive_metadata(pf.schema_arrow.metadata)
+            rows = pf.metadata.num_rows
+        else:
+            decoded, schema, encodings, _doc = batch_writer.decode(data, fmt=m.format)
+            rows = decoded.num_rows
     except Exception as exc:  # noqa: BLE001 - any decoder failure means the same thing here
         raise DataIntegrityError(f"{obj.key}: cannot decode the {m.format} object: {exc}") from None
-    del data
-    if table.num_rows != m.rows:
-        raise DataIntegrityError(f"{obj.key}: holds {table.num_rows} rows, its manifest says {m.rows}")
+    if rows != m.rows:
+        raise DataIntegrityError(f"{obj.key}: holds {rows} rows, its manifest says {m.rows}")
     if schema.fingerprint() != m.schema_fingerprint:
         raise DataIntegrityError(f"{obj.key}: its schema fingerprint differs from its manifest's")
-    plan = plan_for(schema, obj.key)
-    csv = to_copy_csv(_utc_naive(table.select(list(plan.load))), schema, encodings)
-    return Prepared(obj, m, plan, table.num_rows, csv, time.monotonic() - t0)
+    return Prepared(obj, m, plan_for(schema, obj.key), rows, schema, encodings,
+                    data if decoded is None else None, decoded)
 
 
 def _utc_naive(table: pa.Table) -> pa.Table:
@@ -166,9 +195,9 @@ class Loader:
         result = ObjectResult(item.obj.key, item.obj.location, item.rows)
         cols = list(item.plan.load)
         try:
-            moved = self._direct(cols, item.csv)
+            moved = self._direct(cols, item)
             if moved is None:
-                moved = self._move(cols, self._stage(cols, item.csv))
+                moved = self._move(cols, self._stage(cols, item))
             result.inserted, result.overwritten = moved
         except psycopg.errors.UniqueViolation as exc:
             what = (exc.diag.message_detail or "a row already exists").rstrip(".")
@@ -186,7 +215,7 @@ class Loader:
         result.seconds = time.monotonic() - t0
         return result
 
-    def _direct(self, cols: list[str], csv: bytes) -> tuple[int, int] | None:
+    def _direct(self, cols: list[str], item: Prepared) -> tuple[int, int] | None:
         """Fast path: COPY straight into the target. When no archived row exists in the target yet
         (the usual full restore into an emptied table) this is exactly what the INSERT ... ON
         CONFLICT would do, at the cost of a single COPY. The primary key refuses the first
@@ -195,26 +224,25 @@ class Loader:
         # A deferrable key would only complain at commit: make it (and the rest) check now.
         self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
         if self.strategy == "fail":
-            return self._copy(self.live.relation, cols, csv), 0  # a duplicate aborts the run's transaction
+            return self._copy(self.live.relation, cols, item), 0  # a duplicate aborts the run's transaction
         self.conn.execute("SAVEPOINT pg_archiver_object")
         try:
-            copied = self._copy(self.live.relation, cols, csv)
+            copied = self._copy(self.live.relation, cols, item)
         except psycopg.errors.UniqueViolation:
             self.conn.execute("ROLLBACK TO SAVEPOINT pg_archiver_object")
             return None
         self.conn.execute("RELEASE SAVEPOINT pg_archiver_object")
         return copied, 0
 
-    def _copy(self, relation: sql.Composable, cols: list[str], csv: bytes) -> int:
+    def _copy(self, relation: sql.Composable, cols: list[str], item: Prepared) -> int:
         ids = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
         with self.conn.cursor() as cur:
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(relation, ids)) as copy:
-                view = memoryview(csv)
-                for off in range(0, len(view), _COPY_CHUNK):
-                    copy.write(view[off:off + _COPY_CHUNK])
+                for chunk in item.csv_chunks():  # rendered while the server parses the previous one
+                    copy.write(chunk)
             return cur.rowcount
 
-    def _stage(self, cols: list[str], csv: bytes) -> sql.Composed:
+    def _stage(self, cols: list[str], item: Prepared) -> sql.Composed:
         """COPY the rows into an empty staging table typed like the target's columns (no
         constraints, no defaults), so every value is parsed by the very type it was printed from."""
         ids = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
@@ -225,7 +253,7 @@ class Loader:
             self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA")
                               .format(name, ids, self.live.relation))
             tmp = self._staging[tuple(cols)] = sql.SQL("pg_temp.{}").format(name)
-        self._copy(tmp, cols, csv)
+        self._copy(tmp, cols, item)
         return tmp
 
     def _updates(self, cols: list[str]) -> list[str]:
