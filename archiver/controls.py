@@ -60,10 +60,7 @@ class RunControls:
     def should_stop(self, result: TableResult) -> bool:
         if self.stopping:
             return True
-        if self.stop_file is not None and self.stop_file.exists():
-            log.info("stop file %s exists; stopping after this batch", self.stop_file)
-            self._stop_event.set()
-            self.signal_received = 0
+        if self.stop_file_present():
             return True
         if self.max_rows is not None and self.rows_this_run >= self.max_rows:
             log.info("--max-rows %d reached; stopping (the next run resumes)", self.max_rows)
@@ -73,6 +70,17 @@ class RunControls:
             self.signal_received = 0
             return True
         return False
+
+    def stop_file_present(self) -> bool:
+        """True (and the run stops, exit 0) once the stop file exists; checked before every batch
+        starts, so a run that begins while it exists moves nothing."""
+        if self.stop_file is None or not self.stop_file.exists():
+            return False
+        if self.signal_received is None:
+            log.info("stop file %s exists; stopping (remove it to let the archiver run)", self.stop_file)
+            self.signal_received = 0
+            self._stop_event.set()
+        return True
 
     def _time_is_up(self) -> bool:
         return self.max_runtime_seconds is not None and time.monotonic() - self.started >= self.max_runtime_seconds
@@ -85,7 +93,10 @@ class RunControls:
                         signal.Signals(self.signal_received).name)
 
     def wants_more(self, rows_in_flight: int) -> bool:
-        """Whether to start another batch: not when --max-rows would be reached by those in flight."""
+        """Whether to start another batch: not after a stop (signal, stop file), nor when --max-rows
+        would be reached by the batches in flight."""
+        if self.stopping or self.stop_file_present():
+            return False
         return self.max_rows is None or self.rows_this_run + rows_in_flight < self.max_rows
 
     def pause_between_batches(self, opts: ResolvedOptions, conn: psycopg.Connection[Any]) -> None:
@@ -103,7 +114,7 @@ class RunControls:
                 return
             log.warning("replica lag %s exceeds %.1fs; pausing", "unknown" if lag == float("inf") else f"{lag:.1f}s", limit)
             self._stop_event.wait(min(limit, 10.0))
-            if self._time_is_up() or (self.stop_file is not None and self.stop_file.exists()):
+            if self._time_is_up() or self.stop_file_present():
                 return
 
     # -- progress ----------------------------------------------------------------------------

@@ -86,7 +86,8 @@ def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpo
                                 statement_timeout=defaults.statement_timeout, lock_timeout=defaults.lock_timeout)
     info = conninfo(db)
     try:
-        with pool(info, settings, size=max(defaults.connection_pool_size, 2)) as p:
+        size = max(max(cfg.options(t).connection_pool_size for t in tables), 2)  # mover + reader
+        with pool(info, settings, size=size) as p:
             for i, t in enumerate(tables):
                 if controls.stopping:
                     results[i].status = "stopped"

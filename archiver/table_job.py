@@ -90,6 +90,7 @@ class TableJob:
         started = time.monotonic()
         oid, schema, pk_type = inspect_table(self.conn, self.t)
         self.conn.commit()
+        self._apply_table_settings()
         self.sel = Selection(self.t, schema, cutoff_for(self.opts.retention_days, self.now), pk_type)
         self._lock(oid)
         try:
@@ -100,6 +101,23 @@ class TableJob:
             self._unlock(oid)
             self.result.seconds = time.monotonic() - started
         return self.result
+
+    def _apply_table_settings(self) -> None:
+        """statement_timeout / lock_timeout may be overridden per table; pooled connections carry
+        the previous table's values, so every table sets its own."""
+        for conn in (self.conn, self.reader_conn):
+            for name in ("statement_timeout", "lock_timeout"):
+                value = getattr(self.opts, name)
+                conn.execute("SELECT set_config(%s, %s, false)", (name, value or "0"))
+            conn.commit()
+
+    def _time_is_up(self, started: float) -> bool:
+        """A table's own max_runtime_minutes (the defaults' value limits the whole run)."""
+        limit = self.t.max_runtime_minutes
+        if limit is not None and time.monotonic() - started >= limit * 60:
+            log.info("table max_runtime_minutes reached; stopping this table (the next run resumes)", extra=self.ctx)
+            return True
+        return False
 
     # -- locking -----------------------------------------------------------------------------
     def _lock(self, oid: int) -> None:
@@ -199,6 +217,7 @@ class TableJob:
                                     name=f"reader-{self.t.name}")
         producer.start()
         inflight: deque[tuple[Encoded, Future[str]]] = deque()
+        started = time.monotonic()
         uploads = ThreadPoolExecutor(max_workers=self.cfg.s3.max_concurrency, thread_name_prefix=f"upload-{self.t.name}")
         reading = True
         try:
@@ -211,7 +230,7 @@ class TableJob:
                     inflight.popleft()
                     self.controls.hook("after_upload")
                     self._finish(cp, enc, location)
-                    if reading and self.controls.should_stop(self.result):
+                    if reading and (self.controls.should_stop(self.result) or self._time_is_up(started)):
                         self.result.status, reading = "stopped", False
                     elif reading:
                         self.controls.pause_between_batches(self.opts, self.reader_conn)
@@ -249,7 +268,7 @@ class TableJob:
                 break
             if isinstance(item, BaseException):
                 raise item
-            new.append(item)
+            new.append(item.result() if isinstance(item, Future) else item)
         if new:
             cp.pending.extend(asdict(e.manifest) for e in new)
             self.checkpoints.save(cp)
@@ -281,17 +300,22 @@ class TableJob:
                     return None
 
     def _produce(self, q: queue.Queue[Any], stop: threading.Event, start_after: tuple[Any, Any] | None) -> None:
+        """The reader thread: COPY chunks into day batches; encoding runs in a small pool so the
+        next COPY is not waiting on zstd (futures keep the batches in order)."""
+        encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"encode-{self.t.name}")
         try:
             for batch in batches(self.reader_conn, self.sel, batch_size=self.opts.batch_size,
                                  all_text=self.opts.format == "jsonl", start_after=start_after, stop=stop):
                 self.controls.hook("after_read")
-                q.put(self._encode(batch))
+                q.put(encoders.submit(self._encode, batch))
                 if stop.is_set():
                     break
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self.reader_conn.rollback() if not self.reader_conn.closed else None
             q.put(exc)
             return
+        finally:
+            encoders.shutdown(wait=False)
         q.put(_DONE)
 
     def _encode(self, batch: Batch) -> Encoded:
@@ -301,7 +325,8 @@ class TableJob:
         data = batch_writer.encode(rows, fmt=self.opts.format, level=self.opts.compression_level,
                                    schema=self.sel.schema, encodings=batch.encodings, extra_meta=meta)
         digest = sha256_hex(data)
-        pk = pc.min_max(self._typed(rows, self.t.primary_key))
+        pks = self._typed(rows, self.t.primary_key)
+        pk = pc.min_max(pks)
         ts = pc.min_max(self._typed(rows, self.t.timestamp_column))
         name = f"part-{batch.day:%Y%m%d}-{digest[:20]}{batch_writer.EXTENSIONS[self.opts.format]}"
         key = layout.object_key(self.cfg.s3.prefix, self.db.name, self.t.schema_, self.t.name, batch.day, name)
@@ -315,7 +340,7 @@ class TableJob:
             created_at=datetime.now(timezone.utc).isoformat(), source_bytes=batch.source_bytes,
             columns=[dict(asdict(c), encoding=batch.encodings[c.name]) for c in self.sel.schema.columns],
         )
-        return Encoded(manifest, data, rows.column(self.t.primary_key), batch.xmins, time.monotonic())
+        return Encoded(manifest, data, pks, batch.xmins, time.monotonic())
 
     def _typed(self, rows: pa.Table, name: str) -> pa.ChunkedArray:
         """The column in its natural type, so manifest ranges order like the database does
@@ -370,15 +395,11 @@ class TableJob:
     def _delete(self, pks: list[Any], xmins: list[str] | None) -> int:
         """DELETE the given rows (re-checking the predicate, and xmin when given); retried when a
         lock timeout hits (issue 3). Leaves the transaction open for the caller to commit."""
-        pred_params = self.sel.predicate()[1]
-        query = self.sel.delete_query(check_xmin=xmins is not None)
-        params = dict(pred_params, pks=pks, xmins=xmins)
+        query = self.sel.delete_query(pks, xmins).as_bytes(self.conn)
         for attempt in range(4):
             try:
-                # prepare=False: a prepared statement goes generic after five runs, and the generic
-                # plan for the unnest join seq-scans the table (measured: 2 ms -> 35 ms per batch).
-                cur = self.conn.execute(query, params, prepare=False)
-                return cur.rowcount
+                # prepare=False: the keys are literals, so no two statements are alike anyway
+                return self.conn.execute(query, prepare=False).rowcount
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
                 self.conn.rollback()
                 if attempt == 3:

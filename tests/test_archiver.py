@@ -103,11 +103,15 @@ def test_storage_class_and_encryption_apply_to_every_object(tmp_path: Path, pg_d
 
 
 def test_where_predicate_keeps_excluded_rows(tmp_path: Path, pg_dsn: str, small_audit: Any, pg: psycopg.Connection[Any]) -> None:
-    cfg = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "audit_logs", "where": "user_id <> 7"}])
-    run_archive(load_config(cfg))
-    kept = pg.execute("SELECT count(*) FROM audit_logs WHERE user_id = 7 AND created_at < now() - interval '90 days'").fetchone()[0]
-    assert kept > 0
-    assert 7 not in {r for r in archived_ids(LocalStorage(tmp_path / "archive"), pk="user_id")}
+    # a '%' in the operator's SQL must reach PostgreSQL as written, not as a placeholder
+    cfg = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "audit_logs", "where": "email NOT LIKE 'user9%'"}])
+    _results, code = run_archive(load_config(cfg))
+    assert code == ExitCode.OK
+    kept = pg.execute("SELECT count(*) FROM audit_logs WHERE email LIKE 'user9%' AND created_at < now() - interval '90 days'").fetchone()[0]
+    left = pg.execute("SELECT count(*) FROM audit_logs WHERE email NOT LIKE 'user9%' AND created_at < now() - interval '90 days'").fetchone()[0]
+    assert kept > 0 and left == 0
+    emails = archived_ids(LocalStorage(tmp_path / "archive"), pk="email")
+    assert emails and not any(e.startswith("user9") for e in emails)
 
 
 def test_dry_run_writes_and_deletes_nothing_and_hides_password(tmp_path: Path, pg_dsn: str, bucket: str, moto_server: str,

@@ -198,7 +198,7 @@ def test_stop_file_ends_the_run_cleanly(scenario: Scenario) -> None:
     done = archiver(scenario.config, "--stop-file", str(stop))
     assert done.returncode == 0
     assert "stop file" in scenario.log
-    assert 0 < len(table_ids(scenario.conn) ^ scenario.original) <= 3  # one batch moved, then stopped
+    assert table_ids(scenario.conn) == scenario.original  # a run that starts while it exists moves nothing
     stop.unlink()
     assert archiver(scenario.config).returncode == 0
     scenario.check()

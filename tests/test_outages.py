@@ -186,7 +186,8 @@ def test_backend_killed_mid_run_fails_the_table_cleanly_and_rerun_finishes(caplo
 
 def test_lock_timeout_on_delete_is_retried_not_fatal(caplog: pytest.LogCaptureFixture, tmp_path: Path, pg_dsn: str, bucket: str, proxy: TcpProxy,
                                                      s3_client: Any, pg: psycopg.Connection[Any], seeded: set[int]) -> None:
-    cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy, defaults={"batch_size": 5, "lock_timeout": "200ms"}))
+    # set on the table, over the 5s default: per-table overrides reach the session
+    cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy, tables=[{"name": "audit_logs", "lock_timeout": "200ms"}]))
     locker = psycopg.connect(pg_dsn)
     locker.execute("SELECT id FROM audit_logs ORDER BY created_at LIMIT 1 FOR UPDATE")
     release = threading.Timer(1.5, locker.rollback)
