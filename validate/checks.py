@@ -66,16 +66,20 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
             report.notes.extend(live.notes)
         checker = ObjectChecker(store, root=scope.root, quick=quick, live=live)
         finder = OverlapFinder()
-        size_only = 0
+        size_only = archived = 0
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="validate"))
         for checked in bounded_map(pool, checker.check, _entries(store, scope, since), window=parallel * 2):
             _tally(report, checked)
             size_only += checked.size_only
+            archived += checked.in_archive_class
             finder.add(checked)
             if on_object is not None:
                 on_object(checked)
         if size_only:
             report.notes.append(f"{size_only} objects have no checksum stored with them; --quick compared only their sizes")
+        if archived:
+            report.notes.append(f"{archived} objects are in GLACIER/DEEP_ARCHIVE: checked by manifest, size and stored "
+                                "checksum only; restore them in S3 (restore.main --request-glacier-restore) for a full check")
         if quick:
             report.problems.extend(finder.identical())
         else:
