@@ -1,10 +1,11 @@
 """One archive object back into PostgreSQL: read it, check it against its manifest, decode it, render
 the rows as CSV exactly as `COPY ... TO STDOUT` printed them, COPY them into a temporary table and
-move them into the target with one `INSERT ... ON CONFLICT` (issue 4, "Restore semantics").
+move them into the target with one `INSERT ... ON CONFLICT` (issue 4, "Restore semantics"). When
+none of an object's rows exists in the target yet (a restore into an emptied table), a COPY
+straight into the target does the same at half the cost; the primary key tells when it does not.
 
-Reading and checking run one object ahead in a background thread while PostgreSQL loads the
-previous one; rows are decoded and rendered a slice at a time while COPY streams, so memory stays
-flat whatever the size of the objects."""
+A reader thread reads, checks, decodes and renders ahead, a slice of rows at a time, while
+PostgreSQL loads: memory stays flat whatever the size of the objects."""
 from __future__ import annotations
 
 import io
@@ -32,7 +33,9 @@ from restore.target import LiveTable
 STRATEGIES = ("skip", "overwrite", "fail")
 _TMP_PREFIX = "_pg_archiver_restore"
 _RENDER_ROWS = 8192
+_AHEAD = 4  # queued chunks (of _RENDER_ROWS rows) and objects
 _DONE = object()
+_END = object()
 
 
 class RestoreConflict(ArchiverError):
@@ -52,6 +55,8 @@ class Prepared:
     encodings: dict[str, str]
     data: bytes | None  # the Parquet object (verified), or None when `decoded` holds the rows
     decoded: pa.Table | None = None  # JSON lines: decoded whole (not the default format)
+    #: CSV chunks the reader thread renders ahead, for the first pass over the rows.
+    ahead: Iterator[bytes] | None = None
 
     def batches(self) -> Iterator[pa.Table]:
         cols = list(self.plan.load)
@@ -65,10 +70,15 @@ class Prepared:
             for off in range(0, table.num_rows, _RENDER_ROWS):
                 yield table.slice(off, _RENDER_ROWS)
 
-    def csv_chunks(self) -> Iterator[bytes]:
-        """The rows as `COPY ... (FORMAT csv)` input, one slice at a time."""
+    def render(self) -> Iterator[bytes]:
         for table in self.batches():
             yield to_copy_csv(_utc_naive(table), self.schema, self.encodings)
+
+    def csv_chunks(self) -> Iterator[bytes]:
+        """The rows as `COPY ... (FORMAT csv)` input, one slice at a time: rendered ahead by the
+        reader thread the first time, here again for a second pass (the staging path)."""
+        ahead, self.ahead = self.ahead, None
+        return ahead if ahead is not None else self.render()
 
 
 @dataclass
@@ -130,32 +140,45 @@ def _utc_naive(table: pa.Table) -> pa.Table:
 
 @contextmanager
 def prefetched(objects: list[ArchiveObject], make: Callable[[ArchiveObject], Prepared]) -> Iterator[Iterator[Prepared]]:
-    """Yield prepared objects in order, preparing the next one in a background thread. An error
-    while preparing an object is raised when the consumer reaches that object."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=1)
+    """Yield prepared objects in order. A reader thread reads and checks each object and renders
+    its CSV chunks ahead, through a small bounded queue, while PostgreSQL loads what came before:
+    rendering overlaps loading, and memory holds a few chunks, never a whole decoded object. An
+    error of the reader is raised where the consumer reaches it."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=_AHEAD)
     stop = threading.Event()
 
     def produce() -> None:
         for obj in objects:
-            if stop.is_set():
-                return
             try:
-                item: Any = make(obj)
+                item = make(obj)
+                if not _put(q, item, stop):
+                    return
+                for chunk in item.render():
+                    if not _put(q, chunk, stop):
+                        return
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, in order
-                item = exc
-            _put(q, item, stop)
-            if isinstance(item, BaseException):
+                _put(q, exc, stop)
                 return
+            _put(q, _END, stop)
         _put(q, _DONE, stop)
+
+    def chunks() -> Iterator[bytes]:
+        while (event := q.get()) is not _END:
+            if isinstance(event, BaseException):
+                raise event
+            yield event
 
     def consume() -> Iterator[Prepared]:
         while True:
-            item = q.get()
-            if item is _DONE:
+            event = q.get()
+            while isinstance(event, bytes) or event is _END:
+                event = q.get()  # the rest of an object whose first pass stopped early
+            if event is _DONE:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            if isinstance(event, BaseException):
+                raise event
+            event.ahead = chunks()
+            yield event
 
     worker = threading.Thread(target=produce, name="restore-reader", daemon=True)
     worker.start()
@@ -170,13 +193,14 @@ def prefetched(objects: list[ArchiveObject], make: Callable[[ArchiveObject], Pre
                 pass
 
 
-def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
             q.put(item, timeout=0.2)
-            return
+            return True
         except queue.Full:
             continue
+    return False
 
 
 class Loader:
@@ -221,6 +245,8 @@ class Loader:
         CONFLICT would do, at the cost of a single COPY. The primary key refuses the first
         conflicting row; then, for skip/overwrite, this object is rolled back to its savepoint and
         takes the staging path. Returns (inserted, overwritten), or None for "use the staging path"."""
+        if not self.live.copy_ok:
+            return None
         # A deferrable key would only complain at commit: make it (and the rest) check now.
         self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
         if self.strategy == "fail":
@@ -238,7 +264,7 @@ class Loader:
         ids = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
         with self.conn.cursor() as cur:
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(relation, ids)) as copy:
-                for chunk in item.csv_chunks():  # rendered while the server parses the previous one
+                for chunk in item.csv_chunks():
                     copy.write(chunk)
             return cur.rowcount
 
@@ -253,6 +279,10 @@ class Loader:
             self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA")
                               .format(name, ids, self.live.relation))
             tmp = self._staging[tuple(cols)] = sql.SQL("pg_temp.{}").format(name)
+        elif self.strategy == "fail":
+            # The run is one transaction, so no commit empties it: truncate it (in place, as it
+            # was created in this transaction).
+            self.conn.execute(sql.SQL("TRUNCATE {}").format(tmp))
         self._copy(tmp, cols, item)
         return tmp
 
@@ -263,14 +293,15 @@ class Loader:
         return [c for c in cols if c not in self.live.primary_key and c not in identity]
 
     def _move(self, cols: list[str], tmp: sql.Composed) -> tuple[int, int]:
-        """One INSERT ... ON CONFLICT of the staged rows (skip/overwrite; `fail` never stages: the
-        primary key refuses its first duplicate); returns (inserted, overwritten). No conflict
-        pre-count: it would join against a target whose statistics lag behind the rows this run
-        adds, and seq-scan it per object."""
+        """One INSERT of the staged rows; returns (inserted, overwritten). No conflict pre-count: it
+        would join against a target whose statistics lag behind the rows this run adds, and
+        seq-scan it per object. `fail` lets the primary key refuse the first duplicate."""
         ids = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
         # OVERRIDING SYSTEM VALUE: identity columns keep their archived values.
         query = sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}").format(
             self.live.relation, ids, ids, tmp)
+        if self.strategy == "fail":
+            return self.conn.execute(query).rowcount, 0
         pk = sql.SQL(", ").join(sql.Identifier(c) for c in self.live.primary_key)
         updates = self._updates(cols)
         if self.strategy == "skip" or not updates:

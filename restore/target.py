@@ -36,6 +36,9 @@ class LiveTable:
     oid: int
     columns: TableSchema
     primary_key: list[str]
+    #: False when row-level security applies to this session: COPY FROM refuses such tables, the
+    #: INSERT of the staging path applies their policies.
+    copy_ok: bool = True
 
     @property
     def name(self) -> str:
@@ -55,7 +58,9 @@ def find_table(conn: psycopg.Connection[Any], schema: str, table: str) -> LiveTa
     if row is None:
         return None
     oid = int(row[0])
-    return LiveTable(schema, table, oid, table_schema(conn, oid), primary_key_columns(conn, oid))
+    rls = conn.execute("SELECT row_security_active(%s::oid::regclass)", (oid,)).fetchone()
+    return LiveTable(schema, table, oid, table_schema(conn, oid), primary_key_columns(conn, oid),
+                     copy_ok=not (rls and rls[0]))
 
 
 def require_table(conn: psycopg.Connection[Any], schema: str, table: str) -> LiveTable:

@@ -128,7 +128,7 @@ class Archived:
         others = self.conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> %s",
                                    (self.table,)).fetchall()
         for (name,) in others:
-            self.conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(name)))
         self.conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.table)))
 
 

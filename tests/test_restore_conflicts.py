@@ -2,12 +2,18 @@
 version, fail (the default) restores nothing at all when any archived row already exists."""
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from common.config import load_config
 from common.errors import ArchiverError
+from conftest import make_config
 from restore.engine import restore
 from restore.loader import RestoreConflict
 from restore_support import Archived, shared_archive
@@ -89,3 +95,39 @@ def test_unknown_strategy_is_a_usage_error(clash: Archived, s3_client: Any) -> N
         restore(clash.cfg, database="production_db", table="audit_logs", restore_all=True,
                 conflict_strategy="merge", s3_client=s3_client)
     assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("strategy", ["fail", "skip", "overwrite"])
+def test_row_level_security_tables_are_restored_through_insert(shared: Archived, strategy: str,
+                                                               tmp_path: Path) -> None:
+    # COPY FROM refuses a table whose row-level security applies to the session; INSERT applies the
+    # policies. Superusers bypass RLS, so the restore runs as a plain role.
+    role = f"restore_rls_{uuid.uuid4().hex[:8]}"
+    conn = shared.conn
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        conn.execute("CREATE TABLE audit_copy (LIKE audit_logs INCLUDING ALL)")
+        conn.execute("ALTER TABLE audit_copy ENABLE ROW LEVEL SECURITY")
+        conn.execute("CREATE POLICY everyone ON audit_copy USING (true) WITH CHECK (user_id <> 13)")
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON audit_copy, audit_logs TO {}").format(sql.Identifier(role)))
+        params = conninfo_to_dict(conn.info.dsn)
+        params["user"] = role
+        cfg = load_config(make_config(tmp_path, dsn=make_conninfo("", **params), bucket=shared.bucket,
+                                      endpoint=shared.s3.meta.endpoint_url))
+
+        with pytest.raises(ArchiverError, match="row-level security"):
+            restore(cfg, database="production_db", table="audit_logs", restore_all=True,
+                    conflict_strategy=strategy, target_table="audit_copy", s3_client=shared.s3)
+        left = conn.execute("SELECT count(*) FROM audit_copy").fetchone()
+        assert left is not None
+        assert left == (0,) if strategy == "fail" else 0 < left[0] < 13  # objects before row 13's stay restored
+        conn.execute("ALTER POLICY everyone ON audit_copy WITH CHECK (true)")
+        report = restore(cfg, database="production_db", table="audit_logs", restore_all=True,
+                         conflict_strategy=strategy, target_table="audit_copy", s3_client=shared.s3)
+
+        assert report.rows == 16 and report.total("inserted") == 16 - left[0]
+        assert shared.dump("audit_copy") == shared.before
+    finally:
+        shared.reset()
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
