@@ -141,23 +141,23 @@ def _csv_options(schema: TableSchema, text_columns: set[str], extra: list[str]) 
     }
 
 
-def parse_copy_csv(data: bytes, schema: TableSchema, *, extra: list[str] | None = None,
+def parse_copy_csv(data: bytes | bytearray, schema: TableSchema, *, extra: list[str] | None = None,
                    all_text: bool = False) -> tuple[pa.Table, dict[str, str]]:
     """Parse `COPY ... (FORMAT csv)` output. Returns the table and each column's encoding
     (`native` or `text`). `extra` names leading helper columns (e.g. xmin), kept as strings.
     `all_text` keeps every column in PostgreSQL's text form (the JSONL format)."""
     extra = extra or []
     if all_text:
-        table = pacsv.read_csv(io.BytesIO(data), **_csv_options(schema, set(schema.names), extra))
+        table = pacsv.read_csv(pa.BufferReader(pa.py_buffer(data)), **_csv_options(schema, set(schema.names), extra))
         return table, {n: "text" for n in schema.names}
     try:
-        table = pacsv.read_csv(io.BytesIO(data), **_csv_options(schema, set(), extra))
+        table = pacsv.read_csv(pa.BufferReader(pa.py_buffer(data)), **_csv_options(schema, set(), extra))
         text_cols: set[str] = set()
     except pa.ArrowInvalid:
         # Some value has no natural Arrow form (e.g. 'infinity'); parse the fallible columns as text,
         # then cast each one that can be cast.
         fallible = {c.name for c in schema.columns if c.typname in FALLIBLE}
-        table = pacsv.read_csv(io.BytesIO(data), **_csv_options(schema, fallible, extra))
+        table = pacsv.read_csv(pa.BufferReader(pa.py_buffer(data)), **_csv_options(schema, fallible, extra))
         text_cols = set()
         for c in schema.columns:
             if c.name in fallible and c.natural_type() is not None:
