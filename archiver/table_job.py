@@ -220,14 +220,20 @@ class TableJob:
         started = time.monotonic()
         uploads = ThreadPoolExecutor(max_workers=self.cfg.s3.max_concurrency, thread_name_prefix=f"upload-{self.t.name}")
         reading = True
+        failed: BaseException | None = None
         try:
             while reading or inflight:
                 if reading and not self.controls.stopping:
                     reading = self._take(q, cp, inflight, uploads)
                 if inflight:
-                    enc, fut = inflight[0]
-                    location = self._upload_result(fut)
-                    inflight.popleft()
+                    enc, fut = inflight.popleft()
+                    try:
+                        location = self._upload_result(fut)
+                    except (FallbackFull, ServiceUnavailable) as exc:
+                        # Nothing stored for this batch. The batches already in flight may be
+                        # stored: finish their moves now so table and archive agree, then fail.
+                        failed, reading = failed or exc, False
+                        continue
                     self.controls.hook("after_upload")
                     self._finish(cp, enc, location)
                     if reading and (self.controls.should_stop(self.result) or self._time_is_up(started)):
@@ -236,6 +242,8 @@ class TableJob:
                         self.controls.pause_between_batches(self.opts, self.reader_conn)
                 elif self.controls.stopping:
                     reading = False
+            if failed is not None:
+                raise failed
         finally:
             stop.set()
             uploads.shutdown(wait=True)  # no upload may outlive the checkpoint written below
