@@ -1,5 +1,5 @@
 """One archive object back into PostgreSQL: read it, check it against its manifest, decode it, render
-the rows as CSV exactly as `COPY ... TO STDOUT` printed them, COPY them into a temporary table and
+the rows as COPY input exactly as `COPY ... TO STDOUT` printed them, COPY them into a temporary table and
 move them into the target with one `INSERT ... ON CONFLICT` (issue 4, "Restore semantics"). When
 none of an object's rows exists in the target yet (a restore into an emptied table), a COPY
 straight into the target does the same at half the cost; the primary key tells when it does not.
@@ -25,8 +25,9 @@ from psycopg import sql
 from common import batch_writer
 from common.errors import ArchiverError, DataIntegrityError
 from common.manifest import Manifest
-from common.pgtypes import TableSchema, read_archive_metadata, to_copy_csv
+from common.pgtypes import TableSchema, read_archive_metadata
 from restore.catalog import ArchiveObject, Catalog, TableRef
+from restore.copytext import to_copy_text
 from restore.drift import ColumnPlan
 from restore.target import LiveTable
 
@@ -55,8 +56,8 @@ class Prepared:
     encodings: dict[str, str]
     data: bytes | None  # the Parquet object (verified), or None when `decoded` holds the rows
     decoded: pa.Table | None = None  # JSON lines: decoded whole (not the default format)
-    #: CSV chunks the reader thread renders ahead, for the first pass over the rows.
-    ahead: Iterator[bytes] | None = None
+    #: COPY input the reader thread renders ahead, for the first pass over the rows.
+    ahead: Iterator[pa.Buffer] | None = None
 
     def batches(self) -> Iterator[pa.Table]:
         cols = list(self.plan.load)
@@ -70,12 +71,12 @@ class Prepared:
             for off in range(0, table.num_rows, _RENDER_ROWS):
                 yield table.slice(off, _RENDER_ROWS)
 
-    def render(self) -> Iterator[bytes]:
+    def render(self) -> Iterator[pa.Buffer]:
         for table in self.batches():
-            yield to_copy_csv(_utc_naive(table), self.schema, self.encodings)
+            yield from to_copy_text(table)
 
-    def csv_chunks(self) -> Iterator[bytes]:
-        """The rows as `COPY ... (FORMAT csv)` input, one slice at a time: rendered ahead by the
+    def copy_chunks(self) -> Iterator[pa.Buffer]:
+        """The rows as `COPY ... FROM STDIN` text input, one slice at a time: rendered ahead by the
         reader thread the first time, here again for a second pass (the staging path)."""
         ahead, self.ahead = self.ahead, None
         return ahead if ahead is not None else self.render()
@@ -128,16 +129,6 @@ def prepare(catalog: Catalog, obj: ArchiveObject, ref: TableRef, plan_for: PlanF
                     data if decoded is None else None, decoded)
 
 
-def _utc_naive(table: pa.Table) -> pa.Table:
-    """timestamptz columns as naive UTC timestamps: pyarrow prints those ~20x faster than zoned
-    ones (the biggest cost of rendering), and the restore session runs with TimeZone=UTC
-    (SESSION_SETTINGS), so PostgreSQL reads them back as the same instants."""
-    for i, field in enumerate(table.schema):
-        if pa.types.is_timestamp(field.type) and field.type.tz in ("UTC", "+00:00"):
-            table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit)))
-    return table
-
-
 @contextmanager
 def prefetched(objects: list[ArchiveObject], make: Callable[[ArchiveObject], Prepared]) -> Iterator[Iterator[Prepared]]:
     """Yield prepared objects in order. A reader thread reads and checks each object and renders
@@ -162,7 +153,7 @@ def prefetched(objects: list[ArchiveObject], make: Callable[[ArchiveObject], Pre
             _put(q, _END, stop)
         _put(q, _DONE, stop)
 
-    def chunks() -> Iterator[bytes]:
+    def chunks() -> Iterator[pa.Buffer]:
         while (event := q.get()) is not _END:
             if isinstance(event, BaseException):
                 raise event
@@ -171,7 +162,7 @@ def prefetched(objects: list[ArchiveObject], make: Callable[[ArchiveObject], Pre
     def consume() -> Iterator[Prepared]:
         while True:
             event = q.get()
-            while isinstance(event, bytes) or event is _END:
+            while isinstance(event, pa.Buffer) or event is _END:
                 event = q.get()  # the rest of an object whose first pass stopped early
             if event is _DONE:
                 return
@@ -263,9 +254,9 @@ class Loader:
     def _copy(self, relation: sql.Composable, cols: list[str], item: Prepared) -> int:
         ids = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
         with self.conn.cursor() as cur:
-            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(relation, ids)) as copy:
-                for chunk in item.csv_chunks():
-                    copy.write(chunk)
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(relation, ids)) as copy:
+                for chunk in item.copy_chunks():
+                    copy.write(memoryview(chunk))
             return cur.rowcount
 
     def _stage(self, cols: list[str], item: Prepared) -> sql.Composed:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 
+import pyarrow as pa
 import pytest
 
 from common.errors import DataIntegrityError, UsageError
 from common.pgtypes import Column, TableSchema
 from restore.catalog import parse_ts
+from restore.copytext import to_copy_text
 from restore.drift import SchemaDrift, plan_columns
 from restore.engine import parse_range
 from restore.target import check_type
@@ -100,3 +102,30 @@ def test_primary_key_must_be_restorable_even_with_allow_drop() -> None:
 ])
 def test_manifest_timestamps_parse_as_utc(text: str, expected: datetime | None) -> None:
     assert parse_ts(text) == expected
+
+
+def copy_text(table: pa.Table) -> bytes:
+    return b"".join(b.to_pybytes() for b in to_copy_text(table))
+
+
+def test_copy_text_escapes_specials_and_tells_null_from_empty() -> None:
+    table = pa.table({"id": pa.array([1, 2, 3], pa.int64()),
+                      "t": pa.array(["a\\b\tc\nd\re", "", None], pa.string())})
+    assert copy_text(table) == b"1\ta\\\\b\\tc\\nd\\re\n2\t\n3\t\\N\n"
+
+
+def test_copy_text_of_a_slice_and_of_many_chunks_keeps_row_order() -> None:
+    table = pa.Table.from_batches([pa.record_batch({"v": pa.array([f"r{i}" for i in range(j, j + 3)])})
+                                   for j in (0, 3, 6)])
+    assert copy_text(table) == b"".join(f"r{i}\n".encode() for i in range(9))
+    assert copy_text(table.slice(4, 3)) == b"r4\nr5\nr6\n"
+
+
+def test_copy_text_renders_natural_types_as_postgres_reads_them() -> None:
+    table = pa.table({
+        "ts": pa.array([datetime(2024, 3, 10, 2, 30, 0, 5, tzinfo=timezone.utc)], pa.timestamp("us", tz="UTC")),
+        "b": pa.array([b"\x00\xff"], pa.binary()),
+        "ok": pa.array([True]),
+        "n": pa.array([None], pa.float64()),
+    })
+    assert copy_text(table) == b"2024-03-10 02:30:00.000005\t\\\\x00ff\ttrue\t\\N\n"
