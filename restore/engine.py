@@ -253,7 +253,10 @@ class _Job:
                 self._load(live, plan_for)
                 _record_plans(self.report, plans)
         except BaseException as exc:
-            self.conn.rollback()
+            try:
+                self.conn.rollback()
+            except psycopg.Error:
+                pass  # a broken connection rolls back on its own; keep the original error
             raise self._explain(exc) from None
 
     def _open_target(self, schema: str, table: str, *, creatable: bool) -> LiveTable:

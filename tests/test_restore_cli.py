@@ -78,6 +78,8 @@ def test_restore_all_with_skip_prints_a_per_object_summary(arch: Archived) -> No
     assert result.exit_code == 0, result.stderr
     assert "restore completed" in result.stdout and "16 inserted, 0 skipped, 0 overwritten" in result.stdout
     assert all(k in result.stdout for k in arch.keys())
+    n = len(arch.keys())
+    assert all(f"restored {i}/{n} " in result.stderr for i in range(1, n + 1))  # progress, on stderr
     assert arch.dump() == arch.before
 
 
@@ -167,6 +169,15 @@ def test_unreachable_s3_exits_3(arch: Archived, tmp_path: Path, free_tcp_port: i
                       endpoint=f"http://127.0.0.1:{free_tcp_port}")
     result = CliRunner().invoke(cli, ["--config", str(cfg), "--database", "production_db", "--table", "audit_logs"])
     assert result.exit_code == 3 and "S3" in result.stderr
+
+
+def test_unreachable_database_exits_3_without_the_password(arch: Archived, tmp_path: Path, free_tcp_port: int) -> None:
+    cfg = make_config(tmp_path, dsn=f"host=127.0.0.1 port={free_tcp_port} user=x password=hunter2 dbname=y",
+                      bucket=arch.bucket, endpoint=arch.s3.meta.endpoint_url)
+    result = CliRunner().invoke(cli, ["--config", str(cfg), "--database", "production_db", "--table", "audit_logs",
+                                      "--restore-all"])
+    assert result.exit_code == 3
+    assert f"127.0.0.1:{free_tcp_port}" in result.stderr and "hunter2" not in result.stderr + result.stdout
 
 
 def test_corrupted_object_exits_1_naming_it(tmp_path: Path, arch: Archived, pg_dsn: str, moto_server: str,
