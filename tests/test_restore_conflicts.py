@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from archiver.table_job import LOCK_CLASS
 from common.config import load_config
 from common.errors import ArchiverError
 from conftest import make_config
@@ -131,3 +133,14 @@ def test_row_level_security_tables_are_restored_through_insert(shared: Archived,
         shared.reset()
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_restore_refuses_a_table_the_archiver_is_working_on(shared: Archived) -> None:
+    # The archiver's per-table advisory lock: a restore must not bring rows back under its feet.
+    oid = shared.conn.execute("SELECT 'audit_logs'::regclass::oid").fetchone()
+    assert oid is not None
+    with psycopg.connect(shared.conn.info.dsn, autocommit=True) as archiver_session:
+        archiver_session.execute("SELECT pg_advisory_lock(%s)", ((LOCK_CLASS << 32) | oid[0],))
+        with pytest.raises(ArchiverError, match="being archived right now"):
+            restore(shared.cfg, database="production_db", table="audit_logs", restore_all=True, s3_client=shared.s3)
+    assert shared.ids() == []
