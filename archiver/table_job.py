@@ -8,26 +8,24 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
-import pyarrow as pa
-import pyarrow.compute as pc
 
-import archiver
+from archiver import resume
 from archiver.controls import RunControls
+from archiver.encoding import Encoded, encode_batch
 from archiver.reader import Batch, batches
 from archiver.selection import Selection, cutoff_for
 from archiver.sink import ArchiveSink, FallbackFull
-from common import batch_writer, layout
-from common.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint
+from common.checkpoint import Checkpoint, CheckpointStore
 from common.config import Config, DatabaseConfig, ResolvedOptions, TableConfig
 from common.db import primary_key_columns, table_oid, table_schema
-from common.errors import ArchiverError, DataIntegrityError, ServiceUnavailable, UsageError
+from common.errors import ArchiverError, ServiceUnavailable, UsageError
 from common.events import Observer, TableResult
-from common.manifest import Manifest, sha256_hex
+from common.manifest import Manifest
 from common.pgtypes import TableSchema
 
 log = logging.getLogger("archiver")
@@ -38,22 +36,6 @@ _DONE = object()
 
 class TableBusy(ArchiverError):
     pass
-
-
-@dataclass
-class Encoded:
-    """What a batch in flight needs: the bytes to store and the row identities to delete
-    (not the rows themselves, which keeps memory flat with several uploads in flight)."""
-
-    manifest: Manifest
-    data: bytes
-    pks: pa.ChunkedArray
-    xmins: pa.Array
-    started: float
-
-    @property
-    def rows(self) -> int:
-        return self.manifest.rows
 
 
 def inspect_table(conn: psycopg.Connection[Any], t: TableConfig) -> tuple[int, TableSchema, str]:
@@ -140,68 +122,12 @@ class TableJob:
         except psycopg.Error:
             pass  # the lock dies with the session anyway
 
-    # -- checkpoint and resume ---------------------------------------------------------------
+    # -- checkpoint and resume (archiver/resume.py) ------------------------------------------
     def _load_checkpoint(self) -> Checkpoint:
-        try:
-            cp = self.checkpoints.load(self.db.name, self.t.schema_, self.t.name)
-        except CorruptCheckpoint as exc:
-            log.error("%s; scanning this table's archives for unfinished moves", exc, extra=self.ctx)
-            cp = Checkpoint(self.db.name, self.t.schema_, self.t.name)
-            cp.pending = sorted(self._scan_manifests(), key=lambda m: (m["max_ts"], str(m["max_pk"])))
-        return cp or Checkpoint(self.db.name, self.t.schema_, self.t.name)
-
-    def _scan_manifests(self) -> list[dict[str, Any]]:
-        """All manifests of this table whose key range still has rows in the table (after a corrupt
-        checkpoint): candidates for finishing the move."""
-        prefix = layout.table_prefix(self.cfg.s3.prefix, self.db.name, self.t.schema_, self.t.name)
-        found = []
-        for store in (self.sink.primary, self.sink.fallback):
-            if store is None:
-                continue
-            for info in store.list(prefix):
-                if layout.is_manifest(info.key):
-                    m = Manifest.from_bytes(store.get(info.key), key=info.key)
-                    found.append(asdict(m))
-        return found
+        return resume.load_checkpoint(self)
 
     def _resume(self, cp: Checkpoint) -> None:
-        if not cp.pending:
-            if cp.position and not self.opts.delete_after_archive:
-                log.info("Resuming from checkpoint: %s after position %s", self.result.name, cp.position, extra=self.ctx)
-            return
-        for entry in list(cp.pending):
-            manifest = Manifest(**{k: v for k, v in entry.items() if k in Manifest.__dataclass_fields__})
-            log.info("Resuming from checkpoint: %s position %s, interrupted batch %s", self.result.name,
-                     cp.position or "start", manifest.key, extra=self.ctx)
-            self._finish_interrupted(manifest)
-            cp.pending.remove(entry)
-            if not self.opts.delete_after_archive:
-                cp.position = {"ts": manifest.max_ts, "pk": manifest.max_pk}
-            self.checkpoints.save(cp)
-            self.result.resumed += 1
-
-    def _finish_interrupted(self, m: Manifest) -> None:
-        for store in (self.sink.primary, self.sink.fallback):
-            if store is None or store.head(m.key) is None:
-                continue
-            data = store.get(m.key)
-            try:
-                m.check(data)
-            except DataIntegrityError as exc:
-                log.warning("interrupted upload %s is incomplete (%s); removed, its rows stay in the table", m.key, exc, extra=self.ctx)
-                self.sink.remove(m.key, store.location)
-                continue
-            if store.head(layout.manifest_key(m.key)) is None:
-                mb = m.to_bytes()
-                store.put(layout.manifest_key(m.key), mb, sha256=sha256_hex(mb))
-            if self.opts.delete_after_archive:
-                table = batch_writer.decode(data, fmt=m.format, columns=[self.t.primary_key])[0]
-                deleted = self._delete(table.column(self.t.primary_key).to_pylist(), None)
-                self.conn.commit()
-                log.info("finished the interrupted move of %s: %d rows deleted now, %d were already gone",
-                         m.key, deleted, m.rows - deleted, extra=self.ctx)
-            return
-        log.info("interrupted batch %s never reached storage; its rows stay in the table and will be archived again", m.key, extra=self.ctx)
+        resume.finish_pending(self, cp)
 
     # -- main loop ---------------------------------------------------------------------------
     def _archive(self, cp: Checkpoint) -> None:
@@ -327,40 +253,7 @@ class TableJob:
         q.put(_DONE)
 
     def _encode(self, batch: Batch) -> Encoded:
-        rows = batch.rows
-        meta = {"archiver_version": archiver.__version__, "database": self.db.name, "schema": self.t.schema_,
-                "table": self.t.name, "timestamp_column": self.t.timestamp_column, "primary_key": self.t.primary_key}
-        data = batch_writer.encode(rows, fmt=self.opts.format, level=self.opts.compression_level,
-                                   schema=self.sel.schema, encodings=batch.encodings, extra_meta=meta)
-        digest = sha256_hex(data)
-        pks = self._typed(rows, self.t.primary_key)
-        pk = pc.min_max(pks)
-        ts = pc.min_max(self._typed(rows, self.t.timestamp_column))
-        name = f"part-{batch.day:%Y%m%d}-{digest[:20]}{batch_writer.EXTENSIONS[self.opts.format]}"
-        key = layout.object_key(self.cfg.s3.prefix, self.db.name, self.t.schema_, self.t.name, batch.day, name)
-        manifest = Manifest(
-            key=key, sha256=digest, size=len(data), rows=rows.num_rows, database=self.db.name,
-            schema=self.t.schema_, table=self.t.name, primary_key=self.t.primary_key,
-            timestamp_column=self.t.timestamp_column, min_pk=_jsonable(pk["min"].as_py()),
-            max_pk=_jsonable(pk["max"].as_py()), min_ts=_iso(ts["min"].as_py()), max_ts=_iso(ts["max"].as_py()),
-            schema_fingerprint=self.sel.schema.fingerprint(), format=self.opts.format,
-            format_version=1, archiver_version=archiver.__version__,
-            created_at=datetime.now(timezone.utc).isoformat(), source_bytes=batch.source_bytes,
-            columns=[dict(asdict(c), encoding=batch.encodings[c.name]) for c in self.sel.schema.columns],
-        )
-        return Encoded(manifest, data, pks, batch.xmins, time.monotonic())
-
-    def _typed(self, rows: pa.Table, name: str) -> pa.ChunkedArray:
-        """The column in its natural type, so manifest ranges order like the database does
-        (JSONL keeps text, where "100" < "99")."""
-        column = rows.column(name)
-        natural = self.sel.schema.column(name).natural_type()
-        if natural is not None and column.type != natural:
-            try:
-                return pc.cast(column, natural)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                pass
-        return column
+        return encode_batch(batch, sel=self.sel, prefix=self.cfg.s3.prefix, database=self.db.name, opts=self.opts)
 
     def _finish(self, cp: Checkpoint, enc: Encoded, location: str) -> None:
         """The batch is stored and verified: delete exactly its rows, then drop it from pending."""
@@ -416,11 +309,3 @@ class TableJob:
                 log.warning("delete hit a lock timeout; retrying in %ds", 2 ** attempt, extra=self.ctx)
                 time.sleep(2 ** attempt)
         raise AssertionError("unreachable")
-
-
-def _iso(v: Any) -> str:
-    return v.isoformat() if hasattr(v, "isoformat") else str(v)
-
-
-def _jsonable(v: Any) -> Any:
-    return v if isinstance(v, (int, str, float)) or v is None else str(v)

@@ -6,7 +6,6 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
-from functools import wraps
 from typing import Any, TypeVar
 
 from common.exit_codes import ExitCode

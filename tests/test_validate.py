@@ -13,7 +13,6 @@ from typing import Any
 
 import boto3
 import psycopg
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from psycopg import sql

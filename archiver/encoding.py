@@ -1,0 +1,82 @@
+"""One batch in, what a move needs out: the archive bytes, their manifest, and the identities
+(primary keys, xmins) of the rows to delete once the bytes are safe."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import archiver
+from archiver.reader import Batch
+from archiver.selection import Selection
+from common import batch_writer, layout
+from common.config import ResolvedOptions
+from common.manifest import Manifest, sha256_hex
+
+
+@dataclass
+class Encoded:
+    """What a batch in flight needs: the bytes to store and the row identities to delete
+    (not the rows themselves, which keeps memory flat with several uploads in flight)."""
+
+    manifest: Manifest
+    data: bytes
+    pks: pa.ChunkedArray
+    xmins: pa.Array
+    started: float
+
+    @property
+    def rows(self) -> int:
+        return self.manifest.rows
+
+
+def encode_batch(batch: Batch, *, sel: Selection, prefix: str, database: str, opts: ResolvedOptions) -> Encoded:
+    """Archive bytes, manifest and row identities of one batch."""
+    t = sel.table
+    rows = batch.rows
+    meta = {"archiver_version": archiver.__version__, "database": database, "schema": t.schema_,
+            "table": t.name, "timestamp_column": t.timestamp_column, "primary_key": t.primary_key}
+    data = batch_writer.encode(rows, fmt=opts.format, level=opts.compression_level,
+                               schema=sel.schema, encodings=batch.encodings, extra_meta=meta)
+    digest = sha256_hex(data)
+    pks = typed_column(rows, t.primary_key, sel)
+    pk = pc.min_max(pks)
+    ts = pc.min_max(typed_column(rows, t.timestamp_column, sel))
+    name = f"part-{batch.day:%Y%m%d}-{digest[:20]}{batch_writer.EXTENSIONS[opts.format]}"
+    key = layout.object_key(prefix, database, t.schema_, t.name, batch.day, name)
+    manifest = Manifest(
+        key=key, sha256=digest, size=len(data), rows=rows.num_rows, database=database,
+        schema=t.schema_, table=t.name, primary_key=t.primary_key,
+        timestamp_column=t.timestamp_column, min_pk=_jsonable(pk["min"].as_py()),
+        max_pk=_jsonable(pk["max"].as_py()), min_ts=_iso(ts["min"].as_py()), max_ts=_iso(ts["max"].as_py()),
+        schema_fingerprint=sel.schema.fingerprint(), format=opts.format,
+        format_version=1, archiver_version=archiver.__version__,
+        created_at=datetime.now(timezone.utc).isoformat(), source_bytes=batch.source_bytes,
+        columns=[dict(asdict(c), encoding=batch.encodings[c.name]) for c in sel.schema.columns],
+    )
+    return Encoded(manifest, data, pks, batch.xmins, time.monotonic())
+
+
+def typed_column(rows: pa.Table, name: str, sel: Selection) -> pa.ChunkedArray:
+    """The column in its natural type, so manifest ranges order like the database does
+    (JSONL keeps text, where "100" < "99")."""
+    column = rows.column(name)
+    natural = sel.schema.column(name).natural_type()
+    if natural is not None and column.type != natural:
+        try:
+            return pc.cast(column, natural)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return column
+
+
+def _iso(v: Any) -> str:
+    return v.isoformat() if hasattr(v, "isoformat") else str(v)
+
+
+def _jsonable(v: Any) -> Any:
+    return v if isinstance(v, (int, str, float)) or v is None else str(v)

@@ -1,0 +1,82 @@
+"""Picking up interrupted work (issue 3): batches a checkpoint names as in flight are either
+finished (object verified, rows deleted) or discarded (object missing or incomplete: the rows are
+still in the table and get archived again). A corrupt checkpoint is set aside and the table's
+manifests are scanned instead, so an unfinished move is never forgotten."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from common import batch_writer, layout
+from common.checkpoint import Checkpoint, CorruptCheckpoint
+from common.errors import DataIntegrityError
+from common.manifest import Manifest, sha256_hex
+
+if TYPE_CHECKING:
+    from archiver.table_job import TableJob
+
+log = logging.getLogger("archiver")
+
+
+def load_checkpoint(job: TableJob) -> Checkpoint:
+    try:
+        cp = job.checkpoints.load(job.db.name, job.t.schema_, job.t.name)
+    except CorruptCheckpoint as exc:
+        log.error("%s; scanning this table's archives for unfinished moves", exc, extra=job.ctx)
+        cp = Checkpoint(job.db.name, job.t.schema_, job.t.name)
+        cp.pending = sorted(_scan_manifests(job), key=lambda m: (m["max_ts"], str(m["max_pk"])))
+    return cp or Checkpoint(job.db.name, job.t.schema_, job.t.name)
+
+def _scan_manifests(job: TableJob) -> list[dict[str, Any]]:
+    """All manifests of this table whose key range still has rows in the table (after a corrupt
+    checkpoint): candidates for finishing the move."""
+    prefix = layout.table_prefix(job.cfg.s3.prefix, job.db.name, job.t.schema_, job.t.name)
+    found = []
+    for store in (job.sink.primary, job.sink.fallback):
+        if store is None:
+            continue
+        for info in store.list(prefix):
+            if layout.is_manifest(info.key):
+                m = Manifest.from_bytes(store.get(info.key), key=info.key)
+                found.append(asdict(m))
+    return found
+
+def finish_pending(job: TableJob, cp: Checkpoint) -> None:
+    if not cp.pending:
+        if cp.position and not job.opts.delete_after_archive:
+            log.info("Resuming from checkpoint: %s after position %s", job.result.name, cp.position, extra=job.ctx)
+        return
+    for entry in list(cp.pending):
+        manifest = Manifest(**{k: v for k, v in entry.items() if k in Manifest.__dataclass_fields__})
+        log.info("Resuming from checkpoint: %s position %s, interrupted batch %s", job.result.name,
+                 cp.position or "start", manifest.key, extra=job.ctx)
+        _finish_interrupted(job, manifest)
+        cp.pending.remove(entry)
+        if not job.opts.delete_after_archive:
+            cp.position = {"ts": manifest.max_ts, "pk": manifest.max_pk}
+        job.checkpoints.save(cp)
+        job.result.resumed += 1
+
+def _finish_interrupted(job: TableJob, m: Manifest) -> None:
+    for store in (job.sink.primary, job.sink.fallback):
+        if store is None or store.head(m.key) is None:
+            continue
+        data = store.get(m.key)
+        try:
+            m.check(data)
+        except DataIntegrityError as exc:
+            log.warning("interrupted upload %s is incomplete (%s); removed, its rows stay in the table", m.key, exc, extra=job.ctx)
+            job.sink.remove(m.key, store.location)
+            continue
+        if store.head(layout.manifest_key(m.key)) is None:
+            mb = m.to_bytes()
+            store.put(layout.manifest_key(m.key), mb, sha256=sha256_hex(mb))
+        if job.opts.delete_after_archive:
+            table = batch_writer.decode(data, fmt=m.format, columns=[job.t.primary_key])[0]
+            deleted = job._delete(table.column(job.t.primary_key).to_pylist(), None)
+            job.conn.commit()
+            log.info("finished the interrupted move of %s: %d rows deleted now, %d were already gone",
+                     m.key, deleted, m.rows - deleted, extra=job.ctx)
+        return
+    log.info("interrupted batch %s never reached storage; its rows stay in the table and will be archived again", m.key, extra=job.ctx)
