@@ -131,7 +131,7 @@ def _csv_options(schema: TableSchema, text_columns: set[str], extra: list[str]) 
             types[c.name] = natural
     return {
         "read_options": pacsv.ReadOptions(column_names=extra + schema.names, use_threads=True,
-                                          block_size=1 << 22),
+                                          block_size=1 << 20),
         "parse_options": pacsv.ParseOptions(newlines_in_values=True),
         # PostgreSQL's CSV writes NULL as an unquoted empty field and '' as a quoted one; 'NaN' is a value.
         "convert_options": pacsv.ConvertOptions(
