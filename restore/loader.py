@@ -239,10 +239,10 @@ class Loader:
         if not self.live.copy_ok:
             return None
         # A deferrable key would only complain at commit: make it (and the rest) check now.
-        self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
         if self.strategy == "fail":
+            self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             return self._copy(self.live.relation, cols, item), 0  # a duplicate aborts the run's transaction
-        self.conn.execute("SAVEPOINT pg_archiver_object")
+        self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT pg_archiver_object")  # one round trip
         try:
             copied = self._copy(self.live.relation, cols, item)
         except psycopg.errors.UniqueViolation:
