@@ -51,7 +51,9 @@ def read_chunk(conn: psycopg.Connection[Any], sel: Selection, *, limit: int, aft
     data = bytearray()  # one growing buffer: a list of row blocks joined at the end peaks at twice the size
     with conn.cursor() as cur:
         with cur.copy(query, params) as copy:
-            for block in copy:
+            # read() in a plain loop: measured 1.07 s vs 1.65 s for iterating the Copy object
+            # over 400k rows, on the reader thread that bounds the whole run.
+            while block := copy.read():
                 data += block
     conn.commit()  # end the snapshot at once: no long transactions on production
     if not data:

@@ -168,7 +168,8 @@ class KillBackend(RunControls):
             self.done = True
             with psycopg.connect(self.dsn, autocommit=True) as c:
                 c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                          " WHERE application_name = 'pg-archiver' AND pid <> pg_backend_pid()")
+                          " WHERE application_name = 'pg-archiver' AND pid <> pg_backend_pid()"
+                          " AND datname = current_database()")  # only this test's archiver
 
 
 def test_backend_killed_mid_run_fails_the_table_cleanly_and_rerun_finishes(caplog: pytest.LogCaptureFixture, tmp_path: Path, pg_dsn: str, bucket: str,
