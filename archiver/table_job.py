@@ -260,7 +260,9 @@ class TableJob:
         """The oldest batch once stored, with the ones after it already stored too (up to
         GROUP_MAX), in read order; stops at a failed upload and returns its error."""
         group: list[tuple[Encoded, str]] = []
-        while inflight and len(group) < GROUP_MAX and (not group or inflight[0][1].done()):
+        # sleep_seconds asks for a pause after every batch's delete: no grouping then.
+        limit = 1 if self.opts.sleep_seconds else GROUP_MAX
+        while inflight and len(group) < limit and (not group or inflight[0][1].done()):
             enc, fut = inflight.popleft()
             try:
                 group.append((enc, self._upload_result(fut)))

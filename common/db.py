@@ -108,15 +108,21 @@ def pool(info: str, settings: dict[str, str], *, size: int) -> Iterator[Connecti
         p.close()
 
 
-def table_oid(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
+def find_table_oid(conn: psycopg.Connection[Any], schema: str, table: str) -> int | None:
+    """The oid of a table (plain or partitioned), None when there is none: names are parameters."""
     row = conn.execute(
         "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
         (schema, table),
     ).fetchone()
-    if row is None:
+    return None if row is None else int(row[0])
+
+
+def table_oid(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
+    oid = find_table_oid(conn, schema, table)
+    if oid is None:
         raise UsageError(f"table {schema}.{table} does not exist")
-    return int(row[0])
+    return oid
 
 
 def table_schema(conn: psycopg.Connection[Any], oid: int) -> TableSchema:

@@ -26,7 +26,7 @@ from typing import Any
 
 from common.config import Config, EmailConfig, NotificationsConfig, PagerDutyConfig, SlackConfig
 from common.errors import ConfigError
-from common.events import TableResult
+from common.events import NullObserver, TableResult
 
 log = logging.getLogger("archiver.notify")
 RUN_TABLE = "*"  # the "table" of a notice about the whole run
@@ -181,7 +181,7 @@ def _post_json(url: str, doc: dict[str, Any], *, timeout: float) -> None:
 
 
 # -- the observer -----------------------------------------------------------------------------
-class Notifications:
+class Notifications(NullObserver):
     """Observer: collects what the run did and sends the wanted notices when it ends."""
 
     def __init__(self, cfg: NotificationsConfig, *, channels: list[Channel], context: dict[str, str],
@@ -206,19 +206,7 @@ class Notifications:
                    "health": f"http://localhost:{port}/health"}
         return cls(n, channels=channels, context=context, state_path=Path(cfg.checkpoint_dir) / "notifications.json")
 
-    # Observer events we do not need: the run's results carry everything.
-    def run_started(self) -> None:
-        pass
-
-    def batch_done(self, result: TableResult, *, rows: int, nbytes: int, seconds: float, location: str) -> None:
-        pass
-
-    def batch_failed(self, result: TableResult, *, kind: str) -> None:
-        pass
-
-    def table_done(self, result: TableResult) -> None:
-        pass
-
+    # The other Observer events are NullObserver's no-ops: the run's results carry everything.
     def run_finished(self, results: list[TableResult], exit_code: int) -> None:
         notices = [n for r in results for n in self._notices_for(r)]
         if exit_code not in (0, 130) and not any(n.kind == "failure" for n in notices):

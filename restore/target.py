@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 
 from archiver.table_job import LOCK_CLASS  # one lock namespace for archiver and restore
-from common.db import primary_key_columns, qualified, table_schema
+from common.db import find_table_oid, primary_key_columns, qualified, table_schema
 from common.errors import ArchiverError, DataIntegrityError, UsageError
 from common.pgtypes import TableSchema
 
@@ -50,14 +50,9 @@ class LiveTable:
 
 
 def find_table(conn: psycopg.Connection[Any], schema: str, table: str) -> LiveTable | None:
-    row = conn.execute(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-        (schema, table),
-    ).fetchone()
-    if row is None:
+    oid = find_table_oid(conn, schema, table)
+    if oid is None:
         return None
-    oid = int(row[0])
     rls = conn.execute("SELECT row_security_active(%s::oid::regclass)", (oid,)).fetchone()
     return LiveTable(schema, table, oid, table_schema(conn, oid), primary_key_columns(conn, oid),
                      copy_ok=not (rls and rls[0]))

@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +76,24 @@ def bucket(s3_client: Any) -> Iterator[str]:
             s3_client.delete_object(Bucket=name, Key=o["Key"])
 
 
+@contextmanager
+def throwaway_database(prefix: str = "archiver_test") -> Iterator[str]:
+    """Create a database on the test server, yield its DSN, drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(ADMIN_DSN, dbname=name)
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture()
 def pg_dsn() -> Iterator[str]:
     """A throwaway database, dropped after the test."""
-    name = f"archiver_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = make_conninfo(ADMIN_DSN, dbname=name)
-    yield dsn
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with throwaway_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from archiver.runner import run_archive
 from common.config import load_config
 from common.exit_codes import ExitCode
 from common.storage import LocalStorage
-from conftest import make_config, seed_audit
+from conftest import make_config, seed_audit, throwaway_database
 
 
 def test_max_runtime_stops_cleanly_and_the_next_run_resumes(tmp_path: Path, pg_dsn: str, small_audit: Any) -> None:
@@ -55,24 +56,12 @@ def test_replica_in_sync_does_not_pause(tmp_path: Path, pg_dsn: str, small_audit
 
 
 @pytest.fixture()
-def second_db(pg_dsn: str) -> str:
-    """Another throwaway database (the pg_dsn fixture's server), seeded like the first."""
-    import uuid
-
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
-
-    from conftest import ADMIN_DSN
-
-    name = f"archiver_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = make_conninfo(ADMIN_DSN, dbname=name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        seed_audit(conn, rows=300, days=130)
-    yield dsn
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def second_db() -> Iterator[str]:
+    """Another throwaway database, seeded like the first."""
+    with throwaway_database() as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            seed_audit(conn, rows=300, days=130)
+        yield dsn
 
 
 def test_databases_run_in_parallel_up_to_max_workers(tmp_path: Path, pg_dsn: str, small_audit: Any, second_db: str) -> None:

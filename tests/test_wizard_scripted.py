@@ -7,7 +7,6 @@ import re
 import stat
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -16,12 +15,11 @@ import psycopg
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from archiver.runner import dry_run
 from common.config import load_config
-from conftest import ADMIN_DSN, free_port, seed_audit
+from conftest import free_port, seed_audit, throwaway_database
 from wizard.main import cli
 from wizard.prompts import Prompter
 from wizard.storage import show_costs
@@ -33,19 +31,14 @@ REPO = Path(__file__).resolve().parents[1]
 def shop_dsn() -> Iterator[str]:
     """One database for the module (the wizard only reads): audit_logs (3,000 rows over 300 days,
     indexed created_at), events (unindexed logged_at), and a table without a primary key."""
-    name = f"wizard_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = make_conninfo(ADMIN_DSN, dbname=name)
-    with psycopg.connect(dsn, autocommit=True) as pg:
-        seed_audit(pg, rows=3000, days=300)
-        pg.execute("CREATE TABLE events (event_id bigint PRIMARY KEY, logged_at timestamptz NOT NULL, kind text)")
-        pg.execute("INSERT INTO events SELECT g, now() - g * interval '1 day', 'k' FROM generate_series(1, 100) g")
-        pg.execute("CREATE TABLE heap_only (created_at timestamptz, note text)")
-        pg.execute("ANALYZE")
-    yield dsn
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with throwaway_database("wizard_test") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as pg:
+            seed_audit(pg, rows=3000, days=300)
+            pg.execute("CREATE TABLE events (event_id bigint PRIMARY KEY, logged_at timestamptz NOT NULL, kind text)")
+            pg.execute("INSERT INTO events SELECT g, now() - g * interval '1 day', 'k' FROM generate_series(1, 100) g")
+            pg.execute("CREATE TABLE heap_only (created_at timestamptz, note text)")
+            pg.execute("ANALYZE")
+        yield dsn
 
 
 @pytest.fixture(autouse=True)
