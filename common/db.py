@@ -69,12 +69,12 @@ def connect(info: str, settings: dict[str, str], *, connect_timeout: int = 10) -
     try:
         conn = psycopg.connect(info, connect_timeout=connect_timeout, autocommit=False)
     except psycopg.OperationalError as exc:
-        raise ServiceUnavailable(f"cannot connect to database {describe_target(info)}: {_reason(exc)}") from None
+        raise ServiceUnavailable(f"cannot connect to database {describe_target(info)}: {libpq_reason(exc)}") from None
     apply_settings(conn, settings)
     return conn
 
 
-def _reason(exc: Exception) -> str:
+def libpq_reason(exc: Exception) -> str:
     """libpq's own words (they never include the password), minus its generic hint lines:
     'connection to server at "db", port 5432 failed: Connection refused'."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
@@ -99,7 +99,7 @@ def pool(info: str, settings: dict[str, str], *, size: int) -> Iterator[Connecti
             psycopg.connect(info, connect_timeout=5).close()
             reason = str(exc)
         except psycopg.OperationalError as inner:
-            reason = _reason(inner)
+            reason = libpq_reason(inner)
         p.close()
         raise ServiceUnavailable(f"cannot connect to database {describe_target(info)}: {reason}") from None
     try:

@@ -56,7 +56,9 @@ def connect_or_explain(dsn: str) -> psycopg.Connection:
     except psycopg.OperationalError as exc:
         d = conninfo_to_dict(dsn)
         where = f"{d.get('host', 'localhost')}:{d.get('port', 5432)} as user {d.get('user', '?')}"
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        from common.db import libpq_reason
+
+        reason = libpq_reason(exc)
         sys.exit(f"demo: cannot reach PostgreSQL at {where}: {reason}\n"
                  "demo: start PostgreSQL there, or set ARCHIVER_DEMO_DSN to an admin DSN of a server that allows CREATE DATABASE.")
 
