@@ -81,7 +81,7 @@ def main() -> None:
         for statement in SEED.split(";\n"):
             if statement.strip():
                 conn.execute(statement, {"rows": ROWS} if "%(rows)s" in statement else None)
-        eligible = conn.execute("SELECT count(*) FROM audit_logs WHERE created_at < now() - interval '90 days'").fetchone()[0]
+        (eligible,) = conn.execute("SELECT count(*) FROM audit_logs WHERE created_at < now() - interval '90 days'").fetchall()[0]
     print(f"demo: seeded in {time.monotonic() - t0:.1f}s; {eligible:,} rows are older than 90 days", flush=True)
 
     import logging
@@ -137,7 +137,7 @@ def summarize(dsn: str, endpoint: str, eligible: int, elapsed: float, code: int)
 
     with psycopg.connect(dsn) as conn:
         left, old = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE created_at < now() - interval '90 days') FROM audit_logs").fetchone()
+            "SELECT count(*), count(*) FILTER (WHERE created_at < now() - interval '90 days') FROM audit_logs").fetchall()[0]
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     objects = [o for p in s3.get_paginator("list_objects_v2").paginate(Bucket="audit-archives") for o in p.get("Contents", [])]
     data = [o for o in objects if not o["Key"].endswith(".manifest.json")]
