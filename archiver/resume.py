@@ -8,6 +8,7 @@ import logging
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from archiver.encoding import typed_column
 from common import batch_writer, layout
 from common.checkpoint import Checkpoint, CorruptCheckpoint
 from common.errors import DataIntegrityError
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("archiver")
 
 
+
 def load_checkpoint(job: TableJob) -> Checkpoint:
     try:
         cp = job.checkpoints.load(job.db.name, job.t.schema_, job.t.name)
@@ -28,9 +30,10 @@ def load_checkpoint(job: TableJob) -> Checkpoint:
         cp.pending = sorted(_scan_manifests(job), key=lambda m: (m["max_ts"], str(m["max_pk"])))
     return cp or Checkpoint(job.db.name, job.t.schema_, job.t.name)
 
+
 def _scan_manifests(job: TableJob) -> list[dict[str, Any]]:
-    """All manifests of this table whose key range still has rows in the table (after a corrupt
-    checkpoint): candidates for finishing the move."""
+    """All manifests of this table (after a corrupt checkpoint): each is finished like an
+    interrupted batch, which deletes whatever of its rows is still in the table."""
     prefix = layout.table_prefix(job.cfg.s3.prefix, job.db.name, job.t.schema_, job.t.name)
     found = []
     for store in (job.sink.primary, job.sink.fallback):
@@ -41,6 +44,7 @@ def _scan_manifests(job: TableJob) -> list[dict[str, Any]]:
                 m = Manifest.from_bytes(store.get(info.key), key=info.key)
                 found.append(asdict(m))
     return found
+
 
 def finish_pending(job: TableJob, cp: Checkpoint) -> None:
     if not cp.pending:
@@ -58,6 +62,7 @@ def finish_pending(job: TableJob, cp: Checkpoint) -> None:
         job.checkpoints.save(cp)
         job.result.resumed += 1
 
+
 def _finish_interrupted(job: TableJob, m: Manifest) -> None:
     for store in (job.sink.primary, job.sink.fallback):
         if store is None or store.head(m.key) is None:
@@ -74,7 +79,9 @@ def _finish_interrupted(job: TableJob, m: Manifest) -> None:
             store.put(layout.manifest_key(m.key), mb, sha256=sha256_hex(mb))
         if job.opts.delete_after_archive:
             table = batch_writer.decode(data, fmt=m.format, columns=[job.t.primary_key])[0]
-            deleted = job._delete(table.column(job.t.primary_key).to_pylist(), None)
+            # typed: JSONL keeps keys as text, and "100" < "99" would break the key range
+            pks = typed_column(table, job.t.primary_key, job.sel).to_pylist()
+            deleted = job._delete(pks, None)
             job.conn.commit()
             log.info("finished the interrupted move of %s: %d rows deleted now, %d were already gone",
                      m.key, deleted, m.rows - deleted, extra=job.ctx)

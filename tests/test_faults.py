@@ -108,6 +108,18 @@ def test_kill_at_each_point_loses_and_duplicates_no_rows(scenario: Scenario, poi
     scenario.check()
 
 
+def test_kill_after_upload_in_jsonl_format_resumes_exactly(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
+                                                           s3_client: Any, bucket: str, moto_server: str) -> None:
+    # JSONL keeps keys as text: the resumed delete must still use the numeric key range
+    sc = Scenario(tmp_path, pg_dsn, pg, s3_client, bucket, moto_server, defaults={"batch_size": 3, "format": "jsonl"})
+    killed = archiver(sc.config, env={"ARCHIVER_TEST_KILL_AT": "after_upload:3"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rerun = archiver(sc.config)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "finished the interrupted move" in sc.log
+    sc.check()
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
 def test_kill_at_random_moments_loses_and_duplicates_no_rows(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
                                                              s3_client: Any, bucket: str, moto_server: str, seed: int) -> None:
