@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 import psycopg
+import pyarrow.compute as pc
 from psycopg import sql
 
 from common import batch_writer, layout
@@ -24,8 +25,12 @@ def archived_ids(*stores: Storage | None, prefix: str = "", pk: str = "id") -> C
                 continue
             if store.head(layout.manifest_key(info.key)) is None:
                 continue  # not committed; validate reports it as an orphan
-            table = batch_writer.decode(store.get(info.key), fmt=batch_writer.format_of(info.key), columns=[pk])[0]
-            ids.update(table.column(pk).to_pylist())
+            table, schema, _enc, _doc = batch_writer.decode(store.get(info.key), fmt=batch_writer.format_of(info.key), columns=[pk])
+            column = table.column(pk)
+            natural = schema.column(pk).natural_type()
+            if natural is not None and column.type != natural:  # JSONL keeps PostgreSQL text
+                column = pc.cast(column, natural)
+            ids.update(column.to_pylist())
     return ids
 
 

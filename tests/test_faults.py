@@ -110,14 +110,24 @@ def test_kill_at_each_point_loses_and_duplicates_no_rows(scenario: Scenario, poi
 
 def test_kill_after_upload_in_jsonl_format_resumes_exactly(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
                                                            s3_client: Any, bucket: str, moto_server: str) -> None:
-    # JSONL keeps keys as text: the resumed delete must still use the numeric key range
-    sc = Scenario(tmp_path, pg_dsn, pg, s3_client, bucket, moto_server, defaults={"batch_size": 3, "format": "jsonl"})
-    killed = archiver(sc.config, env={"ARCHIVER_TEST_KILL_AT": "after_upload:3"})
+    # JSONL keeps keys as text; one batch holds ids 95..105, where "100" < "99" as text: the
+    # resumed delete must still cover the numeric key range
+    pg.execute("CREATE TABLE audit_logs (id bigint PRIMARY KEY, created_at timestamptz NOT NULL)")
+    pg.execute("INSERT INTO audit_logs SELECT g, '2026-01-05 12:00:00+00'::timestamptz + g * interval '1 second'"
+               " FROM generate_series(95, 105) g")
+    pg.execute("INSERT INTO audit_logs SELECT g, now() FROM generate_series(1, 5) g")
+    original = table_ids(pg)
+    config = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
+                         defaults={"batch_size": 50, "format": "jsonl"})
+    killed = archiver(config, env={"ARCHIVER_TEST_KILL_AT": "after_upload:1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    rerun = archiver(sc.config)
-    assert rerun.returncode == 0, rerun.stderr
-    assert "finished the interrupted move" in sc.log
-    sc.check()
+    assert table_ids(pg) == original  # uploaded, nothing deleted yet
+    assert archiver(config).returncode == 0
+    # the resume itself deleted the 11 rows (not a re-archive of them that happens to land on the
+    # same content-addressed key)
+    assert ": 11 rows deleted now, 0 were already gone" in (tmp_path / "archiver.log").read_text()
+    assert table_ids(pg) == set(range(1, 6))
+    assert_invariant(original, table_ids(pg), archived_ids(S3Storage(s3_client, bucket)))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
