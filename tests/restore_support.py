@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,14 +14,13 @@ import boto3
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from archiver.runner import run_archive
 from common import layout
 from common.config import Config, load_config
 from common.manifest import Manifest
 from common.pgtypes import SESSION_SETTINGS
-from conftest import ADMIN_DSN, AUDIT_DDL, make_config
+from conftest import AUDIT_DDL, make_config, throwaway_database
 
 #: 4 days x 4 rows: each day's first and last microsecond, and two rows in between.
 DAYS = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"]
@@ -168,20 +167,10 @@ def archive(tmp_path: Path, conn: psycopg.Connection[Any], *, dsn: str, bucket: 
     return Archived(cfg, cfg_path, conn, client, bucket, table, before)
 
 
-@contextmanager
-def scratch_database() -> Iterator[str]:
+def scratch_database() -> AbstractContextManager[str]:
     """Like conftest's pg_dsn, for archives shared by the tests of one module (each CREATE/DROP
     DATABASE costs about a second)."""
-    name = f"restore_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(ADMIN_DSN)
-    params["dbname"] = name
-    try:
-        yield make_conninfo("", **params)
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return throwaway_database("restore_test")
 
 
 def shared_archive(tmp_path_factory: pytest.TempPathFactory, moto_server: str, *, seed: str = "days",
@@ -200,3 +189,16 @@ def shared_archive(tmp_path_factory: pytest.TempPathFactory, moto_server: str, *
             table = "type_matrix"
         yield archive(tmp_path_factory.mktemp("restore"), conn, dsn=dsn, bucket=bucket, endpoint=moto_server,
                       client=client, table=table, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[Archived]:
+    """A module's archived audit_logs (import this and `arch` into a test module)."""
+    yield from shared_archive(tmp_path_factory, moto_server)
+
+
+@pytest.fixture()
+def arch(shared: Archived) -> Iterator[Archived]:
+    """The shared archive with its table emptied again after each test."""
+    yield shared
+    shared.reset()

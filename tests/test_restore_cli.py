@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,20 +15,10 @@ from click.testing import CliRunner, Result
 
 from conftest import make_config
 from restore.main import cli
-from restore_support import Archived, shared_archive
+from restore_support import Archived, arch, shared  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[Archived]:
-    yield from shared_archive(tmp_path_factory, moto_server)
-
-
-@pytest.fixture()
-def arch(shared: Archived) -> Iterator[Archived]:
-    yield shared
-    shared.reset()
 
 
 def invoke(arch: Archived, *args: str) -> Result:

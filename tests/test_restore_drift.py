@@ -3,7 +3,6 @@ retyped stops the restore with a clear message, unless --allow-drop-columns; gen
 recomputed by PostgreSQL, never copied from the archive."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +11,8 @@ import pytest
 
 from restore.drift import SchemaDrift
 from restore.engine import restore
-from restore_support import Archived, archive, shared_archive
+from restore_support import Archived, archive, arch, shared  # noqa: F401 - fixtures
 
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[Archived]:
-    yield from shared_archive(tmp_path_factory, moto_server)
-
-
-@pytest.fixture()
-def arch(shared: Archived) -> Iterator[Archived]:
-    """Archived audit_logs; each test shapes a table like it and restores into that table."""
-    yield shared
-    shared.reset()
 
 
 def drifted(arch: Archived, *alterations: str) -> str:

@@ -3,7 +3,6 @@ one key; and which it refuses: unknown keys, other tables' keys, corrupted objec
 in GLACIER."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,8 @@ from common.errors import ArchiverError, DataIntegrityError
 from restore.catalog import ArchiveNotFound
 from restore.engine import list_archives, request_s3_restore, restore
 from restore.main import cli
-from restore_support import Archived, archive, seed_days, shared_archive
+from restore_support import Archived, archive, seed_days, arch, shared  # noqa: F401 - fixtures
 
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[Archived]:
-    yield from shared_archive(tmp_path_factory, moto_server)
-
-
-@pytest.fixture()
-def arch(shared: Archived) -> Iterator[Archived]:
-    """The shared archive with its table emptied again after the test (tests here never change objects)."""
-    yield shared
-    shared.reset()
 
 
 @pytest.fixture()
