@@ -27,6 +27,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET, error statuses included: for the health and metrics endpoints."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 @pytest.fixture()
 def free_tcp_port() -> int:
     """A loopback port nothing listens on (for 'service down' scenarios)."""

@@ -3,7 +3,6 @@ HTTP and a real directory), read the manifests for rows and the compression rati
 exact objects found. Also against archives the archiver itself wrote."""
 from __future__ import annotations
 
-import json
 from datetime import date
 from decimal import Decimal as D
 from pathlib import Path
@@ -19,6 +18,7 @@ from common.manifest import Manifest, sha256_hex
 from common.storage import LocalStorage
 from conftest import free_port, make_config, seed_audit
 from cost.main import cli
+from test_cost_cli import as_json
 
 GB = 1024**3
 PREFIX = "arch"
@@ -76,12 +76,6 @@ def known(s3_client: Any, bucket: str, moto_server: str, tmp_path: Path) -> tupl
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
-
-
-def as_json(result: Result) -> dict[str, Any]:
-    assert result.exit_code == 0, result.output
-    doc: dict[str, Any] = json.loads(result.stdout, parse_float=D)
-    return doc
 
 
 def test_config_measures_objects_bytes_rows_and_classes_per_table(known: tuple[Path, Archive]) -> None:

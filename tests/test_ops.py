@@ -18,6 +18,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from conftest import free_port, make_config, seed_audit
+from conftest import http_get as fetch
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
 
@@ -161,14 +162,6 @@ def test_checks_are_cached_until_the_config_changes(pg_dsn: str, tmp_path: Path)
 
 
 # -- endpoints ----------------------------------------------------------------------------------
-def fetch(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def test_health_and_metrics_can_share_one_port() -> None:
     port = free_port()
     routes = [("monitoring.health_port", port, "/health", lambda: (200, "application/json", b'{"status": "healthy"}')),

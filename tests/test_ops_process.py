@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import yaml
 from conftest import free_port, make_config, seed_audit
+from conftest import http_get as fetch
 from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
@@ -84,14 +85,6 @@ class Archiver:
                 break
             time.sleep(0.1)
         pytest.fail(f"never saw {what} (exit code {self.proc.poll()}); stderr:\n{self.log()[-3000:]}")
-
-
-def fetch(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
