@@ -6,7 +6,6 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
 
 from common.exit_codes import ExitCode
 
@@ -52,20 +51,18 @@ def describe(exc: BaseException) -> tuple[ExitCode, str]:
     import psycopg
 
     if isinstance(exc, psycopg.OperationalError):
-        return ExitCode.UNAVAILABLE, f"database unreachable: {_first_line(exc)}"
+        return ExitCode.UNAVAILABLE, f"database unreachable: {first_line(exc)}"
     if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.NoCredentialsError)):
-        return ExitCode.UNAVAILABLE, f"S3 unreachable: {_first_line(exc)}"
+        return ExitCode.UNAVAILABLE, f"S3 unreachable: {first_line(exc)}"
     if isinstance(exc, OSError):
         return ExitCode.FAILURE, f"{type(exc).__name__}: {exc}"
-    return ExitCode.FAILURE, f"unexpected error ({type(exc).__name__}): {_first_line(exc)}; rerun with --verbose for details"
+    return ExitCode.FAILURE, f"unexpected error ({type(exc).__name__}): {first_line(exc)}; rerun with --verbose for details"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-F = TypeVar("F", bound=Callable[..., Any])
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (bounded), or its class name."""
+    lines = [s.strip() for s in str(exc).strip().splitlines() if s.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def run_tool(func: Callable[..., int], *, verbose: bool, tool: str) -> int:
@@ -79,6 +76,7 @@ def run_tool(func: Callable[..., int], *, verbose: bool, tool: str) -> int:
         if verbose:
             traceback.print_exc(file=sys.stderr)
         level = logging.WARNING if code == ExitCode.INTERRUPTED else logging.ERROR
-        log.log(level, "%s failed: %s", tool, message) if log.handlers else None
+        if log.handlers:  # only when a tool gave its logger handlers of its own; else print alone
+            log.log(level, "%s failed: %s", tool, message)
         print(f"{tool}: error: {message}", file=sys.stderr)
         return int(code)

@@ -23,6 +23,7 @@ import psycopg
 from archiver.sink import pending_fallback
 from common.config import Config, DatabaseConfig
 from common.db import conninfo, describe_target
+from common.errors import first_line
 from common.events import TableResult
 from common.metrics import result_name
 from common.s3client import fallback_storage, make_client
@@ -33,11 +34,6 @@ JSON = "application/json"
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [s.strip() for s in str(exc).strip().splitlines() if s.strip()]
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 @dataclass
@@ -182,7 +178,7 @@ class HealthChecker:
                                  application_name="pg-archiver-health") as conn:
                 conn.execute("SELECT 1").fetchone()
         except Exception as exc:  # noqa: BLE001 - any failure is "down"; libpq never echoes the password
-            return {"status": "down", "target": target, "error": _first_line(exc)}
+            return {"status": "down", "target": target, "error": first_line(exc)}
         return {"status": "ok", "target": target, "latency_ms": round((time.monotonic() - t0) * 1000, 1)}
 
     def _check_storage(self, cfg: Config) -> dict[str, Any]:
@@ -197,7 +193,7 @@ class HealthChecker:
         except Exception as exc:  # noqa: BLE001
             code = getattr(exc, "response", {}).get("Error", {}).get("Code")
             return {"status": "down", "storage": "s3", "bucket": cfg.s3.bucket,
-                    "error": f"HeadBucket {code}" if code else _first_line(exc)}
+                    "error": f"HeadBucket {code}" if code else first_line(exc)}
         return {"status": "ok", "storage": "s3", "bucket": cfg.s3.bucket,
                 "latency_ms": round((time.monotonic() - t0) * 1000, 1)}
 
