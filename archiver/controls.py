@@ -65,11 +65,15 @@ class RunControls:
         if self.max_rows is not None and self.rows_this_run >= self.max_rows:
             log.info("--max-rows %d reached; stopping (the next run resumes)", self.max_rows)
             return True
-        if self._time_is_up():
+        return self._out_of_time()
+
+    def _out_of_time(self) -> bool:
+        if not self._time_is_up():
+            return False
+        if self.signal_received is None:
             log.info("max runtime reached; stopping cleanly (the next run resumes)")
             self.signal_received = 0
-            return True
-        return False
+        return True
 
     def stop_file_present(self) -> bool:
         """True (and the run stops, exit 0) once the stop file exists; checked before every batch
@@ -93,9 +97,9 @@ class RunControls:
                         signal.Signals(self.signal_received).name)
 
     def wants_more(self, rows_in_flight: int) -> bool:
-        """Whether to start another batch: not after a stop (signal, stop file), nor when --max-rows
-        would be reached by the batches in flight."""
-        if self.stopping or self.stop_file_present():
+        """Whether to start another batch: not after a stop (signal, stop file, max runtime), nor
+        when --max-rows would be reached by the batches in flight."""
+        if self.stopping or self.stop_file_present() or self._out_of_time():
             return False
         return self.max_rows is None or self.rows_this_run + rows_in_flight < self.max_rows
 

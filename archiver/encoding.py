@@ -28,6 +28,9 @@ class Encoded:
     pks: pa.ChunkedArray
     xmins: pa.Array
     started: float
+    window: int  # the read window (snapshot) of the rows: reader.Batch
+    first: tuple[Any, Any]
+    last: tuple[Any, Any]
 
     @property
     def rows(self) -> int:
@@ -58,7 +61,7 @@ def encode_batch(batch: Batch, *, sel: Selection, prefix: str, database: str, op
         created_at=datetime.now(timezone.utc).isoformat(), source_bytes=batch.source_bytes,
         columns=[dict(asdict(c), encoding=batch.encodings[c.name]) for c in sel.schema.columns],
     )
-    return Encoded(manifest, data, pks, batch.xmins, time.monotonic())
+    return Encoded(manifest, data, pks, batch.xmins, time.monotonic(), batch.window, batch.first, batch.last)
 
 
 def typed_column(rows: pa.Table, name: str, sel: Selection) -> pa.ChunkedArray:

@@ -35,6 +35,9 @@ def cli(config_path: Path, dry_run: bool, databases: tuple[str, ...], tables: tu
 
 
 def main() -> None:
+    from common.memory import use_system_allocator
+
+    use_system_allocator()
     cli()
 
 

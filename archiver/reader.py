@@ -1,24 +1,33 @@
-"""Streams a table's expired rows as day-aligned batches: keyset-paged `COPY (FORMAT csv)` chunks
-of `batch_size` rows in (timestamp, pk) order, parsed into Arrow, cut at UTC day boundaries so each
-archive object holds one day only (issue 2, "partitions must be truthful")."""
+"""Streams a table's expired rows as day-aligned batches: keyset-paged windows of rows in
+(timestamp, pk) order, read into Arrow by the ADBC driver, cut at UTC day boundaries so each archive
+object holds one day only (issue 2, "partitions must be truthful").
+
+Every batch comes from one window, that is one statement and one snapshot: the delete relies on it
+(archiver/selection.py, delete_query). The last, unfinished day of a window is not carried into the
+next one but read again with it, which costs at most one partial day per window."""
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from archiver.selection import Selection
-from common.pgtypes import FALLIBLE, parse_copy_csv
+from common.pgtypes import FALLIBLE, from_arrow_read
+
+#: Rows per window (at least batch_size). 2M-row bench: ~XX MB peak RSS at this size.
+WINDOW_ROWS = 50_000
 
 
-CHUNK_ROWS = 10_000
+class Source(Protocol):
+    """Runs one SELECT and returns its rows as Arrow (common.arrow_source.ArrowSource)."""
+
+    def read(self, query: str) -> pa.Table: ...
 
 
 @dataclass
@@ -27,7 +36,10 @@ class Batch:
     rows: pa.Table  # archived columns only
     xmins: pa.Array
     encodings: dict[str, str]
-    source_bytes: int  # approximate CSV bytes of these rows, for the compression ratio
+    source_bytes: int  # uncompressed Arrow bytes of these rows, for the compression ratio
+    window: int  # which window (snapshot) the rows came from
+    first: tuple[Any, Any]  # (timestamp, pk) of the first and last row, in export order
+    last: tuple[Any, Any]
 
     @property
     def count(self) -> int:
@@ -45,86 +57,59 @@ def _days(ts: pa.ChunkedArray) -> np.ndarray:
     return pc.cast(days, pa.int32()).to_numpy(zero_copy_only=False).astype("int64")  # type: ignore[no-any-return]
 
 
-def read_chunk(conn: psycopg.Connection[Any], sel: Selection, *, limit: int, after: tuple[Any, Any] | None,
-               all_text: bool) -> tuple[pa.Table, dict[str, str], int]:
-    query, params = sel.export_query(limit=limit, after=after)
-    data = bytearray()  # one growing buffer: a list of row blocks joined at the end peaks at twice the size
-    with conn.cursor() as cur:
-        with cur.copy(query, params) as copy:
-            # read() in a plain loop: measured 1.07 s vs 1.65 s for iterating the Copy object
-            # over 400k rows, on the reader thread that bounds the whole run.
-            while block := copy.read():
-                data += block
-    conn.commit()  # end the snapshot at once: no long transactions on production
-    if not data:
-        return pa.table({}), {}, 0
-    table, encodings = parse_copy_csv(data, sel.schema, extra=["__xmin"], all_text=all_text)
-    return table, encodings, len(data)
+def read_window(source: Source, sel: Selection, *, limit: int, after: tuple[Any, Any] | None,
+                all_text: bool) -> tuple[pa.Table, dict[str, str]]:
+    query, native = sel.export_query(limit=limit, after=after, all_text=all_text)
+    table = source.read(query.as_string(None))
+    return from_arrow_read(table, sel.schema, native=native, extra=["__xmin"], all_text=all_text)
 
 
-@dataclass
-class _Rows:
-    table: pa.Table
-    encodings: dict[str, str]
-    nbytes: int
-
-
-def batches(conn: psycopg.Connection[Any], sel: Selection, *, batch_size: int, all_text: bool,
+def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
             start_after: tuple[Any, Any] | None = None, stop: threading.Event | None = None) -> Iterator[Batch]:
-    """Yield batches of at most batch_size rows, each of one UTC day, in (timestamp, pk) order.
-    The unfinished last day of a chunk is carried into the next chunk, not re-read."""
+    """Yield batches of at most batch_size rows, each of one UTC day, in (timestamp, pk) order."""
     after = start_after
-    carry: _Rows | None = None
-    # COPY in slices of at most CHUNK_ROWS: a big batch_size then costs one batch of Arrow memory,
-    # not also a batch of raw CSV next to it (2M-row bench: peak RSS 347 MB at 50k rows a chunk,
-    # ~275 MB at 20k, ~255 MB at 10k, at the same speed).
-    chunk_rows = min(batch_size, CHUNK_ROWS)
+    limit = max(batch_size, WINDOW_ROWS)
+    window = 0
     while not (stop and stop.is_set()):
-        table, encodings, nbytes = read_chunk(conn, sel, limit=chunk_rows, after=after, all_text=all_text)
-        exhausted = table.num_rows < chunk_rows
-        if table.num_rows:
-            last = table.slice(table.num_rows - 1)
-            after = (last.column(sel.table.timestamp_column)[0].as_py(), last.column(sel.table.primary_key)[0].as_py())
-        rows = _Rows(table, encodings, nbytes)
-        if carry is not None:
-            if table.num_rows == 0:
-                rows = carry
-            elif carry.table.schema.equals(table.schema):
-                rows = _Rows(pa.concat_tables([carry.table, table]), encodings, carry.nbytes + nbytes)
-            else:  # a text fallback differs between chunks: close the carried part on its own
-                yield from _emit(carry, sel, batch_size, keep_tail=False, narrow=not all_text)[0]
-        carry = None
-        if rows.table.num_rows == 0:
+        table, encodings = read_window(source, sel, limit=limit, after=after, all_text=all_text)
+        exhausted = table.num_rows < limit
+        if table.num_rows == 0:
             return
-        out, carry = _emit(rows, sel, batch_size, keep_tail=not exhausted, narrow=not all_text)
+        window += 1
+        out = _emit(table, encodings, sel, batch_size, window=window, whole=exhausted, narrow=not all_text)
         yield from out
         if exhausted:
             return
+        after = out[-1].last  # a window of >= batch_size rows always completes a batch
 
 
-def _emit(rows: _Rows, sel: Selection, batch_size: int, *, keep_tail: bool, narrow: bool) -> tuple[list[Batch], _Rows | None]:
-    """Cut rows into day-aligned batches; with keep_tail the last day's remainder (< batch_size)
-    is returned as the carry instead of becoming a small object."""
-    per_row = rows.nbytes / max(rows.table.num_rows, 1)
-    groups = _split(rows.table, sel.table.timestamp_column)
+def _key(table: pa.Table, row: int, sel: Selection) -> tuple[Any, Any]:
+    return (table.column(sel.table.timestamp_column)[row].as_py(), table.column(sel.table.primary_key)[row].as_py())
+
+
+def _emit(table: pa.Table, encodings: dict[str, str], sel: Selection, batch_size: int, *, window: int,
+          whole: bool, narrow: bool) -> list[Batch]:
+    """Cut a window into day-aligned batches. Unless the window is the last one (`whole`), its
+    last day may continue past it: that day's remainder (< batch_size rows) is left to be read
+    again by the next window instead of becoming a small object."""
+    groups = _split(table, sel.table.timestamp_column)
     out: list[Batch] = []
-    carry: _Rows | None = None
     for i, (start, end, day) in enumerate(groups):
         for off in range(start, end, batch_size):
             n = min(batch_size, end - off)
-            piece = rows.table.slice(off, n)
-            if keep_tail and i == len(groups) - 1 and n < batch_size:
-                carry = _Rows(piece, rows.encodings, int(per_row * n))
-                break
-            table, encodings = piece.drop_columns(["__xmin"]), rows.encodings
+            if not whole and i == len(groups) - 1 and n < batch_size:
+                return out
+            piece = table.slice(off, n)
+            rows, enc = piece.drop_columns(["__xmin"]), encodings
             if narrow:
-                table, encodings = _narrow(table, encodings, sel)
-            out.append(Batch(day, table, piece.column("__xmin").combine_chunks(), encodings, int(per_row * n)))
-    return out, carry
+                rows, enc = _narrow(rows, enc, sel)
+            out.append(Batch(day, rows, piece.column("__xmin").combine_chunks(), enc, rows.nbytes, window,
+                             _key(piece, 0, sel), _key(piece, n - 1, sel)))
+    return out
 
 
 def _narrow(table: pa.Table, encodings: dict[str, str], sel: Selection) -> tuple[pa.Table, dict[str, str]]:
-    """A chunk falls back to text for a column when any of its rows needs it (e.g. 'infinity');
+    """A window falls back to text for a column when any of its rows needs it (e.g. 'infinity');
     give each batch back the natural type where its own rows allow."""
     if all(v == "native" for v in encodings.values()):
         return table, encodings

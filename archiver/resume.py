@@ -81,7 +81,7 @@ def _finish_interrupted(job: TableJob, m: Manifest) -> None:
             table = batch_writer.decode(data, fmt=m.format, columns=[job.t.primary_key])[0]
             # typed: JSONL keeps keys as text, and "100" < "99" would break the key range
             pks = typed_column(table, job.t.primary_key, job.sel).to_pylist()
-            deleted = job._delete(pks, None)
+            deleted = job._delete(job.sel.delete_query(pks, None))
             job.conn.commit()
             log.info("finished the interrupted move of %s: %d rows deleted now, %d were already gone",
                      m.key, deleted, m.rows - deleted, extra=job.ctx)

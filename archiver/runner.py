@@ -16,9 +16,10 @@ from archiver.dry_run import plan
 from archiver.sink import ArchiveSink, FallbackFull
 from archiver.table_job import TableBusy, TableJob
 from common.checkpoint import CheckpointStore
+from common.arrow_source import ArrowSource
 from common.config import Config, DatabaseConfig
 from common.db import conninfo, pool, session_settings
-from common.errors import ArchiverError, ServiceUnavailable, UsageError, describe
+from common.errors import ArchiverError, DatabaseError, ServiceUnavailable, UsageError, describe
 from common.events import NullObserver, Observer, TableResult
 from common.exit_codes import ExitCode
 from common.s3client import fallback_storage, primary_storage
@@ -92,8 +93,8 @@ def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpo
                 if controls.stopping:
                     results[i].status = "stopped"
                     continue
-                with p.connection() as conn, p.connection() as reader_conn:
-                    job = TableJob(cfg=cfg, db=db, table=t, conn=conn, reader_conn=reader_conn, sink=sink,
+                with p.connection() as conn, ArrowSource(info, settings) as source:
+                    job = TableJob(cfg=cfg, db=db, table=t, conn=conn, source=source, sink=sink,
                                    checkpoints=checkpoints, controls=controls, observer=observer, now=now)
                     results[i] = _run_table(job)
                 observer.table_done(results[i])
@@ -134,7 +135,7 @@ def _kind(exc: BaseException, code: ExitCode) -> str:
         return "fallback"
     if isinstance(exc, ServiceUnavailable):
         return "s3_unreachable" if "S3" in str(exc) else "database_unreachable"
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, (psycopg.OperationalError, DatabaseError)):
         return "database"
     if isinstance(exc, UsageError):
         return "config"

@@ -10,7 +10,7 @@ from psycopg import sql
 
 from common.config import TableConfig
 from common.db import qualified
-from common.pgtypes import TableSchema
+from common.pgtypes import TableSchema, read_natively
 
 #: Rows older than this (or -infinity / BC) have no truthful day partition; they stay in the table
 #: and the dry run reports them.
@@ -61,25 +61,65 @@ class Selection:
             parts.append(sql.SQL("(") + sql.SQL(where) + sql.SQL(")"))  # type: ignore[arg-type]
         return sql.SQL(" AND ").join(parts), ({} if literal else bounds)
 
-    def export_query(self, *, limit: int, after: tuple[Any, Any] | None) -> tuple[sql.Composed, dict[str, Any]]:
-        """COPY of the next `limit` eligible rows in (timestamp, pk) order, after a keyset position,
-        with xmin first so the delete can tell a row updated since export."""
-        pred, params = self.predicate()
+    def export_query(self, *, limit: int, after: tuple[Any, Any] | None, all_text: bool) -> tuple[sql.Composed, set[str]]:
+        """SELECT of the next `limit` eligible rows in (timestamp, pk) order after a keyset position,
+        xmin first so the delete can tell a row updated since export; values inlined as literals
+        (one self-contained statement for the ADBC reader). Also returns the columns read in binary
+        form; the others are read as `::text` (common.pgtypes.read_natively)."""
+        pred, _ = self.predicate(literal=True)
         if after is not None:
-            pred = sql.SQL("{} AND {ts} >= %(after_ts)s AND ({ts}, {pk}) > (%(after_ts)s, %(after_pk)s::{pkt})").format(
-                pred, ts=self.ts, pk=self.pk, pkt=sql.SQL(self.pk_type))  # type: ignore[arg-type]
-            params.update(after_ts=after[0], after_pk=after[1])
-        cols = sql.SQL(", ").join(sql.Identifier(n) for n in self.schema.names)
-        query = sql.SQL(
-            "COPY (SELECT xmin, {cols} FROM {rel} WHERE {pred} ORDER BY {ts}, {pk} LIMIT {limit}) TO STDOUT (FORMAT csv)"
-        ).format(cols=cols, rel=self.relation, pred=pred, ts=self.ts, pk=self.pk, limit=sql.Literal(limit))
-        return query, params
+            ts_type, pk_type = sql.SQL(self.ts_type), sql.SQL(self.pk_type)  # type: ignore[arg-type]
+            after_ts = sql.SQL("{}::{}").format(sql.Literal(after[0]), ts_type)
+            pred = sql.SQL("{} AND {ts} >= {a_ts} AND ({ts}, {pk}) > ({a_ts}, {a_pk}::{pkt})").format(
+                pred, ts=self.ts, pk=self.pk, a_ts=after_ts, a_pk=sql.Literal(after[1]), pkt=pk_type)
+        native = set() if all_text else {
+            c.name for c in self.schema.columns if read_natively(c, finite=c.name == self.table.timestamp_column)}
+        cols = sql.SQL(", ").join(
+            sql.Identifier(c.name) if c.name in native else sql.SQL("{}::text").format(sql.Identifier(c.name))
+            for c in self.schema.columns)
+        query = sql.SQL("SELECT xmin::text, {cols} FROM {rel} WHERE {pred} ORDER BY {ts}, {pk} LIMIT {limit}").format(
+            cols=cols, rel=self.relation, pred=pred, ts=self.ts, pk=self.pk, limit=sql.Literal(limit))
+        return query, native
+
+    @property
+    def ts_type(self) -> str:
+        return self.schema.column(self.table.timestamp_column).pg_type
+
+    @property
+    def range_delete_ok(self) -> bool:
+        """Whether range_delete_query is exact for this table: its proof needs a predicate that
+        depends on the row alone, and an operator's `where` may read other tables or the clock."""
+        return self.table.where is None
+
+    def range_delete_query(self, first: tuple[Any, Any], last: tuple[Any, Any], xmins: list[str]) -> sql.Composed:
+        """Delete the rows exported from ONE snapshot between two (timestamp, pk) keys, without
+        listing their keys (a 40,000-key array costs PostgreSQL more than the delete itself: on the
+        2M-row bench 2.6 s of server CPU against 0.9 s for ranges). The caller requires the
+        deleted count to equal the exported count, and that makes it exact: a row deleted here
+        has an xmin among the exported rows', so its transaction committed before the snapshot;
+        the row version is still current, so it was visible in the snapshot, inside the range and
+        matching the predicate, and therefore exported. Every deleted row was exported, so equal
+        counts mean the same rows; a row updated since has a newer xmin and is left alone (the
+        count then differs and the caller falls back to delete_query batch by batch)."""
+        pred, _ = self.predicate(literal=True)
+        ts_type, pk_type = sql.SQL(self.ts_type), sql.SQL(self.pk_type)  # type: ignore[arg-type]
+
+        def key(k: tuple[Any, Any]) -> tuple[sql.Composable, sql.Composable]:
+            return (sql.SQL("{}::{}").format(sql.Literal(k[0]), ts_type), sql.SQL("{}::{}").format(sql.Literal(k[1]), pk_type))
+
+        (lo_ts, lo_pk), (hi_ts, hi_pk) = key(first), key(last)
+        # The plain range on the timestamp lets an index on it drive the scan.
+        cond = sql.SQL("{ts} BETWEEN {lo_ts} AND {hi_ts} AND ({ts}, {pk}) >= ({lo_ts}, {lo_pk})"
+                       " AND ({ts}, {pk}) <= ({hi_ts}, {hi_pk}) AND xmin = ANY({x}::text[]::xid[]) AND {pred}").format(
+            ts=self.ts, pk=self.pk, lo_ts=lo_ts, hi_ts=hi_ts, lo_pk=lo_pk, hi_pk=hi_pk, x=sql.Literal(xmins), pred=pred)
+        return sql.SQL("DELETE FROM {rel} WHERE {cond}").format(rel=self.relation, cond=cond)
 
     def delete_query(self, pks: list[Any], xmins: list[str] | None) -> sql.Composed:
         """Delete exactly the exported rows that still match the predicate and, on the normal path,
         are still the row versions that were exported: a row updated after export has a new xmin,
         that of a transaction that committed after the export's snapshot, which therefore cannot
-        be among the exported rows' xmins. So the distinct xmins suffice; no (pk, xmin) pairing.
+        be among the exported rows' xmins. So the distinct xmins suffice; no (pk, xmin) pairing,
+        as long as all the rows come from one snapshot (one read window: archiver/reader.py).
 
         The keys go in as literals, not parameters: PostgreSQL hashes `= ANY` over a constant array
         (14+), and for integer keys the added range lets it walk one index range (measured on 5,000

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from archiver import resume
 from archiver.controls import RunControls
@@ -22,7 +24,8 @@ from archiver.selection import Selection, cutoff_for
 from archiver.sink import ArchiveSink, FallbackFull
 from common.checkpoint import Checkpoint, CheckpointStore
 from common.config import Config, DatabaseConfig, ResolvedOptions, TableConfig
-from common.db import primary_key_columns, table_oid, table_schema
+from common.arrow_source import ArrowSource
+from common.db import apply_settings, primary_key_columns, table_oid, table_schema
 from common.errors import ArchiverError, ServiceUnavailable, UsageError
 from common.events import Observer, TableResult
 from common.manifest import Manifest
@@ -34,6 +37,9 @@ _SUPPORTED_TS = {"timestamptz", "timestamp", "date"}
 _DONE = object()
 #: Stored batches whose rows one DELETE removes together.
 GROUP_MAX = 8
+#: Encoded batches waiting for or in an upload, per upload thread: while the mover deletes and
+#: commits, the uploads keep going (an encoded batch is its compressed bytes and keys: ~0.3 MB).
+INFLIGHT_PER_UPLOAD = 4
 
 
 class TableBusy(ArchiverError):
@@ -59,11 +65,11 @@ def inspect_table(conn: psycopg.Connection[Any], t: TableConfig) -> tuple[int, T
 
 class TableJob:
     def __init__(self, *, cfg: Config, db: DatabaseConfig, table: TableConfig, conn: psycopg.Connection[Any],
-                 reader_conn: psycopg.Connection[Any], sink: ArchiveSink, checkpoints: CheckpointStore,
+                 source: ArrowSource, sink: ArchiveSink, checkpoints: CheckpointStore,
                  controls: RunControls, observer: Observer, now: datetime | None = None) -> None:
         self.cfg, self.db, self.t = cfg, db, table
         self.opts: ResolvedOptions = cfg.options(table)
-        self.conn, self.reader_conn = conn, reader_conn
+        self.conn, self.source = conn, source
         self.sink, self.checkpoints, self.controls, self.observer = sink, checkpoints, controls, observer
         self.now = now or datetime.now(timezone.utc)
         self.result = TableResult(db.name, table.schema_, table.name)
@@ -89,11 +95,9 @@ class TableJob:
     def _apply_table_settings(self) -> None:
         """statement_timeout / lock_timeout may be overridden per table; pooled connections carry
         the previous table's values, so every table sets its own."""
-        for conn in (self.conn, self.reader_conn):
-            for name in ("statement_timeout", "lock_timeout"):
-                value = getattr(self.opts, name)
-                conn.execute("SELECT set_config(%s, %s, false)", (name, value or "0"))
-            conn.commit()
+        settings = {name: getattr(self.opts, name) or "0" for name in ("statement_timeout", "lock_timeout")}
+        apply_settings(self.conn, settings)
+        self.source.apply(settings)
 
     def _time_is_up(self, started: float) -> bool:
         """A table's own max_runtime_minutes (the defaults' value limits the whole run)."""
@@ -153,20 +157,24 @@ class TableJob:
             while reading or inflight:
                 if reading and not self.controls.stopping:
                     reading = self._take(q, cp, inflight, uploads)
+                if self.controls.stopping:
+                    self._call_off_queued(cp, inflight)
                 if inflight:
                     group, error = self._stored(inflight)
                     if error is not None:
                         # Nothing stored for that batch. The batches already in flight may be
                         # stored: finish their moves now so table and archive agree, then fail.
                         failed, reading = failed or error, False
+                        self._call_off_queued(cp, inflight)
                     if not group:
                         continue
                     self.controls.hook("after_upload")
                     self._finish_group(cp, group)
                     if reading and (self.controls.should_stop(self.result) or self._time_is_up(started)):
                         self.result.status, reading = "stopped", False
-                    elif reading:
-                        self.controls.pause_between_batches(self.opts, self.reader_conn)
+                        self._call_off_queued(cp, inflight)
+                    elif reading or inflight:
+                        self.controls.pause_between_batches(self.opts, self.conn)
                 elif self.controls.stopping:
                     reading = False
             if failed is not None:
@@ -193,7 +201,7 @@ class TableJob:
         covers them all. Returns False once the reader is done."""
         new: list[Encoded] = []
         reading = True
-        limit = self.cfg.s3.max_concurrency
+        limit = self.cfg.s3.max_concurrency * INFLIGHT_PER_UPLOAD
         while len(inflight) + len(new) < limit and self.controls.wants_more(sum(e.rows for e, _ in inflight) + sum(e.rows for e in new)):
             item = self._next(q, block=not inflight and not new)
             if item is None:
@@ -213,6 +221,14 @@ class TableJob:
         elif not inflight and reading and not self.controls.wants_more(0):
             reading = False
         return reading
+
+    def _call_off_queued(self, cp: Checkpoint, inflight: deque[tuple[Encoded, Future[str]]]) -> None:
+        """On a stop or a failure, uploads that have not started are called off: nothing of them
+        is stored and their rows stay in the table. Only from the end: the uploads run in read order,
+        and the checkpoint position must never pass a batch whose move did not finish."""
+        while inflight and inflight[-1][1].cancel():
+            enc, _ = inflight.pop()
+            self._forget(cp, enc.manifest)
 
     def _upload_result(self, fut: Future[str]) -> str:
         try:
@@ -239,14 +255,13 @@ class TableJob:
         next COPY is not waiting on zstd (futures keep the batches in order)."""
         encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"encode-{self.t.name}")
         try:
-            for batch in batches(self.reader_conn, self.sel, batch_size=self.opts.batch_size,
+            for batch in batches(self.source, self.sel, batch_size=self.opts.batch_size,
                                  all_text=self.opts.format == "jsonl", start_after=start_after, stop=stop):
                 self.controls.hook("after_read")
                 q.put(encoders.submit(self._encode, batch))
                 if stop.is_set():
                     break
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            self.reader_conn.rollback() if not self.reader_conn.closed else None
             q.put(exc)
             return
         finally:
@@ -262,7 +277,8 @@ class TableJob:
         group: list[tuple[Encoded, str]] = []
         # sleep_seconds asks for a pause after every batch's delete: no grouping then.
         limit = 1 if self.opts.sleep_seconds else GROUP_MAX
-        while inflight and len(group) < limit and (not group or inflight[0][1].done()):
+        # One DELETE covers batches of one window only: the delete's checks rely on one snapshot.
+        while inflight and len(group) < limit and (not group or (inflight[0][1].done() and inflight[0][0].window == group[0][0].window)):
             enc, fut = inflight.popleft()
             try:
                 group.append((enc, self._upload_result(fut)))
@@ -271,15 +287,14 @@ class TableJob:
         return group, None
 
     def _finish_group(self, cp: Checkpoint, group: list[tuple[Encoded, str]]) -> None:
-        """Delete the rows of several stored batches in one statement and one commit (the
-        per-statement cost dominated the mover thread); any mismatch falls back to batch by batch."""
-        if len(group) == 1 or not self.opts.delete_after_archive:
+        """Delete the rows of several stored batches of one read window in one statement and one
+        commit (the per-statement cost dominated the mover thread); by key range where that is
+        exact (Selection.range_delete_query). Any count mismatch falls back to batch by batch."""
+        if not self.opts.delete_after_archive or (len(group) == 1 and not self.sel.range_delete_ok):
             for enc, location in group:
                 self._finish(cp, enc, location)
             return
-        pks = [k for enc, _ in group for k in enc.pks.to_pylist()]
-        xmins = [x for enc, _ in group for x in enc.xmins.to_pylist()]
-        if self._delete(pks, xmins) != len(pks):
+        if self._delete(self._group_query([enc for enc, _ in group])) != sum(enc.rows for enc, _ in group):
             self.conn.rollback()
             for enc, location in group:
                 self._finish(cp, enc, location)
@@ -290,11 +305,17 @@ class TableJob:
         for enc, location in group:
             self._done(cp, enc, location)
 
+    def _group_query(self, group: list[Encoded]) -> Any:
+        xmins = pa.chunked_array([enc.xmins for enc in group])
+        if self.sel.range_delete_ok:
+            return self.sel.range_delete_query(group[0].first, group[-1].last, sorted(pc.unique(xmins).to_pylist()))
+        return self.sel.delete_query([k for enc in group for k in enc.pks.to_pylist()], xmins.to_pylist())
+
     def _finish(self, cp: Checkpoint, enc: Encoded, location: str) -> None:
         """The batch is stored and verified: delete exactly its rows, then drop it from pending."""
         m = enc.manifest
         if self.opts.delete_after_archive:
-            deleted = self._delete(enc.pks.to_pylist(), enc.xmins.to_pylist())
+            deleted = self._delete(self.sel.delete_query(enc.pks.to_pylist(), enc.xmins.to_pylist()))
             if deleted != m.rows:
                 self.conn.rollback()
                 self.sink.remove(m.key, location)
@@ -332,10 +353,10 @@ class TableJob:
         self.controls.progress(r)
         self.observer.batch_done(r, rows=m.rows, nbytes=m.size, seconds=seconds, location=location)
 
-    def _delete(self, pks: list[Any], xmins: list[str] | None) -> int:
-        """DELETE the given rows (re-checking the predicate, and xmin when given); retried when a
-        lock timeout hits (issue 3). Leaves the transaction open for the caller to commit."""
-        query = self.sel.delete_query(pks, xmins).as_bytes(self.conn)
+    def _delete(self, statement: Any) -> int:
+        """Run a DELETE from Selection; retried when a lock timeout hits (issue 3). Leaves the
+        transaction open for the caller to commit."""
+        query = statement.as_bytes(self.conn)
         for attempt in range(4):
             try:
                 # prepare=False: the keys are literals, so no two statements are alike anyway

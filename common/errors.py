@@ -32,6 +32,10 @@ class ServiceUnavailable(ArchiverError):
     exit_code = ExitCode.UNAVAILABLE
 
 
+class DatabaseError(ArchiverError):
+    """A statement failed or the session was lost mid-run (the server is otherwise reachable)."""
+
+
 class DataIntegrityError(ArchiverError):
     """An archive does not match its manifest, a checksum differs, or similar."""
 

@@ -2,8 +2,9 @@
 `COPY ... TO STDOUT` text form everywhere else (issue 2, "Archive contract"), so restore reproduces
 every value byte for byte.
 
-Rows travel as `COPY (FORMAT csv)`: one server-side query, parsed by pyarrow's C++ CSV reader without
-a Python object per value (issue 2 measured ~140k rows/s this way vs ~21k with a cursor)."""
+Rows travel as binary COPY decoded by the ADBC driver (common/arrow_source.py) without a Python
+object per value (issue 2 measured ~195k rows/s this way vs ~21k with a cursor); columns whose
+binary form is not exactly their natural Arrow type are read as `col::text`."""
 from __future__ import annotations
 
 import io
@@ -14,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
+import pyarrow.csv as pacsv  # restore renders rows back as COPY CSV
 
 #: Session settings that make PostgreSQL's text output canonical; restore uses the same ones.
 SESSION_SETTINGS = {
@@ -121,70 +122,41 @@ def schema_from_rows(rows: list[tuple[Any, ...]]) -> TableSchema:
     )
 
 
-def _csv_options(schema: TableSchema, text_columns: set[str], extra: list[str]) -> dict[str, Any]:
-    types: dict[str, pa.DataType] = {n: pa.string() for n in extra}
-    for c in schema.columns:
-        natural = c.natural_type()
-        if natural is None or c.name in text_columns or c.typname == "bytea":
-            types[c.name] = pa.string()
-        else:
-            types[c.name] = natural
-    return {
-        # One thread: the reader already runs beside encoders, uploads and the database on two
-        # cores; a parse pool bought no speed and cost ~30 MB of peak RSS on the 2M-row bench.
-        "read_options": pacsv.ReadOptions(column_names=extra + schema.names, use_threads=False,
-                                          block_size=1 << 20),
-        "parse_options": pacsv.ParseOptions(newlines_in_values=True),
-        # PostgreSQL's CSV writes NULL as an unquoted empty field and '' as a quoted one; 'NaN' is a value.
-        "convert_options": pacsv.ConvertOptions(
-            column_types=types, null_values=[""], strings_can_be_null=True,
-            quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"],
-        ),
-    }
+#: Types whose binary COPY form the ADBC reader decodes into exactly their natural Arrow type.
+_BINARY_EXACT = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar", "name", "bytea"}
+#: Read in binary only when every value is finite and AD (the partition column, by the selection's
+#: predicate): the driver turns 'infinity' into a silent extreme instead of failing.
+_BINARY_FINITE = {"timestamptz", "timestamp", "date"}
 
 
-def parse_copy_csv(data: bytes | bytearray, schema: TableSchema, *, extra: list[str] | None = None,
-                   all_text: bool = False) -> tuple[pa.Table, dict[str, str]]:
-    """Parse `COPY ... (FORMAT csv)` output. Returns the table and each column's encoding
-    (`native` or `text`). `extra` names leading helper columns (e.g. xmin), kept as strings.
-    `all_text` keeps every column in PostgreSQL's text form (the JSONL format)."""
+def read_natively(col: Column, *, finite: bool = False) -> bool:
+    """Whether a column is read in its binary form; every other column is read as `col::text`,
+    PostgreSQL's own text output, and cast to its natural type here when that is lossless."""
+    if col.typtype != "b":
+        return False
+    return col.typname in _BINARY_EXACT or (finite and col.typname in _BINARY_FINITE)
+
+
+def from_arrow_read(table: pa.Table, schema: TableSchema, *, native: set[str], extra: list[str] | None = None,
+                    all_text: bool = False) -> tuple[pa.Table, dict[str, str]]:
+    """Rows as the ADBC reader returned them (helper columns `extra` first, then the table's
+    columns, the ones in `native` in binary form, the rest as text) -> the archived Arrow table and
+    each column's encoding (`native` or `text`). `all_text` keeps PostgreSQL's text form for every
+    column (the JSONL format). Per window, a fallible column (timestamps, numeric) whose text has a
+    value with no natural form ('infinity', NaN, BC) stays text; reader._narrow retries per batch."""
     extra = extra or []
-    if all_text:
-        table = pacsv.read_csv(pa.BufferReader(pa.py_buffer(data)), **_csv_options(schema, set(schema.names), extra))
-        return table, {n: "text" for n in schema.names}
-    try:
-        table = pacsv.read_csv(pa.BufferReader(pa.py_buffer(data)), **_csv_options(schema, set(), extra))
-        text_cols: set[str] = set()
-    except pa.ArrowInvalid:
-        # Some value has no natural Arrow form (e.g. 'infinity'); parse the fallible columns as text,
-        # then cast each one that can be cast.
-        fallible = {c.name for c in schema.columns if c.typname in FALLIBLE}
-        table = pacsv.read_csv(pa.BufferReader(pa.py_buffer(data)), **_csv_options(schema, fallible, extra))
-        text_cols = set()
-        for c in schema.columns:
-            if c.name in fallible and c.natural_type() is not None:
-                idx = table.schema.get_field_index(c.name)
-                try:
-                    table = table.set_column(idx, c.name, _cast_text(table.column(idx), c))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    text_cols.add(c.name)
-    for c in schema.columns:
-        if c.typname == "bytea" and c.typtype == "b":
-            idx = table.schema.get_field_index(c.name)
-            table = table.set_column(idx, c.name, _decode_bytea(table.column(idx)))
-    encodings = {c.name: ("text" if c.natural_type() is None or c.name in text_cols else "native") for c in schema.columns}
-    return table, encodings
-
-
-def _cast_text(arr: pa.ChunkedArray, col: Column) -> pa.ChunkedArray:
-    natural = col.natural_type()
-    assert natural is not None
-    return pc.cast(arr, natural)
-
-
-def _decode_bytea(arr: pa.ChunkedArray) -> pa.Array:
-    # bytea is rare in audit tables; a per-value hex decode is acceptable here.
-    return pa.array([None if v is None else bytes.fromhex(v[2:]) for v in arr.to_pylist()], pa.binary())
+    arrays: list[pa.ChunkedArray] = list(table.columns)  # new table below: drops the driver's field metadata
+    encodings: dict[str, str] = {}
+    for i, c in enumerate(schema.columns, start=len(extra)):
+        natural = None if all_text else c.natural_type()
+        encodings[c.name] = "native" if natural is not None else "text"
+        if natural is None or c.name in native or arrays[i].type == natural:
+            continue
+        try:
+            arrays[i] = pc.cast(arrays[i], natural)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            encodings[c.name] = "text"
+    return pa.table(arrays, names=extra + schema.names), encodings
 
 
 def _encode_bytea(arr: pa.ChunkedArray | pa.Array) -> pa.Array:

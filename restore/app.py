@@ -2,7 +2,6 @@
 restore, and print the result on stdout."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,17 +28,6 @@ class RestoreOptions:
     request_glacier_restore: int | None = None
     allow_drop_columns: bool = False
     verbose: bool = False
-
-
-def use_system_allocator() -> None:
-    """Arrow's default mimalloc pool keeps pages freed by another thread: buffers rendered by the
-    reader thread and released by the loading one left peak RSS at ~276 MB restoring 50k-row
-    objects, against ~180-200 MB with the system allocator at the same speed. Process-wide, so only
-    called by the command's process entry point (and an explicit ARROW_DEFAULT_MEMORY_POOL wins)."""
-    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-        import pyarrow as pa
-
-        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def run(opts: RestoreOptions) -> int:

@@ -46,7 +46,7 @@ def cli(config_path: Path, database: str, table: str, schema: str | None, restor
 
 
 def main() -> None:
-    from restore.app import use_system_allocator
+    from common.memory import use_system_allocator
 
     use_system_allocator()
     cli()

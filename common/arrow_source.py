@@ -1,0 +1,76 @@
+"""Query results straight into Arrow: the ADBC PostgreSQL driver runs each query as
+`COPY (...) TO STDOUT (FORMAT binary)` and decodes it in C++, with no Python object per value.
+
+Issue 2 measured it at ~195k rows/s against ~140k for CSV parsed by pyarrow; on the 2M-row bench
+it halved the archiver's client CPU for reading and cut the server's COPY time by a quarter
+(binary output is cheaper than CSV). The driver's connection is separate from the psycopg pool:
+it only reads, in autocommit, so every query is one statement with one snapshot."""
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import adbc_driver_manager
+import adbc_driver_postgresql.dbapi as adbc
+import pyarrow as pa
+
+from common.db import describe_target
+from common.errors import DatabaseError, ServiceUnavailable
+
+_PREFIXES = ("IO: ", "[libpq] ", "Failed to connect: ", "Execution error [PGRES_FATAL_ERROR]: ")
+
+
+def reason(exc: BaseException) -> str:
+    """The driver's message without its layers of prefixes: libpq's own words, one line."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("Is the server running", "Query was:"))] or lines
+    text = lines[0] if lines else type(exc).__name__
+    changed = True
+    while changed:
+        changed = False
+        for p in _PREFIXES:
+            if text.startswith(p):
+                text, changed = text[len(p):], True
+    return text[:300]
+
+
+class ArrowSource:
+    """One read-only ADBC session with the archiver's session settings (UTC, ISO dates, ...)."""
+
+    def __init__(self, info: str, settings: dict[str, str]) -> None:
+        self.target = describe_target(info)
+        try:
+            # libpq takes a key=value conninfo as readily as a URI; the password stays inside it.
+            self._conn = adbc.connect(info, autocommit=True)
+        except adbc_driver_manager.Error as exc:
+            raise ServiceUnavailable(f"cannot connect to database {self.target}: {reason(exc)}") from None
+        self.apply(settings)
+
+    def apply(self, settings: dict[str, str]) -> None:
+        for name, value in settings.items():
+            self._run("SELECT set_config($1, $2, false)", (name, value))
+
+    def read(self, query: str) -> pa.Table:
+        """The whole result of one query (callers bound it with LIMIT)."""
+        return self._run(query)
+
+    def _run(self, query: str, params: tuple[Any, ...] | None = None) -> pa.Table:
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(query, params)
+                return cur.fetch_arrow_table()
+        except adbc_driver_manager.Error as exc:
+            raise DatabaseError(f"reading from database {self.target} failed: {reason(exc)}") from None
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except adbc_driver_manager.Error:
+            pass  # a connection the server already dropped
+
+    def __enter__(self) -> ArrowSource:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
