@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from archiver.selection import Selection
-from common.pgtypes import FALLIBLE, from_arrow_read
+from common.pgtypes import FALLIBLE, from_arrow_read, xid_text
 
 #: Rows per window (at least batch_size). 2M-row bench: ~XX MB peak RSS at this size.
 WINDOW_ROWS = 50_000
@@ -61,6 +61,7 @@ def read_window(source: Source, sel: Selection, *, limit: int, after: tuple[Any,
                 all_text: bool) -> tuple[pa.Table, dict[str, str]]:
     query, native = sel.export_query(limit=limit, after=after, all_text=all_text)
     table = source.read(query.as_string(None))
+    table = table.set_column(0, "__xmin", xid_text(table.column(0)))
     return from_arrow_read(table, sel.schema, native=native, extra=["__xmin"], all_text=all_text)
 
 

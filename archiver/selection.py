@@ -77,7 +77,7 @@ class Selection:
         cols = sql.SQL(", ").join(
             sql.Identifier(c.name) if c.name in native else sql.SQL("{}::text").format(sql.Identifier(c.name))
             for c in self.schema.columns)
-        query = sql.SQL("SELECT xmin::text, {cols} FROM {rel} WHERE {pred} ORDER BY {ts}, {pk} LIMIT {limit}").format(
+        query = sql.SQL("SELECT xmin, {cols} FROM {rel} WHERE {pred} ORDER BY {ts}, {pk} LIMIT {limit}").format(
             cols=cols, rel=self.relation, pred=pred, ts=self.ts, pk=self.pk, limit=sql.Literal(limit))
         return query, native
 

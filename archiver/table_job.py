@@ -40,6 +40,8 @@ GROUP_MAX = 8
 #: Encoded batches waiting for or in an upload, per upload thread: while the mover deletes and
 #: commits, the uploads keep going (an encoded batch is its compressed bytes and keys: ~0.3 MB).
 INFLIGHT_PER_UPLOAD = 4
+#: Batches read (and being encoded) ahead of the uploads.
+READ_AHEAD = 16
 
 
 class TableBusy(ArchiverError):
@@ -144,7 +146,7 @@ class TableJob:
         if cp.position and not self.opts.delete_after_archive:
             start_after = (cp.position["ts"], cp.position["pk"])
         stop = threading.Event()
-        q: queue.Queue[Any] = queue.Queue(maxsize=2)
+        q: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
         producer = threading.Thread(target=self._produce, args=(q, stop, start_after), daemon=True,
                                     name=f"reader-{self.t.name}")
         producer.start()

@@ -34,14 +34,20 @@ def encode(table: pa.Table, *, fmt: str, level: int, schema: TableSchema, encodi
     raise ValueError(f"unknown format {fmt!r}")
 
 
+#: Rows a column's repetitiveness is judged on: counting distinct values over a whole batch cost
+#: a third of the encoding time on the bench's unique payloads (5.7 vs 3.9 ms per 5,000 rows).
+DICTIONARY_SAMPLE = 512
+
+
 def _dictionary_columns(table: pa.Table) -> list[str]:
     """Dictionary-encode only repetitive text (actions, user agents): on unique values (ids, uuids,
     payloads) a dictionary costs time and bytes (measured on audit rows: 2x faster, 20% smaller)."""
+    sample = table.slice(0, DICTIONARY_SAMPLE)
     out = []
     for field in table.schema:
         if pa.types.is_string(field.type) or pa.types.is_binary(field.type) or pa.types.is_large_string(field.type):
-            distinct = pc.count_distinct(table.column(field.name)).as_py()
-            if distinct <= max(table.num_rows // 4, 1):
+            distinct = pc.count_distinct(sample.column(field.name)).as_py()
+            if distinct <= max(sample.num_rows // 4, 1):
                 out.append(field.name)
     return out
 

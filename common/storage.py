@@ -50,7 +50,7 @@ class S3Storage:
 
     def put(self, key: str, data: bytes, *, sha256: str, verify: bool = True) -> None:
         """Upload with a SHA-256 checksum S3 itself checks (it refuses a body that does not match),
-        then, with verify, read back the stored size and checksum (issue 2) before anyone deletes
+        then, with verify, check the checksum S3 says it stored (issue 2) before anyone deletes
         rows on the strength of it. Manifests always go to STANDARD: in GLACIER they could not be
         read without a restore request, and IA classes would bill each ~2 KB manifest as 128 KB."""
         storage_class = "STANDARD" if key.endswith(MANIFEST_SUFFIX) else self.storage_class
@@ -59,10 +59,20 @@ class S3Storage:
             extra["ServerSideEncryption"] = self.sse
             if self.kms_key_id:
                 extra["SSEKMSKeyId"] = self.kms_key_id
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
-                               ChecksumSHA256=hex_to_b64(sha256), **extra)
+        answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
+                                        ChecksumSHA256=hex_to_b64(sha256), **extra)
         if verify:
-            self.verify(key, size=len(data), sha256=sha256)
+            self._check_stored(key, answer.get("ChecksumSHA256"), size=len(data), sha256=sha256)
+
+    def _check_stored(self, key: str, stored: str | None, *, size: int, sha256: str) -> None:
+        """S3 answers a PUT that carried a checksum with the checksum of the object it stored, so
+        the answer itself verifies the upload: a HEAD after it cost a quarter of all requests and
+        told nothing more (2M-row bench, 311 objects). An endpoint that does not return a checksum
+        gets the HEAD, and one without checksum support a re-read (verify)."""
+        if stored is None:
+            self.verify(key, size=size, sha256=sha256)
+        elif stored.split("-")[0] != hex_to_b64(sha256):
+            raise DataIntegrityError(f"s3://{self.bucket}/{key}: stored checksum {stored} does not match upload")
 
     def verify(self, key: str, *, size: int, sha256: str) -> None:
         head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
