@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 import archiver
 from archiver.reader import Batch
-from archiver.selection import Selection
+from archiver.selection import Bound, Selection
 from common import batch_writer, layout
 from common.config import ResolvedOptions
 from common.manifest import Manifest, sha256_hex
@@ -29,8 +29,8 @@ class Encoded:
     xmins: pa.Array
     started: float
     window: int  # the read window (snapshot) of the rows: reader.Batch
-    first: tuple[Any, Any]
-    last: tuple[Any, Any]
+    lo: Bound  # the rows' range, for the delete: reader.Batch
+    hi: Bound
 
     @property
     def rows(self) -> int:
@@ -61,7 +61,7 @@ def encode_batch(batch: Batch, *, sel: Selection, prefix: str, database: str, op
         created_at=datetime.now(timezone.utc).isoformat(), source_bytes=batch.source_bytes,
         columns=[dict(asdict(c), encoding=batch.encodings[c.name]) for c in sel.schema.columns],
     )
-    return Encoded(manifest, data, pks, batch.xmins, time.monotonic(), batch.window, batch.first, batch.last)
+    return Encoded(manifest, data, pks, batch.xmins, time.monotonic(), batch.window, batch.lo, batch.hi)
 
 
 def typed_column(rows: pa.Table, name: str, sel: Selection) -> pa.ChunkedArray:

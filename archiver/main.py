@@ -35,9 +35,13 @@ def cli(config_path: Path, dry_run: bool, databases: tuple[str, ...], tables: tu
 
 
 def main() -> None:
-    from common.memory import use_system_allocator
+    from common.memory import quiet_process, settle_heap, use_system_allocator
 
     use_system_allocator()
+    quiet_process()
+    import archiver.app  # noqa: F401 - the run's modules are loaded before the heap is settled
+
+    settle_heap()
     cli()
 
 

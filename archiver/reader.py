@@ -1,26 +1,30 @@
-"""Streams a table's expired rows as day-aligned batches: keyset-paged windows of rows in
-(timestamp, pk) order, read into Arrow by the ADBC driver, cut at UTC day boundaries so each archive
-object holds one day only (issue 2, "partitions must be truthful").
+"""Streams a table's expired rows as day-aligned batches: windows of rows read into Arrow by the
+ADBC driver, cut at UTC day boundaries so each archive object holds one day only (issue 2,
+"partitions must be truthful").
+
+Windows start at a day and are ordered by the timestamp: each complete day becomes one batch,
+and the window's last day, which may continue past it, is read again by the next window. A day
+with more rows than a batch is cut in (timestamp, pk) order instead; from the first such day on,
+windows are read in that order and continue after the last row handed out.
 
 Every batch comes from one window, that is one statement and one snapshot: the delete relies on it
-(archiver/selection.py, delete_query). The last, unfinished day of a window is not carried into the
-next one but read again with it, which costs at most one partial day per window."""
+(archiver/selection.py, range_delete_query)."""
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from archiver.selection import Selection
+from archiver.selection import Bound, Selection
 from common.pgtypes import FALLIBLE, from_arrow_read, xid_text
 
-#: Rows per window (at least batch_size). 2M-row bench: ~XX MB peak RSS at this size.
+#: Rows per window (at least batch_size): 2M-row bench, ~245 MB peak RSS at this size.
 WINDOW_ROWS = 50_000
 
 
@@ -38,8 +42,8 @@ class Batch:
     encodings: dict[str, str]
     source_bytes: int  # uncompressed Arrow bytes of these rows, for the compression ratio
     window: int  # which window (snapshot) the rows came from
-    first: tuple[Any, Any]  # (timestamp, pk) of the first and last row, in export order
-    last: tuple[Any, Any]
+    lo: Bound  # the rows exported are all those of the window from lo (inclusive) ...
+    hi: Bound  # ... to hi: a row's (timestamp, pk), inclusive, or the next day's (start, None)
 
     @property
     def count(self) -> int:
@@ -57,55 +61,93 @@ def _days(ts: pa.ChunkedArray) -> np.ndarray:
     return pc.cast(days, pa.int32()).to_numpy(zero_copy_only=False).astype("int64")  # type: ignore[no-any-return]
 
 
-def read_window(source: Source, sel: Selection, *, limit: int, after: tuple[Any, Any] | None,
+def read_window(source: Source, sel: Selection, *, limit: int, lower: Bound | None, by_key: bool,
                 all_text: bool) -> tuple[pa.Table, dict[str, str]]:
-    query, native = sel.export_query(limit=limit, after=after, all_text=all_text)
+    query, native = sel.export_query(limit=limit, lower=lower, by_key=by_key, all_text=all_text)
     table = source.read(query.as_string(None))
     table = table.set_column(0, "__xmin", xid_text(table.column(0)))
     return from_arrow_read(table, sel.schema, native=native, extra=["__xmin"], all_text=all_text)
 
 
+@dataclass
+class _Cut:
+    """How one window is cut into batches."""
+
+    sel: Selection
+    batch_size: int
+    encodings: dict[str, str]
+    window: int
+    narrow: bool
+
+    def batch(self, table: pa.Table, day: date, lo: Bound, hi: Bound) -> Batch:
+        rows, enc = table.drop_columns(["__xmin"]), self.encodings
+        if self.narrow:
+            rows, enc = _narrow(rows, enc, self.sel)
+        return Batch(day, rows, table.column("__xmin").combine_chunks(), enc, rows.nbytes, self.window, lo, hi)
+
+
 def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
             start_after: tuple[Any, Any] | None = None, stop: threading.Event | None = None) -> Iterator[Batch]:
-    """Yield batches of at most batch_size rows, each of one UTC day, in (timestamp, pk) order."""
-    after = start_after
+    """Yield batches of at most batch_size rows, each of one UTC day, day after day."""
     limit = max(batch_size, WINDOW_ROWS)
+    lower: Bound | None = start_after
+    by_key = start_after is not None  # resuming inside a day (delete_after_archive: false)
     window = 0
     while not (stop and stop.is_set()):
-        table, encodings = read_window(source, sel, limit=limit, after=after, all_text=all_text)
-        exhausted = table.num_rows < limit
+        table, encodings = read_window(source, sel, limit=limit, lower=lower, by_key=by_key, all_text=all_text)
         if table.num_rows == 0:
             return
         window += 1
-        out = _emit(table, encodings, sel, batch_size, window=window, whole=exhausted, narrow=not all_text)
-        yield from out
-        if exhausted:
+        cut = _Cut(sel, batch_size, encodings, window, narrow=not all_text)
+        whole = table.num_rows < limit
+        if by_key:
+            out = _emit_keys(table, cut, whole=whole)
+            yield from out
+            if whole:
+                return
+            lower = out[-1].hi  # a window of >= batch_size rows always completes a batch
+            continue
+        days, rest, big = _emit_days(table, cut, whole=whole)
+        yield from days
+        if rest is None:
             return
-        after = out[-1].last  # a window of >= batch_size rows always completes a batch
+        lower, by_key = (sel.day_start(rest), None), big
+
+
+def _emit_days(table: pa.Table, cut: _Cut, *, whole: bool) -> tuple[list[Batch], date | None, bool]:
+    """Whole days of a window read in timestamp order, one batch each. Also returns the first day
+    not handed out (None when all were) and whether it holds more rows than a batch."""
+    out: list[Batch] = []
+    groups = _split(table, cut.sel.table.timestamp_column)
+    for i, (start, end, day) in enumerate(groups):
+        if end - start > cut.batch_size:
+            return out, day, True
+        if i == len(groups) - 1 and not whole:
+            # May continue past the window. Alone in it, it has at least `limit` rows: a big day.
+            return out, day, not out
+        next_day = cut.sel.day_start(day + timedelta(days=1))
+        out.append(cut.batch(table.slice(start, end - start), day, (cut.sel.day_start(day), None), (next_day, None)))
+    return out, None, False
 
 
 def _key(table: pa.Table, row: int, sel: Selection) -> tuple[Any, Any]:
     return (table.column(sel.table.timestamp_column)[row].as_py(), table.column(sel.table.primary_key)[row].as_py())
 
 
-def _emit(table: pa.Table, encodings: dict[str, str], sel: Selection, batch_size: int, *, window: int,
-          whole: bool, narrow: bool) -> list[Batch]:
-    """Cut a window into day-aligned batches. Unless the window is the last one (`whole`), its
-    last day may continue past it: that day's remainder (< batch_size rows) is left to be read
-    again by the next window instead of becoming a small object."""
-    groups = _split(table, sel.table.timestamp_column)
+def _emit_keys(table: pa.Table, cut: _Cut, *, whole: bool) -> list[Batch]:
+    """Cut a window read in (timestamp, pk) order into batches of at most batch_size rows of one
+    day. Unless the window is the last one (`whole`), its last day may continue past it: that
+    day's remainder (< batch_size rows) is left to be read again by the next window instead of
+    becoming a small object."""
+    groups = _split(table, cut.sel.table.timestamp_column)
     out: list[Batch] = []
     for i, (start, end, day) in enumerate(groups):
-        for off in range(start, end, batch_size):
-            n = min(batch_size, end - off)
-            if not whole and i == len(groups) - 1 and n < batch_size:
+        for off in range(start, end, cut.batch_size):
+            n = min(cut.batch_size, end - off)
+            if not whole and i == len(groups) - 1 and n < cut.batch_size:
                 return out
             piece = table.slice(off, n)
-            rows, enc = piece.drop_columns(["__xmin"]), encodings
-            if narrow:
-                rows, enc = _narrow(rows, enc, sel)
-            out.append(Batch(day, rows, piece.column("__xmin").combine_chunks(), enc, rows.nbytes, window,
-                             _key(piece, 0, sel), _key(piece, n - 1, sel)))
+            out.append(cut.batch(piece, day, _key(piece, 0, cut.sel), _key(piece, n - 1, cut.sel)))
     return out
 
 

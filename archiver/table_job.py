@@ -310,7 +310,7 @@ class TableJob:
     def _group_query(self, group: list[Encoded]) -> Any:
         xmins = pa.chunked_array([enc.xmins for enc in group])
         if self.sel.range_delete_ok:
-            return self.sel.range_delete_query(group[0].first, group[-1].last, sorted(pc.unique(xmins).to_pylist()))
+            return self.sel.range_delete_query(group[0].lo, group[-1].hi, sorted(pc.unique(xmins).to_pylist()))
         return self.sel.delete_query([k for enc in group for k in enc.pks.to_pylist()], xmins.to_pylist())
 
     def _finish(self, cp: Checkpoint, enc: Encoded, location: str) -> None:

@@ -148,18 +148,20 @@ def _storage(chunk: pa.Array) -> pa.Array:
     return chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
 
 
-_HEX = np.array([list(f"{i:02x}".encode()) for i in range(256)], dtype=np.uint8)
-#: Where the 32 hex digits of a uuid go among its 36 text characters (dashes at 8, 13, 18, 23).
-_UUID_DIGITS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+#: (text columns, hex digits) of the groups of a uuid's text form: 8-4-4-4-12.
+_UUID_GROUPS = [(slice(0, 8), slice(0, 8)), (slice(9, 13), slice(8, 12)), (slice(14, 18), slice(12, 16)),
+                (slice(19, 23), slice(16, 20)), (slice(24, 36), slice(20, 32))]
 
 
 def _uuid_text(chunk: pa.Array) -> pa.Array:
     """16-byte uuids -> 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', as uuid_out writes them."""
     raw = _storage(chunk)
     n = len(raw)
-    data = np.frombuffer(raw.buffers()[1], dtype=np.uint8, count=16 * n, offset=16 * raw.offset).reshape(n, 16)
+    data = bytes(raw.buffers()[1])[16 * raw.offset:16 * (raw.offset + n)]
+    digits = np.frombuffer(data.hex().encode(), dtype=np.uint8).reshape(n, 32)
     text = np.full((n, 36), ord("-"), dtype=np.uint8)
-    text[:, _UUID_DIGITS] = _HEX[data].reshape(n, 32)
+    for to, frm in _UUID_GROUPS:
+        text[:, to] = digits[:, frm]
     offsets = pa.py_buffer(np.arange(0, 36 * n + 1, 36, dtype=np.int32).tobytes())
     out = pa.Array.from_buffers(pa.string(), n, [None, offsets, pa.py_buffer(text.tobytes())])
     return pc.if_else(pc.is_valid(raw), out, pa.scalar(None, pa.string())) if raw.null_count else out

@@ -56,6 +56,24 @@ def test_rows_sharing_one_timestamp_are_paged_by_key(monkeypatch: pytest.MonkeyP
     assert_invariant(set(range(1, 34)), table_ids(pg), archived_ids(LocalStorage(tmp_path / "archive")))
 
 
+def test_a_day_longer_than_a_batch_switches_to_key_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str,
+                                                         pg: psycopg.Connection[Any]) -> None:
+    # days of 3 rows, then a day of 12 (cut in fives by key), then days of 3 again
+    monkeypatch.setattr(reader, "WINDOW_ROWS", 7)
+    pg.execute("CREATE TABLE audit_logs (id bigint PRIMARY KEY, created_at timestamptz NOT NULL)")
+    pg.execute("INSERT INTO audit_logs SELECT g, '2024-05-01 00:00+00'::timestamptz + (g / 3) * interval '1 day'"
+               " + g * interval '1 minute' FROM generate_series(0, 14) g")
+    pg.execute("INSERT INTO audit_logs SELECT 100 + g, '2024-05-06 12:00+00' FROM generate_series(0, 11) g")
+    pg.execute("INSERT INTO audit_logs SELECT 200 + g, '2024-05-07 00:00+00'::timestamptz + (g / 3) * interval '1 day'"
+               " FROM generate_series(0, 8) g")
+    original = table_ids(pg)
+    results, code = run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": 5})))
+    store = LocalStorage(tmp_path / "archive")
+    assert code == ExitCode.OK and sorted(m.rows for m in manifests(store)) == [2] + [3] * 8 + [5, 5]
+    assert_invariant(original, table_ids(pg), archived_ids(store))
+    assert_truthful_objects(store, batch_size=5)
+
+
 class WriteIntoExportedRange(RunControls):
     """Between export and delete, the application writes a row backdated into the first batch's
     (timestamp, id) range and purges another row of that batch: the counts then balance, so only
