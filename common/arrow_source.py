@@ -11,12 +11,16 @@ from types import TracebackType
 from typing import Any
 
 import adbc_driver_manager
+import adbc_driver_postgresql as adbc_pg
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
 from common.db import describe_target
 from common.errors import DatabaseError, ServiceUnavailable
 
+#: Size of the driver's record batches. Its default, 16 MB, left the archiver's peak RSS ~15 MB
+#: higher on the 2M-row bench (265-272 MB against 253-258 MB), at the same speed; 1 MB gave no more.
+BATCH_BYTES = 4 << 20
 _PREFIXES = ("IO: ", "[libpq] ", "Failed to connect: ", "Execution error [PGRES_FATAL_ERROR]: ")
 
 
@@ -57,6 +61,7 @@ class ArrowSource:
     def _run(self, query: str, params: tuple[Any, ...] | None = None) -> pa.Table:
         try:
             with self._conn.cursor() as cur:
+                cur.adbc_statement.set_options(**{adbc_pg.StatementOptions.BATCH_SIZE_HINT_BYTES.value: str(BATCH_BYTES)})
                 cur.execute(query, params)
                 return cur.fetch_arrow_table()
         except adbc_driver_manager.Error as exc:
