@@ -296,8 +296,12 @@ class TableJob:
             for enc, location in group:
                 self._finish(cp, enc, location)
             return
-        if self._delete(self._group_query([enc for enc, _ in group])) != sum(enc.rows for enc, _ in group):
+        expected = sum(enc.rows for enc, _ in group)
+        deleted = self._delete(self._group_query([enc for enc, _ in group]))
+        if deleted != expected:
             self.conn.rollback()
+            log.info("rows changed since export (%d to delete, %d found): deleting batch by batch",
+                     expected, deleted, extra=self.ctx)
             for enc, location in group:
                 self._finish(cp, enc, location)
             return

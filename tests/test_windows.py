@@ -3,7 +3,9 @@ windows force every boundary case (days longer than a window, ties on the timest
 day read again), and a row written into an already exported range must never be deleted unseen."""
 from __future__ import annotations
 
-from datetime import timezone
+import logging
+from collections import Counter
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,16 @@ from common.storage import LocalStorage
 from conftest import make_config
 
 
+def utc_day(value: date) -> date:
+    if isinstance(value, datetime):
+        return (value.astimezone(timezone.utc) if value.tzinfo else value).date()
+    return value
+
+
 def assert_truthful_objects(store: LocalStorage, *, batch_size: int) -> None:
     for m in manifests(store):
         table = batch_writer.decode(store.get(m.key), fmt="parquet", columns=["created_at"])[0]
-        days = {ts.astimezone(timezone.utc).date() for ts in table.column("created_at").to_pylist()}
+        days = {utc_day(ts) for ts in table.column("created_at").to_pylist()}
         assert days == {layout.parse_key("", m.key).day}, m.key
         assert 0 < m.rows <= batch_size
 
@@ -74,6 +82,33 @@ def test_a_day_longer_than_a_batch_switches_to_key_order(monkeypatch: pytest.Mon
     assert_truthful_objects(store, batch_size=5)
 
 
+PK_VALUES = {"bigint": "g", "text": "'k' || g", "uuid": "md5(g::text)::uuid"}
+
+
+@pytest.mark.parametrize("pk_type", sorted(PK_VALUES))
+@pytest.mark.parametrize("ts_type", ["timestamptz", "timestamp", "date"])
+@pytest.mark.parametrize("batch_size", [3, 10], ids=["key-order", "day-order"])
+def test_partition_and_key_types_in_both_read_orders(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                                    tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
+                                                    ts_type: str, pk_type: str, batch_size: int) -> None:
+    # 5 rows a day, with ties on the timestamp; 3 a batch cuts days by key, 10 takes whole days
+    monkeypatch.setattr(reader, "WINDOW_ROWS", 7)
+    caplog.set_level(logging.INFO, logger="archiver")
+    pg.execute(f"CREATE TABLE audit_logs (id {pk_type} PRIMARY KEY, created_at {ts_type} NOT NULL, note text)")
+    pg.execute(f"INSERT INTO audit_logs SELECT {PK_VALUES[pk_type]}, ('2024-01-01 00:00+00'::timestamptz"
+               " + (g / 5) * interval '1 day' + (g % 2) * interval '1 hour')::" + ts_type +
+               ", 'n' || g FROM generate_series(0, 59) g")
+    original = table_ids(pg)
+    results, code = run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": batch_size})))
+    assert code == ExitCode.OK and results[0].status == "completed"
+    store = LocalStorage(tmp_path / "archive")
+    archived = Counter({str(k): n for k, n in archived_ids(store).items()})  # uuids come back as their text
+    assert_invariant({str(k) for k in original}, table_ids(pg), archived)
+    assert len(archived) == 60 and not table_ids(pg)
+    assert_truthful_objects(store, batch_size=batch_size)
+    assert "batch by batch" not in caplog.text  # every range delete matched its rows exactly
+
+
 class WriteIntoExportedRange(RunControls):
     """Between export and delete, the application writes a row backdated into the first batch's
     (timestamp, id) range and purges another row of that batch: the counts then balance, so only
@@ -90,8 +125,9 @@ class WriteIntoExportedRange(RunControls):
                 c.execute("DELETE FROM audit_logs WHERE created_at = '2024-01-01 02:00+00'")
 
 
-def test_row_written_into_an_exported_range_is_not_deleted_unseen(tmp_path: Path, pg_dsn: str,
-                                                                  pg: psycopg.Connection[Any]) -> None:
+def test_row_written_into_an_exported_range_is_not_deleted_unseen(caplog: pytest.LogCaptureFixture, tmp_path: Path,
+                                                                  pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
+    caplog.set_level(logging.INFO, logger="archiver")
     pg.execute("CREATE TABLE audit_logs (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL)")
     pg.execute("INSERT INTO audit_logs (created_at) SELECT '2024-01-01 00:00+00'::timestamptz"
                " + d * interval '1 day' + h * interval '1 hour' FROM generate_series(0, 3) d, generate_series(0, 9) h")
@@ -101,6 +137,7 @@ def test_row_written_into_an_exported_range_is_not_deleted_unseen(tmp_path: Path
     controls = WriteIntoExportedRange(pg_dsn)
     results, code = run_archive(cfg, controls=controls)
     assert code == ExitCode.OK and results[0].rolled_back_batches == 1  # day 1 lost a row: its object went too
+    assert "deleting batch by batch" in caplog.text
     assert controls.new_id in table_ids(pg)  # inside an exported range, never exported
     run_archive(cfg)
     archived = archived_ids(LocalStorage(tmp_path / "archive"))
