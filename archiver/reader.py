@@ -91,7 +91,8 @@ def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
     """Yield batches of at most batch_size rows, each of one UTC day, day after day."""
     limit = max(batch_size, WINDOW_ROWS)
     lower: Bound | None = start_after
-    by_key = start_after is not None  # resuming inside a day (delete_after_archive: false)
+    # delete_after_archive: false continues after the last batch: a row's key, or a day's start
+    by_key = start_after is not None and start_after[1] is not None
     window = 0
     while not (stop and stop.is_set()):
         table, encodings = read_window(source, sel, limit=limit, lower=lower, by_key=by_key, all_text=all_text)

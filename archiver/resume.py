@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from archiver.encoding import typed_column
+from archiver.selection import Bound
 from common import batch_writer, layout
 from common.checkpoint import Checkpoint, CorruptCheckpoint
 from common.errors import DataIntegrityError
@@ -46,6 +47,14 @@ def _scan_manifests(job: TableJob) -> list[dict[str, Any]]:
     return found
 
 
+def position_after(hi: Bound) -> dict[str, Any]:
+    """Where a run that keeps its rows (delete_after_archive: false) continues after a batch: its
+    last row's (timestamp, pk), or the next day's start with no key after a whole day. Not the
+    manifest's max_ts and max_pk, which may come from two different rows."""
+    ts, pk = hi
+    return {"ts": ts.isoformat() if hasattr(ts, "isoformat") else ts, "pk": pk if isinstance(pk, (int, str)) or pk is None else str(pk)}
+
+
 def finish_pending(job: TableJob, cp: Checkpoint) -> None:
     if not cp.pending:
         if cp.position and not job.opts.delete_after_archive:
@@ -58,7 +67,7 @@ def finish_pending(job: TableJob, cp: Checkpoint) -> None:
         _finish_interrupted(job, manifest)
         cp.pending.remove(entry)
         if not job.opts.delete_after_archive:
-            cp.position = {"ts": manifest.max_ts, "pk": manifest.max_pk}
+            cp.position = entry.get("position_after") or {"ts": manifest.max_ts, "pk": manifest.max_pk}
         job.checkpoints.save(cp)
         job.result.resumed += 1
 

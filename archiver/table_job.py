@@ -215,7 +215,7 @@ class TableJob:
                 raise item
             new.append(item.result() if isinstance(item, Future) else item)
         if new:
-            cp.pending.extend(asdict(e.manifest) for e in new)
+            cp.pending.extend(dict(asdict(e.manifest), position_after=resume.position_after(e.hi)) for e in new)
             self.checkpoints.save(cp)
             self.controls.hook("after_checkpoint")
             for e in new:
@@ -339,7 +339,7 @@ class TableJob:
     def _done(self, cp: Checkpoint, enc: Encoded, location: str) -> None:
         m = enc.manifest
         self._forget(cp, m)
-        cp.position = {"ts": m.max_ts, "pk": m.max_pk}
+        cp.position = resume.position_after(enc.hi)
         self._count(m, location, time.monotonic() - enc.started)
 
     @staticmethod

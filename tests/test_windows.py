@@ -156,3 +156,21 @@ def test_a_where_clause_deletes_by_listed_keys(tmp_path: Path, pg_dsn: str, smal
     kept = small_audit.execute("SELECT count(*) FROM audit_logs WHERE action = 'logout'"
                                " AND created_at < now() - interval '90 days'").fetchone()
     assert kept is not None and kept[0] > 0 and results[0].rows == len(archived)
+
+
+@pytest.mark.parametrize("batch_size,first_run", [(2, 2), (10, 5)], ids=["key-order", "day-order"])
+def test_kept_rows_continue_after_the_last_row_not_the_largest_key(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
+                                                                  batch_size: int, first_run: int) -> None:
+    # delete_after_archive: false continues from a position. A batch's largest key need not be its
+    # last row's: after [(00:00, 10), (00:01, 1)] come (00:01, 2..4), which must not be skipped.
+    pg.execute("CREATE TABLE audit_logs (id bigint PRIMARY KEY, created_at timestamptz NOT NULL)")
+    pg.execute("INSERT INTO audit_logs VALUES (10, '2024-05-01 00:00+00')")
+    pg.execute("INSERT INTO audit_logs SELECT g, '2024-05-01 00:01+00' FROM generate_series(1, 4) g")
+    pg.execute("INSERT INTO audit_logs SELECT g, '2024-05-02 00:00+00'::timestamptz + g * interval '1 minute'"
+               " FROM generate_series(5, 9) g")
+    path = make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": batch_size, "delete_after_archive": False})
+    first, _ = run_archive(load_config(path), controls=RunControls(max_rows=first_run))
+    results, code = run_archive(load_config(path))
+    assert code == ExitCode.OK and (first[0].rows, results[0].rows) == (first_run, 10 - first_run)
+    archived = archived_ids(LocalStorage(tmp_path / "archive"))
+    assert archived == Counter(range(1, 11)) and len(table_ids(pg)) == 10
