@@ -1,7 +1,11 @@
 """Picking up interrupted work (issue 3): batches a checkpoint names as in flight are either
-finished (object verified, rows deleted) or discarded (object missing or incomplete: the rows are
-still in the table and get archived again). A corrupt checkpoint is set aside and the table's
-manifests are scanned instead, so an unfinished move is never forgotten."""
+finished (object verified and its rows already deleted) or taken back (object missing, incomplete,
+or its rows still in the table: the rows get archived again, by the normal path).
+
+A resumed batch's rows are never deleted here: the checkpoint does not hold the exported rows'
+xmins, so a row updated between the export and the rerun could not be told apart, and deleting
+it would lose the update. Archiving the batch again costs one upload. A corrupt checkpoint is set
+aside and the table's manifests are scanned instead, so an unfinished move is never forgotten."""
 from __future__ import annotations
 
 import logging
@@ -83,16 +87,26 @@ def _finish_interrupted(job: TableJob, m: Manifest) -> None:
             log.warning("interrupted upload %s is incomplete (%s); removed, its rows stay in the table", m.key, exc, extra=job.ctx)
             job.sink.remove(m.key, store.location)
             continue
+        if job.opts.delete_after_archive and (present := _rows_present(job, data, m)):
+            job.sink.withdraw(m.key, store.location)
+            log.info("interrupted move of %s taken back: %d of its %d rows are still in the table and will be archived again",
+                     m.key, present, m.rows, extra=job.ctx)
+            return
         if store.head(layout.manifest_key(m.key)) is None:
             mb = m.to_bytes()
             store.put(layout.manifest_key(m.key), mb, sha256=sha256_hex(mb))
         if job.opts.delete_after_archive:
-            table = batch_writer.decode(data, fmt=m.format, columns=[job.t.primary_key])[0]
-            # typed: JSONL keeps keys as text, and "100" < "99" would break the key range
-            pks = typed_column(table, job.t.primary_key, job.sel).to_pylist()
-            deleted = job._delete(job.sel.delete_query(pks, None))
-            job.conn.commit()
-            log.info("finished the interrupted move of %s: %d rows deleted now, %d were already gone",
-                     m.key, deleted, m.rows - deleted, extra=job.ctx)
+            log.info("finished the interrupted move of %s: its %d rows were already deleted", m.key, m.rows, extra=job.ctx)
         return
     log.info("interrupted batch %s never reached storage; its rows stay in the table and will be archived again", m.key, extra=job.ctx)
+
+
+def _rows_present(job: TableJob, data: bytes, m: Manifest) -> int:
+    """How many of a stored batch's rows are still in the table. Our delete of a batch is one
+    transaction, so it is all or none; some gone means the application deleted them since."""
+    table = batch_writer.decode(data, fmt=m.format, columns=[job.t.primary_key])[0]
+    # typed: JSONL keeps keys as text
+    pks = typed_column(table, job.t.primary_key, job.sel).to_pylist()
+    row = job.conn.execute(job.sel.present_query(pks).as_bytes(job.conn), prepare=False).fetchone()
+    job.conn.commit()
+    return int(row[0]) if row else 0

@@ -101,6 +101,14 @@ class ArchiveSink:
         store = self.fallback if location == "fallback" and self.fallback else self.primary
         self._cleanup(store, key)
 
+    def withdraw(self, key: str, location: str) -> None:
+        """Take back a stored batch whose rows stay in the table: its manifest must go (an error
+        propagates, and the batch stays pending for the next run), or the rows would count as
+        archived twice once archived again; the object without it is only an orphan."""
+        store = self.fallback if location == "fallback" and self.fallback else self.primary
+        store.delete(manifest_key(key))
+        self._cleanup(store, key)
+
     @staticmethod
     def _cleanup(store: Storage, key: str) -> None:
         for k in (manifest_key(key), key):

@@ -324,7 +324,7 @@ class TableJob:
             deleted = self._delete(self.sel.delete_query(enc.pks.to_pylist(), enc.xmins.to_pylist()))
             if deleted != m.rows:
                 self.conn.rollback()
-                self.sink.remove(m.key, location)
+                self.sink.withdraw(m.key, location)
                 self._forget(cp, m)
                 self.result.rolled_back_batches += 1
                 self.observer.batch_failed(self.result, kind="conflict")

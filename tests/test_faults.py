@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from archive_checks import archived_ids, assert_invariant, table_ids
-from common import layout
+from common import batch_writer, layout
 from common.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
 
@@ -111,7 +111,7 @@ def test_kill_at_each_point_loses_and_duplicates_no_rows(scenario: Scenario, poi
 def test_kill_after_upload_in_jsonl_format_resumes_exactly(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
                                                            s3_client: Any, bucket: str, moto_server: str) -> None:
     # JSONL keeps keys as text; one batch holds ids 95..105, where "100" < "99" as text: the
-    # resumed delete must still cover the numeric key range
+    # resume must still find every one of them in the table
     pg.execute("CREATE TABLE audit_logs (id bigint PRIMARY KEY, created_at timestamptz NOT NULL)")
     pg.execute("INSERT INTO audit_logs SELECT g, '2026-01-05 12:00:00+00'::timestamptz + g * interval '1 second'"
                " FROM generate_series(95, 105) g")
@@ -123,11 +123,32 @@ def test_kill_after_upload_in_jsonl_format_resumes_exactly(tmp_path: Path, pg_ds
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert table_ids(pg) == original  # uploaded, nothing deleted yet
     assert archiver(config).returncode == 0
-    # the resume itself deleted the 11 rows (not a re-archive of them that happens to land on the
-    # same content-addressed key)
-    assert ": 11 rows deleted now, 0 were already gone" in (tmp_path / "archiver.log").read_text()
+    # the resume took the stored batch back (it deletes no rows: it cannot tell an updated one)
+    # and the run archived the 11 rows again
+    assert "taken back: 11 of its 11 rows are still in the table" in (tmp_path / "archiver.log").read_text()
     assert table_ids(pg) == set(range(1, 6))
     assert_invariant(original, table_ids(pg), archived_ids(S3Storage(s3_client, bucket)))
+
+
+def test_row_updated_before_the_rerun_keeps_its_update(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
+    # killed with a batch stored but its rows not deleted; the application then updates one of
+    # them. The rerun must not delete that row on the strength of the old archived version.
+    pg.execute("CREATE TABLE audit_logs (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, action text)")
+    pg.execute("INSERT INTO audit_logs SELECT g, '2024-01-01 00:00+00'::timestamptz + g * interval '1 hour', 'old'"
+               " FROM generate_series(1, 10) g")
+    config = make_config(tmp_path, dsn=pg_dsn)
+    killed = archiver(config, env={"ARCHIVER_TEST_KILL_AT": "after_upload:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    pg.execute("UPDATE audit_logs SET action = 'changed' WHERE id = 3")
+    assert archiver(config).returncode == 0
+    store = LocalStorage(tmp_path / "archive")
+    assert_invariant(set(range(1, 11)), table_ids(pg), archived_ids(store))
+    actions = {}
+    for o in store.list(""):
+        if o.key.endswith(".parquet") and store.head(layout.manifest_key(o.key)):
+            t = batch_writer.decode(store.get(o.key), fmt="parquet", columns=["id", "action"])[0]
+            actions.update(zip(t.column("id").to_pylist(), t.column("action").to_pylist()))
+    assert actions[3] == "changed" and actions[4] == "old"
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
