@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
+import botocore.session
 from botocore.config import Config as BotoConfig
 
 from common.config import Config
@@ -12,7 +12,8 @@ from common.storage import LocalStorage, S3Storage, Storage
 
 def make_client(cfg: Config) -> Any:
     s3 = cfg.s3
-    return boto3.session.Session().client(
+    # botocore's own session: boto3 adds nothing used here and ~50 ms to every tool's start.
+    return botocore.session.get_session().create_client(
         "s3",
         region_name=s3.region,
         endpoint_url=s3.endpoint_url,
