@@ -253,8 +253,8 @@ class TableJob:
                     return None
 
     def _produce(self, q: queue.Queue[Any], stop: threading.Event, start_after: tuple[Any, Any] | None) -> None:
-        """The reader thread: COPY chunks into day batches; encoding runs in a small pool so the
-        next COPY is not waiting on zstd (futures keep the batches in order)."""
+        """The reader thread: read windows into day batches; encoding runs in a small pool so the
+        next read is not waiting on zstd (futures keep the batches in order)."""
         encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"encode-{self.t.name}")
         try:
             for batch in batches(self.source, self.sel, batch_size=self.opts.batch_size,

@@ -25,7 +25,7 @@ def encode(table: pa.Table, *, fmt: str, level: int, schema: TableSchema, encodi
                        row_group_size=max(table.num_rows, 1), use_dictionary=_dictionary_columns(table))
         return buf.getvalue()
     if fmt == "jsonl":
-        # Every column is in PostgreSQL text form here (see parse_copy_csv(all_text=True)).
+        # Every column is in PostgreSQL text form here (see pgtypes.from_arrow_read(all_text=True)).
         header = json.dumps({"pg_archiver": json.loads(meta[b"pg_archiver"])}, separators=(",", ":"))
         names = table.column_names
         lines = [header] + [json.dumps(dict(zip(names, row)), ensure_ascii=False, separators=(",", ":"))

@@ -34,7 +34,7 @@ class Manifest:
     format_version: int
     archiver_version: str
     created_at: str
-    #: Bytes of the rows as PostgreSQL sent them (CSV), for the compression ratio.
+    #: Uncompressed bytes of the rows (their Arrow size; CSV bytes in older manifests), for the compression ratio.
     source_bytes: int = 0
     columns: list[dict[str, Any]] = field(default_factory=list)
     manifest_version: int = MANIFEST_VERSION
