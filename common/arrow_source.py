@@ -14,10 +14,12 @@ import adbc_driver_manager
 import adbc_driver_postgresql as adbc_pg
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from common.db import describe_target
 from common.errors import DatabaseError, ServiceUnavailable
 
+CONNECT_TIMEOUT = 10  # seconds, as for the psycopg pool (common/db.py)
 #: Size of the driver's record batches. Its default, 16 MB, left the archiver's peak RSS ~15 MB
 #: higher on the 2M-row bench (265-272 MB against 253-258 MB), at the same speed; 1 MB gave no more.
 BATCH_BYTES = 4 << 20
@@ -43,6 +45,8 @@ class ArrowSource:
 
     def __init__(self, info: str, settings: dict[str, str]) -> None:
         self.target = describe_target(info)
+        if "connect_timeout" not in conninfo_to_dict(info):
+            info = make_conninfo(info, connect_timeout=CONNECT_TIMEOUT)  # libpq's default is to wait forever
         try:
             # libpq takes a key=value conninfo as readily as a URI; the password stays inside it.
             self._conn = adbc.connect(info, autocommit=True)

@@ -40,6 +40,7 @@ def test_checksum_returned_by_the_put_verifies_the_upload(httpserver: HTTPServer
     store.put(KEY, BODY, sha256=hashlib.sha256(BODY).hexdigest())
     assert [r.method for r, _ in httpserver.log] == ["PUT"]  # no HEAD needed
     assert httpserver.log[0][0].headers["x-amz-checksum-sha256"] == GOOD
+    assert "Expect" not in httpserver.log[0][0].headers  # no 100-continue round trip before each body
 
 
 def test_a_put_answered_with_another_checksum_fails(httpserver: HTTPServer, store: S3Storage) -> None:
