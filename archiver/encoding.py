@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,6 +16,7 @@ from archiver.selection import Bound, Selection
 from common import batch_writer, layout
 from common.config import ResolvedOptions
 from common.manifest import Manifest, sha256_hex
+from common.pgtypes import column_docs
 
 
 @dataclass
@@ -54,12 +55,12 @@ def encode_batch(batch: Batch, *, sel: Selection, prefix: str, database: str, op
     manifest = Manifest(
         key=key, sha256=digest, size=len(data), rows=rows.num_rows, database=database,
         schema=t.schema_, table=t.name, primary_key=t.primary_key,
-        timestamp_column=t.timestamp_column, min_pk=_jsonable(pk["min"].as_py()),
-        max_pk=_jsonable(pk["max"].as_py()), min_ts=_iso(ts["min"].as_py()), max_ts=_iso(ts["max"].as_py()),
+        timestamp_column=t.timestamp_column, min_pk=jsonable(pk["min"].as_py()),
+        max_pk=jsonable(pk["max"].as_py()), min_ts=iso(ts["min"].as_py()), max_ts=iso(ts["max"].as_py()),
         schema_fingerprint=sel.schema.fingerprint(), format=opts.format,
         format_version=1, archiver_version=archiver.__version__,
         created_at=datetime.now(timezone.utc).isoformat(), source_bytes=batch.source_bytes,
-        columns=[dict(asdict(c), encoding=batch.encodings[c.name]) for c in sel.schema.columns],
+        columns=column_docs(sel.schema, batch.encodings),
     )
     return Encoded(manifest, data, pks, batch.xmins, time.monotonic(), batch.window, batch.lo, batch.hi)
 
@@ -77,9 +78,9 @@ def typed_column(rows: pa.Table, name: str, sel: Selection) -> pa.ChunkedArray:
     return column
 
 
-def _iso(v: Any) -> str:
+def iso(v: Any) -> str:
     return v.isoformat() if hasattr(v, "isoformat") else str(v)
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
     return v if isinstance(v, (int, str, float)) or v is None else str(v)

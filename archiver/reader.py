@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from archiver.selection import Bound, Selection
-from common.pgtypes import FALLIBLE, from_arrow_read, xid_text
+from common.pgtypes import FALLIBLE, from_arrow_read, xids
 
 #: Rows per window (at least batch_size): 2M-row bench, ~245 MB peak RSS at this size.
 WINDOW_ROWS = 50_000
@@ -38,7 +38,7 @@ class Source(Protocol):
 class Batch:
     day: date
     rows: pa.Table  # archived columns only
-    xmins: pa.Array
+    xmins: pa.Array  # uint32
     encodings: dict[str, str]
     source_bytes: int  # uncompressed Arrow bytes of these rows, for the compression ratio
     window: int  # which window (snapshot) the rows came from
@@ -65,7 +65,7 @@ def read_window(source: Source, sel: Selection, *, limit: int, lower: Bound | No
                 all_text: bool) -> tuple[pa.Table, dict[str, str]]:
     query, native = sel.export_query(limit=limit, lower=lower, by_key=by_key, all_text=all_text)
     table = source.read(query.as_string(None))
-    table = table.set_column(0, "__xmin", xid_text(table.column(0)))
+    table = table.set_column(0, "__xmin", xids(table.column(0)))
     return from_arrow_read(table, sel.schema, native=native, extra=["__xmin"], all_text=all_text)
 
 

@@ -12,7 +12,7 @@ import logging
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from archiver.encoding import typed_column
+from archiver.encoding import iso, jsonable, typed_column
 from archiver.selection import Bound
 from common import batch_writer, layout
 from common.checkpoint import Checkpoint, CorruptCheckpoint
@@ -55,8 +55,7 @@ def position_after(hi: Bound) -> dict[str, Any]:
     """Where a run that keeps its rows (delete_after_archive: false) continues after a batch: its
     last row's (timestamp, pk), or the next day's start with no key after a whole day. Not the
     manifest's max_ts and max_pk, which may come from two different rows."""
-    ts, pk = hi
-    return {"ts": ts.isoformat() if hasattr(ts, "isoformat") else ts, "pk": pk if isinstance(pk, (int, str)) or pk is None else str(pk)}
+    return {"ts": iso(hi[0]), "pk": jsonable(hi[1])}
 
 
 def finish_pending(job: TableJob, cp: Checkpoint) -> None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 
 from common.config import TableConfig
@@ -109,7 +111,7 @@ class Selection:
         depends on the row alone, and an operator's `where` may read other tables or the clock."""
         return self.table.where is None
 
-    def range_delete_query(self, lo: Bound, hi: Bound, xmins: list[str]) -> sql.Composed:
+    def range_delete_query(self, lo: Bound, hi: Bound, xmins: pa.Array | pa.ChunkedArray) -> sql.Composed:
         """Delete the rows exported from ONE snapshot between two bounds, without listing their
         keys (a 40,000-key array costs PostgreSQL more than the delete itself: on the 2M-row bench
         2.6 s of server CPU against 0.9 s for ranges). A bound is a (timestamp, pk) key of the first
@@ -133,10 +135,10 @@ class Selection:
         else:
             parts += [sql.SQL("{} <= {}").format(self.ts, hi_ts),
                       sql.SQL("({}, {}) <= ({}, {})").format(self.ts, self.pk, hi_ts, hi_pk)]
-        parts += [sql.SQL("xmin = ANY({}::text[]::xid[])").format(sql.Literal(xmins)), pred]
+        parts += [self._xmin_check(xmins), pred]
         return sql.SQL("DELETE FROM {rel} WHERE {cond}").format(rel=self.relation, cond=sql.SQL(" AND ").join(parts))
 
-    def delete_query(self, pks: list[Any], xmins: list[str] | None) -> sql.Composed:
+    def delete_query(self, pks: list[Any], xmins: pa.Array | pa.ChunkedArray | None) -> sql.Composed:
         """Delete exactly the exported rows that still match the predicate and, on the normal path,
         are still the row versions that were exported: a row updated after export has a new xmin,
         that of a transaction that committed after the export's snapshot, which therefore cannot
@@ -151,9 +153,15 @@ class Selection:
         if self.integer_pk and pks:
             parts.append(sql.SQL("{pk} BETWEEN {lo} AND {hi}").format(pk=self.pk, lo=sql.Literal(min(pks)), hi=sql.Literal(max(pks))))
         if xmins is not None:
-            parts.append(sql.SQL("xmin = ANY({x}::text[]::xid[])").format(x=sql.Literal(sorted(set(xmins)))))
+            parts.append(self._xmin_check(xmins))
         parts.append(pred)
         return sql.SQL("DELETE FROM {rel} WHERE {cond}").format(rel=self.relation, cond=sql.SQL(" AND ").join(parts))
+
+    @staticmethod
+    def _xmin_check(xmins: pa.Array | pa.ChunkedArray) -> sql.Composable:
+        """`xmin` among the exported rows' distinct xmins (uint32 from the reader)."""
+        distinct = sorted(pc.unique(xmins).to_pylist())
+        return sql.SQL("xmin = ANY({}::text[]::xid[])").format(sql.Literal("{" + ",".join(map(str, distinct)) + "}"))
 
     def _any_key(self, pks: list[Any]) -> sql.Composable:
         if self.integer_pk:

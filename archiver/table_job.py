@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from archiver import resume
 from archiver.controls import RunControls
@@ -314,14 +313,14 @@ class TableJob:
     def _group_query(self, group: list[Encoded]) -> Any:
         xmins = pa.chunked_array([enc.xmins for enc in group])
         if self.sel.range_delete_ok:
-            return self.sel.range_delete_query(group[0].lo, group[-1].hi, sorted(pc.unique(xmins).to_pylist()))
-        return self.sel.delete_query([k for enc in group for k in enc.pks.to_pylist()], xmins.to_pylist())
+            return self.sel.range_delete_query(group[0].lo, group[-1].hi, xmins)
+        return self.sel.delete_query([k for enc in group for k in enc.pks.to_pylist()], xmins)
 
     def _finish(self, cp: Checkpoint, enc: Encoded, location: str) -> None:
         """The batch is stored and verified: delete exactly its rows, then drop it from pending."""
         m = enc.manifest
         if self.opts.delete_after_archive:
-            deleted = self._delete(self.sel.delete_query(enc.pks.to_pylist(), enc.xmins.to_pylist()))
+            deleted = self._delete(self.sel.delete_query(enc.pks.to_pylist(), enc.xmins))
             if deleted != m.rows:
                 self.conn.rollback()
                 self.sink.withdraw(m.key, location)

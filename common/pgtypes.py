@@ -167,20 +167,21 @@ def _uuid_text(chunk: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_valid(raw), out, pa.scalar(None, pa.string())) if raw.null_count else out
 
 
-def xid_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """xmin in binary (4 bytes, big-endian, never NULL) -> its decimal text, as `xmin::text`."""
+def xids(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """xmin in binary (4 bytes, big-endian, never NULL) -> uint32. Only the distinct values of a
+    batch ever reach SQL, so none is turned into text per row."""
     chunks = []
     for chunk in column.chunks:
         raw = _storage(chunk)
         if pa.types.is_string(raw.type) or pa.types.is_integer(raw.type):  # other driver versions
-            chunks.append(pc.cast(raw, pa.string()))
+            chunks.append(pc.cast(raw, pa.uint32()))
             continue
         offsets = np.frombuffer(raw.buffers()[1], dtype=np.int32, count=len(raw) + 1, offset=4 * raw.offset)
         if offsets[-1] - offsets[0] != 4 * len(raw):
             raise ValueError("xmin values are not 4 bytes each")
         values = np.frombuffer(raw.buffers()[2], dtype=">u4", count=len(raw), offset=int(offsets[0]))
-        chunks.append(pc.cast(pa.array(values.astype(np.uint32)), pa.string()))
-    return pa.chunked_array(chunks, pa.string())
+        chunks.append(pa.array(values.astype(np.uint32)))
+    return pa.chunked_array(chunks, pa.uint32())
 
 
 def _binary_as_text(column: pa.ChunkedArray, typname: str) -> pa.ChunkedArray:
@@ -231,11 +232,16 @@ def to_copy_csv(table: pa.Table, schema: TableSchema, encodings: dict[str, str])
     return out.getvalue()
 
 
+def column_docs(schema: TableSchema, encodings: dict[str, str]) -> list[dict[str, Any]]:
+    """Each column with its encoding: in the Parquet metadata and in the manifest."""
+    return [dict(asdict(c), encoding=encodings[c.name]) for c in schema.columns]
+
+
 def archive_metadata(*, schema: TableSchema, encodings: dict[str, str], extra: dict[str, Any]) -> dict[bytes, bytes]:
     doc = {
         "format_version": FORMAT_VERSION,
         "schema_fingerprint": schema.fingerprint(),
-        "columns": [dict(asdict(c), encoding=encodings[c.name]) for c in schema.columns],
+        "columns": column_docs(schema, encodings),
         **extra,
     }
     return {METADATA_KEY: json.dumps(doc, separators=(",", ":")).encode()}
