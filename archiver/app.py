@@ -40,9 +40,10 @@ class ArchiverOptions:
     verbose: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def only(self, db: str, table: str) -> bool:
+    def only(self, db: str, schema: str, table: str) -> bool:
+        """--database / --table: a table named TABLE in any schema, or exactly SCHEMA.TABLE."""
         return (not self.databases or db in self.databases) and (
-            not self.tables or table in self.tables or any(t.endswith("." + table) for t in self.tables))
+            not self.tables or table in self.tables or f"{schema}.{table}" in self.tables)
 
 
 def check_filters(cfg: Config, opts: ArchiverOptions) -> None:
@@ -151,7 +152,7 @@ def run(opts: ArchiverOptions) -> int:
     check_filters(cfg, opts)
     if opts.dry_run:
         setup_logging(None, verbose=opts.verbose)
-        lines, code = dry_run(cfg)
+        lines, code = dry_run(cfg, only=opts.only)
         print("\n".join(lines))
         return int(code)
     setup_logging(cfg.logging, verbose=opts.verbose)

@@ -4,6 +4,7 @@ never prints a password."""
 from __future__ import annotations
 
 from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
 from psycopg import sql
@@ -12,15 +13,19 @@ from archiver.selection import Selection, cutoff_for
 from archiver.table_job import inspect_table
 from common.config import Config
 from common.db import connect, conninfo, describe_target, session_settings
-from common.errors import ArchiverError, ServiceUnavailable
+from common.errors import ServiceUnavailable, first_line
 from common.exit_codes import ExitCode
 from common.s3client import primary_storage
 
 
-def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None) -> tuple[list[str], ExitCode]:
+def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
+         only: Callable[[str, str, str], bool] | None = None) -> tuple[list[str], ExitCode]:
     lines = [f"config {cfg.source}: valid", _storage_line(cfg, s3_client)]
     code = ExitCode.OK
     for db in cfg.databases:
+        tables = [t for t in db.tables if only is None or only(db.name, t.schema_, t.name)]
+        if not tables:
+            continue
         opts = cfg.options(db.tables[0]) if db.tables else cfg.defaults
         info = conninfo(db)
         try:
@@ -33,12 +38,12 @@ def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None) -> tuple[l
         lines.append(f"database {db.name} ({describe_target(info)}): connected")
         with conn:
             conn.read_only = True
-            for t in db.tables:
+            for t in tables:
                 try:
                     lines.append(_table_line(conn, cfg, t, now))
-                except (ArchiverError, Exception) as exc:  # noqa: BLE001 - report every table
+                except Exception as exc:  # noqa: BLE001 - report every table
                     conn.rollback()
-                    lines.append(f"  {t.schema_}.{t.name}: error: {str(exc).splitlines()[0]}")
+                    lines.append(f"  {t.schema_}.{t.name}: error: {first_line(exc)}")
                     code = max(code, ExitCode.FAILURE)
     lines.append("dry run: nothing was written or deleted")
     return lines, code
@@ -76,6 +81,6 @@ def _storage_line(cfg: Config, s3_client: Any | None) -> str:
         store.probe()  # type: ignore[attr-defined]
         status = "reachable"
     except Exception as exc:  # noqa: BLE001
-        status = f"NOT reachable ({str(exc).splitlines()[0][:120]})"
+        status = f"NOT reachable ({first_line(exc)[:120]})"
     fb = f", fallback {cfg.s3.local_fallback_dir}" if cfg.s3.local_fallback_dir else ", no fallback directory"
     return f"storage: {target} ({status}), class {cfg.s3.storage_class}{fb}"

@@ -34,7 +34,7 @@ def make_sink(cfg: Config, s3_client: Any | None = None) -> ArchiveSink:
 
 def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: Observer | None = None,
                 s3_client: Any | None = None, now: datetime | None = None,
-                only: Callable[[str, str], bool] | None = None) -> tuple[list[TableResult], ExitCode]:
+                only: Callable[[str, str, str], bool] | None = None) -> tuple[list[TableResult], ExitCode]:
     controls = controls or RunControls()
     observer = observer or NullObserver()
     for db in cfg.databases:
@@ -77,8 +77,8 @@ def exit_code(results: list[TableResult], controls: RunControls) -> ExitCode:
 
 def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpoints: CheckpointStore,
                   controls: RunControls, observer: Observer, now: datetime | None,
-                  only: Callable[[str, str], bool] | None) -> list[TableResult]:
-    tables = [t for t in db.tables if only is None or only(db.name, t.name)]
+                  only: Callable[[str, str, str], bool] | None) -> list[TableResult]:
+    tables = [t for t in db.tables if only is None or only(db.name, t.schema_, t.name)]
     results = [TableResult(db.name, t.schema_, t.name) for t in tables]
     if not tables:
         return results
@@ -159,8 +159,9 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def dry_run(cfg: Config, *, now: datetime | None = None, s3_client: Any | None = None) -> tuple[list[str], ExitCode]:
+def dry_run(cfg: Config, *, now: datetime | None = None, s3_client: Any | None = None,
+            only: Callable[[str, str, str], bool] | None = None) -> tuple[list[str], ExitCode]:
     """Check config, connections, tables and columns; report what a run would do. Writes nothing."""
-    return plan(cfg, now=now or datetime.now(timezone.utc), s3_client=s3_client)
+    return plan(cfg, now=now or datetime.now(timezone.utc), s3_client=s3_client, only=only)
 
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from archive_checks import archived_ids, assert_invariant, manifests, table_ids
 from archiver.controls import RunControls
 from archiver.main import cli
-from archiver.runner import run_archive
+from archiver.app import ArchiverOptions
+from archiver.runner import dry_run, run_archive
 from common import batch_writer, layout
 from common.config import load_config
 from common.exit_codes import ExitCode
@@ -272,3 +273,22 @@ def test_jsonl_manifest_ranges_order_like_the_database(tmp_path: Path, pg_dsn: s
     (m,) = manifests(LocalStorage(tmp_path / "archive"))
     assert (m.min_pk, m.max_pk) == (95, 105)
     assert m.min_ts.startswith("2026-01-05T12:01:35")
+
+
+def test_table_filter_with_a_schema_selects_only_that_schemas_table(tmp_path: Path, pg_dsn: str,
+                                                                     pg: psycopg.Connection[Any]) -> None:
+    # --table audit.events must not also archive public.events (same name, other schema)
+    for schema in ("public", "audit"):
+        pg.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        pg.execute(f"CREATE TABLE {schema}.events (id int PRIMARY KEY, created_at timestamptz NOT NULL)")
+        pg.execute(f"INSERT INTO {schema}.events SELECT g, '2024-01-01'::timestamptz + g * interval '1 hour'"
+                   " FROM generate_series(1, 5) g")
+    tables = [{"name": "events", "schema": s, "timestamp_column": "created_at", "primary_key": "id"} for s in ("public", "audit")]
+    path = make_config(tmp_path, dsn=pg_dsn, tables=tables)
+    opts = ArchiverOptions(config_path=path, tables=("audit.events",))
+    lines, _ = dry_run(load_config(path), only=opts.only)
+    assert any("audit.events" in ln for ln in lines) and not any("public.events" in ln for ln in lines)
+    results, code = run_archive(load_config(path), only=opts.only)
+    assert code == ExitCode.OK and [r.name for r in results] == ["audit.events"]
+    assert table_ids(pg, "events") == {1, 2, 3, 4, 5}  # public.events (search_path) untouched
+    assert not pg.execute("SELECT count(*) FROM audit.events").fetchone()[0]
