@@ -14,7 +14,7 @@ from archiver.controls import RunControls
 from archiver.runner import dry_run, run_archive
 from archiver.sink import pending_fallback
 from common.config import Config, load_config
-from common.errors import ConfigError, DataIntegrityError, UsageError, describe
+from common.errors import ConfigError, DataIntegrityError, UsageError, describe, first_line
 from common.events import Observers
 from common.exit_codes import ExitCode
 from common.health import HealthChecker, RunState
@@ -122,7 +122,7 @@ class OpsSurface:
             try:
                 self.metrics.push(m.pushgateway_url)
             except Exception as exc:  # noqa: BLE001 - monitoring must not fail archiving
-                log.warning("pushing metrics to the Pushgateway failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+                log.warning("pushing metrics to the Pushgateway failed: %s", first_line(exc))
 
     def reconfigure(self, cfg: Config) -> None:
         """Use a reloaded config from now on (raises ConfigError, changing nothing, if it is unusable)."""

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from common.config import ResolvedOptions
+from common.errors import first_line
 from common.events import TableResult
 
 log = logging.getLogger("archiver")
@@ -168,5 +169,5 @@ def replica_lag(dsn: str) -> float:
             ).fetchone()
             return float(row[0] or 0) if row else 0.0
     except psycopg.Error as exc:
-        log.warning("cannot check replica lag: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        log.warning("cannot check replica lag: %s", first_line(exc))
         return float("inf")

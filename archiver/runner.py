@@ -23,6 +23,7 @@ from common.errors import ArchiverError, DatabaseError, ServiceUnavailable, Usag
 from common.events import NullObserver, Observer, TableResult
 from common.exit_codes import ExitCode
 from common.s3client import fallback_storage, primary_storage
+from common.units import human_bytes
 
 log = logging.getLogger("archiver")
 
@@ -114,7 +115,7 @@ def _run_table(job: TableJob) -> TableResult:
         job.run()
         if r.status == "completed":
             log.info("table %s completed: %d rows archived in %d objects, %s, ratio %.1fx, %.1fs",
-                     r.name, r.rows, r.objects, _human(r.bytes), r.ratio, r.seconds, extra=ctx)
+                     r.name, r.rows, r.objects, human_bytes(r.bytes), r.ratio, r.seconds, extra=ctx)
         else:
             log.info("table %s stopped early after %d rows; the next run resumes", r.name, r.rows, extra=ctx)
     except TableBusy as exc:
@@ -147,21 +148,11 @@ def _kind(exc: BaseException, code: ExitCode) -> str:
 def _summary(results: list[TableResult]) -> None:
     for r in results:
         log.info("summary %s.%s: %s, %d rows, %d objects (%d in fallback), %s, compression %.1fx, %.1fs%s",
-                 r.database, r.name, r.status, r.rows, r.objects, r.fallback_objects, _human(r.bytes), r.ratio,
+                 r.database, r.name, r.status, r.rows, r.objects, r.fallback_objects, human_bytes(r.bytes), r.ratio,
                  r.seconds, f", error: {r.error}" if r.error else "")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def dry_run(cfg: Config, *, now: datetime | None = None, s3_client: Any | None = None,
             only: Callable[[str, str, str], bool] | None = None) -> tuple[list[str], ExitCode]:
     """Check config, connections, tables and columns; report what a run would do. Writes nothing."""
     return plan(cfg, now=now or datetime.now(timezone.utc), s3_client=s3_client, only=only)
-
-

@@ -13,7 +13,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from archiver.controls import fault_point
-from common.errors import ArchiverError, DataIntegrityError, ServiceUnavailable
+from common.errors import ArchiverError, DataIntegrityError, ServiceUnavailable, first_line
 from common.layout import data_key, is_manifest, manifest_key
 from common.manifest import Manifest, sha256_hex
 from common.storage import LocalStorage, Storage, is_disk_full
@@ -85,37 +85,39 @@ class ArchiveSink:
                 if self.fallback is None:
                     raise ServiceUnavailable(f"S3 upload of {manifest.key} failed and no s3.local_fallback_dir is configured: {exc}") from None
                 log.warning("S3 upload failed (%s); S3 marked down, batches go to the fallback directory %s",
-                            _short(exc), self.fallback.root)
+                            first_line(exc)[:200], self.fallback.root)
                 self.opened_at = self.clock()
         assert self.fallback is not None
         try:
             _put_pair(self.fallback, manifest, data)
         except OSError as exc:
-            self._cleanup(self.fallback, manifest.key)
+            self._cleanup(self.fallback, (manifest_key(manifest.key), manifest.key))
             if is_disk_full(exc):
                 raise FallbackFull(f"fallback directory {self.fallback.root} is full (ENOSPC); no rows deleted for this batch") from None
             raise FallbackFull(f"cannot write to fallback directory {self.fallback.root}: {exc.strerror}") from None
         return self.fallback.location
 
+    def _store(self, location: str) -> Storage:
+        return self.fallback if location == "fallback" and self.fallback else self.primary
+
     def remove(self, key: str, location: str) -> None:
-        store = self.fallback if location == "fallback" and self.fallback else self.primary
-        self._cleanup(store, key)
+        self._cleanup(self._store(location), (manifest_key(key), key))
 
     def withdraw(self, key: str, location: str) -> None:
         """Take back a stored batch whose rows stay in the table: its manifest must go (an error
         propagates, and the batch stays pending for the next run), or the rows would count as
         archived twice once archived again; the object without it is only an orphan."""
-        store = self.fallback if location == "fallback" and self.fallback else self.primary
+        store = self._store(location)
         store.delete(manifest_key(key))
-        self._cleanup(store, key)
+        self._cleanup(store, (key,))
 
     @staticmethod
-    def _cleanup(store: Storage, key: str) -> None:
-        for k in (manifest_key(key), key):
+    def _cleanup(store: Storage, keys: tuple[str, ...]) -> None:
+        for k in keys:
             try:
                 store.delete(k)
             except Exception as exc:  # noqa: BLE001 - best effort; validate reports what is left
-                log.warning("could not remove %s from %s: %s", k, store.location, _short(exc))
+                log.warning("could not remove %s from %s: %s", k, store.location, first_line(exc)[:200])
 
     def drain(self) -> DrainResult:
         """Upload pending fallback batches to S3, oldest first; quarantine any that fail their checksum."""
@@ -138,7 +140,7 @@ class ArchiveSink:
             try:
                 _put_pair(self.primary, manifest, data)
             except (BotoCoreError, ClientError) as exc:
-                log.warning("S3 still unavailable while draining the fallback directory: %s", _short(exc))
+                log.warning("S3 still unavailable while draining the fallback directory: %s", first_line(exc)[:200])
                 self.opened_at = self.clock()
                 result.remaining = len(manifests) - result.drained - result.quarantined
                 break
@@ -176,7 +178,3 @@ def pending_fallback(fallback: LocalStorage | None) -> tuple[int, int]:
         return 0, 0
     files = [o for o in fallback.list("") if not o.key.startswith(".quarantine/")]
     return sum(1 for o in files if is_manifest(o.key)), sum(o.size for o in files)
-
-
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200]

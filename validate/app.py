@@ -15,7 +15,8 @@ from common.exit_codes import ExitCode
 from common.logging_setup import setup_logging
 from validate.checks import DEFAULT_PARALLEL, validate
 from validate.objects import Checked
-from validate.report import Report, human_bytes
+from common.units import human_bytes
+from validate.report import Report
 
 log = logging.getLogger("validate")
 

@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from common.config import Config, DatabaseConfig, TableConfig
-from common.db import connect, conninfo, pool, qualified, session_settings, table_oid, table_schema
+from common.db import conninfo, pool, qualified, session_settings, table_oid, table_schema
 from common.errors import UsageError
 
 log = logging.getLogger("validate.db")
@@ -55,9 +55,8 @@ class LiveRows:
             for db, t in self.wanted:
                 if db.name not in pools:
                     info, settings = conninfo(db), self._settings(t)
-                    # One plain connection first: an unreachable server fails at once (exit 3)
-                    # instead of after the pool's reconnect attempts.
-                    connect(info, settings, connect_timeout=10).close()
+                    # pool() probes with one plain connection first: an unreachable server fails
+                    # at once (exit 3).
                     pools[db.name] = self._stack.enter_context(pool(info, settings, size=self.size))
                 self._inspect(db, t, pools[db.name])
         except BaseException:

@@ -94,7 +94,7 @@ def shared_keys(group: list[Span], keys_of: Callable[[Span], pa.Array | pa.Chunk
     arrays = [_comparable(keys_of(s)) for s in group]
     if len({a.type for a in arrays}) > 1:
         arrays = [pc.cast(a, pa.string()) for a in arrays]
-    owners = pa.chunked_array([pa.array([i] * len(a), pa.int32()) for i, a in enumerate(arrays)])
+    owners = pa.chunked_array([pa.repeat(pa.scalar(i, pa.int32()), len(a)) for i, a in enumerate(arrays)])
     table = pa.table({"pk": pa.chunked_array([c for a in arrays for c in a.chunks], arrays[0].type), "obj": owners})
     per_key = table.group_by("pk").aggregate([("obj", "distinct")])
     dup = per_key.filter(pc.greater(pc.list_value_length(per_key.column("obj_distinct")), 1))

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from common.units import human_bytes
+
 #: The problem types of issue 5, in the order a reader cares about them; the value is the repair
 #: every message of that type ends with.
 PROBLEM_TYPES: dict[str, str] = {
@@ -111,11 +113,3 @@ def _where(p: Problem) -> str:
     if p.database and p.table:
         return f" [{p.database} {p.table}]"
     return f" [{p.database}]" if p.database else ""
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
