@@ -26,6 +26,8 @@ from bench.context import Context
 from bench.env import REPO, moto_endpoint, s3_client
 from bench.report import PartResult, table, write_json
 from bench.seed import databases
+from common.db import describe_target
+from common.errors import first_line
 
 DEFAULT_DSN = "host=127.0.0.1 port=5432 user=root dbname=postgres"
 PARTS = ("archive", "restore", "validate")
@@ -40,7 +42,8 @@ def preflight(dsn: str) -> str:
         with psycopg.connect(dsn, connect_timeout=5) as conn:
             row = conn.execute("SHOW server_version").fetchone()
     except psycopg.OperationalError as exc:
-        click.echo(f"bench: cannot reach PostgreSQL at {dsn!r} (set ARCHIVER_BENCH_DSN): {str(exc).strip().splitlines()[0]}", err=True)
+        # describe_target: host:port/dbname, never a password the DSN may carry
+        click.echo(f"bench: cannot reach PostgreSQL at {describe_target(dsn)} (set ARCHIVER_BENCH_DSN): {first_line(exc)}", err=True)
         sys.exit(3)
     return str(row[0]) if row else "?"
 

@@ -30,7 +30,7 @@ def plan_columns(archived: TableSchema, live: TableSchema, *, primary_key: list[
     archived_names = set(archived.names)
     load: list[str] = []
     lost: list[str] = []
-    retyped: list[str] = []
+    retyped: list[tuple[str, str, str]] = []  # (name, archived type, live type)
     for col in archived.columns:
         now = live_by_name.get(col.name)
         if now is None:
@@ -38,7 +38,7 @@ def plan_columns(archived: TableSchema, live: TableSchema, *, primary_key: list[
         elif now.generated:
             continue
         elif now.pg_type != col.pg_type:
-            retyped.append(f"{col.name} ({col.pg_type} -> {now.pg_type})")
+            retyped.append((col.name, col.pg_type, now.pg_type))
         else:
             load.append(col.name)
     missing_pk = [c for c in primary_key if c not in load]
@@ -50,12 +50,12 @@ def plan_columns(archived: TableSchema, live: TableSchema, *, primary_key: list[
         if lost:
             parts.append(f"archived column(s) {', '.join(lost)} no longer exist in {target}")
         if retyped:
-            parts.append(f"column(s) changed type: {', '.join(retyped)}")
+            parts.append("column(s) changed type: " + ", ".join(f"{n} ({old} -> {new})" for n, old, new in retyped))
         raise SchemaDrift(f"{key}: schema drift: {'; '.join(parts)}. "
                           "Rerun with --allow-drop-columns to restore the other columns without them")
     return ColumnPlan(
         load=tuple(load),
-        dropped=tuple(lost + [r.split(" ", 1)[0] for r in retyped]),
+        dropped=tuple(lost + [n for n, _, _ in retyped]),
         defaulted=tuple(c.name for c in live.columns if c.name not in archived_names and not c.generated),
         recomputed=tuple(c.name for c in live.columns if c.generated),
     )

@@ -86,6 +86,13 @@ def test_lost_and_retyped_columns(allow_drop: bool) -> None:
     assert plan.load == ("id", "twice") and plan.dropped == ("email", "amount")
 
 
+def test_a_retyped_column_with_a_space_in_its_name_is_reported_whole() -> None:
+    archived = schema(("id", "bigint"), ("my col", "integer"))
+    plan = plan_columns(archived, schema(("id", "bigint"), ("my col", "text")), primary_key=["id"],
+                        allow_drop=True, key="k", target="t")
+    assert plan.dropped == ("my col",)
+
+
 def test_primary_key_must_be_restorable_even_with_allow_drop() -> None:
     live = schema(("id", "integer"), ("email", "text"))
     with pytest.raises(SchemaDrift, match="primary key"):
