@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from archiver.selection import Bound, Selection
-from common.pgtypes import FALLIBLE, from_arrow_read, xids
+from common.pgtypes import EPOCH_ORDINAL, FALLIBLE, from_arrow_read, utc_days, xids
 
 #: Rows per window (at least batch_size): 2M-row bench, ~245 MB peak RSS at this size.
 WINDOW_ROWS = 50_000
@@ -48,17 +48,6 @@ class Batch:
     @property
     def count(self) -> int:
         return self.rows.num_rows
-
-
-def _days(ts: pa.ChunkedArray) -> np.ndarray:
-    if pa.types.is_timestamp(ts.type):
-        ts = pc.cast(ts, pa.timestamp("us", tz="UTC")) if ts.type.tz is None else ts
-        return pc.cast(ts, pa.date32()).to_numpy(zero_copy_only=False).astype("int64")  # type: ignore[no-any-return]
-    if pa.types.is_date(ts.type):
-        return pc.cast(ts, pa.int32()).to_numpy(zero_copy_only=False).astype("int64")  # type: ignore[no-any-return]
-    # Text form (JSONL format): the session runs in UTC, so the first ten characters are the UTC day.
-    days = pc.cast(pc.utf8_slice_codeunits(ts, 0, 10), pa.date32())
-    return pc.cast(days, pa.int32()).to_numpy(zero_copy_only=False).astype("int64")  # type: ignore[no-any-return]
 
 
 def read_window(source: Source, sel: Selection, *, limit: int, lower: Bound | None, by_key: bool,
@@ -172,8 +161,7 @@ def _narrow(table: pa.Table, encodings: dict[str, str], sel: Selection) -> tuple
 
 
 def _split(chunk: pa.Table, ts_col: str) -> list[tuple[int, int, date]]:
-    days = _days(chunk.column(ts_col))
+    days = utc_days(chunk.column(ts_col))
     cuts = np.flatnonzero(np.diff(days)) + 1
     bounds = [0, *cuts.tolist(), chunk.num_rows]
-    epoch = date(1970, 1, 1).toordinal()
-    return [(bounds[i], bounds[i + 1], date.fromordinal(epoch + int(days[bounds[i]]))) for i in range(len(bounds) - 1)]
+    return [(bounds[i], bounds[i + 1], date.fromordinal(EPOCH_ORDINAL + int(days[bounds[i]]))) for i in range(len(bounds) - 1)]

@@ -24,14 +24,13 @@ from archiver.sink import ArchiveSink, FallbackFull
 from common.checkpoint import Checkpoint, CheckpointStore
 from common.config import Config, DatabaseConfig, ResolvedOptions, TableConfig
 from common.arrow_source import ArrowSource
-from common.db import apply_settings, primary_key_columns, table_oid, table_schema
+from common.db import apply_settings, primary_key_columns, table_oid, table_schema, table_unlock, try_table_lock
 from common.errors import ArchiverError, ServiceUnavailable, UsageError
 from common.events import Observer, TableResult
 from common.manifest import Manifest
 from common.pgtypes import TableSchema
 
 log = logging.getLogger("archiver")
-LOCK_CLASS = 0x50474152  # 'PGAR': advisory lock namespace; the table's oid is the other half
 _SUPPORTED_TS = {"timestamptz", "timestamp", "date"}
 _DONE = object()
 #: Stored batches whose rows one DELETE removes together.
@@ -110,24 +109,18 @@ class TableJob:
 
     # -- locking -----------------------------------------------------------------------------
     def _lock(self, oid: int) -> None:
-        key = (LOCK_CLASS << 32) | oid
         deadline = time.monotonic() + self.controls.wait_for_lock
         while True:
-            got = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            got = try_table_lock(self.conn, oid)
             self.conn.commit()
-            if got and got[0]:
+            if got:
                 return
             if time.monotonic() >= deadline or self.controls.stopping:
                 raise TableBusy(f"{self.result.name} is being archived by another archiver (advisory lock held); skipped")
             time.sleep(0.5)
 
     def _unlock(self, oid: int) -> None:
-        try:
-            self.conn.rollback()
-            self.conn.execute("SELECT pg_advisory_unlock(%s)", ((LOCK_CLASS << 32) | oid,))
-            self.conn.commit()
-        except psycopg.Error:
-            pass  # the lock dies with the session anyway
+        table_unlock(self.conn, oid)
 
     # -- checkpoint and resume (archiver/resume.py) ------------------------------------------
     def _load_checkpoint(self) -> Checkpoint:

@@ -108,6 +108,25 @@ def pool(info: str, settings: dict[str, str], *, size: int) -> Iterator[Connecti
         p.close()
 
 
+#: 'PGAR': the advisory lock namespace of archiver and restore; the table's oid is the other half.
+LOCK_CLASS = 0x50474152
+
+
+def try_table_lock(conn: psycopg.Connection[Any], oid: int) -> bool:
+    """Take the session-level advisory lock on a table, without waiting (and without committing)."""
+    got = conn.execute("SELECT pg_try_advisory_lock(%s)", ((LOCK_CLASS << 32) | oid,)).fetchone()
+    return bool(got and got[0])
+
+
+def table_unlock(conn: psycopg.Connection[Any], oid: int) -> None:
+    try:
+        conn.rollback()
+        conn.execute("SELECT pg_advisory_unlock(%s)", ((LOCK_CLASS << 32) | oid,))
+        conn.commit()
+    except psycopg.Error:
+        pass  # the lock ends with the session anyway
+
+
 def find_table_oid(conn: psycopg.Connection[Any], schema: str, table: str) -> int | None:
     """The oid of a table (plain or partitioned), None when there is none: names are parameters."""
     row = conn.execute(

@@ -167,6 +167,23 @@ def _uuid_text(chunk: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_valid(raw), out, pa.scalar(None, pa.string())) if raw.null_count else out
 
 
+#: date(1970, 1, 1).toordinal(): utc_days counts from there.
+EPOCH_ORDINAL = 719163
+
+
+def utc_days(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Days since the epoch (UTC) of timestamp, date, or text (PostgreSQL output in UTC) values: the
+    partition rule, shared by the archiver (which cuts batches by it) and validate (which checks it)."""
+    if pa.types.is_timestamp(ts.type):
+        ts = pc.cast(ts, pa.timestamp("us", tz="UTC")) if ts.type.tz is None else ts
+        ts = pc.cast(ts, pa.date32())
+    elif pa.types.is_string(ts.type) or pa.types.is_large_string(ts.type):
+        ts = pc.cast(pc.utf8_slice_codeunits(ts, 0, 10), pa.date32())
+    if not pa.types.is_date(ts.type):
+        raise ValueError(f"unsupported timestamp type {ts.type}")
+    return pc.cast(ts, pa.int32()).to_numpy(zero_copy_only=False).astype("int64")  # type: ignore[no-any-return]
+
+
 def xids(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """xmin in binary (4 bytes, big-endian, never NULL) -> uint32. Only the distinct values of a
     batch ever reach SQL, so none is turned into text per row."""

@@ -12,8 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from archiver.table_job import LOCK_CLASS  # one lock namespace for archiver and restore
-from common.db import find_table_oid, primary_key_columns, qualified, table_schema
+from common.db import find_table_oid, primary_key_columns, qualified, table_schema, table_unlock, try_table_lock
 from common.errors import ArchiverError, DataIntegrityError, UsageError
 from common.pgtypes import TableSchema
 
@@ -93,18 +92,11 @@ def create_table(conn: psycopg.Connection[Any], schema: str, table: str, archive
 def table_lock(conn: psycopg.Connection[Any], live: LiveTable) -> Iterator[None]:
     """Hold the archiver's advisory lock on the table for the restore: an archiver run skips it
     meanwhile instead of archiving the rows being brought back."""
-    key = (LOCK_CLASS << 32) | live.oid
     # Session-level, so it does not commit anything: a `fail` run stays one transaction.
-    got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-    if not (got and got[0]):
+    if not try_table_lock(conn, live.oid):
         raise ArchiverError(f"{live.name} is being archived right now (the archiver's advisory lock is held); "
                             "wait for that run to finish or stop it, then restore")
     try:
         yield
     finally:
-        try:
-            conn.rollback()
-            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-            conn.commit()
-        except psycopg.Error:
-            pass  # the lock ends with the session anyway
+        table_unlock(conn, live.oid)

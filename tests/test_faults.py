@@ -205,7 +205,7 @@ def test_signal_finishes_the_batch_and_exits_promptly(tmp_path: Path, pg_dsn: st
 # -- one archiver per table ------------------------------------------------------------------
 
 def _hold_table_lock(conn: psycopg.Connection[Any]) -> None:
-    from archiver.table_job import LOCK_CLASS
+    from common.db import LOCK_CLASS
     oid = conn.execute("SELECT 'audit_logs'::regclass::oid").fetchone()[0]
     conn.execute("SELECT pg_advisory_lock(%s)", ((LOCK_CLASS << 32) | oid,))
 

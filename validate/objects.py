@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 from common import batch_writer, layout
 from common.errors import DataIntegrityError
 from common.manifest import Manifest, hex_to_b64
+from common.pgtypes import EPOCH_ORDINAL, utc_days
 from common.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
 from validate.inventory import Entry
@@ -25,9 +26,6 @@ from validate.report import Problem, problem
 log = logging.getLogger("validate")
 #: Key types whose manifest min/max (computed by Arrow) orders the way PostgreSQL does.
 _RANGE_SAFE = {"int2", "int4", "int8"}
-_EPOCH_ORDINAL = 719163  # date(1970, 1, 1).toordinal()
-
-
 @dataclass
 class Checked:
     """The outcome for one entry. `interval` is the typed pk range, for the overlap check."""
@@ -174,7 +172,7 @@ class ObjectChecker:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
             out.add("partition_mismatch", f"timestamps cannot be read as dates ({exc})")
             return
-        outside = int(np.count_nonzero(days != day - _EPOCH_ORDINAL))
+        outside = int(np.count_nonzero(days != day - EPOCH_ORDINAL))
         if outside:
             lo, hi = (_ordinal_text(int(days.min())), _ordinal_text(int(days.max())))
             out.add("partition_mismatch", f"{outside} rows have timestamps outside the key's day (rows span {lo}..{hi})")
@@ -202,22 +200,10 @@ def stored_sha256(store: Storage, key: str) -> str | None:
     return None if not value or "-" in value else str(value)
 
 
-def utc_days(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Days since the epoch (UTC) of timestamp, date, or text (PostgreSQL output in UTC) values."""
-    if pa.types.is_timestamp(ts.type):
-        ts = pc.cast(ts, pa.timestamp("us", tz="UTC")) if ts.type.tz is None else ts
-        ts = pc.cast(ts, pa.date32())
-    elif pa.types.is_string(ts.type) or pa.types.is_large_string(ts.type):
-        ts = pc.cast(pc.utf8_slice_codeunits(ts, 0, 10), pa.date32())
-    if not pa.types.is_date(ts.type):
-        raise ValueError(f"unsupported timestamp type {ts.type}")
-    return pc.cast(ts, pa.int32()).to_numpy(zero_copy_only=False).astype("int64")  # type: ignore[no-any-return]
-
-
 def _ordinal_text(days: int) -> str:
     from datetime import date
 
-    return date.fromordinal(days + _EPOCH_ORDINAL).isoformat()
+    return date.fromordinal(days + EPOCH_ORDINAL).isoformat()
 
 
 def _archive_format(key: str) -> str | None:
