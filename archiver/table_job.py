@@ -18,6 +18,8 @@ import pyarrow as pa
 from archiver import resume
 from archiver.controls import RunControls
 from archiver.encoding import Encoded, encode_batch
+from archiver.budget import RowBudget
+from archiver import reader
 from archiver.reader import Batch, batches
 from archiver.selection import Selection, cutoff_for
 from archiver.sink import ArchiveSink, FallbackFull
@@ -38,8 +40,11 @@ GROUP_MAX = 8
 #: Encoded batches waiting for or in an upload, per upload thread: while the mover deletes and
 #: commits, the uploads keep going (an encoded batch is its compressed bytes and keys: ~0.3 MB).
 INFLIGHT_PER_UPLOAD = 4
-#: Batches read (and being encoded) ahead of the uploads.
-READ_AHEAD = 16
+#: Batches read (and being encoded) ahead of the uploads: 8 kept the 2M-row bench as fast as 16,
+#: with ~15 MB less peak RSS.
+READ_AHEAD = 8
+#: Rows read but not yet encoded, in windows (archiver/budget.py).
+UNENCODED_WINDOWS = 2
 
 
 class TableBusy(ArchiverError):
@@ -248,11 +253,16 @@ class TableJob:
         """The reader thread: read windows into day batches; encoding runs in a small pool so the
         next read is not waiting on zstd (futures keep the batches in order)."""
         encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"encode-{self.t.name}")
+        budget = RowBudget(UNENCODED_WINDOWS * max(self.opts.batch_size, reader.WINDOW_ROWS))
         try:
             for batch in batches(self.source, self.sel, batch_size=self.opts.batch_size,
                                  all_text=self.opts.format == "jsonl", start_after=start_after, stop=stop):
                 self.controls.hook("after_read")
-                q.put(encoders.submit(self._encode, batch))
+                if not budget.take(batch.count, stop):
+                    break
+                encoded = encoders.submit(self._encode, batch)
+                encoded.add_done_callback(lambda _, rows=batch.count: budget.give(rows))
+                q.put(encoded)
                 if stop.is_set():
                     break
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread

@@ -8,12 +8,10 @@ it only reads, in autocommit, so every query is one statement with one snapshot.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
-
 import adbc_driver_manager
 import adbc_driver_postgresql as adbc_pg
-import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from common.db import describe_target
@@ -41,7 +39,11 @@ def reason(exc: BaseException) -> str:
 
 
 class ArrowSource:
-    """One read-only ADBC session with the archiver's session settings (UTC, ISO dates, ...)."""
+    """One read-only ADBC session with the archiver's session settings (UTC, ISO dates, ...).
+
+    It uses the driver manager's low-level API: its DB-API module imports pyarrow.dataset, which
+    cost every archiver run ~17 MB of peak RSS and ~50 ms of start-up, for nothing used here. A
+    low-level connection is in autocommit mode, as ADBC specifies."""
 
     def __init__(self, info: str, settings: dict[str, str]) -> None:
         self.target = describe_target(info)
@@ -49,33 +51,45 @@ class ArrowSource:
             info = make_conninfo(info, connect_timeout=CONNECT_TIMEOUT)  # libpq's default is to wait forever
         try:
             # libpq takes a key=value conninfo as readily as a URI; the password stays inside it.
-            self._conn = adbc.connect(info, autocommit=True)
+            self._db = adbc_pg.connect(info)
+            self._conn = adbc_driver_manager.AdbcConnection(self._db)
         except adbc_driver_manager.Error as exc:
+            self._close_all()
             raise ServiceUnavailable(f"cannot connect to database {self.target}: {reason(exc)}") from None
         self.apply(settings)
 
     def apply(self, settings: dict[str, str]) -> None:
         for name, value in settings.items():
-            self._run("SELECT set_config($1, $2, false)", (name, value))
+            self._run(sql.SQL("SELECT set_config({}, {}, false)").format(sql.Literal(name), sql.Literal(value)).as_string(None))
 
     def read(self, query: str) -> pa.Table:
         """The whole result of one query (callers bound it with LIMIT)."""
         return self._run(query)
 
-    def _run(self, query: str, params: tuple[Any, ...] | None = None) -> pa.Table:
+    def _run(self, query: str) -> pa.Table:
         try:
-            with self._conn.cursor() as cur:
-                cur.adbc_statement.set_options(**{adbc_pg.StatementOptions.BATCH_SIZE_HINT_BYTES.value: str(BATCH_BYTES)})
-                cur.execute(query, params)
-                return cur.fetch_arrow_table()
+            stmt = adbc_driver_manager.AdbcStatement(self._conn)
+            try:
+                stmt.set_options(**{adbc_pg.StatementOptions.BATCH_SIZE_HINT_BYTES.value: str(BATCH_BYTES)})
+                stmt.set_sql_query(query)
+                stream, _ = stmt.execute_query()
+                return pa.RecordBatchReader.from_stream(stream).read_all()
+            finally:
+                stmt.close()
         except adbc_driver_manager.Error as exc:
             raise DatabaseError(f"reading from database {self.target} failed: {reason(exc)}") from None
 
     def close(self) -> None:
-        try:
-            self._conn.close()
-        except adbc_driver_manager.Error:
-            pass  # a connection the server already dropped
+        self._close_all()
+
+    def _close_all(self) -> None:
+        for handle in (getattr(self, "_conn", None), getattr(self, "_db", None)):
+            if handle is None:
+                continue
+            try:
+                handle.close()
+            except adbc_driver_manager.Error:
+                pass  # a connection the server already dropped
 
     def __enter__(self) -> ArrowSource:
         return self

@@ -156,6 +156,11 @@ _UUID_GROUPS = [(slice(0, 8), slice(0, 8)), (slice(9, 13), slice(8, 12)), (slice
 def _uuid_text(chunk: pa.Array) -> pa.Array:
     """16-byte uuids -> 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', as uuid_out writes them."""
     raw = _storage(chunk)
+    valid = pc.is_valid(raw)
+    if not pa.types.is_fixed_size_binary(raw.type):
+        # Drivers before 1.9 return uuid as variable-length binary, a NULL as no bytes at all:
+        # give NULLs 16 zero bytes (masked again below), and any other length fails the cast.
+        raw = pc.cast(pc.fill_null(raw, pa.scalar(bytes(16), raw.type)), pa.binary(16))
     n = len(raw)
     data = bytes(raw.buffers()[1])[16 * raw.offset:16 * (raw.offset + n)]
     digits = np.frombuffer(data.hex().encode(), dtype=np.uint8).reshape(n, 32)
@@ -164,7 +169,7 @@ def _uuid_text(chunk: pa.Array) -> pa.Array:
         text[:, to] = digits[:, frm]
     offsets = pa.py_buffer(np.arange(0, 36 * n + 1, 36, dtype=np.int32).tobytes())
     out = pa.Array.from_buffers(pa.string(), n, [None, offsets, pa.py_buffer(text.tobytes())])
-    return pc.if_else(pc.is_valid(raw), out, pa.scalar(None, pa.string())) if raw.null_count else out
+    return pc.if_else(valid, out, pa.scalar(None, pa.string())) if chunk.null_count else out
 
 
 #: date(1970, 1, 1).toordinal(): utc_days counts from there.
