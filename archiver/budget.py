@@ -5,6 +5,10 @@ whole window, and a slow compression level lets the reader run far ahead of the 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class RowBudget:
@@ -28,3 +32,8 @@ class RowBudget:
         with self._cond:
             self.used -= rows
             self._cond.notify_all()
+
+    def held_until_done(self, future: Future[T], rows: int) -> Future[T]:
+        """Give `rows` back once `future` (the batch's encoding) is done, however it ends."""
+        future.add_done_callback(lambda _: self.give(rows))
+        return future

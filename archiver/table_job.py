@@ -260,9 +260,7 @@ class TableJob:
                 self.controls.hook("after_read")
                 if not budget.take(batch.count, stop):
                     break
-                encoded = encoders.submit(self._encode, batch)
-                encoded.add_done_callback(lambda _, rows=batch.count: budget.give(rows))
-                q.put(encoded)
+                q.put(budget.held_until_done(encoders.submit(self._encode, batch), batch.count))
                 if stop.is_set():
                     break
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
