@@ -15,11 +15,10 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
-from archiver import resume
+from archiver import reader, resume
+from archiver.budget import RowBudget
 from archiver.controls import RunControls
 from archiver.encoding import Encoded, encode_batch
-from archiver.budget import RowBudget
-from archiver import reader
 from archiver.reader import Batch, batches
 from archiver.selection import Selection, cutoff_for
 from archiver.sink import ArchiveSink, FallbackFull
