@@ -1,5 +1,6 @@
 """The archiver's read-only ADBC session (common/arrow_source.py) against the real PostgreSQL:
-settings reach it, and failures come out as one-line messages with libpq's reason and no secret."""
+settings reach it, every read is its own transaction, uuids come back in PostgreSQL's text form
+from either driver layout, and failures come out as one-line messages with libpq's reason and no secret."""
 from __future__ import annotations
 
 import uuid
