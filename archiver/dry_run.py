@@ -81,6 +81,6 @@ def _storage_line(cfg: Config, s3_client: Any | None) -> str:
         store.probe()  # type: ignore[attr-defined]
         status = "reachable"
     except Exception as exc:  # noqa: BLE001
-        status = f"NOT reachable ({first_line(exc)[:120]})"
+        status = f"NOT reachable ({first_line(exc, limit=120)})"
     fb = f", fallback {cfg.s3.local_fallback_dir}" if cfg.s3.local_fallback_dir else ", no fallback directory"
     return f"storage: {target} ({status}), class {cfg.s3.storage_class}{fb}"

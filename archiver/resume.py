@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("archiver")
 
 
-
 def load_checkpoint(job: TableJob) -> Checkpoint:
     try:
         cp = job.checkpoints.load(job.db.name, job.t.schema_, job.t.name)

@@ -15,8 +15,8 @@ from archiver.controls import RunControls
 from archiver.dry_run import plan
 from archiver.sink import ArchiveSink, FallbackFull
 from archiver.table_job import TableBusy, TableJob
-from common.checkpoint import CheckpointStore
 from common.arrow_source import ArrowSource
+from common.checkpoint import CheckpointStore
 from common.config import Config, DatabaseConfig
 from common.db import conninfo, pool, session_settings
 from common.errors import ArchiverError, DatabaseError, ServiceUnavailable, UsageError, describe

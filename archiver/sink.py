@@ -85,7 +85,7 @@ class ArchiveSink:
                 if self.fallback is None:
                     raise ServiceUnavailable(f"S3 upload of {manifest.key} failed and no s3.local_fallback_dir is configured: {exc}") from None
                 log.warning("S3 upload failed (%s); S3 marked down, batches go to the fallback directory %s",
-                            first_line(exc)[:200], self.fallback.root)
+                            first_line(exc, limit=200), self.fallback.root)
                 self.opened_at = self.clock()
         assert self.fallback is not None
         try:
@@ -117,7 +117,7 @@ class ArchiveSink:
             try:
                 store.delete(k)
             except Exception as exc:  # noqa: BLE001 - best effort; validate reports what is left
-                log.warning("could not remove %s from %s: %s", k, store.location, first_line(exc)[:200])
+                log.warning("could not remove %s from %s: %s", k, store.location, first_line(exc, limit=200))
 
     def drain(self) -> DrainResult:
         """Upload pending fallback batches to S3, oldest first; quarantine any that fail their checksum."""
@@ -140,7 +140,7 @@ class ArchiveSink:
             try:
                 _put_pair(self.primary, manifest, data)
             except (BotoCoreError, ClientError) as exc:
-                log.warning("S3 still unavailable while draining the fallback directory: %s", first_line(exc)[:200])
+                log.warning("S3 still unavailable while draining the fallback directory: %s", first_line(exc, limit=200))
                 self.opened_at = self.clock()
                 result.remaining = len(manifests) - result.drained - result.quarantined
                 break

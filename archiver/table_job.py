@@ -22,9 +22,9 @@ from archiver.encoding import Encoded, encode_batch
 from archiver.reader import Batch, batches
 from archiver.selection import Selection, cutoff_for
 from archiver.sink import ArchiveSink, FallbackFull
+from common.arrow_source import ArrowSource
 from common.checkpoint import Checkpoint, CheckpointStore
 from common.config import Config, DatabaseConfig, ResolvedOptions, TableConfig
-from common.arrow_source import ArrowSource
 from common.db import apply_settings, primary_key_columns, table_oid, table_schema, table_unlock, try_table_lock
 from common.errors import ArchiverError, ServiceUnavailable, UsageError
 from common.events import Observer, TableResult

@@ -12,11 +12,10 @@ from types import TracebackType
 import adbc_driver_manager
 import adbc_driver_postgresql as adbc_pg
 import pyarrow as pa
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from common.db import describe_target
-from common.errors import DatabaseError, ServiceUnavailable
+from common.db import LIBPQ_HINT, describe_target, settings_query
+from common.errors import DatabaseError, ServiceUnavailable, message_lines
 
 CONNECT_TIMEOUT = 10  # seconds, as for the psycopg pool (common/db.py)
 #: Size of the driver's record batches. Its default, 16 MB, left the archiver's peak RSS ~15 MB
@@ -27,8 +26,7 @@ _PREFIXES = ("IO: ", "[libpq] ", "Failed to connect: ", "Execution error [PGRES_
 
 def reason(exc: BaseException) -> str:
     """The driver's message without its layers of prefixes: libpq's own words, one line."""
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith(("Is the server running", "Query was:"))] or lines
+    lines = message_lines(exc, skip=(LIBPQ_HINT, "Query was:"))
     text = lines[0] if lines else type(exc).__name__
     changed = True
     while changed:
@@ -60,8 +58,7 @@ class ArrowSource:
         self.apply(settings)
 
     def apply(self, settings: dict[str, str]) -> None:
-        for name, value in settings.items():
-            self._run(sql.SQL("SELECT set_config({}, {}, false)").format(sql.Literal(name), sql.Literal(value)).as_string(None))
+        self._run(settings_query(settings).as_string(None))
 
     def read(self, query: str) -> pa.Table:
         """The whole result of one query (callers bound it with LIMIT)."""

@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from common.config import DatabaseConfig
-from common.errors import ConfigError, ServiceUnavailable, UsageError
+from common.errors import ConfigError, ServiceUnavailable, UsageError, message_lines
 from common.pgtypes import COLUMNS_SQL, SESSION_SETTINGS, TableSchema, schema_from_rows
 
 
@@ -59,9 +59,16 @@ def session_settings(*, application_name: str, statement_timeout: str | None, lo
     return settings
 
 
+def settings_query(settings: dict[str, str]) -> sql.Composed:
+    """One statement that sets every session setting (values as literals, so it also serves the
+    ADBC reader, which takes no parameters): one round trip instead of one per setting."""
+    calls: list[sql.Composable] = [sql.SQL("set_config({}, {}, false)").format(sql.Literal(name), sql.Literal(value))
+                                   for name, value in settings.items()]
+    return sql.SQL("SELECT ") + sql.SQL(", ").join(calls or [sql.SQL("NULL")])
+
+
 def apply_settings(conn: psycopg.Connection[Any], settings: dict[str, str]) -> None:
-    for name, value in settings.items():
-        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    conn.execute(settings_query(settings).as_bytes(conn))
     conn.commit()
 
 
@@ -74,11 +81,14 @@ def connect(info: str, settings: dict[str, str], *, connect_timeout: int = 10) -
     return conn
 
 
+#: The generic hint libpq adds under a refused connection.
+LIBPQ_HINT = "Is the server running"
+
+
 def libpq_reason(exc: Exception) -> str:
     """libpq's own words (they never include the password), minus its generic hint lines:
     'connection to server at "db", port 5432 failed: Connection refused'."""
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith("Is the server running")] or lines
+    lines = message_lines(exc, skip=(LIBPQ_HINT,))
     return "; ".join(lines) if lines else type(exc).__name__
 
 

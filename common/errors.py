@@ -63,10 +63,19 @@ def describe(exc: BaseException) -> tuple[ExitCode, str]:
     return ExitCode.FAILURE, f"unexpected error ({type(exc).__name__}): {first_line(exc)}; rerun with --verbose for details"
 
 
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (bounded), or its class name."""
+def message_lines(exc: BaseException, *, skip: tuple[str, ...] = ()) -> list[str]:
+    """The non-empty lines of an exception's message, without those starting with `skip` (generic
+    hints such as libpq's "Is the server running ...") unless nothing else is left."""
     lines = [s.strip() for s in str(exc).strip().splitlines() if s.strip()]
-    return lines[0][:300] if lines else type(exc).__name__
+    if not skip:
+        return lines
+    return [ln for ln in lines if not ln.startswith(skip)] or lines
+
+
+def first_line(exc: BaseException, *, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (bounded), or its class name."""
+    lines = message_lines(exc)
+    return lines[0][:limit] if lines else type(exc).__name__
 
 
 def run_tool(func: Callable[..., int], *, verbose: bool, tool: str) -> int:

@@ -71,19 +71,28 @@ class S3Storage:
         gets the HEAD, and one without checksum support a re-read (verify)."""
         if stored is None:
             self.verify(key, size=size, sha256=sha256)
-        elif stored.split("-")[0] != hex_to_b64(sha256):
+        else:
+            self._compare(key, stored, sha256)
+
+    def _compare(self, key: str, stored: str, sha256: str) -> None:
+        if stored.split("-")[0] != hex_to_b64(sha256):
             raise DataIntegrityError(f"s3://{self.bucket}/{key}: stored checksum {stored} does not match upload")
 
-    def verify(self, key: str, *, size: int, sha256: str) -> None:
+    def stored_checksum(self, key: str) -> tuple[int, str | None]:
+        """(size, the SHA-256 S3 stored at upload, base64) from a HEAD; None where it keeps none."""
         head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        if head["ContentLength"] != size:
-            raise DataIntegrityError(f"s3://{self.bucket}/{key}: stored size {head['ContentLength']} != {size}")
-        stored = head.get("ChecksumSHA256")
+        value = head.get("ChecksumSHA256")
+        return int(head["ContentLength"]), None if value is None else str(value)
+
+    def verify(self, key: str, *, size: int, sha256: str) -> None:
+        stored_size, stored = self.stored_checksum(key)
+        if stored_size != size:
+            raise DataIntegrityError(f"s3://{self.bucket}/{key}: stored size {stored_size} != {size}")
         if stored is None:  # endpoint without checksum support: re-read instead
             if sha256_hex(self.get(key)) != sha256:
                 raise DataIntegrityError(f"s3://{self.bucket}/{key}: re-read checksum mismatch")
-        elif stored.split("-")[0] != hex_to_b64(sha256):
-            raise DataIntegrityError(f"s3://{self.bucket}/{key}: stored checksum {stored} does not match upload")
+        else:
+            self._compare(key, stored, sha256)
 
     def get(self, key: str) -> bytes:
         return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())

@@ -13,9 +13,9 @@ from typing import TextIO
 from common.config import load_config
 from common.exit_codes import ExitCode
 from common.logging_setup import setup_logging
+from common.units import human_bytes
 from validate.checks import DEFAULT_PARALLEL, validate
 from validate.objects import Checked
-from common.units import human_bytes
 from validate.report import Report
 
 log = logging.getLogger("validate")

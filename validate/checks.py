@@ -158,5 +158,3 @@ def _s3_refused(exc: ClientError, bucket: str) -> Exception:
         return ConfigError(f"s3.bucket: bucket {bucket!r} does not exist")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
     return ServiceUnavailable(f"S3 refused the request ({code or status}): {first_line(exc)}")
-
-

@@ -26,6 +26,8 @@ from validate.report import Problem, problem
 log = logging.getLogger("validate")
 #: Key types whose manifest min/max (computed by Arrow) orders the way PostgreSQL does.
 _RANGE_SAFE = {"int2", "int4", "int8"}
+
+
 @dataclass
 class Checked:
     """The outcome for one entry. `interval` is the typed pk range, for the overlap check."""
@@ -194,8 +196,7 @@ def stored_sha256(store: Storage, key: str) -> str | None:
     """The SHA-256 S3 computed at upload (base64), or None where there is none to ask for."""
     if not isinstance(store, S3Storage):
         return None
-    head = store.client.head_object(Bucket=store.bucket, Key=key, ChecksumMode="ENABLED")
-    value = head.get("ChecksumSHA256")
+    value = store.stored_checksum(key)[1]
     # A composite multipart checksum ("...-N") is a checksum of part checksums: not comparable.
     return None if not value or "-" in value else str(value)
 
