@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(VPY) scripts/demo.py
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q
 
 bench: $(STAMP)

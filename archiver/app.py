@@ -5,24 +5,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from archiver.controls import RunControls
+from archiver.daemon import Daemon
+from archiver.ops.hup import HupWatcher
+from archiver.ops.surface import OpsSurface
 from archiver.runner import dry_run, run_archive
-from archiver.sink import pending_fallback
 from common.config import Config, load_config
-from common.errors import ConfigError, DataIntegrityError, UsageError, describe, first_line
-from common.events import Observers
-from common.exit_codes import ExitCode
-from common.health import HealthChecker, RunState
-from common.http_server import EndpointServer, serve_endpoints
+from common.errors import UsageError
 from common.logging_setup import setup_logging
-from common.metrics import ArchiverMetrics
-from common.notify import Notifications
-from common.s3client import fallback_storage
 
 log = logging.getLogger("archiver")
 
@@ -55,6 +49,13 @@ def check_filters(cfg: Config, opts: ArchiverOptions) -> None:
             raise UsageError(f"--table {name}: not a configured table")
 
 
+def load_checked(opts: ArchiverOptions) -> Config:
+    """The config file, loaded and checked against --database/--table (ArchiverError if unusable)."""
+    cfg = load_config(opts.config_path)
+    check_filters(cfg, opts)
+    return cfg
+
+
 def make_controls(cfg: Config, opts: ArchiverOptions) -> RunControls:
     d = cfg.defaults
     return RunControls(
@@ -65,74 +66,6 @@ def make_controls(cfg: Config, opts: ArchiverOptions) -> RunControls:
         replica_dsns=[dsn for db in cfg.databases for dsn in db.replica_dsns],
         show_progress=sys.stderr.isatty(),
     )
-
-
-class OpsSurface:
-    """Everything that watches a run: run state for /health, Prometheus metrics, notifications, and
-    the HTTP endpoints serving them while the context is open (issue 6)."""
-
-    def __init__(self, cfg: Config, *, config_path: str) -> None:
-        self.cfg, self.config_path = cfg, config_path
-        self.state = RunState()
-        self.metrics = ArchiverMetrics(pending_fallback=lambda: pending_fallback(fallback_storage(self.cfg)))
-        self.health = HealthChecker(cfg, state=self.state)
-        self.notifications = Notifications.from_config(cfg, config_path=config_path)
-        self.servers: list[EndpointServer] = []
-        self._stack = ExitStack()
-        m = cfg.monitoring
-        if m.enabled and m.textfile_path:
-            self.metrics.seed_from_textfile(m.textfile_path)
-
-    def __enter__(self) -> OpsSurface:
-        m = self.cfg.monitoring
-        if m.enabled:
-            self.servers = self._stack.enter_context(serve_endpoints(bind=m.bind, endpoints=[
-                ("monitoring.health_port", m.health_port, "/health", self.health.route),
-                ("monitoring.metrics_port", m.metrics_port, "/metrics", self.metrics.route),
-            ]))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
-
-    def observer(self) -> Observers:
-        return Observers(self.state, self.metrics, self.notifications)
-
-    def run_crashed(self, exc: BaseException) -> None:
-        """The run raised instead of finishing: record and report it like a failed run."""
-        code, message = describe(exc)
-        kind = ("config" if isinstance(exc, (ConfigError, UsageError)) else "integrity" if isinstance(exc, DataIntegrityError)
-                else ("s3_unreachable" if "S3" in message else "database_unreachable") if code == ExitCode.UNAVAILABLE
-                else "other")
-        for o in (self.state, self.metrics):
-            o.run_crashed(kind, int(code))
-        self.notifications.run_crashed(message, kind)
-
-    def after_run(self) -> None:
-        """Textfile and Pushgateway output: failures are logged, never change the run's result."""
-        m = self.cfg.monitoring
-        if not m.enabled:
-            return
-        if m.textfile_path:
-            try:
-                self.metrics.write_textfile(m.textfile_path)
-            except OSError as exc:
-                log.error("cannot write the metrics textfile %s: %s", m.textfile_path, exc.strerror or exc)
-        if m.pushgateway_url:
-            try:
-                self.metrics.push(m.pushgateway_url)
-            except Exception as exc:  # noqa: BLE001 - monitoring must not fail archiving
-                log.warning("pushing metrics to the Pushgateway failed: %s", first_line(exc))
-
-    def reconfigure(self, cfg: Config) -> None:
-        """Use a reloaded config from now on (raises ConfigError, changing nothing, if it is unusable)."""
-        notifications = Notifications.from_config(cfg, config_path=self.config_path)
-        old = self.cfg.monitoring
-        if (old.enabled, old.bind, old.health_port, old.metrics_port) != (
-                cfg.monitoring.enabled, cfg.monitoring.bind, cfg.monitoring.health_port, cfg.monitoring.metrics_port):
-            log.warning("monitoring.enabled/bind/ports changed: the endpoints keep their old settings until a restart")
-        self.cfg, self.notifications = cfg, notifications
-        self.health.set_config(cfg)
 
 
 def run_once(cfg: Config, opts: ArchiverOptions, ops: OpsSurface, controls: RunControls) -> int:
@@ -148,8 +81,7 @@ def run_once(cfg: Config, opts: ArchiverOptions, ops: OpsSurface, controls: RunC
 
 
 def run(opts: ArchiverOptions) -> int:
-    cfg = load_config(opts.config_path)
-    check_filters(cfg, opts)
+    cfg = load_checked(opts)
     if opts.dry_run:
         setup_logging(None, verbose=opts.verbose)
         lines, code = dry_run(cfg, only=opts.only)
@@ -157,10 +89,10 @@ def run(opts: ArchiverOptions) -> int:
         return int(code)
     setup_logging(cfg.logging, verbose=opts.verbose)
     ops = OpsSurface(cfg, config_path=str(opts.config_path))
-    from archiver.daemon import Daemon, HupWatcher
-
     if opts.daemon:
-        return Daemon(opts=opts, cfg=cfg, ops=ops).serve()
+        return Daemon(cfg=cfg, ops=ops, config_path=opts.config_path, verbose=opts.verbose,
+                      load_config=lambda: load_checked(opts), new_controls=lambda c: make_controls(c, opts),
+                      run_once=lambda c, controls: run_once(c, opts, ops, controls)).serve()
     controls = make_controls(cfg, opts)
     # SIGHUP only reopens the log file here: logrotate may signal a one-shot run, which must not die.
     with ops, HupWatcher(lambda: _reopen_logs()):

@@ -17,7 +17,7 @@ import psycopg
 
 from common.config import ResolvedOptions
 from common.errors import first_line
-from common.events import TableResult
+from archiver.ops.events import TableResult
 
 log = logging.getLogger("archiver")
 

@@ -14,12 +14,13 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import FrameType
-from typing import Any
 
-from archiver.app import ArchiverOptions, OpsSurface, check_filters, make_controls, run_once
 from archiver.controls import RunControls
-from common.config import Config, load_config
+from archiver.ops.hup import HupWatcher
+from archiver.ops.surface import OpsSurface
+from common.config import Config
 from common.errors import ArchiverError, ConfigError, describe
 from common.exit_codes import ExitCode
 from common.logging_setup import reopen_log_files, setup_logging
@@ -44,46 +45,16 @@ def parse_interval(text: str) -> float:
     return total
 
 
-class HupWatcher:
-    """Runs `on_hup` in a thread each time SIGHUP arrives. The handler only sets an event: reopening
-    a log file from inside a signal handler could close a stream the interrupted code is writing."""
-
-    def __init__(self, on_hup: Callable[[], None]) -> None:
-        self.on_hup = on_hup
-        self._event = threading.Event()
-        self._closing = False
-        self._previous: Any = None
-        self._thread = threading.Thread(target=self._loop, name="sighup", daemon=True)
-
-    def _handler(self, _signum: int, _frame: FrameType | None) -> None:
-        self._event.set()
-
-    def _loop(self) -> None:
-        while True:
-            self._event.wait()
-            self._event.clear()
-            if self._closing:
-                return
-            try:
-                self.on_hup()
-            except Exception as exc:  # noqa: BLE001 - a failed reload must not end the watcher
-                log.error("handling SIGHUP failed: %s", describe(exc)[1])
-
-    def __enter__(self) -> HupWatcher:
-        self._thread.start()
-        self._previous = signal.signal(signal.SIGHUP, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGHUP, self._previous if self._previous is not None else signal.SIG_DFL)
-        self._closing = True
-        self._event.set()
-        self._thread.join(timeout=5)
-
-
 class Daemon:
-    def __init__(self, *, opts: ArchiverOptions, cfg: Config, ops: OpsSurface) -> None:
-        self.opts, self.cfg, self.ops = opts, cfg, ops
+    """The service loop. It is handed what one run is, so it knows nothing of how archiving works:
+    `load_config` reads and checks the config file (raising ArchiverError), `new_controls` builds a
+    run's stop/slow-down controls, and `run_once` does one archival run under the ops surface."""
+
+    def __init__(self, *, cfg: Config, ops: OpsSurface, config_path: Path, verbose: bool,
+                 load_config: Callable[[], Config], new_controls: Callable[[Config], RunControls],
+                 run_once: Callable[[Config, RunControls], int]) -> None:
+        self.cfg, self.ops, self.config_path, self.verbose = cfg, ops, config_path, verbose
+        self._load_config, self._new_controls, self._run_once = load_config, new_controls, run_once
         self.interval = parse_interval(cfg.schedule.interval)
         self._wake = threading.Event()
         self._stop_signal: int | None = None
@@ -103,8 +74,7 @@ class Daemon:
         """In the SIGHUP thread: reopen the log at once; check the new config and queue it."""
         reopen_log_files()
         try:
-            cfg = load_config(self.opts.config_path)
-            check_filters(cfg, self.opts)
+            cfg = self._load_config()
             parse_interval(cfg.schedule.interval)
             self.ops.reconfigure(cfg)
         except ArchiverError as exc:
@@ -112,7 +82,7 @@ class Daemon:
             return
         with self._pending_lock:
             self._pending = cfg
-        log.info("configuration reloaded from %s (SIGHUP); it applies from the next run", self.opts.config_path)
+        log.info("configuration reloaded from %s (SIGHUP); it applies from the next run", self.config_path)
         self._wake.set()
 
     def _apply_reload(self) -> None:
@@ -122,9 +92,9 @@ class Daemon:
             return
         if cfg.logging != self.cfg.logging:
             try:
-                setup_logging(cfg.logging, verbose=self.opts.verbose)
+                setup_logging(cfg.logging, verbose=self.verbose)
             except ConfigError as exc:
-                setup_logging(self.cfg.logging, verbose=self.opts.verbose)
+                setup_logging(self.cfg.logging, verbose=self.verbose)
                 log.error("config reload: %s; keeping the previous logging settings", exc)
                 cfg = cfg.model_copy(update={"logging": self.cfg.logging})
         self.cfg, self.interval = cfg, parse_interval(cfg.schedule.interval)
@@ -148,16 +118,16 @@ class Daemon:
                     return self._exit_code()
 
     def _one_run(self) -> RunControls:
-        controls = make_controls(self.cfg, self.opts)
+        controls = self._new_controls(self.cfg)
         controls.install_signal_handlers()
         if self._stop_signal is not None:  # arrived just before the handlers changed hands
             controls.signal_received = self._stop_signal
         try:
-            code = run_once(self.cfg, self.opts, self.ops, controls)
+            code = self._run_once(self.cfg, controls)
             log.info("run finished with exit code %d", code)
         except Exception as exc:  # noqa: BLE001 - the daemon outlives a failed run; the next one may succeed
             code, message = describe(exc)
-            log.error("run failed: %s", message, exc_info=self.opts.verbose)
+            log.error("run failed: %s", message, exc_info=self.verbose)
         finally:
             self._install_stop_handlers()
         return controls

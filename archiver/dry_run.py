@@ -9,10 +9,11 @@ from typing import Any
 
 from psycopg import sql
 
-from archiver.selection import Selection, cutoff_for
-from archiver.table_job import inspect_table
+from archiver.selection import Selection
+from archiver.table_check import inspect_table
 from common.config import Config
 from common.db import connect, conninfo, describe_target, session_settings
+from common.expiry import cutoff_for
 from common.errors import ServiceUnavailable, first_line
 from common.exit_codes import ExitCode
 from common.s3client import primary_storage

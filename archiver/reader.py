@@ -29,7 +29,7 @@ WINDOW_ROWS = 50_000
 
 
 class Source(Protocol):
-    """Runs one SELECT and returns its rows as Arrow (common.arrow_source.ArrowSource)."""
+    """Runs one SELECT and returns its rows as Arrow (archiver.arrow_source.ArrowSource)."""
 
     def read(self, query: str) -> pa.Table: ...
 

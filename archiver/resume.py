@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from archiver.encoding import iso, jsonable, typed_column
 from archiver.selection import Bound
 from common import batch_writer, layout
-from common.checkpoint import Checkpoint, CorruptCheckpoint
+from archiver.checkpoint import Checkpoint, CorruptCheckpoint
 from common.errors import DataIntegrityError
 from common.manifest import Manifest, sha256_hex
 

@@ -15,12 +15,12 @@ from archiver.controls import RunControls
 from archiver.dry_run import plan
 from archiver.sink import ArchiveSink, FallbackFull
 from archiver.table_job import TableBusy, TableJob
-from common.arrow_source import ArrowSource
-from common.checkpoint import CheckpointStore
+from archiver.arrow_source import ArrowSource
+from archiver.checkpoint import CheckpointStore
 from common.config import Config, DatabaseConfig
 from common.db import conninfo, pool, session_settings
 from common.errors import ArchiverError, DatabaseError, ServiceUnavailable, UsageError, describe
-from common.events import NullObserver, Observer, TableResult
+from archiver.ops.events import NullObserver, Observer, TableResult
 from common.exit_codes import ExitCode
 from common.s3client import fallback_storage, primary_storage
 from common.units import human_bytes
@@ -59,7 +59,7 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
         assert sink.fallback is not None
         results.append(TableResult("", "fallback", "drain", status="failed", error_kind="integrity",
                                    error=f"{drain.quarantined} fallback batches failed their checksum and were "
-                                         f"quarantined in {sink.fallback.root / '.quarantine'}; their rows are not in S3"))
+                                         f"quarantined in {sink.fallback.quarantine_root}; their rows are not in S3"))
     code = exit_code(results, controls)
     _summary(results)
     observer.run_finished(results, int(code))

@@ -1,70 +1,31 @@
-"""The SQL that picks a table's expired rows. One predicate serves the export, the dry-run count,
-and the re-check at delete time, so a row that stopped matching is never deleted unseen."""
+"""The archiver's SQL over a table's expired rows (common.expiry): the keyset export and the deletes.
+The same predicate serves the export, the dry-run count and the re-check at delete time, so a row
+that stopped matching is never deleted unseen."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from common.config import TableConfig
-from common.db import qualified
-from common.pgtypes import TableSchema, read_natively
+from common.expiry import ExpiredRows
+from common.pgtypes import read_natively
 
 #: A read or delete bound: (timestamp, pk) of a row, or (a day's start, None).
 Bound = tuple[Any, Any]
 
-#: Rows older than this (or -infinity / BC) have no truthful day partition; they stay in the table
-#: and the dry run reports them.
-FLOOR = datetime(1, 1, 1, tzinfo=timezone.utc)
-
-
 @dataclass(frozen=True)
-class Selection:
-    table: TableConfig
-    schema: TableSchema
-    cutoff: datetime  # aware UTC
+class Selection(ExpiredRows):
+    """The archiver's statements over a table's expired rows: keyset export, range and key deletes."""
+
     pk_type: str
-
-    @property
-    def relation(self) -> sql.Composed:
-        return qualified(self.table.schema_, self.table.name)
-
-    @property
-    def ts(self) -> sql.Identifier:
-        return sql.Identifier(self.table.timestamp_column)
 
     @property
     def pk(self) -> sql.Identifier:
         return sql.Identifier(self.table.primary_key)
-
-    def _bound(self, value: datetime) -> Any:
-        kind = self.schema.column(self.table.timestamp_column).typname
-        if kind == "timestamptz":
-            return value
-        if kind == "date":
-            return value.date()
-        return value.replace(tzinfo=None)  # timestamp without time zone: values are read as UTC
-
-    def predicate(self, *, literal: bool = False) -> tuple[sql.Composable, dict[str, Any]]:
-        """Rows eligible now: older than the cutoff, not before year 1, and the optional `where`.
-        With literal, the bounds are inlined (for statements that carry no parameters)."""
-        bounds = {"cutoff": self._bound(self.cutoff), "floor": self._bound(FLOOR)}
-        cutoff: sql.Composable = sql.Literal(bounds["cutoff"]) if literal else sql.Placeholder("cutoff")
-        floor: sql.Composable = sql.Literal(bounds["floor"]) if literal else sql.Placeholder("floor")
-        parts: list[sql.Composable] = [
-            sql.SQL("{ts} < {cutoff}").format(ts=self.ts, cutoff=cutoff),
-            sql.SQL("{ts} >= {floor}").format(ts=self.ts, floor=floor),
-        ]
-        if self.table.where:
-            # `where` is operator-written SQL from the config file, kept in parentheses.
-            # In a statement with parameters a literal '%' (e.g. LIKE '%@example.com') must be doubled.
-            where = self.table.where if literal else self.table.where.replace("%", "%%")
-            parts.append(sql.SQL("(") + sql.SQL(where) + sql.SQL(")"))  # type: ignore[arg-type]
-        return sql.SQL(" AND ").join(parts), ({} if literal else bounds)
 
     def export_query(self, *, limit: int, lower: Bound | None, by_key: bool, all_text: bool) -> tuple[sql.Composed, set[str]]:
         """SELECT of the next `limit` eligible rows from `lower` on: a day's start (ts, None), or a
@@ -179,15 +140,6 @@ class Selection:
     @property
     def integer_pk(self) -> bool:
         return self.schema.column(self.table.primary_key).typname in ("int2", "int4", "int8")
-
-    def count_query(self) -> tuple[sql.Composed, dict[str, Any]]:
-        pred, params = self.predicate()
-        q = sql.SQL("SELECT count(*), min({ts}), max({ts}) FROM {rel} WHERE {pred}").format(ts=self.ts, rel=self.relation, pred=pred)
-        return q, params
-
-
-def cutoff_for(retention_days: int, now: datetime) -> datetime:
-    return now.astimezone(timezone.utc) - timedelta(days=retention_days)
 
 
 def utc_day(value: Any) -> date:

@@ -4,11 +4,9 @@ not cost botocore's retries on every batch. Also drains the fallback directory b
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -16,7 +14,8 @@ from archiver.controls import fault_point
 from common.errors import ArchiverError, DataIntegrityError, ServiceUnavailable, first_line
 from common.layout import data_key, is_manifest, manifest_key
 from common.manifest import Manifest, sha256_hex
-from common.storage import LocalStorage, Storage, is_disk_full
+from common.fallback import FallbackDir
+from common.storage import Storage, is_disk_full
 
 log = logging.getLogger("archiver.sink")
 
@@ -42,7 +41,7 @@ class DrainResult:
 
 
 class ArchiveSink:
-    def __init__(self, primary: Storage, fallback: LocalStorage | None, *, probe_interval: float = 60.0,
+    def __init__(self, primary: Storage, fallback: FallbackDir | None, *, probe_interval: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.primary = primary
         self.fallback = fallback
@@ -133,7 +132,7 @@ class ArchiveSink:
                 data = self.fallback.get(key)
                 manifest.check(data)
             except (DataIntegrityError, OSError) as exc:
-                self._quarantine(info.key, key)
+                self.fallback.quarantine(info.key, key)
                 log.error("fallback batch %s failed its checksum and was quarantined, not uploaded: %s", key, exc)
                 result.quarantined += 1
                 continue
@@ -152,15 +151,6 @@ class ArchiveSink:
                      result.drained, result.quarantined, result.remaining)
         return result
 
-    def _quarantine(self, mkey: str, key: str) -> None:
-        assert self.fallback is not None
-        qroot = self.fallback.root / ".quarantine"
-        for k in (mkey, key):
-            src = self.fallback.root / k
-            if src.exists():
-                dst = qroot / k
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
 
 
 def _put_pair(store: Storage, manifest: Manifest, data: bytes) -> None:
@@ -170,11 +160,3 @@ def _put_pair(store: Storage, manifest: Manifest, data: bytes) -> None:
     # The manifest is small and carries its own checksum header; the data object, which rows are
     # deleted on the strength of, is the one read back.
     store.put(manifest_key(manifest.key), mbytes, sha256=sha256_hex(mbytes), verify=False)
-
-
-def pending_fallback(fallback: LocalStorage | None) -> tuple[int, int]:
-    """(files, bytes) waiting in the fallback directory, for health and metrics."""
-    if fallback is None or not Path(fallback.root).exists():
-        return 0, 0
-    files = [o for o in fallback.list("") if not o.key.startswith(".quarantine/")]
-    return sum(1 for o in files if is_manifest(o.key)), sum(o.size for o in files)

@@ -20,19 +20,20 @@ from archiver.budget import RowBudget
 from archiver.controls import RunControls
 from archiver.encoding import Encoded, encode_batch
 from archiver.reader import Batch, batches
-from archiver.selection import Selection, cutoff_for
+from archiver.selection import Selection
+from archiver.table_check import inspect_table
 from archiver.sink import ArchiveSink, FallbackFull
-from common.arrow_source import ArrowSource
-from common.checkpoint import Checkpoint, CheckpointStore
+from archiver.arrow_source import ArrowSource
+from archiver.checkpoint import Checkpoint, CheckpointStore
 from common.config import Config, DatabaseConfig, ResolvedOptions, TableConfig
 from common.db import apply_settings, primary_key_columns, table_oid, table_schema, table_unlock, try_table_lock
+from common.expiry import cutoff_for
 from common.errors import ArchiverError, ServiceUnavailable, UsageError
-from common.events import Observer, TableResult
+from archiver.ops.events import Observer, TableResult
 from common.manifest import Manifest
 from common.pgtypes import TableSchema
 
 log = logging.getLogger("archiver")
-_SUPPORTED_TS = {"timestamptz", "timestamp", "date"}
 _DONE = object()
 #: Stored batches whose rows one DELETE removes together.
 GROUP_MAX = 8
@@ -48,23 +49,6 @@ UNENCODED_WINDOWS = 2
 
 class TableBusy(ArchiverError):
     pass
-
-
-def inspect_table(conn: psycopg.Connection[Any], t: TableConfig) -> tuple[int, TableSchema, str]:
-    """(oid, schema, primary-key type), or a UsageError naming what is missing."""
-    oid = table_oid(conn, t.schema_, t.name)
-    schema = table_schema(conn, oid)
-    names = schema.names
-    for what, col in (("timestamp_column", t.timestamp_column), ("primary_key", t.primary_key)):
-        if col not in names:
-            raise UsageError(f"{t.schema_}.{t.name}: {what} {col!r} is not a column of the table")
-    ts = schema.column(t.timestamp_column)
-    if ts.typname not in _SUPPORTED_TS:
-        raise UsageError(f"{t.schema_}.{t.name}: timestamp_column {t.timestamp_column!r} is {ts.pg_type}, not a timestamp or date")
-    pk = primary_key_columns(conn, oid)
-    if pk != [t.primary_key]:
-        raise UsageError(f"{t.schema_}.{t.name}: primary_key {t.primary_key!r} is not the table's primary key ({', '.join(pk) or 'none'})")
-    return oid, schema, schema.column(t.primary_key).pg_type
 
 
 class TableJob:

@@ -16,8 +16,8 @@ RATE = 100  # samples per second per thread
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("sha256", ("sha256",)),
     ("fsync (checkpoint file and directory)", ("fsync",)),
-    ("checkpoint write", ("common/checkpoint.py",)),
-    ("read from PostgreSQL (ADBC binary COPY)", ("common/arrow_source.py", "read_window (")),
+    ("checkpoint write", ("archiver/checkpoint.py",)),
+    ("read from PostgreSQL (ADBC binary COPY)", ("archiver/arrow_source.py", "read_window (")),
     ("Parquet/JSONL encode", ("common/batch_writer.py",)),
     ("day split + batching", ("archiver/reader.py",)),
     ("upload + verify (S3)", ("archiver/sink.py", "common/storage.py", "botocore/", "boto3/", "urllib3/")),

@@ -2,7 +2,7 @@
 `COPY ... TO STDOUT` text form everywhere else (issue 2, "Archive contract"), so restore reproduces
 every value byte for byte.
 
-Rows travel as binary COPY decoded by the ADBC driver (common/arrow_source.py) without a Python
+Rows travel as binary COPY decoded by the ADBC driver (archiver/arrow_source.py) without a Python
 object per value (issue 2 measured ~195k rows/s this way vs ~21k with a cursor); columns whose
 binary form is not exactly their natural Arrow type are read as `col::text`."""
 from __future__ import annotations

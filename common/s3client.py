@@ -8,6 +8,7 @@ import botocore.session
 from botocore.config import Config as BotoConfig
 
 from common.config import Config
+from common.fallback import FallbackDir
 from common.storage import LocalStorage, S3Storage, Storage
 
 
@@ -43,7 +44,8 @@ def primary_storage(cfg: Config, client: Any | None = None) -> Storage:
                      storage_class=cfg.s3.storage_class, sse=cfg.s3.sse, kms_key_id=cfg.s3.kms_key_id)
 
 
-def fallback_storage(cfg: Config) -> LocalStorage | None:
+def fallback_storage(cfg: Config) -> FallbackDir | None:
+    """The S3-outage fallback directory, when one is configured (only with storage: s3)."""
     if cfg.storage == "s3" and cfg.s3.local_fallback_dir:
-        return LocalStorage(cfg.s3.local_fallback_dir, location="fallback")
+        return FallbackDir(cfg.s3.local_fallback_dir)
     return None

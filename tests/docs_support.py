@@ -279,7 +279,7 @@ def bre_to_python(pattern: str) -> str:
 def package_strings(*paths: str) -> list[str]:
     out = []
     for base in paths:
-        files = [REPO / base] if base.endswith(".py") else sorted((REPO / base).glob("*.py"))
+        files = [REPO / base] if base.endswith(".py") else sorted((REPO / base).rglob("*.py"))
         for f in files:
             for node in ast.walk(ast.parse(f.read_text())):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -293,7 +293,7 @@ def log_line_templates() -> list[str]:
     """Per logging call in the archiver's packages: its level name and every string in its arguments,
     which is what a text log line is made of."""
     out = []
-    for f in [*sorted((REPO / "archiver").glob("*.py")), *sorted((REPO / "common").glob("*.py"))]:
+    for f in [*sorted((REPO / "archiver").rglob("*.py")), *sorted((REPO / "common").glob("*.py"))]:
         # debug lines are not in the log at the default level: a word only they write does not count
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in LOG_CALLS - {"debug"}:
@@ -304,4 +304,4 @@ def log_line_templates() -> list[str]:
 
 
 SOURCES = {"log": log_line_templates, "validate": lambda: package_strings("validate"),
-           "metrics": lambda: package_strings("common/metrics.py")}
+           "metrics": lambda: package_strings("archiver/ops/metrics.py")}

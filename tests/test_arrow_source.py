@@ -1,4 +1,4 @@
-"""The archiver's read-only ADBC session (common/arrow_source.py) against the real PostgreSQL:
+"""The archiver's read-only ADBC session (archiver/arrow_source.py) against the real PostgreSQL:
 settings reach it, every read is its own transaction, uuids come back in PostgreSQL's text form
 from either driver layout, and failures come out as one-line messages with libpq's reason and no secret."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from common.arrow_source import ArrowSource
+from archiver.arrow_source import ArrowSource
 from common.db import session_settings
 from common.errors import DatabaseError, ServiceUnavailable
 from common.pgtypes import _uuid_text

@@ -40,9 +40,9 @@ from archiver.runner import run_archive
 from common import layout
 from common.config import DatabaseConfig, load_config, parse_config
 from common.exit_codes import ExitCode
-from common.health import HealthChecker, RunState
-from common.metrics import RESULTS, ArchiverMetrics
-from common.notify import NEXT_STEPS
+from archiver.ops.health import HealthChecker, RunState
+from archiver.ops.metrics import RESULTS, ArchiverMetrics
+from archiver.ops.notify import NEXT_STEPS
 from conftest import ADMIN_DSN, AUDIT_DDL, free_port, make_config, seed_audit
 from cost.app import CostOptions, parse_request
 from docs_support import (DEPLOY, EXAMPLE, LOG_PATH, README, REPO, RUNBOOK, SOURCES, Command, Grep, all_key_paths,
@@ -73,7 +73,7 @@ def all_commands() -> list[Command]:
     for kind, (_section, step) in NEXT_STEPS.items():  # what notifications tell people to run
         text = step.format(config="/etc/archiver/config.yaml", bucket="audit-archives", fallback="/var/archiver/fallback",
                            log=LOG_PATH, health="http://localhost:8001/health")
-        found += extract_commands(text, f"common/notify.py NEXT_STEPS[{kind}]")
+        found += extract_commands(text, f"archiver/ops/notify.py NEXT_STEPS[{kind}]")
     return found
 
 

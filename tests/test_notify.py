@@ -21,8 +21,8 @@ from pytest_httpserver import HTTPServer
 
 from common.config import parse_config
 from common.errors import ConfigError
-from common.events import TableResult
-from common.notify import Notifications
+from archiver.ops.events import TableResult
+from archiver.ops.notify import Notifications
 
 SECRET_PASSWORD = "smtp-Pa55-w0rd"
 SLACK_PATH = "/services/T000/B000/sEcReTtOkEn"

@@ -28,9 +28,9 @@ from archiver.main import cli
 from archiver.runner import run_archive
 from common.config import Config, load_config
 from common.errors import ConfigError
-from common.health import HealthChecker, RunState
-from common.http_server import serve_endpoints
-from common.metrics import ArchiverMetrics
+from archiver.ops.health import HealthChecker, RunState
+from archiver.ops.http_server import serve_endpoints
+from archiver.ops.metrics import ArchiverMetrics
 from common.storage import LocalStorage
 
 ISSUE_METRICS = ["archiver_rows_archived_total", "archiver_batches_total", "archiver_bytes_uploaded_total",
@@ -137,7 +137,7 @@ def test_batches_waiting_in_the_fallback_directory_are_degraded(pg_dsn: str, tmp
 def test_a_failed_last_run_is_degraded(pg_dsn: str, tmp_path: Path) -> None:
     state = RunState()
     state.run_started()
-    from common.events import TableResult
+    from archiver.ops.events import TableResult
     state.table_done(TableResult("production_db", "public", "audit_logs", status="failed", error="boom"))
     state.run_finished([], 1)
     code, doc = HealthChecker(config(tmp_path, dsn=pg_dsn), state=state).report()

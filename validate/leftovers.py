@@ -3,26 +3,23 @@ fallback directory, and multipart uploads left open under the prefix."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from common import layout
 from common.errors import DataIntegrityError
 from common.manifest import Manifest
+from common.fallback import QUARANTINE, FallbackDir
 from common.storage import LocalStorage
 from validate.inventory import Scope, pair_listing
 from validate.report import Problem, problem
 
-QUARANTINE = ".quarantine"
-
-
-def pending_fallback(fallback: LocalStorage | None, scope: Scope) -> Iterator[Problem]:
+def pending_fallback(fallback: FallbackDir | None, scope: Scope) -> Iterator[Problem]:
     """One problem per batch in the fallback directory (and per quarantined one)."""
-    if fallback is None or not Path(fallback.root).is_dir():
+    if fallback is None or not fallback.root.is_dir():
         return
     yield from _batches(fallback, scope, quarantined=False)
-    quarantine = LocalStorage(Path(fallback.root) / QUARANTINE, location="fallback")
-    if Path(quarantine.root).is_dir():
+    quarantine = fallback.quarantined()
+    if quarantine is not None:
         yield from _batches(quarantine, scope, quarantined=True)
 
 

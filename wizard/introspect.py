@@ -12,12 +12,12 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from archiver.selection import Selection, cutoff_for
 from common.config import TableConfig
 from common.db import primary_key_columns, qualified, table_oid, table_schema
 from common.errors import UsageError
+from common.expiry import ExpiredRows, cutoff_for
 
-#: The column types the archiver accepts as timestamp_column (archiver/table_job.py).
+#: The column types the archiver accepts as timestamp_column (archiver/table_check.py SUPPORTED_TIMESTAMPS).
 TIMESTAMP_TYPES = ("timestamptz", "timestamp", "date")
 #: Above this estimate the share of eligible rows is taken against the estimate, not count(*),
 #: so the wizard never scans a huge table twice.
@@ -166,7 +166,7 @@ def eligibility(conn: psycopg.Connection[Any], details: TableDetails, *, timesta
     table = TableConfig(name=info.name, schema=info.schema, timestamp_column=timestamp_column,
                         primary_key=details.primary_key[0])
     schema = table_schema(conn, table_oid(conn, info.schema, info.name))
-    sel = Selection(table, schema, cutoff_for(retention_days, now), schema.column(table.primary_key).pg_type)
+    sel = ExpiredRows(table, schema, cutoff_for(retention_days, now))
     query, params = sel.count_query()
     eligible = _count(conn, query, params)
     if info.est_rows is not None and info.est_rows > EXACT_TOTAL_LIMIT:

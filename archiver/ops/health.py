@@ -20,12 +20,11 @@ from typing import Any
 
 import psycopg
 
-from archiver.sink import pending_fallback
 from common.config import Config, DatabaseConfig
 from common.db import conninfo, describe_target
 from common.errors import first_line
-from common.events import TableResult
-from common.metrics import result_name
+from archiver.ops.events import TableResult
+from archiver.ops.metrics import result_name
 from common.s3client import fallback_storage, make_client
 
 log = logging.getLogger("archiver.health")
@@ -208,7 +207,7 @@ class HealthChecker:
     @staticmethod
     def _check_fallback(cfg: Config) -> dict[str, Any]:
         store = fallback_storage(cfg)
-        files, nbytes = pending_fallback(store)
+        files, nbytes = store.pending() if store is not None else (0, 0)
         return {"pending_files": files, "bytes": nbytes, "dir": str(store.root) if store else None}
 
 

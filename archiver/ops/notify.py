@@ -26,7 +26,7 @@ from typing import Any
 
 from common.config import Config, EmailConfig, NotificationsConfig, PagerDutyConfig, SlackConfig
 from common.errors import ConfigError
-from common.events import NullObserver, TableResult
+from archiver.ops.events import NullObserver, TableResult
 
 log = logging.getLogger("archiver.notify")
 RUN_TABLE = "*"  # the "table" of a notice about the whole run

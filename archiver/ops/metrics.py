@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.events import TableResult
+from archiver.ops.events import TableResult
 from common.storage import fsync_dir
 
 log = logging.getLogger("archiver.metrics")
@@ -54,7 +54,7 @@ class _FallbackCollector:
 
 
 class ArchiverMetrics:
-    """Observer (common/events.py) that turns run events into Prometheus metrics."""
+    """Observer (archiver/ops/events.py) that turns run events into Prometheus metrics."""
 
     def __init__(self, *, pending_fallback: Callable[[], tuple[int, int]] | None = None,
                  registry: CollectorRegistry | None = None) -> None:

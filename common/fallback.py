@@ -1,0 +1,46 @@
+"""The local fallback directory (issue 3): batches the archiver could not put on S3 wait here under
+the archive's key layout until a later run drains them; batches that fail their checksum while
+draining are set aside under `.quarantine/`. Its rules live here once, for the archiver (sink,
+health, metrics) and validate."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from common.layout import is_manifest
+from common.storage import LocalStorage
+
+#: Set aside inside the fallback directory; LocalStorage.list skips dot-directories, so a
+#: quarantined batch is never drained or counted as pending.
+QUARANTINE = ".quarantine"
+
+
+class FallbackDir(LocalStorage):
+    """A LocalStorage at `s3.local_fallback_dir`, with what waits in it and what was set aside."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__(root, location="fallback")
+
+    @property
+    def quarantine_root(self) -> Path:
+        return self.root / QUARANTINE
+
+    def quarantined(self) -> LocalStorage | None:
+        """The quarantined batches as a store of their own (None when there are none)."""
+        return LocalStorage(self.quarantine_root, location="fallback") if self.quarantine_root.is_dir() else None
+
+    def pending(self) -> tuple[int, int]:
+        """(batches, bytes) waiting to be drained, for health and metrics."""
+        if not self.root.exists():
+            return 0, 0
+        files = list(self.list(""))
+        return sum(1 for o in files if is_manifest(o.key)), sum(o.size for o in files)
+
+    def quarantine(self, *keys: str) -> None:
+        """Move these keys (a batch's object and manifest) under `.quarantine/`, same relative path."""
+        for key in keys:
+            src = self.root / key
+            if src.exists():
+                dst = self.quarantine_root / key
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
