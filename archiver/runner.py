@@ -19,7 +19,7 @@ from archiver.arrow_source import ArrowSource
 from archiver.checkpoint import CheckpointStore
 from common.config import Config, DatabaseConfig
 from common.db import conninfo, pool, session_settings
-from common.errors import ArchiverError, DatabaseError, ServiceUnavailable, UsageError, describe
+from common.errors import ArchiverError, ConfigError, DatabaseError, ServiceUnavailable, UsageError, describe
 from archiver.ops.events import NullObserver, Observer, TableResult
 from common.exit_codes import ExitCode
 from common.s3client import fallback_storage, primary_storage
@@ -40,6 +40,7 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
     observer = observer or NullObserver()
     for db in cfg.databases:
         conninfo(db)  # an unreadable password_file is a config error (exit 2) before anything starts
+        check_session_budget(cfg, db)
     sink = make_sink(cfg, s3_client)
     checkpoints = CheckpointStore(cfg.checkpoint_dir)
     observer.run_started()
@@ -66,6 +67,22 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
     return results, code
 
 
+#: Sessions the archiver holds per database while it archives: one writer (advisory lock, deletes,
+#: commits), reused from table to table through the pool, and one read-only ADBC reader per table.
+SESSIONS_PER_DATABASE = 2
+
+
+def check_session_budget(cfg: Config, db: DatabaseConfig) -> None:
+    """connection_pool_size caps the sessions a tool holds per database; the archiver needs two
+    (tables of one database are archived one after another), so a smaller cap is refused before
+    anything starts instead of being exceeded silently."""
+    for t in db.tables:
+        size = cfg.options(t).connection_pool_size
+        if size < SESSIONS_PER_DATABASE:
+            raise ConfigError(f"databases[{db.name}] table {t.schema_}.{t.name}: connection_pool_size {size} is too small: "
+                              f"the archiver holds {SESSIONS_PER_DATABASE} sessions per database (a writer and a reader)")
+
+
 def exit_code(results: list[TableResult], controls: RunControls) -> ExitCode:
     if controls.signal_received == signal.SIGINT:
         return ExitCode.INTERRUPTED
@@ -88,8 +105,8 @@ def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpo
                                 statement_timeout=defaults.statement_timeout, lock_timeout=defaults.lock_timeout)
     info = conninfo(db)
     try:
-        size = max(max(cfg.options(t).connection_pool_size for t in tables), 2)  # mover + reader
-        with pool(info, settings, size=size) as p:
+        # The pool lends the writer only; the reader is the table's ArrowSource (ADBC, no pool).
+        with pool(info, settings, size=SESSIONS_PER_DATABASE - 1) as p:
             for i, t in enumerate(tables):
                 if controls.stopping:
                     results[i].status = "stopped"

@@ -64,7 +64,7 @@ class TableOptions(_Strict):
 class Defaults(TableOptions):
     retention_days: int | None = Field(default=90, ge=0)
     batch_size: int | None = Field(default=50000, gt=0)
-    connection_pool_size: int | None = Field(default=5, gt=0)
+    connection_pool_size: int | None = Field(default=5, gt=0)  # sessions a tool may hold per database (archiver: 2)
     format: Format | None = "parquet"
     compression_level: int | None = Field(default=3, ge=1, le=22)
     delete_after_archive: bool | None = True

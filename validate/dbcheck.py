@@ -57,7 +57,7 @@ class LiveRows:
                     info, settings = conninfo(db), self._settings(t)
                     # pool() probes with one plain connection first: an unreachable server fails
                     # at once (exit 3).
-                    pools[db.name] = self._stack.enter_context(pool(info, settings, size=self.size))
+                    pools[db.name] = self._stack.enter_context(pool(info, settings, size=self._pool_size(db)))
                 self._inspect(db, t, pools[db.name])
         except BaseException:
             self._stack.close()
@@ -69,6 +69,11 @@ class LiveRows:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self._stack.close()
+
+    def _pool_size(self, db: DatabaseConfig) -> int:
+        """--parallel checks share one pool per database, capped by its connection_pool_size."""
+        cap = max(self.cfg.options(t).connection_pool_size for _db, t in self.wanted if _db.name == db.name)
+        return max(1, min(self.size, cap))
 
     def _settings(self, t: TableConfig) -> dict[str, str]:
         opts = self.cfg.options(t)
