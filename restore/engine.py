@@ -15,7 +15,7 @@ from common.config import Config
 from common.db import connect, conninfo, session_settings
 from common.errors import ArchiverError, UsageError
 from common.pgtypes import TableSchema
-from restore.catalog import ArchiveObject, Catalog, TableRef, resolve_table
+from common.catalog import ArchiveObject, Catalog, TableRef, resolve_table
 from restore.drift import ColumnPlan, plan_columns
 from restore.loader import STRATEGIES, Loader, ObjectResult, prefetched, prepare
 from restore.target import LiveTable, create_table, find_table, require_table, table_lock

@@ -26,7 +26,7 @@ from common import batch_writer
 from common.errors import ArchiverError, DataIntegrityError
 from common.manifest import Manifest
 from common.pgtypes import TableSchema, read_archive_metadata
-from restore.catalog import ArchiveObject, Catalog, TableRef
+from common.catalog import ArchiveObject, Catalog, TableRef
 from restore.copytext import to_copy_text
 from restore.drift import ColumnPlan
 from restore.target import LiveTable

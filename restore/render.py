@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 
 from common.units import human_bytes
-from restore.catalog import ArchiveObject
+from common.catalog import ArchiveObject
 from restore.engine import RestoreReport
 
 

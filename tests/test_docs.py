@@ -48,7 +48,7 @@ from cost.app import CostOptions, parse_request
 from docs_support import (DEPLOY, EXAMPLE, LOG_PATH, README, REPO, RUNBOOK, SOURCES, Command, Grep, all_key_paths,
                           backticked, example_keys, extract_commands, fenced_blocks, field_for, headings, package_strings,
                           rel, runbook_greps, section, slug, table_rows, uncommented_example)
-from restore.catalog import resolve_table
+from common.catalog import resolve_table
 from restore.engine import parse_range
 from validate.inventory import build_scope
 from validate.report import PROBLEM_TYPES

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from common import layout
 from common.errors import ArchiverError, DataIntegrityError
-from restore.catalog import ArchiveNotFound
+from common.catalog import ArchiveNotFound
 from restore.engine import list_archives, request_s3_restore, restore
 from restore.main import cli
 from restore_support import Archived, archive, seed_days, arch, shared  # noqa: F401 - fixtures

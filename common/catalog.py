@@ -1,5 +1,5 @@
-"""What archives a table has: its objects in the archive store (S3 or local_dir) and in the S3-outage
-fallback directory, each with its manifest, ordered by time. Only objects with a manifest count as
+"""What archives a table has, for restore and query: its objects in the archive store (S3 or
+local_dir) and in the S3-outage fallback directory, each with its manifest, ordered by time. Only objects with a manifest count as
 archived (the archiver writes the manifest last), exactly as the archiver itself decides."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from common.pgtypes import TableSchema
 from common.s3client import fallback_storage, primary_storage
 from common.storage import ObjectInfo, S3Storage, Storage
 
-log = logging.getLogger("restore")
+log = logging.getLogger("catalog")
 
 #: Storage classes whose objects cannot be read until an S3 restore request has completed
 #: (GLACIER_IR and the infrequent-access classes are readable at once).
