@@ -1,9 +1,11 @@
 """What archives a table has, for restore and query: its objects in the archive store (S3 or
-local_dir) and in the S3-outage fallback directory, each with its manifest, ordered by time. Only objects with a manifest count as
-archived (the archiver writes the manifest last), exactly as the archiver itself decides."""
+local_dir) and in the S3-outage fallback directory, each with its manifest, ordered by time. Only
+objects with a manifest count as archived (the archiver writes the manifest last), exactly as the
+archiver itself decides. Dates select UTC day partitions (--start-date/--end-date)."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from common import batch_writer, layout
 from common.config import Config
-from common.errors import ArchiverError, ConfigError, DataIntegrityError, ServiceUnavailable
+from common.errors import ArchiverError, ConfigError, DataIntegrityError, ServiceUnavailable, UsageError
 from common.manifest import Manifest
 from common.pgtypes import TableSchema
 from common.s3client import fallback_storage, primary_storage
@@ -26,6 +28,7 @@ log = logging.getLogger("catalog")
 #: (GLACIER_IR and the infrequent-access classes are readable at once).
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 _MANIFEST_READERS = 8
+_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class ArchiveNotFound(ArchiverError):
@@ -112,6 +115,24 @@ def parse_ts(value: str | None) -> datetime | None:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def parse_day(value: date | str | None, *, flag: str) -> date | None:
+    if value is None or isinstance(value, date):
+        return value
+    try:
+        if not _DAY_RE.match(value):
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r}: not a date (expected YYYY-MM-DD, a UTC day)") from None
+
+
+def parse_range(start: date | str | None, end: date | str | None) -> tuple[date | None, date | None]:
+    first, last = parse_day(start, flag="--start-date"), parse_day(end, flag="--end-date")
+    if first and last and last < first:
+        raise UsageError(f"--end-date {last} is before --start-date {first}")
+    return first, last
 
 
 def resolve_table(cfg: Config, database: str, table: str, schema: str | None = None) -> TableRef:

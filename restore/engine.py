@@ -3,7 +3,6 @@ them, and load them object by object into the live table or a --target-table (is
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -15,13 +14,12 @@ from common.config import Config
 from common.db import connect, conninfo, session_settings
 from common.errors import ArchiverError, UsageError
 from common.pgtypes import TableSchema
-from common.catalog import ArchiveObject, Catalog, TableRef, resolve_table
+from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
 from restore.drift import ColumnPlan, plan_columns
 from restore.loader import STRATEGIES, Loader, ObjectResult, prefetched, prepare
 from restore.target import LiveTable, create_table, find_table, require_table, table_lock
 
 log = logging.getLogger("restore")
-_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 #: Room for one object's temporary table in memory (PostgreSQL's default is 8MB).
 _TEMP_BUFFERS = "64MB"
 
@@ -65,24 +63,6 @@ class RestoreReport:
             "objects": [o.to_json() for o in self.objects] if not self.dry_run else [o.to_json() for o in self.selected],
             "notes": self.notes,
         }
-
-
-def parse_day(value: date | str | None, *, flag: str) -> date | None:
-    if value is None or isinstance(value, date):
-        return value
-    try:
-        if not _DAY_RE.match(value):
-            raise ValueError(value)
-        return date.fromisoformat(value)
-    except ValueError:
-        raise UsageError(f"{flag} {value!r}: not a date (expected YYYY-MM-DD, a UTC day)") from None
-
-
-def parse_range(start: date | str | None, end: date | str | None) -> tuple[date | None, date | None]:
-    first, last = parse_day(start, flag="--start-date"), parse_day(end, flag="--end-date")
-    if first and last and last < first:
-        raise UsageError(f"--end-date {last} is before --start-date {first}")
-    return first, last
 
 
 def list_archives(cfg: Config, *, database: str, table: str, schema: str | None = None,

@@ -31,6 +31,7 @@ from psycopg.conninfo import make_conninfo
 
 import archiver.main
 import cost.main
+import query.main
 import restore.main
 import validate.main
 import wizard.main
@@ -45,6 +46,7 @@ from archiver.ops.metrics import RESULTS, ArchiverMetrics
 from archiver.ops.notify import NEXT_STEPS
 from conftest import ADMIN_DSN, AUDIT_DDL, free_port, make_config, seed_audit
 from cost.app import CostOptions, parse_request
+from query.app import parse_columns
 from docs_support import (DEPLOY, EXAMPLE, LOG_PATH, README, REPO, RUNBOOK, SOURCES, Command, Grep, all_key_paths,
                           backticked, example_keys, extract_commands, fenced_blocks, field_for, headings, package_strings,
                           rel, runbook_greps, section, slug, table_rows, uncommented_example)
@@ -58,7 +60,8 @@ from wizard.tables import TableFlags
 COMMAND_DOCS = [RUNBOOK, README, DEPLOY, EXAMPLE, *sorted((REPO / "deploy").glob("systemd/*.service")),
                 REPO / "deploy" / "cron" / "archiver"]
 TOOLS: dict[str, click.Command] = {"archiver": archiver.main.cli, "restore": restore.main.cli,
-                                   "validate": validate.main.cli, "cost": cost.main.cli, "wizard": wizard.main.cli}
+                                   "validate": validate.main.cli, "cost": cost.main.cli, "wizard": wizard.main.cli,
+                                   "query": query.main.cli}
 #: The sections of the operators' reference runbook (its structure is a contract).
 ORIGINAL_SECTIONS = [
     "Daily Operations", "Check Archival Status", "Monitor Notifications", "Review Logs", "Weekly Maintenance",
@@ -118,6 +121,11 @@ def check_meaning(tool: str, params: dict[str, Any]) -> None:
         parse_request(CostOptions(**{k: v for k, v in params.items() if k in CostOptions.__dataclass_fields__}))
     elif tool == "wizard":
         TableFlags.of(Flags(**params))
+    elif tool == "query":
+        parse_range(params["start_date"], params["end_date"])
+        resolve_table(example, params["database"], params["table"])
+        parse_columns(params["columns"])
+        assert params["output"] is not None or params["output_format"] != "parquet"
 
 
 # -- 2. config.example.yaml ----------------------------------------------------------------------

@@ -1,0 +1,3 @@
+from query.main import main
+
+main()

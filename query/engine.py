@@ -1,0 +1,146 @@
+"""The query engine: DuckDB over the archived rows of one day at a time (issue 16).
+
+The archive's objects are read into Arrow, brought to one schema (the union of the columns every
+selected object's manifest records: a column a day lacks is NULL there; a column whose type differs
+between days is read as text everywhere), and registered in an in-memory DuckDB session as the view
+`archive`. The operator's --where runs as DuckDB SQL inside parentheses, in a session that may not
+touch files or change its own settings, and must be one expression: it is checked against an empty
+table of the same schema before anything is downloaded, so a typo costs no S3 reads."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg import sql
+
+from common import batch_writer
+from common.catalog import ArchiveObject, Catalog
+from common.errors import UsageError, first_line
+from common.pgtypes import Column
+
+VIEW = "archive"
+#: Rows handed to the output at a time.
+BATCH_ROWS = 10_000
+#: Text forms that JSONL archives (all values as PostgreSQL text) turn back into their type losslessly.
+_JSONL_TYPED = {"int2", "int4", "int8", "bool", "text", "varchar", "bpchar", "name"}
+
+
+def quote(name: str) -> str:
+    """A DuckDB identifier: DuckDB quotes exactly as PostgreSQL does ("a""b"), so psycopg's
+    Identifier renders it without a connection."""
+    return sql.Identifier(name).as_string(None)
+
+
+def _column_type(col: Column, *, encoding: str, fmt: str) -> pa.DataType:
+    natural = col.natural_type()
+    if natural is None or (fmt == "parquet" and encoding != "native") or (fmt == "jsonl" and col.typname not in _JSONL_TYPED):
+        return pa.string()
+    return natural
+
+
+def union_schema(objects: list[ArchiveObject]) -> pa.Schema:
+    """Every column any object holds, in the order they first appear, with the type they share
+    (text where objects disagree)."""
+    types: dict[str, pa.DataType] = {}
+    for obj in objects:
+        assert obj.manifest is not None
+        fmt = batch_writer.format_of(obj.key)
+        for doc in obj.manifest.columns:
+            col = Column(**{k: v for k, v in doc.items() if k != "encoding"})
+            t = _column_type(col, encoding=doc.get("encoding", "native"), fmt=fmt)
+            types[col.name] = t if types.setdefault(col.name, t) == t else pa.string()
+    return pa.schema([(name, t) for name, t in types.items()])
+
+
+def _as_text(arr: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        # bytea in PostgreSQL's text form, as JSONL archives hold it
+        return pa.chunked_array([pa.array([None if v is None else "\\x" + v.hex() for v in arr.to_pylist()], pa.string())])
+    return pc.cast(arr, pa.string())
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The object's rows with exactly `schema`'s columns, in its order and types."""
+    cols = []
+    for f in schema:
+        if f.name not in table.column_names:
+            cols.append(pa.nulls(table.num_rows, f.type))
+            continue
+        arr = table.column(f.name)
+        if arr.type == f.type:
+            cols.append(arr)
+        elif pa.types.is_string(f.type):
+            cols.append(_as_text(arr))
+        elif pa.types.is_boolean(f.type) and pa.types.is_string(arr.type):
+            cols.append(pc.equal(arr, "t"))  # PostgreSQL's text form of a boolean: t / f
+        else:
+            cols.append(pc.cast(arr, f.type))
+    return pa.table(cols, schema=schema)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Query:
+    where: str | None
+    columns: tuple[str, ...]
+    timestamp_column: str
+    key_columns: tuple[str, ...]
+
+    def text(self, limit: int | None) -> str:
+        cols = ", ".join(quote(c) for c in self.columns) if self.columns else "*"
+        # On lines of its own: a trailing `--` comment in it cannot swallow the ORDER BY and LIMIT.
+        where = f" WHERE (\n{self.where}\n)" if self.where else ""
+        order = ", ".join(quote(c) for c in (self.timestamp_column, *self.key_columns))
+        tail = f" LIMIT {int(limit)}" if limit is not None else ""
+        return f"SELECT {cols} FROM {VIEW}{where} ORDER BY {order}{tail}"
+
+
+class Engine:
+    """One locked-down DuckDB session answering a Query over the plan's day groups."""
+
+    def __init__(self, query: Query, schema: pa.Schema) -> None:
+        self.query, self.schema = query, schema
+        # No file or network access and no way to turn it back on: the --where is operator SQL.
+        self.con = duckdb.connect(":memory:", config={"enable_external_access": False, "lock_configuration": True})
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.con.close()
+
+    def check(self) -> pa.Schema:
+        """Run the query on no rows: a bad --where or an unknown column is a UsageError with
+        DuckDB's own first line. Returns the schema of the rows the query returns."""
+        text = self.query.text(0)
+        self.con.register(VIEW, self.schema.empty_table())
+        try:
+            if len(self.con.extract_statements(text)) != 1:
+                raise UsageError("--where: must be one SQL expression, not several statements")
+            return self.con.sql(text).to_arrow_reader(BATCH_ROWS).schema
+        except duckdb.Error as exc:
+            raise UsageError(f"query: {first_line(exc)}") from exc
+        finally:
+            self.con.unregister(VIEW)
+
+    def day(self, catalog: Catalog, objects: list[ArchiveObject], *, limit: int | None) -> Iterator[pa.RecordBatch]:
+        """The matching rows of one day's objects, in (timestamp, key) order."""
+        tables = [_conform(self._read(catalog, obj), self.schema) for obj in objects]
+        yield from self._run(pa.concat_tables(tables), self.query.text(limit))
+
+    def _read(self, catalog: Catalog, obj: ArchiveObject) -> pa.Table:
+        data = catalog.read(obj)
+        assert obj.manifest is not None
+        obj.manifest.check(data)  # evidence: a tampered or damaged object is an error, never silently read
+        return batch_writer.decode(data, fmt=batch_writer.format_of(obj.key))[0]
+
+    def _run(self, table: pa.Table, text: str) -> Iterator[pa.RecordBatch]:
+        """The query's batches; the rows stay registered until the last batch is taken."""
+        self.con.register(VIEW, table)
+        try:
+            reader = self.con.sql(text).to_arrow_reader(BATCH_ROWS)
+            yield from reader
+        finally:
+            self.con.unregister(VIEW)
