@@ -21,7 +21,7 @@ def encode(table: pa.Table, *, fmt: str, level: int, schema: TableSchema, encodi
     meta = archive_metadata(schema=schema, encodings=encodings, extra=extra_meta)
     if fmt == "parquet":
         buf = io.BytesIO()
-        pq.write_table(table.replace_schema_metadata(meta), buf, compression="zstd", compression_level=level,
+        pq.write_table(_json_annotated(table, schema).replace_schema_metadata(meta), buf, compression="zstd", compression_level=level,
                        row_group_size=max(table.num_rows, 1), use_dictionary=_dictionary_columns(table))
         return buf.getvalue()
     if fmt == "jsonl":
@@ -32,6 +32,27 @@ def encode(table: pa.Table, *, fmt: str, level: int, schema: TableSchema, encodi
                             for row in zip(*(table.column(n).to_pylist() for n in names))]
         return zstandard.ZstdCompressor(level=level).compress(("\n".join(lines) + "\n").encode())
     raise ValueError(f"unknown format {fmt!r}")
+
+
+#: Column types whose text Parquet marks with its JSON logical type, so engines that read the files
+#: as they lie (DuckDB, Spark, Trino, Athena) see JSON, not just text.
+JSON_TYPES = {"json", "jsonb"}
+
+
+def _json_annotated(table: pa.Table, schema: TableSchema) -> pa.Table:
+    for i, name in enumerate(table.column_names):
+        if schema.column(name).typname in JSON_TYPES and pa.types.is_string(table.schema.field(i).type):
+            table = table.set_column(i, name, pa.chunked_array(
+                [pa.ExtensionArray.from_storage(pa.json_(), c) for c in table.column(i).chunks], type=pa.json_()))
+    return table
+
+
+def plain_json(table: pa.Table) -> pa.Table:
+    """The tools read JSON columns back as the text they were archived from."""
+    for i, field in enumerate(table.schema):
+        if isinstance(field.type, pa.JsonType):
+            table = table.set_column(i, field.name, pa.chunked_array([c.storage for c in table.column(i).chunks], type=pa.string()))
+    return table
 
 
 #: Rows a column's repetitiveness is judged on: counting distinct values over a whole batch cost
@@ -57,7 +78,7 @@ def decode(data: bytes, *, fmt: str, columns: list[str] | None = None) -> tuple[
     if fmt == "parquet":
         pf = pq.ParquetFile(io.BytesIO(data))
         schema, encodings, doc = read_archive_metadata(pf.schema_arrow.metadata)
-        return pf.read(columns=columns), schema, encodings, doc
+        return plain_json(pf.read(columns=columns)), schema, encodings, doc
     if fmt == "jsonl":
         text = zstandard.ZstdDecompressor().decompressobj().decompress(data).decode()
         lines = text.splitlines()

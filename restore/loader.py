@@ -64,7 +64,7 @@ class Prepared:
         if self.data is not None:
             pf = pq.ParquetFile(io.BytesIO(self.data))
             for batch in pf.iter_batches(batch_size=_RENDER_ROWS, columns=cols):
-                yield pa.Table.from_batches([batch]).select(cols)
+                yield batch_writer.plain_json(pa.Table.from_batches([batch]).select(cols))
         else:
             assert self.decoded is not None
             table = self.decoded.select(cols)

@@ -92,3 +92,29 @@ def test_parquet_metadata_carries_postgres_types(archived_matrix: tuple[LocalSto
     _t, schema, _enc, doc = batch_writer.decode(store.get(objects(store)[0]), fmt="parquet")
     assert schema.column("n").pg_type == "numeric(12,2)" and schema.column("e").pg_type == "mood"
     assert doc["schema_fingerprint"] == schema.fingerprint() and doc["archiver_version"]
+
+
+def test_json_columns_carry_parquets_json_logical_type(archived_matrix: tuple[LocalStorage, bytes]) -> None:
+    import pyarrow.parquet as pq
+
+    store, _ = archived_matrix
+    path = store.root / objects(store)[0]
+    parquet = pq.ParquetFile(path).schema
+    logical = {parquet.column(i).name: str(parquet.column(i).logical_type) for i in range(len(parquet))}
+    assert logical["j"] == logical["jb"] == "JSON"
+    assert logical["t"] == "String"  # plain text stays text
+    assert duckdb.sql(f"SELECT typeof(j), typeof(jb) FROM read_parquet('{path}') LIMIT 1").fetchall() == [("JSON", "JSON")]
+
+
+def test_manifest_column_docs_equal_the_objects_own_schema(archived_matrix: tuple[LocalStorage, bytes]) -> None:
+    """restore can bring back every type from the manifest alone: it records what the file does."""
+    from common import layout
+    from common.manifest import Manifest
+    from common.pgtypes import column_docs
+
+    store, _ = archived_matrix
+    for key in objects(store):
+        _t, schema, encodings, _doc = batch_writer.decode(store.get(key), fmt="parquet")
+        manifest = Manifest.from_bytes(store.get(layout.manifest_key(key)))
+        assert manifest.columns == column_docs(schema, encodings)
+        assert [c["name"] for c in manifest.columns] == schema.names and all(c["pg_type"] for c in manifest.columns)
