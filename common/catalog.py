@@ -61,6 +61,7 @@ class ArchiveObject:
     storage_class: str
     manifest: Manifest | None  # None while the manifest itself sits in an archive storage class
     restore_state: str | None = None  # archive classes: None (not requested) | ongoing | available
+    manifest_key: str = ""  # where its manifest is (either layout: common.layout)
 
     @property
     def rows(self) -> int | None:
@@ -219,7 +220,7 @@ class Catalog:
     def _describe(self, store: Storage, info: ObjectInfo, minfo: ObjectInfo) -> ArchiveObject:
         day = self._day(info.key)
         assert day is not None
-        obj = ArchiveObject(info.key, day, store.location, info.size, info.storage_class, None)
+        obj = ArchiveObject(info.key, day, store.location, info.size, info.storage_class, None, manifest_key=minfo.key)
         if info.storage_class in ARCHIVE_CLASSES or minfo.storage_class in ARCHIVE_CLASSES:
             obj.restore_state = self._restore_state(info.key)
         obj.manifest = self._manifest(store, minfo.key)
@@ -252,7 +253,7 @@ class Catalog:
                                   f"not to {ref.database}/{ref.name}")
         for store in self.stores():
             info = store.head(key)
-            minfo = store.head(layout.manifest_key(key)) if info else None
+            minfo = _head_manifest(store, key) if info else None
             if info and minfo:
                 return self._describe(store, info, minfo)
             if info:
@@ -292,7 +293,7 @@ class Catalog:
         for obj in objects:
             if obj.location != "s3" or not obj.needs_s3_restore or obj.restore_state == "ongoing":
                 continue
-            for key in (obj.key, layout.manifest_key(obj.key)):
+            for key in (obj.key, obj.manifest_key or layout.manifest_key(obj.key)):
                 try:
                     client.restore_object(Bucket=self.bucket, Key=key,
                                           RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}})
@@ -302,6 +303,14 @@ class Catalog:
                         raise  # InvalidObjectState: that one is not in an archive class
             issued.append(obj.key)
         return issued
+
+
+def _head_manifest(store: Storage, key: str) -> ObjectInfo | None:
+    """The object's manifest where the archiver writes it now, else where older archives have it."""
+    for mkey in layout.manifest_keys(key):
+        if (found := store.head(mkey)) is not None:
+            return found
+    return None
 
 
 def _is_archive_name(key: str) -> bool:

@@ -1,5 +1,11 @@
 """Archive key layout (issue 2): <prefix>/<database>/<schema>.<table>/year=YYYY/month=MM/day=DD/<name>.
-Names are percent-quoted so a hostile table name cannot climb out of its folder."""
+Names are percent-quoted so a hostile table name cannot climb out of its folder.
+
+Each object's manifest is a sidecar in the same folder named `_<name>.manifest.json` (issue 16):
+Spark, Hive, Trino, Athena and pyarrow.dataset skip names that start with `_` or `.` (Hadoop's
+hidden-file rule), so under a table's location they see only the data. Archives written before
+that keep `<name>.manifest.json` (the legacy sidecar): every reader accepts both, and
+`python -m archiver.main --migrate-manifests` moves the old ones."""
 from __future__ import annotations
 
 import re
@@ -33,16 +39,39 @@ def object_key(prefix: str, database: str, schema: str, table: str, day: date, n
             f"year={day.year:04d}/month={day.month:02d}/day={day.day:02d}/{_q(name)}")
 
 
+#: What starts a hidden sidecar's name (Hadoop's hidden-file rule).
+HIDDEN = "_"
+
+
 def manifest_key(key: str) -> str:
+    """Where the manifest of data object `key` is written: a hidden sidecar beside it."""
+    folder, slash, name = key.rpartition("/")
+    return f"{folder}{slash}{HIDDEN}{name}{MANIFEST_SUFFIX}"
+
+
+def legacy_manifest_key(key: str) -> str:
+    """Where archives written before the hidden sidecars keep the manifest of `key`."""
     return key + MANIFEST_SUFFIX
+
+
+def manifest_keys(key: str) -> tuple[str, str]:
+    """Both places a data object's manifest may be, the current one first."""
+    return manifest_key(key), legacy_manifest_key(key)
 
 
 def is_manifest(key: str) -> bool:
     return key.endswith(MANIFEST_SUFFIX)
 
 
+def is_legacy_manifest(key: str) -> bool:
+    return is_manifest(key) and not key.rpartition("/")[2].startswith(HIDDEN)
+
+
 def data_key(manifest: str) -> str:
-    return manifest[: -len(MANIFEST_SUFFIX)]
+    """The data object a manifest (of either layout) describes. Data object names never start with
+    `_` (the archiver names them part-...), so the hidden prefix is unambiguous."""
+    folder, slash, name = manifest[: -len(MANIFEST_SUFFIX)].rpartition("/")
+    return f"{folder}{slash}{name[len(HIDDEN):] if name.startswith(HIDDEN) else name}"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from common import layout
+
 from conftest import make_config
 from restore.main import cli
 from restore_support import Archived, arch, shared  # noqa: F401 - fixtures
@@ -173,7 +175,7 @@ def test_corrupted_object_exits_1_naming_it(tmp_path: Path, arch: Archived, pg_d
                                             s3_client: Any, bucket: str) -> None:
     # Its own bucket: the object is damaged for this test only.
     key = arch.keys()[0]
-    for k in (key, key + ".manifest.json"):
+    for k in (key, layout.manifest_key(key)):
         s3_client.put_object(Bucket=bucket, Key=k, Body=arch.s3.get_object(Bucket=arch.bucket, Key=k)["Body"].read())
     s3_client.put_object(Bucket=bucket, Key=key, Body=b"PAR1 not what was archived")
     cfg = make_config(tmp_path, dsn=arch.conn.info.dsn, bucket=bucket, endpoint=moto_server,

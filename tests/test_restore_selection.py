@@ -106,8 +106,8 @@ def test_key_of_another_table_is_refused_naming_it(arch: Archived, s3_client: An
     # A real object, stored under another table's prefix.
     own = arch.keys()[0]
     other = own.replace("public.audit_logs", "public.audit_logs_old")
-    for suffix in ("", layout.MANIFEST_SUFFIX):
-        s3_client.copy_object(Bucket=arch.bucket, Key=other + suffix, CopySource={"Bucket": arch.bucket, "Key": own + suffix})
+    for src, dst in ((own, other), (layout.manifest_key(own), layout.manifest_key(other))):
+        s3_client.copy_object(Bucket=arch.bucket, Key=dst, CopySource={"Bucket": arch.bucket, "Key": src})
 
     with pytest.raises(ArchiveNotFound) as err:
         restore(arch.cfg, database="production_db", table="audit_logs", s3_key=other, s3_client=s3_client)

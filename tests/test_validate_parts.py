@@ -58,6 +58,47 @@ def test_out_of_order_listing_is_confirmed_with_head_not_reported_twice() -> Non
     assert asked == ["z.parquet", "a.parquet" + M]  # one look-up per out-of-order key
 
 
+def hidden(key: str) -> str:
+    folder, _, name = key.rpartition("/")
+    return f"{folder}/_{name}{M}" if folder else f"_{name}{M}"
+
+
+def test_hidden_sidecars_pair_with_the_objects_listed_after_them() -> None:
+    keys = [f"d/day=01/{n}" for n in ("a.parquet", "b.parquet", "c.parquet")]
+    listing = infos(hidden(keys[0]), hidden(keys[2]), keys[0], keys[1], keys[2], hidden("d/day=01/z.parquet"))
+    entries = list(pair_listing(sorted(listing, key=lambda o: o.key), head=no_head))
+    assert pairs(entries) == {(keys[0], True, True), (keys[1], True, False), (keys[2], True, True),
+                              ("d/day=01/z.parquet", False, True)}
+    assert len(entries) == 4
+    assert {e.manifest_key for e in entries if e.key == keys[0]} == {hidden(keys[0])}
+
+
+def test_a_legacy_manifest_left_beside_its_hidden_copy_counts_once() -> None:
+    key = "d/day=01/a.parquet"
+    entries = list(pair_listing(sorted(infos(hidden(key), key, key + M), key=lambda o: o.key), head=no_head))
+    assert [(e.key, e.manifest.key if e.manifest else None) for e in entries] == [(key, hidden(key))]
+
+
+def test_both_layouts_in_one_folder_pair_each_object_once() -> None:
+    old, new = "d/day=01/a.parquet", "d/day=01/b.parquet"
+    entries = list(pair_listing(sorted(infos(old, old + M, hidden(new), new), key=lambda o: o.key), head=no_head))
+    assert sorted((e.key, e.manifest_key) for e in entries) == [(old, old + M), (new, hidden(new))]
+
+
+def test_a_hidden_manifest_listed_out_of_order_is_confirmed_with_head() -> None:
+    key = "d/day=01/a.parquet"
+    present = {key: ObjectInfo(key, 10)}
+    asked: list[str] = []
+
+    def head(k: str) -> ObjectInfo | None:
+        asked.append(k)
+        return present.get(k)
+
+    entries = list(pair_listing(infos("d/day=01/0.txt", hidden(key), "d/day=01/zz.txt"), head=head))
+    assert (key, True, True) in pairs(entries) and asked.count(key) == 1
+    assert len([e for e in entries if e.key == key]) == 1
+
+
 def test_pairing_streams_without_holding_the_listing() -> None:
     pulled = 0
     most_waiting = 0
