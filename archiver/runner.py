@@ -133,7 +133,7 @@ def _summary(results: list[TableResult]) -> None:
     for r in results:
         log.info("summary %s.%s: %s, %d rows, %d objects (%d in fallback), %s, compression %.1fx, %.1fs%s",
                  r.database, r.name, r.status, r.rows, r.objects, r.fallback_objects, human_bytes(r.bytes), r.ratio,
-                 r.seconds, f", error ({r.error_kind}): {r.error}" if r.error else "")
+                 r.seconds, f", kind {r.error_kind}, error: {r.error}" if r.error else "")
 
 
 def dry_run(cfg: Config, *, now: datetime | None = None, s3_client: Any | None = None,

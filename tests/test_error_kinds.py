@@ -12,12 +12,16 @@ import pytest
 from botocore.config import Config as BotoConfig
 
 from archiver.ops.notify import NEXT_STEPS
+from archiver.runner import run_archive
 from archiver.sink import FallbackFull
+from common.config import load_config
 from common.db import connect
 from common.errors import (ArchiverError, ConfigError, DatabaseError, DatabaseUnavailable, DataIntegrityError, ErrorKind,
                            Interrupted, S3Unavailable, UsageError, classify)
 from common.exit_codes import ExitCode
 from common.manifest import Manifest, sha256_hex
+
+from conftest import make_config
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbooks.md"
 
@@ -99,3 +103,15 @@ def test_every_failure_kind_has_a_next_step_and_is_documented() -> None:
 
 def test_kinds_are_their_label_strings() -> None:
     assert str(ErrorKind.S3_UNREACHABLE) == "s3_unreachable" and f"{ErrorKind.INTEGRITY}" == "integrity"
+
+
+def test_a_failed_tables_summary_line_names_its_kind(tmp_path: Path, pg_dsn: str, small_audit: object,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    path = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "audit_logs"}, {"name": "missing_table"}])
+    with caplog.at_level("INFO", logger="archiver"):
+        results, code = run_archive(load_config(path))
+    assert code == ExitCode.FAILURE
+    assert [(r.name, r.status, r.error_kind) for r in results] == [
+        ("public.audit_logs", "completed", None), ("public.missing_table", "failed", ErrorKind.CONFIG)]
+    summary = [m for m in caplog.messages if m.startswith("summary production_db.public.missing_table")]
+    assert summary and summary[0].endswith(", kind config, error: table public.missing_table does not exist")
