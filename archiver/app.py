@@ -4,7 +4,6 @@ notifications; issue 6)."""
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,8 @@ from archiver.daemon import Daemon
 from archiver.ops.hup import HupWatcher
 from archiver.ops.surface import OpsSurface
 from archiver.runner import dry_run, run_archive
+from common.cli import Environment, check_configured_tables, table_matches
 from common.config import Config, load_config
-from common.errors import UsageError
 from common.logging_setup import setup_logging
 
 log = logging.getLogger("archiver")
@@ -35,18 +34,17 @@ class ArchiverOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def only(self, db: str, schema: str, table: str) -> bool:
-        """--database / --table: a table named TABLE in any schema, or exactly SCHEMA.TABLE."""
+        """--database / --table, once check_filters accepted them: the tables they name."""
         return (not self.databases or db in self.databases) and (
-            not self.tables or table in self.tables or f"{schema}.{table}" in self.tables)
+            not self.tables or any(table_matches(name, schema, table) for name in self.tables))
 
 
 def check_filters(cfg: Config, opts: ArchiverOptions) -> None:
+    """Every --database is configured and every --table names one configured table (common.cli's
+    rule): a usage error (exit 2) otherwise, before anything connects."""
     for name in opts.databases:
         cfg.database(name)
-    known = {t.name for db in cfg.databases for t in db.tables} | {f"{t.schema_}.{t.name}" for db in cfg.databases for t in db.tables}
-    for name in opts.tables:
-        if name not in known:
-            raise UsageError(f"--table {name}: not a configured table")
+    check_configured_tables(cfg, opts.tables, databases=opts.databases)
 
 
 def load_checked(opts: ArchiverOptions) -> Config:
@@ -56,7 +54,7 @@ def load_checked(opts: ArchiverOptions) -> Config:
     return cfg
 
 
-def make_controls(cfg: Config, opts: ArchiverOptions) -> RunControls:
+def make_controls(cfg: Config, opts: ArchiverOptions, *, env: Environment | None = None) -> RunControls:
     d = cfg.defaults
     return RunControls(
         stop_file=opts.stop_file or Path(cfg.checkpoint_dir) / "STOP",
@@ -64,7 +62,7 @@ def make_controls(cfg: Config, opts: ArchiverOptions) -> RunControls:
         max_runtime_seconds=d.max_runtime_minutes * 60 if d.max_runtime_minutes else None,
         wait_for_lock=opts.wait_for_lock,
         replica_dsns=[dsn for db in cfg.databases for dsn in db.replica_dsns],
-        show_progress=sys.stderr.isatty(),
+        show_progress=(env or Environment()).stderr_isatty,
     )
 
 
@@ -80,20 +78,21 @@ def run_once(cfg: Config, opts: ArchiverOptions, ops: OpsSurface, controls: RunC
     return int(code)
 
 
-def run(opts: ArchiverOptions) -> int:
+def run(opts: ArchiverOptions, *, env: Environment | None = None) -> int:
+    env = env or Environment()
     cfg = load_checked(opts)
     if opts.dry_run:
         setup_logging(None, verbose=opts.verbose)
         lines, code = dry_run(cfg, only=opts.only)
-        print("\n".join(lines))
+        env.stdout.write("\n".join(lines) + "\n")
         return int(code)
     setup_logging(cfg.logging, verbose=opts.verbose)
     ops = OpsSurface(cfg, config_path=str(opts.config_path))
     if opts.daemon:
         return Daemon(cfg=cfg, ops=ops, config_path=opts.config_path, verbose=opts.verbose,
-                      load_config=lambda: load_checked(opts), new_controls=lambda c: make_controls(c, opts),
+                      load_config=lambda: load_checked(opts), new_controls=lambda c: make_controls(c, opts, env=env),
                       run_once=lambda c, controls: run_once(c, opts, ops, controls)).serve()
-    controls = make_controls(cfg, opts)
+    controls = make_controls(cfg, opts, env=env)
     # SIGHUP only reopens the log file here: logrotate may signal a one-shot run, which must not die.
     with ops, HupWatcher(lambda: _reopen_logs()):
         controls.install_signal_handlers()

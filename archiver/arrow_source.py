@@ -15,7 +15,7 @@ import pyarrow as pa
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from common.db import LIBPQ_HINT, describe_target, settings_query
-from common.errors import DatabaseError, ServiceUnavailable, message_lines
+from common.errors import DatabaseError, DatabaseUnavailable, message_lines
 
 CONNECT_TIMEOUT = 10  # seconds, as for the psycopg pool (common/db.py)
 #: Size of the driver's record batches. Its default, 16 MB, left the archiver's peak RSS ~15 MB
@@ -54,7 +54,7 @@ class ArrowSource:
             self._conn = adbc_driver_manager.AdbcConnection(self._db)
         except adbc_driver_manager.Error as exc:
             self._close_all()
-            raise ServiceUnavailable(f"cannot connect to database {self.target}: {reason(exc)}") from None
+            raise DatabaseUnavailable(f"cannot connect to database {self.target}: {reason(exc)}") from None
         self.apply(settings)
 
     def apply(self, settings: dict[str, str]) -> None:

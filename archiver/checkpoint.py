@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from common.storage import fsync_dir
+from common.files import atomic_write
 
 log = logging.getLogger("archiver.checkpoint")
 CHECKPOINT_VERSION = 1
@@ -70,20 +69,5 @@ class CheckpointStore:
 
     def save(self, cp: Checkpoint) -> None:
         path = self.path(cp.database, cp.schema, cp.table)
-        path.parent.mkdir(parents=True, exist_ok=True)
         cp.updated_at = time.time()
-        data = json.dumps(cp.to_json(), default=str).encode()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        fsync_dir(path.parent)
+        atomic_write(path, json.dumps(cp.to_json(), default=str).encode())

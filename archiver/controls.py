@@ -16,7 +16,8 @@ from typing import Any
 import psycopg
 
 from common.config import ResolvedOptions
-from common.errors import first_line
+from common.db import application_name, connect
+from common.errors import DatabaseUnavailable, first_line
 from archiver.ops.events import TableResult
 
 log = logging.getLogger("archiver")
@@ -162,12 +163,13 @@ def fault_point(point: str) -> None:
 def replica_lag(dsn: str) -> float:
     """Seconds the replica's replay lags; 0 when it is idle or not a replica."""
     try:
-        with psycopg.connect(dsn, connect_timeout=5) as conn:
+        with connect(dsn, {"application_name": application_name(role="replica-lag")}, connect_timeout=5,
+                     autocommit=True) as conn:
             row = conn.execute(
                 "SELECT CASE WHEN pg_is_in_recovery() AND pg_last_wal_receive_lsn() <> pg_last_wal_replay_lsn()"
                 " THEN EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) ELSE 0 END"
             ).fetchone()
             return float(row[0] or 0) if row else 0.0
-    except psycopg.Error as exc:
+    except (DatabaseUnavailable, psycopg.Error) as exc:
         log.warning("cannot check replica lag: %s", first_line(exc))
         return float("inf")

@@ -21,7 +21,7 @@ from archiver.controls import RunControls
 from archiver.ops.hup import HupWatcher
 from archiver.ops.surface import OpsSurface
 from common.config import Config
-from common.errors import ArchiverError, ConfigError, describe
+from common.errors import ArchiverError, ConfigError, classify
 from common.exit_codes import ExitCode
 from common.logging_setup import reopen_log_files, setup_logging
 
@@ -126,7 +126,7 @@ class Daemon:
             code = self._run_once(self.cfg, controls)
             log.info("run finished with exit code %d", code)
         except Exception as exc:  # noqa: BLE001 - the daemon outlives a failed run; the next one may succeed
-            code, message = describe(exc)
+            code, _kind, message = classify(exc)
             log.error("run failed: %s", message, exc_info=self.verbose)
         finally:
             self._install_stop_handlers()

@@ -1,18 +1,16 @@
 """`python -m archiver.main`: move expired rows to verified archives. A thin click entrypoint."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from common.errors import run_tool
+from common.cli import command, config_option, exit_with, verbose_option
 from common.exit_codes import ExitCode
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML config file.")
+@command()
+@config_option()
 @click.option("--dry-run", is_flag=True, help="Check config, connections and tables; show what would be archived. Changes nothing.")
 @click.option("--database", "databases", multiple=True, help="Only these configured databases (repeatable).")
 @click.option("--table", "tables", multiple=True, help="Only these configured tables (repeatable).")
@@ -21,7 +19,7 @@ from common.exit_codes import ExitCode
 @click.option("--wait-for-lock", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Seconds to wait for a table another archiver is working on (default: skip it).")
 @click.option("--daemon", is_flag=True, help="Run now and then every schedule.interval until SIGTERM.")
-@click.option("--verbose", "-v", is_flag=True, help="Debug logging and tracebacks.")
+@verbose_option()
 def cli(config_path: Path, dry_run: bool, databases: tuple[str, ...], tables: tuple[str, ...], max_rows: int | None,
         stop_file: Path | None, wait_for_lock: float, daemon: bool, verbose: bool) -> None:
     """Archive rows older than each table's retention to S3 (or a local directory), verify every
@@ -31,7 +29,7 @@ def cli(config_path: Path, dry_run: bool, databases: tuple[str, ...], tables: tu
     options = ArchiverOptions(config_path=config_path, dry_run=dry_run, databases=databases, tables=tables,
                               max_rows=max_rows, stop_file=stop_file, wait_for_lock=wait_for_lock,
                               daemon=daemon, verbose=verbose)
-    sys.exit(run_tool(lambda: run(options), verbose=verbose, tool="archiver"))
+    exit_with("archiver", lambda: run(options), verbose=verbose)
 
 
 def main() -> None:

@@ -9,17 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
-import psycopg
-
 from archiver.controls import RunControls
 from archiver.dry_run import plan
-from archiver.sink import ArchiveSink, FallbackFull
+from archiver.sink import ArchiveSink
 from archiver.table_job import TableBusy, TableJob
 from archiver.arrow_source import ArrowSource
 from archiver.checkpoint import CheckpointStore
 from common.config import Config, DatabaseConfig
 from common.db import conninfo, pool, session_settings
-from common.errors import ArchiverError, ConfigError, DatabaseError, ServiceUnavailable, UsageError, describe
+from common.errors import UNREACHABLE, ConfigError, ErrorKind, ServiceUnavailable, classify
 from archiver.ops.events import NullObserver, Observer, TableResult
 from common.exit_codes import ExitCode
 from common.s3client import fallback_storage, primary_storage
@@ -58,7 +56,7 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
     if drain.quarantined:
         # Reported like a failed table so exit code, metrics and notifications all carry it.
         assert sink.fallback is not None
-        results.append(TableResult("", "fallback", "drain", status="failed", error_kind="integrity",
+        results.append(TableResult("", "fallback", "drain", status="failed", error_kind=ErrorKind.INTEGRITY,
                                    error=f"{drain.quarantined} fallback batches failed their checksum and were "
                                          f"quarantined in {sink.fallback.quarantine_root}; their rows are not in S3"))
     code = exit_code(results, controls)
@@ -86,7 +84,7 @@ def check_session_budget(cfg: Config, db: DatabaseConfig) -> None:
 def exit_code(results: list[TableResult], controls: RunControls) -> ExitCode:
     if controls.signal_received == signal.SIGINT:
         return ExitCode.INTERRUPTED
-    if any(r.error_kind in ("database_unreachable", "s3_unreachable") for r in results):
+    if any(r.error_kind in UNREACHABLE for r in results):
         return ExitCode.UNAVAILABLE
     if any(r.status == "failed" for r in results):
         return ExitCode.FAILURE
@@ -117,10 +115,11 @@ def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpo
                     results[i] = _run_table(job)
                 observer.table_done(results[i])
     except ServiceUnavailable as exc:
-        log.error("database %s failed: %s", db.name, exc, extra={"database": db.name})
+        _code, kind, message = classify(exc)
+        log.error("database %s failed: %s", db.name, message, extra={"database": db.name})
         for r in results:
             if r.status == "pending":
-                r.status, r.error, r.error_kind = "failed", str(exc), "database_unreachable"
+                r.status, r.error, r.error_kind = "failed", message, kind
                 observer.table_done(r)
     return results
 
@@ -139,34 +138,19 @@ def _run_table(job: TableJob) -> TableResult:
         r.status, r.notes = "skipped", [str(exc)]
         log.warning("%s", exc, extra=ctx)
     except BaseException as exc:  # noqa: BLE001 - one table failing must not stop the others
-        code, message = describe(exc)
+        _code, r.error_kind, message = classify(exc)
         r.status, r.error = "failed", message
-        r.error_kind = _kind(exc, code)
         log.error("table %s failed: %s", r.name, message, extra=ctx, exc_info=log.isEnabledFor(logging.DEBUG))
         if isinstance(exc, KeyboardInterrupt):
             raise
     return r
 
 
-def _kind(exc: BaseException, code: ExitCode) -> str:
-    if isinstance(exc, FallbackFull):
-        return "fallback"
-    if isinstance(exc, ServiceUnavailable):
-        return "s3_unreachable" if "S3" in str(exc) else "database_unreachable"
-    if isinstance(exc, (psycopg.OperationalError, DatabaseError)):
-        return "database"
-    if isinstance(exc, UsageError):
-        return "config"
-    if isinstance(exc, ArchiverError):
-        return "integrity" if "checksum" in str(exc) else "other"
-    return "s3" if code == ExitCode.UNAVAILABLE else "other"
-
-
 def _summary(results: list[TableResult]) -> None:
     for r in results:
         log.info("summary %s.%s: %s, %d rows, %d objects (%d in fallback), %s, compression %.1fx, %.1fs%s",
                  r.database, r.name, r.status, r.rows, r.objects, r.fallback_objects, human_bytes(r.bytes), r.ratio,
-                 r.seconds, f", error: {r.error}" if r.error else "")
+                 r.seconds, f", kind {r.error_kind}, error: {r.error}" if r.error else "")
 
 
 def dry_run(cfg: Config, *, now: datetime | None = None, s3_client: Any | None = None,

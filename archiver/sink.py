@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from archiver.controls import fault_point
-from common.errors import ArchiverError, DataIntegrityError, ServiceUnavailable, first_line
+from common.errors import ArchiverError, DataIntegrityError, ErrorKind, S3Unavailable, first_line
 from common.layout import data_key, is_manifest, manifest_key
 from common.manifest import Manifest, sha256_hex
 from common.fallback import FallbackDir
@@ -21,7 +21,7 @@ log = logging.getLogger("archiver.sink")
 
 
 class FallbackFull(ArchiverError):
-    pass
+    kind = ErrorKind.FALLBACK
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -82,7 +82,7 @@ class ArchiveSink:
                 # No clean-up call to an S3 that is down: an object stored before the outage hit
                 # its manifest is overwritten by the same key when the fallback copy is drained.
                 if self.fallback is None:
-                    raise ServiceUnavailable(f"S3 upload of {manifest.key} failed and no s3.local_fallback_dir is configured: {exc}") from None
+                    raise S3Unavailable(f"S3 upload of {manifest.key} failed and no s3.local_fallback_dir is configured: {exc}") from None
                 log.warning("S3 upload failed (%s); S3 marked down, batches go to the fallback directory %s",
                             first_line(exc, limit=200), self.fallback.root)
                 self.opened_at = self.clock()

@@ -16,7 +16,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from common import batch_writer, layout
 from common.config import Config
-from common.errors import ArchiverError, ConfigError, DataIntegrityError, ServiceUnavailable, UsageError
+from common.cli import ambiguous, match_tables
+from common.errors import ArchiverError, ConfigError, DataIntegrityError, S3Unavailable, UsageError
 from common.manifest import Manifest
 from common.pgtypes import TableSchema
 from common.s3client import fallback_storage, primary_storage
@@ -137,15 +138,23 @@ def parse_range(start: date | str | None, end: date | str | None) -> tuple[date 
 
 
 def resolve_table(cfg: Config, database: str, table: str, schema: str | None = None) -> TableRef:
-    """The table as configured (`schema.table` is accepted too). A table no longer in the config is
-    still restorable from its archives; `unconfigured` keeps the config error for when it has none."""
-    cfg.database(database)  # an unknown database is a config error whatever the archive holds
-    if schema is None and "." in table and not any(t.name == table for t in cfg.database(database).tables):
-        schema, table = table.split(".", 1)
-    try:
-        t = cfg.table(database, table, schema)
-    except ConfigError as exc:
-        return TableRef(database, schema or "public", table, unconfigured=str(exc))
+    """The table as configured, by common.cli's rule (`--table schema.table` or `--schema s --table
+    table` are the same name; a bare name in several schemas is a usage error naming them). A table
+    no longer in the config is still restorable from its archives; `unconfigured` keeps the config
+    error for when it has none."""
+    db = cfg.database(database)  # an unknown database is a config error whatever the archive holds
+    name = f"{schema}.{table}" if schema else table
+    found = match_tables(name, ((t.schema_, t.name) for t in db.tables))
+    if len(found) > 1:
+        raise ambiguous(name, found)
+    if not found:
+        if schema is None and "." in table:
+            schema, table = table.split(".", 1)
+        try:
+            cfg.table(database, table, schema)
+        except ConfigError as exc:  # always: the rule found no such table; this is its message
+            return TableRef(database, schema or "public", table, unconfigured=str(exc))
+    t = next(t for t in db.tables if (t.schema_, t.name) == found[0])
     return TableRef(database, t.schema_, t.name, t.timestamp_column, t.primary_key, cfg.options(t).retention_days)
 
 
@@ -211,7 +220,7 @@ class Catalog:
             err = exc.response.get("Error", {})
             raise ArchiverError(f"cannot list s3://{self.bucket}/{prefix}: {err.get('Code')}: {err.get('Message')}") from None
         except BotoCoreError as exc:
-            raise ServiceUnavailable(f"S3 unreachable while listing s3://{self.bucket}/{prefix}: {exc}") from None
+            raise S3Unavailable(f"S3 unreachable while listing s3://{self.bucket}/{prefix}: {exc}") from None
 
     def _day(self, key: str) -> date | None:
         parsed = layout.parse_key(self.prefix, key)

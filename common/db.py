@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from common.config import DatabaseConfig
-from common.errors import ConfigError, ServiceUnavailable, UsageError, message_lines
+from common.errors import ConfigError, DatabaseUnavailable, UsageError, message_lines
 from common.pgtypes import COLUMNS_SQL, SESSION_SETTINGS, TableSchema, schema_from_rows
 
 
@@ -50,6 +50,18 @@ def describe_target(info: str) -> str:
     return f"{host}:{d.get('port') or 5432}/{d.get('dbname') or d.get('user') or ''}"
 
 
+#: The default of defaults.application_name in the config (common.config), for sessions of a tool
+#: that has no config to read it from.
+DEFAULT_APPLICATION_NAME = "pg-archiver"
+
+
+def application_name(base: str = DEFAULT_APPLICATION_NAME, *, role: str | None = None) -> str:
+    """What a session shows in pg_stat_activity: the configured name alone for the archiver's own
+    sessions (operators and tests pick them out by it), '<name> <role>' for every other one (the
+    restore, validate, wizard, health and replica-lag sessions), so `LIKE 'pg-archiver%'` finds all."""
+    return base if role is None else f"{base} {role}"
+
+
 def session_settings(*, application_name: str, statement_timeout: str | None, lock_timeout: str | None) -> dict[str, str]:
     settings = dict(SESSION_SETTINGS, application_name=application_name)
     if statement_timeout:
@@ -72,12 +84,20 @@ def apply_settings(conn: psycopg.Connection[Any], settings: dict[str, str]) -> N
     conn.commit()
 
 
-def connect(info: str, settings: dict[str, str], *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
+def connect(info: str, settings: dict[str, str], *, connect_timeout: int = 10,
+            autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A session with `settings` applied (DatabaseUnavailable, with libpq's reason and never the
+    password, when none can be made). autocommit: for sessions that only read the catalog or
+    pg_stat_* and must not hold a transaction open (health checks, replica lag)."""
     try:
-        conn = psycopg.connect(info, connect_timeout=connect_timeout, autocommit=False)
+        conn = psycopg.connect(info, connect_timeout=connect_timeout, autocommit=autocommit)
     except psycopg.OperationalError as exc:
-        raise ServiceUnavailable(f"cannot connect to database {describe_target(info)}: {libpq_reason(exc)}") from None
-    apply_settings(conn, settings)
+        raise DatabaseUnavailable(f"cannot connect to database {describe_target(info)}: {libpq_reason(exc)}") from None
+    try:
+        apply_settings(conn, settings)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -111,7 +131,7 @@ def pool(info: str, settings: dict[str, str], *, size: int) -> Iterator[Connecti
         except psycopg.OperationalError as inner:
             reason = libpq_reason(inner)
         p.close()
-        raise ServiceUnavailable(f"cannot connect to database {describe_target(info)}: {reason}") from None
+        raise DatabaseUnavailable(f"cannot connect to database {describe_target(info)}: {reason}") from None
     try:
         yield p
     finally:

@@ -1,66 +1,118 @@
-"""Exceptions the tools raise on purpose, and the one place that turns any exception into an
-exit code and a one-line, actionable message (tracebacks only with --verbose)."""
+"""Exceptions the tools raise on purpose, the kinds of error they are filed under, and the one place
+that turns any exception into an exit code, a kind and a one-line, actionable message (tracebacks
+only with --verbose)."""
 from __future__ import annotations
 
 import logging
 import sys
 import traceback
 from collections.abc import Callable
+from enum import StrEnum
+from typing import NamedTuple, TextIO
 
 from common.exit_codes import ExitCode
 
 log = logging.getLogger("archiver")
 
 
+class ErrorKind(StrEnum):
+    """What failed, for operators: the values are metric label values (archiver_errors_total{kind}),
+    notification keys (archiver.ops.notify.NEXT_STEPS) and documented in docs/runbooks.md, so they
+    never change spelling."""
+
+    DATABASE_UNREACHABLE = "database_unreachable"  # no connection could be made
+    DATABASE = "database"  # a statement failed or the session was lost mid-run
+    S3_UNREACHABLE = "s3_unreachable"  # S3 down and no fallback directory to hold the batch
+    S3 = "s3"  # botocore could not reach S3 mid-run
+    FALLBACK = "fallback"  # the local fallback directory is full or unwritable
+    CONFIG = "config"  # the config or the command line is unusable
+    INTEGRITY = "integrity"  # an archive differs from its manifest (checksum, size, rows)
+    CONFLICT = "conflict"  # a batch rolled back because its rows changed (a batch kind, never a failure)
+    OTHER = "other"
+
+
+#: A service could not be reached at all: a run with a table failed so ends with exit 3.
+UNREACHABLE = frozenset({ErrorKind.DATABASE_UNREACHABLE, ErrorKind.S3_UNREACHABLE})
+
+
 class ArchiverError(Exception):
-    """Base class: carries the exit code the tool should end with."""
+    """Base class: carries the exit code the tool should end with and the kind it is filed under."""
 
     exit_code: ExitCode = ExitCode.FAILURE
+    kind: ErrorKind = ErrorKind.OTHER
 
 
 class ConfigError(ArchiverError):
     exit_code = ExitCode.USAGE
+    kind = ErrorKind.CONFIG
 
 
 class UsageError(ArchiverError):
     exit_code = ExitCode.USAGE
+    kind = ErrorKind.CONFIG
 
 
 class ServiceUnavailable(ArchiverError):
-    """The database or S3 cannot be reached (exit 3)."""
+    """The database or S3 cannot be reached (exit 3). Raise one of the subclasses, which say which."""
 
     exit_code = ExitCode.UNAVAILABLE
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """No connection to a database could be made."""
+
+    kind = ErrorKind.DATABASE_UNREACHABLE
+
+
+class S3Unavailable(ServiceUnavailable):
+    """S3 cannot be reached (or refuses every request), and nothing can stand in for it."""
+
+    kind = ErrorKind.S3_UNREACHABLE
 
 
 class DatabaseError(ArchiverError):
     """A statement failed or the session was lost mid-run (the server is otherwise reachable)."""
 
+    kind = ErrorKind.DATABASE
+
 
 class DataIntegrityError(ArchiverError):
-    """An archive does not match its manifest, a checksum differs, or similar."""
+    """An archive does not match its manifest: a checksum or size differs, or similar."""
+
+    kind = ErrorKind.INTEGRITY
 
 
 class Interrupted(ArchiverError):
     exit_code = ExitCode.INTERRUPTED
 
 
-def describe(exc: BaseException) -> tuple[ExitCode, str]:
-    """Map any exception to (exit code, one-line message)."""
+class Classified(NamedTuple):
+    code: ExitCode
+    kind: ErrorKind
+    message: str  # one line, no secrets: libpq and botocore never echo a password
+
+
+def classify(exc: BaseException) -> Classified:
+    """Map any exception to (exit code, kind, one-line message): by type only, never by its text."""
     if isinstance(exc, ArchiverError):
-        return exc.exit_code, str(exc)
+        return Classified(exc.exit_code, exc.kind, str(exc))
     if isinstance(exc, KeyboardInterrupt):
-        return ExitCode.INTERRUPTED, "interrupted"
+        return Classified(ExitCode.INTERRUPTED, ErrorKind.OTHER, "interrupted")
     # Imported lazily: the cost tool must not pay for psycopg/botocore imports.
     import botocore.exceptions as bex
     import psycopg
 
+    # A raw driver error escaped the wrappers that raise DatabaseUnavailable/S3Unavailable at
+    # connect time, so the service answered once and was lost mid-run: kind database/s3 (a failed
+    # table), while a tool ending on one still exits 3 as it always has.
     if isinstance(exc, psycopg.OperationalError):
-        return ExitCode.UNAVAILABLE, f"database unreachable: {first_line(exc)}"
+        return Classified(ExitCode.UNAVAILABLE, ErrorKind.DATABASE, f"database unreachable: {first_line(exc)}")
     if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.NoCredentialsError)):
-        return ExitCode.UNAVAILABLE, f"S3 unreachable: {first_line(exc)}"
+        return Classified(ExitCode.UNAVAILABLE, ErrorKind.S3, f"S3 unreachable: {first_line(exc)}")
     if isinstance(exc, OSError):
-        return ExitCode.FAILURE, f"{type(exc).__name__}: {exc}"
-    return ExitCode.FAILURE, f"unexpected error ({type(exc).__name__}): {first_line(exc)}; rerun with --verbose for details"
+        return Classified(ExitCode.FAILURE, ErrorKind.OTHER, f"{type(exc).__name__}: {exc}")
+    return Classified(ExitCode.FAILURE, ErrorKind.OTHER,
+                      f"unexpected error ({type(exc).__name__}): {first_line(exc)}; rerun with --verbose for details")
 
 
 def message_lines(exc: BaseException, *, skip: tuple[str, ...] = ()) -> list[str]:
@@ -78,18 +130,20 @@ def first_line(exc: BaseException, *, limit: int = 300) -> str:
     return lines[0][:limit] if lines else type(exc).__name__
 
 
-def run_tool(func: Callable[..., int], *, verbose: bool, tool: str) -> int:
-    """Run a tool body; print a one-line error and return its exit code on failure."""
+def run_tool(func: Callable[..., int], *, verbose: bool, tool: str, stderr: TextIO | None = None) -> int:
+    """Run a tool body; print a one-line error (on `stderr`, default the process's) and return its
+    exit code on failure."""
+    err = stderr or sys.stderr
     try:
         return int(func())
     except BaseException as exc:  # noqa: BLE001 - this is the one place that maps them all
         if isinstance(exc, SystemExit):
             raise
-        code, message = describe(exc)
+        code, _kind, message = classify(exc)
         if verbose:
-            traceback.print_exc(file=sys.stderr)
+            traceback.print_exc(file=err)
         level = logging.WARNING if code == ExitCode.INTERRUPTED else logging.ERROR
         if log.handlers:  # only when a tool gave its logger handlers of its own; else print alone
             log.log(level, "%s failed: %s", tool, message)
-        print(f"{tool}: error: {message}", file=sys.stderr)
+        print(f"{tool}: error: {message}", file=err)
         return int(code)

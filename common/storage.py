@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,6 +14,7 @@ from typing import Any, Protocol
 from botocore.exceptions import ClientError
 
 from common.errors import DataIntegrityError
+from common.files import TEMP_PREFIX, atomic_write
 from common.layout import MANIFEST_SUFFIX
 from common.manifest import hex_to_b64, sha256_hex
 
@@ -134,24 +134,14 @@ class LocalStorage:
         return path
 
     def put(self, key: str, data: bytes, *, sha256: str, verify: bool = True) -> None:
+        """The bytes are checked against their checksum in memory, before anything is written. That
+        is what re-reading the temp file checked: the re-read came from the page cache, so it saw the
+        bytes handed to write() (a write either stores them all or raises), never the disk's copy;
+        checking first also leaves no file at all for bytes that do not match."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if sha256_hex(Path(tmp).read_bytes()) != sha256:
-                raise DataIntegrityError(f"{path}: written bytes do not match their checksum")
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        if sha256_hex(data) != sha256:
+            raise DataIntegrityError(f"{path}: bytes do not match their checksum; nothing written")
+        atomic_write(path, data)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -169,7 +159,7 @@ class LocalStorage:
         for dirpath, dirs, files in os.walk(self.root):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .quarantine, temp dirs
             for f in sorted(files):
-                if f.startswith(".tmp-"):
+                if f.startswith(TEMP_PREFIX):
                     continue
                 full = Path(dirpath) / f
                 key = full.relative_to(self.root).as_posix()
@@ -182,14 +172,6 @@ class LocalStorage:
             self._path(key).unlink()
         except FileNotFoundError:
             pass
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_disk_full(exc: BaseException) -> bool:

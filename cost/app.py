@@ -2,12 +2,12 @@
 measure when asked, estimate, print. Every bad input is a UsageError/ConfigError (exit 2)."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
+from common.cli import Environment
 from common.errors import UsageError
 from common.exit_codes import ExitCode
 from cost.estimate import estimate_all
@@ -42,7 +42,7 @@ class CostOptions:
     verbose: bool = False
 
 
-def run(opts: CostOptions, *, s3_client: Any | None = None, out: TextIO | None = None) -> int:
+def run(opts: CostOptions, *, s3_client: Any | None = None, env: Environment | None = None) -> int:
     req = parse_request(opts)
     table = load_prices(opts.prices_path)
     cfg = _load_config(opts.config_path)
@@ -54,9 +54,9 @@ def run(opts: CostOptions, *, s3_client: Any | None = None, out: TextIO | None =
     sc = build(req, cfg=cfg, measured=measured)
     estimates = estimate_all(table, region, sc.workload, classes=None if opts.compare else [klass])
     sc.put("compare", opts.compare, "given" if opts.compare else "default")
-    text = (dumps(to_document(table, sc, estimates, measured)) + "\n" if opts.output_format == "json"
+    text = (dumps(to_document(table, sc, estimates, measured)) if opts.output_format == "json"
             else render_text(table, sc, estimates, measured))
-    (out or sys.stdout).write(text)
+    (env or Environment()).stdout.write(text)
     return int(ExitCode.OK)
 
 

@@ -2,19 +2,17 @@
 the work is in cost.app (tests call it directly)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from common.errors import run_tool
+from common.cli import command, config_option, exit_with, output_format_option, verbose_option
 
 # Numbers are taken as text and checked by cost.app, so a bad one is a one-line error with exit 2.
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Archiver config: measure the bucket/prefix and fallback directory instead of guessing.")
+@command()
+@config_option(required=False, help="Archiver config: measure the bucket/prefix and fallback directory instead of guessing.")
 @click.option("--size-gb", metavar="GB", help="Archived size in GB (default with --config: the measured size).")
 @click.option("--compare", is_flag=True, help="Every storage class side by side, cheapest first.")
 @click.option("--storage-class", metavar="CLASS", help="Class to price [default: the config's, else STANDARD].")
@@ -29,8 +27,8 @@ from common.errors import run_tool
               help="Days archives stay before deletion, for early-deletion notes [default: kept].")
 @click.option("--prices", "prices_path", type=click.Path(dir_okay=False, path_type=Path),
               help="YAML price table replacing the built-in one (same layout as cost/prices.yaml).")
-@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--verbose", "-v", is_flag=True, help="Progress on stderr and tracebacks on errors.")
+@output_format_option()
+@verbose_option(help="Progress on stderr and tracebacks on errors.")
 def cli(config_path: Path | None, size_gb: str | None, compare: bool, storage_class: str | None,
         region: str | None, months: str, growth_gb_per_month: str | None, objects: str | None,
         avg_object_mb: str | None, retrieval_gb_per_month: str | None, archive_retention_days: str | None,
@@ -48,7 +46,7 @@ def cli(config_path: Path | None, size_gb: str | None, compare: bool, storage_cl
         from common.logging_setup import setup_logging
 
         setup_logging(None, verbose=True)
-    sys.exit(run_tool(lambda: run(options), verbose=verbose, tool="cost"))
+    exit_with("cost", lambda: run(options), verbose=verbose)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from decimal import Decimal
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from common.jsonout import render_json
 from cost.estimate import Estimate
 from cost.money import money, size_text
 from cost.prices import PriceTable
@@ -75,7 +76,7 @@ def dumps(doc: dict[str, Any]) -> str:
             return [mark(v) for v in value]
         return value
 
-    text = json.dumps(mark(doc), indent=2, ensure_ascii=False)
+    text = render_json(mark(doc))
     for i, literal in enumerate(decimals):
         text = text.replace(json.dumps(f"\0dec{i}\0"), literal, 1)
     return text

@@ -4,12 +4,12 @@ DEEP_ARCHIVE without a completed S3 restore) are reported on stderr and the exit
 answer is incomplete and must not look complete."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from common.catalog import Catalog, TableRef, parse_range, resolve_table
+from common.cli import Environment
 from common.config import load_config
 from common.errors import UsageError
 from common.exit_codes import ExitCode
@@ -41,9 +41,9 @@ def parse_columns(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def run(opts: QueryOptions, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None,
-        s3_client: Any | None = None) -> int:
-    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+def run(opts: QueryOptions, *, env: Environment | None = None, s3_client: Any | None = None) -> int:
+    env = env or Environment()
+    stdout, stderr = env.stdout, env.stderr
     start, end = parse_range(opts.start_date, opts.end_date)
     if opts.output_format == "parquet" and opts.output is None:
         raise UsageError("--output-format parquet writes a file: give --output FILE")
@@ -61,10 +61,10 @@ def run(opts: QueryOptions, *, stdout: IO[str] | None = None, stderr: IO[str] | 
     with Engine(_query(opts, ref, work), union_schema(described)) as engine:
         schema = engine.check()
         if opts.output is None:
-            rows = _stream(engine, catalog, work, opts, stdout, schema, progress=stderr if stderr.isatty() else None)
+            rows = _stream(engine, catalog, work, opts, stdout, schema, progress=stderr if env.stderr_isatty else None)
         else:
             with output_file(opts.output, binary=opts.output_format == "parquet") as fh:
-                rows = _stream(engine, catalog, work, opts, fh, schema, progress=stderr if stderr.isatty() else None)
+                rows = _stream(engine, catalog, work, opts, fh, schema, progress=stderr if env.stderr_isatty else None)
     return _report(work, rows, stderr)
 
 

@@ -2,18 +2,16 @@
 them. A thin click entrypoint; the work is in query.app."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from common.errors import run_tool
+from common.cli import command, config_option, exit_with, output_format_option, verbose_option
 from query.output import FORMATS
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML config file.")
+@command()
+@config_option()
 @click.option("--database", required=True, help="Configured database name.")
 @click.option("--table", required=True, help="Table, TABLE or SCHEMA.TABLE.")
 @click.option("--start-date", help="First UTC day to search (YYYY-MM-DD, inclusive).")
@@ -21,10 +19,10 @@ from query.output import FORMATS
 @click.option("--where", help="A DuckDB SQL condition on the archived columns, e.g. \"user_id = 42\".")
 @click.option("--columns", help="Columns to show, comma-separated [default: all].")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
-@click.option("--output-format", type=click.Choice(FORMATS), default="table", show_default=True)
+@output_format_option(FORMATS, help="table for a person; csv, jsonl (one object per line) or parquet (needs --output).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the rows to this file (it appears once the query has finished) instead of stdout.")
-@click.option("--verbose", "-v", is_flag=True, help="Debug logging and tracebacks.")
+@verbose_option()
 def cli(config_path: Path, database: str, table: str, start_date: str | None, end_date: str | None,
         where: str | None, columns: str | None, limit: int | None, output_format: str, output: Path | None,
         verbose: bool) -> None:
@@ -38,7 +36,7 @@ def cli(config_path: Path, database: str, table: str, start_date: str | None, en
                                output_format=output_format, output=output, verbose=verbose)
         return run(options)
 
-    sys.exit(run_tool(work, verbose=verbose, tool="query"))
+    exit_with("query", work, verbose=verbose)
 
 
 def main() -> None:

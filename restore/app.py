@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.cli import Environment
 from common.config import load_config
 from common.logging_setup import setup_logging
 from restore import render
@@ -30,7 +31,8 @@ class RestoreOptions:
     verbose: bool = False
 
 
-def run(opts: RestoreOptions) -> int:
+def run(opts: RestoreOptions, *, env: Environment | None = None) -> int:
+    out = (env or Environment()).stdout
     parse_range(opts.start_date, opts.end_date)  # a bad date is a usage error before anything else
     cfg = load_config(opts.config_path)
     setup_logging(cfg.logging, verbose=opts.verbose)
@@ -38,20 +40,21 @@ def run(opts: RestoreOptions) -> int:
         keys = request_s3_restore(cfg, database=opts.database, table=opts.table, schema=opts.schema,
                                   days=opts.request_glacier_restore, restore_all=opts.restore_all, s3_key=opts.s3_key,
                                   start_date=opts.start_date, end_date=opts.end_date)
-        print(f"requested an S3 restore for {opts.request_glacier_restore} days of {len(keys)} objects"
-              + (" (GLACIER: hours; DEEP_ARCHIVE: up to 48 hours); run the restore again once they are available" if keys else ""))
+        out.write(f"requested an S3 restore for {opts.request_glacier_restore} days of {len(keys)} objects"
+                  + (" (GLACIER: hours; DEEP_ARCHIVE: up to 48 hours); run the restore again once they are available" if keys else "")
+                  + "\n")
         for key in keys:
-            print(f"  {key}")
+            out.write(f"  {key}\n")
         return 0
     if not opts.restore_all and not opts.s3_key:
         objects = list_archives(cfg, database=opts.database, table=opts.table, schema=opts.schema,
                                 start_date=opts.start_date, end_date=opts.end_date)
         table = f"{opts.database}/{opts.table}"
-        print(render.listing_json(objects) if opts.output_format == "json" else render.listing_text(objects, table=table))
+        out.write(render.listing_json(objects) if opts.output_format == "json" else render.listing_text(objects, table=table) + "\n")
         return 0
     report = restore(cfg, database=opts.database, table=opts.table, schema=opts.schema, restore_all=opts.restore_all,
                      start_date=opts.start_date, end_date=opts.end_date, s3_key=opts.s3_key,
                      conflict_strategy=opts.conflict_strategy, target_table=opts.target_table, dry_run=opts.dry_run,
                      allow_drop_columns=opts.allow_drop_columns)
-    print(render.report_json(report) if opts.output_format == "json" else render.report_text(report))
+    out.write(render.report_json(report) if opts.output_format == "json" else render.report_text(report) + "\n")
     return 0

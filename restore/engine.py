@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from common.config import Config
-from common.db import connect, conninfo, session_settings
+from common.db import application_name, connect, conninfo, session_settings
 from common.errors import ArchiverError, UsageError
 from common.pgtypes import TableSchema
 from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
@@ -141,7 +141,7 @@ def _target_name(ref: TableRef, target_table: str | None) -> tuple[str, str]:
 
 def _settings(cfg: Config, ref: TableRef) -> dict[str, str]:
     opts = cfg.options(cfg.table(ref.database, ref.table, ref.schema)) if not ref.unconfigured else cfg.defaults
-    settings = session_settings(application_name=f"{opts.application_name} restore",
+    settings = session_settings(application_name=application_name(opts.application_name, role="restore"),
                                 statement_timeout=opts.statement_timeout, lock_timeout=opts.lock_timeout)
     settings["temp_buffers"] = _TEMP_BUFFERS
     return settings

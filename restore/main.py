@@ -2,17 +2,15 @@
 object, exactly as archived. A thin click entrypoint; the work is in restore.app / restore.engine."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from common.errors import run_tool
+from common.cli import command, config_option, exit_with, output_format_option, verbose_option
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML config file.")
+@command()
+@config_option()
 @click.option("--database", required=True, help="Configured database name.")
 @click.option("--table", required=True, help="Table name as configured (schema.table also accepted).")
 @click.option("--schema", help="Schema of the table, when it is not the configured/public one.")
@@ -24,13 +22,12 @@ from common.errors import run_tool
               help="Rows whose primary key exists: keep them, replace them, or abort the whole restore.")
 @click.option("--target-table", help="Restore into this table instead; created from the archived schema if missing.")
 @click.option("--dry-run", is_flag=True, help="Show what would be restored (objects, rows, date span); change nothing.")
-@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Output on stdout (logs go to stderr).")
+@output_format_option(help="Output on stdout (logs go to stderr).")
 @click.option("--request-glacier-restore", "glacier_days", type=click.IntRange(min=1), metavar="DAYS",
               help="Ask S3 to make GLACIER/DEEP_ARCHIVE objects readable for DAYS days, then exit.")
 @click.option("--allow-drop-columns", is_flag=True,
               help="Restore even if the table lost or retyped archived columns (their values are not restored).")
-@click.option("--verbose", "-v", is_flag=True, help="Debug logging and tracebacks.")
+@verbose_option()
 def cli(config_path: Path, database: str, table: str, schema: str | None, restore_all: bool, start_date: str | None,
         end_date: str | None, s3_key: str | None, conflict_strategy: str, target_table: str | None, dry_run: bool,
         output_format: str, glacier_days: int | None, allow_drop_columns: bool, verbose: bool) -> None:
@@ -42,7 +39,7 @@ def cli(config_path: Path, database: str, table: str, schema: str | None, restor
                              conflict_strategy=conflict_strategy, target_table=target_table, dry_run=dry_run,
                              output_format=output_format, request_glacier_restore=glacier_days,
                              allow_drop_columns=allow_drop_columns, verbose=verbose)
-    sys.exit(run_tool(lambda: run(options), verbose=verbose, tool="restore"))
+    exit_with("restore", lambda: run(options), verbose=verbose)
 
 
 def main() -> None:

@@ -2,16 +2,16 @@
 go to stderr, so `--output-format json` output can be piped straight into jq."""
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
+from common.jsonout import render_json
 from common.units import human_bytes
 from common.catalog import ArchiveObject
 from restore.engine import RestoreReport
 
 
 def listing_json(objects: list[ArchiveObject]) -> str:
-    return json.dumps([o.to_json() for o in objects], indent=1)
+    return render_json([o.to_json() for o in objects])
 
 
 def listing_text(objects: list[ArchiveObject], *, table: str) -> str:
@@ -44,7 +44,7 @@ def _listing_footer(objects: list[ArchiveObject]) -> str:
 
 
 def report_json(report: RestoreReport) -> str:
-    return json.dumps(report.to_json(), indent=1)
+    return render_json(report.to_json())
 
 
 def report_text(report: RestoreReport) -> str:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from archiver.runner import run_archive
+from common.cli import Environment
 from common.config import load_config
 from common.errors import UsageError
 from common.exit_codes import ExitCode
@@ -71,7 +72,8 @@ def normalise(doc: dict[str, Any]) -> dict[str, Any]:
 
 def query(config: Path, **kw: Any) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = run(QueryOptions(config_path=config, database="production_db", table="audit_logs", **kw), stdout=out, stderr=err)
+    code = run(QueryOptions(config_path=config, database="production_db", table="audit_logs", **kw),
+               env=Environment(stdout=out, stderr=err))
     return code, out.getvalue(), err.getvalue()
 
 

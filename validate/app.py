@@ -3,13 +3,13 @@ report (text lines or one JSON document on stdout; everything else goes to stder
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from common.cli import Environment
 from common.config import load_config
 from common.exit_codes import ExitCode
 from common.logging_setup import setup_logging
@@ -33,11 +33,12 @@ class ValidateOptions:
     parallel: int = DEFAULT_PARALLEL
 
 
-def run(opts: ValidateOptions, *, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+def run(opts: ValidateOptions, *, env: Environment | None = None) -> int:
+    env = env or Environment()
+    out = env.stdout
     cfg = load_config(opts.config_path)
     setup_logging(cfg.logging, verbose=opts.verbose)
-    progress = Progress(sys.stderr) if sys.stderr.isatty() else None
+    progress = Progress(env.stderr) if env.stderr_isatty else None
     listed = ObjectLister(out if opts.output_format == "text" else None) if opts.verbose else None
 
     def on_object(c: Checked) -> None:
@@ -57,7 +58,7 @@ def run(opts: ValidateOptions, *, out: TextIO | None = None) -> int:
 
 def emit(report: Report, *, output_format: str, out: TextIO) -> None:
     if output_format == "json":
-        out.write(report.to_json() + "\n")
+        out.write(report.to_json())
     else:
         out.write("\n".join(report.text_lines()) + "\n")
     out.flush()

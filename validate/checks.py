@@ -16,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from common import batch_writer
 from common.config import Config
-from common.errors import ConfigError, ServiceUnavailable, first_line
+from common.errors import ConfigError, S3Unavailable, first_line
 from common.s3client import fallback_storage, primary_storage
 from common.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
@@ -48,7 +48,7 @@ def validate(cfg: Config, *, database: str | None = None, table: str | None = No
     except ClientError as exc:
         raise _s3_refused(exc, cfg.s3.bucket) from None
     except BotoCoreError as exc:
-        raise ServiceUnavailable(f"S3 unreachable: {first_line(exc)}") from None
+        raise S3Unavailable(f"S3 unreachable: {first_line(exc)}") from None
     report.summary.seconds = time.monotonic() - started
     report.sort()
     return report
@@ -157,4 +157,4 @@ def _s3_refused(exc: ClientError, bucket: str) -> Exception:
     if code == "NoSuchBucket":
         return ConfigError(f"s3.bucket: bucket {bucket!r} does not exist")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
-    return ServiceUnavailable(f"S3 refused the request ({code or status}): {first_line(exc)}")
+    return S3Unavailable(f"S3 refused the request ({code or status}): {first_line(exc)}")

@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from common.config import Config, DatabaseConfig, TableConfig
-from common.db import conninfo, pool, qualified, session_settings, table_oid, table_schema
+from common.db import application_name, conninfo, pool, qualified, session_settings, table_oid, table_schema
 from common.errors import UsageError
 
 log = logging.getLogger("validate.db")
@@ -77,7 +77,7 @@ class LiveRows:
 
     def _settings(self, t: TableConfig) -> dict[str, str]:
         opts = self.cfg.options(t)
-        settings = session_settings(application_name=f"{opts.application_name}-validate",
+        settings = session_settings(application_name=application_name(opts.application_name, role="validate"),
                                     statement_timeout=opts.statement_timeout, lock_timeout=opts.lock_timeout)
         # Belt and braces for "never changes anything": the server refuses writes in these sessions.
         settings["default_transaction_read_only"] = "on"

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from common import layout
 from common.config import Config, DatabaseConfig, TableConfig
-from common.errors import UsageError
+from common.cli import check_configured_tables, table_matches
 from common.storage import ObjectInfo
 
 
@@ -36,10 +36,8 @@ def build_scope(cfg: Config, *, database: str | None = None, table: str | None =
         if database:
             return Scope((layout.database_prefix(root, database),), tables, root)
         return Scope((layout.join(root, ""),), tables, root)
-    chosen = tuple((db, t) for db in dbs for t in db.tables if table in (t.name, f"{t.schema_}.{t.name}"))
-    if not chosen:
-        where = f"database {database!r}" if database else "the config"
-        raise UsageError(f"--table {table}: no such table in {where}")
+    check_configured_tables(cfg, [table], databases=[database] if database else [])
+    chosen = tuple((db, t) for db in dbs for t in db.tables if table_matches(table, t.schema_, t.name))
     prefixes = tuple(layout.table_prefix(root, db.name, t.schema_, t.name) for db, t in chosen)
     return Scope(prefixes, chosen, root)
 

@@ -2,25 +2,22 @@
 validate.app / validate.checks."""
 from __future__ import annotations
 
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import click
 
-from common.errors import run_tool
+from common.cli import command, config_option, exit_with, output_format_option, verbose_option
 from validate.checks import DEFAULT_PARALLEL
 
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML config file.")
+@command()
+@config_option()
 @click.option("--database", help="Only this configured database.")
 @click.option("--table", help="Only this configured table (name or schema.name).")
-@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: one line per problem and a summary; json: one document on stdout.")
+@output_format_option(help="text: one line per problem and a summary; json: one document on stdout.")
 @click.option("--quick", is_flag=True,
               help="Manifests, sizes and S3's stored checksums only: no downloads, no database cross-check.")
 @click.option("--since", type=click.DateTime(_DATE_FORMATS), metavar="DATE",
@@ -28,7 +25,7 @@ _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 # At most botocore's 10 pooled connections per client: more workers would only queue for them.
 @click.option("--parallel", type=click.IntRange(min=1, max=10), default=DEFAULT_PARALLEL, show_default=True,
               help="Objects downloaded and checked at once (1-10).")
-@click.option("--verbose", "-v", is_flag=True, help="List every object checked; debug logging and tracebacks.")
+@verbose_option(help="List every object checked; debug logging and tracebacks.")
 def cli(config_path: Path, database: str | None, table: str | None, output_format: str, quick: bool,
         since: datetime | None, parallel: int, verbose: bool) -> None:
     """Check every archive object against its manifest (checksum, size, rows, partition), find
@@ -38,7 +35,7 @@ def cli(config_path: Path, database: str | None, table: str | None, output_forma
 
     options = ValidateOptions(config_path=config_path, database=database, table=table, output_format=output_format,
                               verbose=verbose, quick=quick, since=since, parallel=parallel)
-    sys.exit(run_tool(lambda: run(options), verbose=verbose, tool="validate"))
+    exit_with("validate", lambda: run(options), verbose=verbose)
 
 
 def main() -> None:

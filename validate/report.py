@@ -2,11 +2,11 @@
 summary, rendered as greppable text lines or one JSON document (issue 5)."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from common.jsonout import render_json
 from common.units import human_bytes
 
 #: The problem types of issue 5, in the order a reader cares about them; the value is the repair
@@ -94,7 +94,7 @@ class Report:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=str)
+        return render_json(self.to_dict())
 
     def text_lines(self) -> list[str]:
         """One line per problem, starting with its type so `grep -i orphaned` finds it, then the summary."""

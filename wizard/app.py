@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from common.cli import Environment
 from common.config import load_config
 from common.errors import ArchiverError, Interrupted, UsageError
 from wizard.database import database_step
@@ -51,9 +52,10 @@ def gather(p: Prompter, flags: Flags, *, now: datetime, prober: Prober) -> Answe
     return Answers(database=db, tables=tables, s3=s3, extras=extras)
 
 
-def run(flags: Flags, *, now: datetime | None = None, prober: Prober = default_prober) -> int:
+def run(flags: Flags, *, now: datetime | None = None, prober: Prober = default_prober,
+        env: Environment | None = None) -> int:
     now = now or datetime.now(timezone.utc)
-    p = Prompter(interactive=not flags.non_interactive)
+    p = Prompter(interactive=not flags.non_interactive, env=env)
     try:
         overwrite = check_output(p, flags)
         answers = gather(p, flags, now=now, prober=prober)

@@ -12,7 +12,7 @@ import click
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from common.db import connect, describe_target, session_settings
+from common.db import application_name, connect, describe_target, session_settings
 from common.errors import ServiceUnavailable, UsageError
 from wizard.model import DEFAULT_PASSWORD_ENV, DatabaseAnswer, Flags
 from wizard.prompts import Prompter, env_name_check, nonempty_check
@@ -103,7 +103,7 @@ def database_step(p: Prompter, flags: Flags) -> tuple[psycopg.Connection[Any], D
                              given=flags.password_env, default=DEFAULT_PASSWORD_ENV, check=env_name_check)
         info = target.conninfo(_password(p, env_name, dsn_password))
         try:
-            conn = connect(info, session_settings(application_name="pg-archiver wizard",
+            conn = connect(info, session_settings(application_name=application_name(role="wizard"),
                                                   statement_timeout=WIZARD_STATEMENT_TIMEOUT, lock_timeout="5s"))
         except ServiceUnavailable as exc:
             if not p.interactive:

@@ -14,7 +14,7 @@ from psycopg import sql
 
 from common.config import TableConfig
 from common.db import primary_key_columns, qualified, table_oid, table_schema
-from common.errors import UsageError
+from common.cli import select_table
 from common.expiry import ExpiredRows, cutoff_for
 
 #: The column types the archiver accepts as timestamp_column (archiver/table_check.py SUPPORTED_TIMESTAMPS).
@@ -118,20 +118,11 @@ def list_tables(conn: psycopg.Connection[Any]) -> list[TableInfo]:
 
 
 def resolve_table(tables: list[TableInfo], spec: str) -> TableInfo:
-    """`schema.table` or a bare name (public first, else the only schema that has it)."""
-    if "." in spec:
-        schema, _, name = spec.partition(".")
-        found = [t for t in tables if t.schema == schema and t.name == name]
-    else:
-        found = [t for t in tables if t.name == spec]
-        if len(found) > 1:
-            found = [t for t in found if t.schema == "public"] or found
-    if not found:
-        raise UsageError(f"table {spec} not found (the wizard lists ordinary and partitioned tables)")
-    if len(found) > 1:
-        schemas = ", ".join(f"{t.schema}.{t.name}" for t in found)
-        raise UsageError(f"table {spec} is ambiguous ({schemas}): give schema.table")
-    return found[0]
+    """`schema.table` or a bare name, by common.cli's rule: a bare name in several schemas is a
+    usage error naming them."""
+    schema, name = select_table(spec, ((t.schema, t.name) for t in tables), flag="",
+                                where="the database (the wizard lists ordinary and partitioned tables)")
+    return next(t for t in tables if (t.schema, t.name) == (schema, name))
 
 
 def rank(c: TimestampCandidate) -> tuple[int, int, int, int]:

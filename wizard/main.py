@@ -1,18 +1,17 @@
 """`python -m wizard.main`: a first working config in two minutes, interactive or scripted."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from common.errors import run_tool
+from common.cli import command, exit_with, verbose_option
 
 _PORT = click.IntRange(0, 65535)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command()
 @click.option("--output", "-o", default="config.yaml", show_default=True, type=click.Path(path_type=Path),
               help="Config file to write (mode 0600).")
 @click.option("--non-interactive", is_flag=True, help="Prompt for nothing: flags, else detected or default values; a missing required answer is exit 2.")
@@ -53,7 +52,7 @@ _PORT = click.IntRange(0, 65535)
 @click.option("--smtp-password-env", help="Env var holding the SMTP password [default: ARCHIVER_SMTP_PASSWORD].")
 @click.option("--email-from", help="Sender address of email notifications.")
 @click.option("--email-to", multiple=True, help="Recipient of email notifications (repeatable).")
-@click.option("--verbose", "-v", is_flag=True, help="Tracebacks on errors.")
+@verbose_option(help="Tracebacks on errors.")
 def cli(**kwargs: Any) -> None:
     """Ask (or take from flags) everything a first config needs, check the database and the
     bucket, and write a commented config file the archiver accepts. The password is never written."""
@@ -61,7 +60,7 @@ def cli(**kwargs: Any) -> None:
     from wizard.model import Flags
 
     flags = Flags(**kwargs)
-    sys.exit(run_tool(lambda: run(flags), verbose=flags.verbose, tool="wizard"))
+    exit_with("wizard", lambda: run(flags), verbose=flags.verbose)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import click
 
+from common.cli import Environment
 from common.errors import UsageError
 
 Check = Callable[[Any], "str | None"]
@@ -15,8 +16,12 @@ NONE_WORDS = ("none", "-")
 
 
 class Prompter:
-    def __init__(self, *, interactive: bool) -> None:
+    """Questions are click prompts (they need the terminal); what the wizard says goes to env's
+    streams, so a scripted run is tested with io.StringIO."""
+
+    def __init__(self, *, interactive: bool, env: Environment | None = None) -> None:
         self.interactive = interactive
+        self.env = env or Environment()
 
     def ask(self, text: str, *, flag: str, given: Any = None, default: Any = None, type: Any = None,
             check: Check | None = None, optional: bool = False, may_hold_secret: bool = False) -> Any:
@@ -55,13 +60,13 @@ class Prompter:
         return bool(click.confirm(text, default=default))
 
     def info(self, text: str = "") -> None:
-        click.echo(text)
+        click.echo(text, file=self.env.stdout)
 
     def warn(self, text: str) -> None:
-        click.echo(f"warning: {text}", err=True)
+        click.echo(f"warning: {text}", file=self.env.stderr)
 
     def error(self, text: str) -> None:
-        click.echo(f"error: {text}", err=True)
+        click.echo(f"error: {text}", file=self.env.stderr)
 
 
 def env_name_check(value: Any) -> str | None:

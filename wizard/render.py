@@ -2,8 +2,6 @@
 with mode 0600. The keys are exactly those of common/config.py; there is no password key to fill."""
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ import yaml
 
 from common.config import Defaults, MonitoringConfig, ScheduleConfig
 from common.errors import UsageError
+from common.files import atomic_write
 from wizard.model import Answers, DatabaseAnswer, TableAnswer
 
 _DEFAULT_KEYS = ("batch_size", "format", "compression_level", "delete_after_archive", "sleep_seconds",
@@ -97,14 +96,4 @@ def write_config(path: Path, text: str, *, overwrite: bool) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise UsageError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)  # created 0600
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode("utf-8"), mode=0o600)

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from common.config import S3Config
-from common.errors import ServiceUnavailable
+from common.errors import S3Unavailable
 from wizard.model import Flags
 from wizard.probe import ProbeResult, probe_bucket, probe_client
 from wizard.prompts import Prompter, human_bytes, nonempty_check
@@ -80,7 +80,7 @@ def storage_step(p: Prompter, flags: Flags, *, eligible_bytes: int, prober: Prob
             return s3
         p.error(result.message)
         if not p.interactive:
-            raise ServiceUnavailable(f"{result.message}; fix the storage answers or pass --skip-bucket-check")
+            raise S3Unavailable(f"{result.message}; fix the storage answers or pass --skip-bucket-check")
         if p.confirm("Write the config with this bucket anyway (archiving will fail or use the fallback"
                      " directory until it is fixed)?", default=False):
             return s3

@@ -20,7 +20,7 @@ class TableResult:
     fallback_objects: int = 0
     rolled_back_batches: int = 0
     error: str | None = None
-    error_kind: str | None = None  # database | s3 | fallback | config | integrity | lock | other
+    error_kind: str | None = None  # an ErrorKind value (common.errors), None unless failed
     resumed: int = 0
     notes: list[str] = field(default_factory=list)
 

@@ -7,7 +7,6 @@ but batches go to the fallback directory, batches wait there, or the last run fa
 `healthy`."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -18,11 +17,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from common.config import Config, DatabaseConfig
-from common.db import conninfo, describe_target
+from common.db import application_name, connect, conninfo, describe_target
 from common.errors import first_line
+from common.jsonout import render_json
 from archiver.ops.events import TableResult
 from archiver.ops.metrics import result_name
 from common.s3client import fallback_storage, make_client
@@ -105,7 +103,7 @@ class HealthChecker:
     # -- the endpoint ------------------------------------------------------------------------
     def route(self) -> tuple[int, str, bytes]:
         code, doc = self.report()
-        return code, JSON, (json.dumps(doc, indent=2) + "\n").encode()
+        return code, JSON, render_json(doc).encode()
 
     def report(self) -> tuple[int, dict[str, Any]]:
         checks = self.checks()
@@ -173,8 +171,9 @@ class HealthChecker:
         try:
             info = conninfo(db)
             target = describe_target(info)
-            with psycopg.connect(info, connect_timeout=max(2, int(self.timeout)), autocommit=True,
-                                 application_name="pg-archiver-health") as conn:
+            name = application_name(self.cfg.defaults.application_name, role="health")
+            with connect(info, {"application_name": name}, connect_timeout=max(2, int(self.timeout)),
+                         autocommit=True) as conn:
                 conn.execute("SELECT 1").fetchone()
         except Exception as exc:  # noqa: BLE001 - any failure is "down"; libpq never echoes the password
             return {"status": "down", "target": target, "error": first_line(exc)}

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from common.errors import describe
+from common.errors import classify
 
 log = logging.getLogger("archiver.daemon")
 
@@ -37,7 +37,7 @@ class HupWatcher:
             try:
                 self.on_hup()
             except Exception as exc:  # noqa: BLE001 - a failed reload must not end the watcher
-                log.error("handling SIGHUP failed: %s", describe(exc)[1])
+                log.error("handling SIGHUP failed: %s", classify(exc).message)
 
     def __enter__(self) -> HupWatcher:
         self._thread.start()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from archiver.ops.events import TableResult
-from common.storage import fsync_dir
+from common.files import atomic_write
 
 log = logging.getLogger("archiver.metrics")
 
@@ -126,22 +125,9 @@ class ArchiverMetrics:
         return 200, CONTENT_TYPE_LATEST, self.render()
 
     def write_textfile(self, path: str | os.PathLike[str]) -> None:
-        """Atomically replace `path` (temp file in the same directory, fsync, rename): node_exporter
-        never reads half a file."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self.render())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from node_exporter's user
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(target.parent)
+        """Atomically replace `path`: node_exporter never reads half a file (it reads only *.prom,
+        so it never takes the temp file for one either)."""
+        atomic_write(path, self.render(), mode=0o644)  # mkstemp's 0600 would hide it from node_exporter's user
 
     def seed_from_textfile(self, path: str | os.PathLike[str]) -> int:
         """Carry last-success times over from the previous run's textfile, so a table that fails

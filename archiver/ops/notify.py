@@ -14,7 +14,6 @@ import os
 import smtplib
 import socket
 import ssl
-import tempfile
 import threading
 import time
 import urllib.error
@@ -26,6 +25,8 @@ from typing import Any
 
 from common.config import Config, EmailConfig, NotificationsConfig, PagerDutyConfig, SlackConfig
 from common.errors import ConfigError
+from common.files import atomic_write
+from common.jsonout import render_json
 from archiver.ops.events import NullObserver, TableResult
 
 log = logging.getLogger("archiver.notify")
@@ -310,7 +311,7 @@ class Notifications(NullObserver):
             return
         doc = {"open": {k: {"database": d, "table": t, "kind": kind} for k, (d, t, kind) in sorted(alerts.items())}}
         try:
-            _atomic_write(self.state_path, json.dumps(doc, indent=1).encode())
+            atomic_write(self.state_path, render_json(doc).encode())
         except OSError as exc:
             log.warning("cannot save notification state %s: %s", self.state_path, exc.strerror)
 
@@ -322,17 +323,5 @@ def _describe(exc: BaseException) -> str:
         return f"SMTP {exc.smtp_code} {exc.smtp_error.decode(errors='replace') if isinstance(exc.smtp_error, bytes) else exc.smtp_error}"
     text = str(exc).strip() or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if isinstance(exc, OSError) else text
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-notify-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 

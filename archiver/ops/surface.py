@@ -11,8 +11,7 @@ from archiver.ops.http_server import EndpointServer, serve_endpoints
 from archiver.ops.metrics import ArchiverMetrics
 from archiver.ops.notify import Notifications
 from common.config import Config
-from common.errors import ConfigError, DataIntegrityError, UsageError, describe, first_line
-from common.exit_codes import ExitCode
+from common.errors import classify, first_line
 from common.s3client import fallback_storage
 
 log = logging.getLogger("archiver")
@@ -55,10 +54,7 @@ class OpsSurface:
 
     def run_crashed(self, exc: BaseException) -> None:
         """The run raised instead of finishing: record and report it like a failed run."""
-        code, message = describe(exc)
-        kind = ("config" if isinstance(exc, (ConfigError, UsageError)) else "integrity" if isinstance(exc, DataIntegrityError)
-                else ("s3_unreachable" if "S3" in message else "database_unreachable") if code == ExitCode.UNAVAILABLE
-                else "other")
+        code, kind, message = classify(exc)
         for o in (self.state, self.metrics):
             o.run_crashed(kind, int(code))
         self.notifications.run_crashed(message, kind)
