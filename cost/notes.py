@@ -125,7 +125,8 @@ def _one_time(currency: str, storage_class: str, prices: ClassPrices, manifest_p
     if work.current_class in (None, "LOCAL"):
         manifests = work.stored_manifests.objects
         cost = count / THOUSAND * prices.put_per_1000 + manifests / THOUSAND * manifest_prices.put_per_1000
-        return [f"uploading the {count + manifests:,} objects stored at the start{_of_them(manifests)} costs {money(cost, currency)} in PUT requests once (not in the totals)"]
+        return [f"uploading the {count + manifests:,} objects stored at the start{_of_them(manifests)} costs "
+                f"{money(cost, currency)} in PUT requests once (not in the totals)"]
     # Only the archive objects move: the manifests stay where the archiver put them (and S3
     # lifecycle rules by default leave objects under 128 KB where they are).
     if prices.transition_per_1000:
