@@ -1,6 +1,8 @@
 """What the archives cost per storage class: storage through the price tiers (with minimum billable
 sizes, per-object overheads and Intelligent-Tiering's access tiers and monitoring fee), requests and
-retrieval, month by month over the period. Pure functions of a Workload and a price table.
+retrieval, month by month over the period. Pure functions of a Workload and a price table. The
+archive objects are priced in the class asked for, their manifests in the class they are kept in
+(STANDARD, where the archiver writes them; measured: as listed).
 
 The model, stated once: month 1 bills the objects stored now; every month writes `monthly_writes`
 (charged PUTs that month, stored from the next month on); nothing is deleted within the period.
@@ -16,7 +18,7 @@ from cost.money import THOUSAND, cents, money
 from cost.notes import class_notes
 from cost.population import Population
 from cost.prices import GB, KB, ClassPrices, PriceTable, load_prices
-from cost.workload import DAYS_PER_MONTH, DEFAULT_MANIFEST_KB, DEFAULT_OBJECT_MB, Workload
+from cost.workload import DAYS_PER_MONTH, DEFAULT_MANIFEST_KB, DEFAULT_OBJECT_MB, MANIFEST_CLASS, Workload
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,64 @@ class Billed:
                    standard_gb=Decimal(prices.overhead_standard_kb * KB * pop.objects) / GB)
 
 
-def month_storage(prices: ClassPrices, standard: ClassPrices, stored: Billed, writes: Billed, month: int) -> Decimal:
-    """Storage cost of month `month` (0 = the first): what is stored now, aged `month` months, plus
-    `month` cohorts of monthly writes aged 0 .. month-1 months."""
+@dataclass(frozen=True)
+class Placed:
+    """What one storage class holds of a workload: the objects stored now and each month's writes."""
+
+    storage_class: str
+    prices: ClassPrices
+    stored: Billed
+    writes: Billed
+
+
+def placements(table: PriceTable, region: str, storage_class: str, work: Workload) -> list[Placed]:
+    """The archive objects in `storage_class`; the manifests where they really are (see
+    manifest_classes), which is a class of its own unless it is `storage_class` too."""
+    pops: dict[str, tuple[Population, Population]] = {storage_class: (work.stored, work.monthly_writes)}
+    for name, pop in manifest_classes(table, region, work).items():
+        stored, writes = pops.get(name, (Population(), Population()))
+        pops[name] = (stored + pop, writes)
+    stored, writes = pops.get(MANIFEST_CLASS, (Population(), Population()))
+    pops[MANIFEST_CLASS] = (stored, writes + work.monthly_manifests)
+    out = []
+    for name, (stored, writes) in pops.items():
+        prices = table.class_prices(region, name)
+        out.append(Placed(name, prices, Billed.of(prices, stored), Billed.of(prices, writes)))
+    return out
+
+
+def manifest_classes(table: PriceTable, region: str, work: Workload) -> dict[str, Population]:
+    """The manifests stored now by the class they are priced in: the one they are listed in, unless
+    the price table does not know it (LOCAL: in the fallback directory or local_dir, not uploaded
+    yet), then MANIFEST_CLASS, where the archiver puts them."""
+    known = table.classes(region)
+    out: dict[str, Population] = {}
+    for listed, pop in work.manifests.items():
+        if pop.objects:
+            name = listed if listed in known else MANIFEST_CLASS
+            out[name] = out.get(name, Population()) + pop
+    return out
+
+
+def month_storage(placed: list[Placed], standard: ClassPrices, month: int) -> Decimal:
+    """Storage cost of month `month` (0 = the first) over every class that holds part of the
+    workload. A class's storage tiers count all its GB together (archives and manifests when both
+    are STANDARD, and the Glacier classes' 8 KB per object billed at STANDARD's rate)."""
+    tiered: dict[str, Decimal] = {}
+    rates = {p.storage_class: p.prices for p in placed} | {"STANDARD": standard}
+    flat = Decimal(0)
+    for p in placed:
+        gb, cost, standard_gb = class_month(p.prices, p.stored, p.writes, month)
+        tiered[p.storage_class] = tiered.get(p.storage_class, Decimal(0)) + gb
+        tiered["STANDARD"] = tiered.get("STANDARD", Decimal(0)) + standard_gb
+        flat += cost
+    return sum((rates[name].storage_cost(gb) for name, gb in tiered.items()), flat)
+
+
+def class_month(prices: ClassPrices, stored: Billed, writes: Billed, month: int) -> tuple[Decimal, Decimal, Decimal]:
+    """One class's month `month`: what is stored now, aged `month` months, plus `month` cohorts of
+    monthly writes aged 0 .. month-1 months. Returns (GB billed through the class's tiers, cost
+    billed flat: Intelligent-Tiering's access tiers and monitoring, GB billed at STANDARD's rate)."""
     tiered = stored.fixed_gb + month * writes.fixed_gb
     flat = Decimal(0)
     for rate, cohorts, pieces in ((prices.rate_for_age(month * DAYS_PER_MONTH), 1, stored),
@@ -69,8 +126,8 @@ def month_storage(prices: ClassPrices, standard: ClassPrices, stored: Billed, wr
         else:
             flat += cohorts * pieces.moving_gb * rate
     monitored = stored.monitored_objects + month * writes.monitored_objects
-    return (prices.storage_cost(tiered) + flat + monitored / THOUSAND * prices.monitoring_per_1000
-            + standard.storage_cost(stored.standard_gb + month * writes.standard_gb))
+    return (tiered, flat + monitored / THOUSAND * prices.monitoring_per_1000,
+            stored.standard_gb + month * writes.standard_gb)
 
 
 def write_ages_by_rate(prices: ClassPrices, month: int) -> list[tuple[Decimal | None, int]]:
@@ -86,23 +143,28 @@ def write_ages_by_rate(prices: ClassPrices, month: int) -> list[tuple[Decimal | 
     return [(rate, n) for rate, n in out if n]
 
 
-def month_requests(prices: ClassPrices, work: Workload) -> Decimal:
-    """PUTs of the objects written this month, plus the month's retrieval (the same every month)."""
-    puts = work.monthly_writes.objects / THOUSAND * prices.put_per_1000
-    reads = work.retrieval_requests_per_month / THOUSAND * (prices.get_per_1000 + prices.restore_per_1000)
+def month_requests(prices: ClassPrices, manifests: ClassPrices, work: Workload) -> Decimal:
+    """PUTs of the objects written this month, plus the month's retrieval (the same every month).
+    Manifests are written to and read from MANIFEST_CLASS (`manifests`), at its request prices."""
+    puts = (work.monthly_writes.objects / THOUSAND * prices.put_per_1000
+            + work.monthly_manifests.objects / THOUSAND * manifests.put_per_1000)
+    reads = (work.retrieval_requests_per_month / THOUSAND * (prices.get_per_1000 + prices.restore_per_1000)
+             + work.manifest_requests_per_month / THOUSAND * manifests.get_per_1000)
     return puts + reads + work.retrieval_gb_per_month * prices.retrieval_per_gb
 
 
 def estimate_class(table: PriceTable, region: str, storage_class: str, work: Workload) -> Estimate:
     prices = table.class_prices(region, storage_class)
     standard = table.class_prices(region, "STANDARD")
-    stored, writes = Billed.of(prices, work.stored), Billed.of(prices, work.monthly_writes)
-    storage = [cents(month_storage(prices, standard, stored, writes, m)) for m in range(work.months)]
-    requests = cents(month_requests(prices, work))
+    manifest_prices = table.class_prices(region, MANIFEST_CLASS)
+    placed = placements(table, region, storage_class, work)
+    storage = [cents(month_storage(placed, standard, m)) for m in range(work.months)]
+    requests = cents(month_requests(prices, manifest_prices, work))
     return Estimate(storage_class=storage_class, label=prices.label, retrieval_time=prices.retrieval_time,
                     monthly_storage=storage[0], monthly_requests=requests,
                     period_total=sum(storage, Decimal(0)) + requests * work.months,
-                    notes=class_notes(table.currency, storage_class, prices, standard, work))
+                    notes=class_notes(table.currency, storage_class, prices, manifest_prices, work,
+                                      manifest_classes=manifest_classes(table, region, work)))
 
 
 def estimate_all(table: PriceTable, region: str, work: Workload, *,
@@ -138,8 +200,9 @@ def uniform_workload(size_gb: Decimal, *, avg_object_mb: Decimal = DEFAULT_OBJEC
                      manifest_kb: Decimal = DEFAULT_MANIFEST_KB, months: int = 12) -> Workload:
     """`size_gb` of archives in objects of `avg_object_mb`, each with its manifest, nothing else."""
     objects = archive_objects(size_gb, avg_object_mb)
-    stored = Population.uniform(size_gb * GB, objects) + Population.uniform(manifest_kb * KB * objects, objects)
-    return Workload(stored=stored, months=months)
+    manifests = Population.uniform(manifest_kb * KB * objects, objects)
+    return Workload(stored=Population.uniform(size_gb * GB, objects), manifests={MANIFEST_CLASS: manifests},
+                    months=months)
 
 
 def archive_objects(size_gb: Decimal, avg_object_mb: Decimal) -> int:

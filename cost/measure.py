@@ -70,8 +70,12 @@ class TableUsage:
 class Measurement:
     locations: list[str]
     tables: dict[tuple[str, str, str], TableUsage] = field(default_factory=dict)
-    #: Size of every object found (archives, manifests, strays): the exact population to price.
+    #: Size of every object found but the manifests (archives, strays): the exact population to
+    #: price in the class estimated.
     sizes: list[int] = field(default_factory=list)
+    #: Size of every manifest by the storage class it is listed in: priced there, not with the
+    #: archives (the archiver keeps them in STANDARD whatever s3.storage_class is).
+    manifest_sizes: dict[str, list[int]] = field(default_factory=dict)
     stray_objects: int = 0
     stray_bytes: int = 0
     unreadable_manifests: int = 0
@@ -105,6 +109,10 @@ class Measurement:
         for t in self.tables.values():
             total.update(t.classes)
         return total
+
+    @property
+    def manifest_classes(self) -> Counter[str]:
+        return Counter({c: len(sizes) for c, sizes in self.manifest_sizes.items()})
 
     @property
     def compression_ratio(self) -> Decimal | None:
@@ -144,7 +152,6 @@ def measure(cfg: Config, *, s3_client: Any | None = None) -> Measurement:
         log.info("measuring %s", where)
         manifests: list[tuple[str, TableUsage]] = []
         for info in _listing(cfg, store, base):
-            result.sizes.append(info.size)
             _classify(cfg, result, info, manifests)
         _read_manifests(store, manifests, result)
     return result
@@ -166,13 +173,16 @@ def _classify(cfg: Config, result: Measurement, info: ObjectInfo, manifests: lis
     if parsed is None:
         result.stray_objects += 1
         result.stray_bytes += info.size
+        result.sizes.append(info.size)
         return
     usage = result.usage(parsed.database, parsed.schema, parsed.table)
     if is_manifest:
+        result.manifest_sizes.setdefault(info.storage_class, []).append(info.size)
         usage.manifests += 1
         usage.manifest_bytes += info.size
         manifests.append((info.key, usage))
     else:
+        result.sizes.append(info.size)
         usage.add_object(info, parsed.day)
 
 

@@ -1,16 +1,21 @@
 """The per-class notes that explain an estimate: minimum billable sizes, per-object overheads,
 Intelligent-Tiering's monitoring and tiers, minimum storage durations (early deletion), restores,
-and one-time costs that are deliberately left out of the totals."""
+where the manifests are priced, and one-time costs that are deliberately left out of the totals.
+The per-object notes speak of the archive objects only: the manifests are priced where they are."""
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from cost.money import THOUSAND, money, size_text
 from cost.population import Population
 from cost.prices import ClassPrices
-from cost.workload import DAYS_PER_MONTH, Workload
+from cost.workload import DAYS_PER_MONTH, MANIFEST_CLASS, Workload
 
 
-def class_notes(currency: str, storage_class: str, prices: ClassPrices, standard: ClassPrices,
-                work: Workload) -> list[str]:
+def class_notes(currency: str, storage_class: str, prices: ClassPrices, manifest_prices: ClassPrices,
+                work: Workload, *, manifest_classes: Mapping[str, Population]) -> list[str]:
+    """`manifest_prices`: MANIFEST_CLASS's; `manifest_classes`: the manifests stored now by the
+    class they are priced in."""
     pop, whose = _sample(work)
     notes: list[str] = []
     if prices.needs_restore:
@@ -20,7 +25,8 @@ def class_notes(currency: str, storage_class: str, prices: ClassPrices, standard
     notes += _overhead(prices, pop, whose)
     notes += _intelligent_tiering(currency, prices, pop, whose)
     notes += _minimum_duration(currency, prices, work)
-    notes += _one_time(currency, storage_class, prices, work)
+    notes += _manifests(manifest_classes, work)
+    notes += _one_time(currency, storage_class, prices, manifest_prices, work)
     return notes
 
 
@@ -94,18 +100,44 @@ def _minimum_duration(currency: str, prices: ClassPrices, work: Workload) -> lis
     return notes
 
 
-def _one_time(currency: str, storage_class: str, prices: ClassPrices, work: Workload) -> list[str]:
+def _manifests(by_class: Mapping[str, Population], work: Workload) -> list[str]:
+    """Which part of the estimate is the manifests, and the class they are priced in."""
+    count = sum(p.objects for p in by_class.values())
+    if not count and not work.monthly_manifests.objects:
+        return []
+    if set(by_class) <= {MANIFEST_CLASS}:
+        pop = by_class.get(MANIFEST_CLASS, Population())
+        note = (f"manifests ({pop.objects:,} objects, {size_text(pop.gb)}) priced as {MANIFEST_CLASS}, "
+                "where the archiver keeps them")
+    else:  # measured: some were moved out of STANDARD (a lifecycle rule, an older archiver)
+        parts = ", ".join(f"{name} {p.objects:,} ({size_text(p.gb)})" for name, p in sorted(by_class.items()))
+        note = f"manifests ({count:,} objects) priced in the class each is listed in: {parts}"
+    if work.monthly_manifests.objects:
+        note += f"; {work.monthly_manifests.objects:,} more a month, written to {MANIFEST_CLASS}"
+    return [note]
+
+
+def _one_time(currency: str, storage_class: str, prices: ClassPrices, manifest_prices: ClassPrices,
+              work: Workload) -> list[str]:
     count = work.stored.objects
     if not count or work.current_class == storage_class:
         return []
     if work.current_class in (None, "LOCAL"):
-        cost = count / THOUSAND * prices.put_per_1000
-        return [f"uploading the {count:,} objects stored at the start costs {money(cost, currency)} "
-                "in PUT requests once (not in the totals)"]
+        manifests = work.stored_manifests.objects
+        cost = count / THOUSAND * prices.put_per_1000 + manifests / THOUSAND * manifest_prices.put_per_1000
+        return [f"uploading the {count + manifests:,} objects stored at the start{_of_them(manifests)} costs "
+                f"{money(cost, currency)} in PUT requests once (not in the totals)"]
+    # Only the archive objects move: the manifests stay where the archiver put them (and S3
+    # lifecycle rules by default leave objects under 128 KB where they are).
     if prices.transition_per_1000:
         cost = count / THOUSAND * prices.transition_per_1000
         return [f"moving the {count:,} objects now in {work.current_class} here by a lifecycle rule costs "
-                f"{money(cost, currency)} once (not in the totals)"]
+                f"{money(cost, currency)} once (not in the totals; their manifests stay in {MANIFEST_CLASS})"]
     cost = count / THOUSAND * prices.put_per_1000
     return [f"copying the {count:,} objects now in {work.current_class} here costs {money(cost, currency)} "
-            "in PUT requests once, after a restore for Glacier classes (not in the totals)"]
+            "in PUT requests once, after a restore for Glacier classes (not in the totals; their manifests "
+            f"stay in {MANIFEST_CLASS})"]
+
+
+def _of_them(manifests: int) -> str:
+    return f" ({manifests:,} of them manifests, to {MANIFEST_CLASS})" if manifests else ""

@@ -45,6 +45,7 @@ def measurement_document(m: Measurement) -> dict[str, Any]:
         "locations": m.locations,
         "objects": m.objects, "bytes": m.bytes, "manifests": m.manifests, "manifest_bytes": m.manifest_bytes,
         "rows": m.rows, "compression_ratio": _ratio(m.compression_ratio), "storage_classes": dict(m.classes),
+        "manifest_storage_classes": dict(m.manifest_classes),
         "span_days": m.span_days, "stray_objects": m.stray_objects, "stray_bytes": m.stray_bytes,
         "unreadable_manifests": m.unreadable_manifests,
         "tables": [{
@@ -138,7 +139,9 @@ def _measurement_lines(m: Measurement) -> list[str]:
         lines.append("  no archive objects found")
     else:
         lines += _aligned(rows, numeric={2, 3, 4, 5}, indent="  ")
-    lines.append(f"  manifests {m.manifests:,} ({size_text(Decimal(m.manifest_bytes) / 1024**3)}); "
+    classes = ", ".join(f"{c} {n:,}" for c, n in m.manifest_classes.most_common())
+    lines.append(f"  manifests {m.manifests:,} ({size_text(Decimal(m.manifest_bytes) / 1024**3)}"
+                 f"{'; ' + classes if classes else ''}); "
                  f"other objects {m.stray_objects:,} ({size_text(Decimal(m.stray_bytes) / 1024**3)}); "
                  f"unreadable manifests {m.unreadable_manifests:,}; data spans {m.span_days:,} days; "
                  f"compression ratio {_ratio_text(m.compression_ratio)} (row bytes from PostgreSQL / stored bytes)")

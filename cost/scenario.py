@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from cost.estimate import archive_objects
 from cost.population import Population
 from cost.prices import GB, KB
-from cost.workload import DAYS_PER_MONTH, DEFAULT_MANIFEST_KB, DEFAULT_OBJECT_MB, Workload
+from cost.workload import DAYS_PER_MONTH, DEFAULT_MANIFEST_KB, DEFAULT_OBJECT_MB, MANIFEST_CLASS, Workload
 from common.errors import UsageError
 
 if TYPE_CHECKING:
@@ -71,15 +71,25 @@ def build(req: Request, *, cfg: Config | None = None, measured: Measurement | No
     sc.put("archive_retention_days", req.archive_retention_days,
            "given" if req.archive_retention_days is not None else "default")
     exact = measured is not None and sc.sources["size_gb"] == "measured" and sc.sources["objects"] == "measured"
+    growth_objects = archive_objects(growth, avg_mb)
+    read_objects = archive_objects(req.retrieval_gb_per_month, avg_mb)
+    if exact and measured:  # the objects found, each manifest in the class it is listed in
+        stored = Population.from_sizes(measured.sizes)
+        manifests = {c: Population.from_sizes(sizes) for c, sizes in measured.manifest_sizes.items()}
+    else:
+        stored, manifests = Population.uniform(size_gb * GB, count), {MANIFEST_CLASS: _manifests(count, manifest_kb)}
     sc.workload = Workload(
-        stored=Population.from_sizes(measured.sizes) if exact and measured else _archives(size_gb, count, manifest_kb),
-        monthly_writes=_archives(growth, archive_objects(growth, avg_mb), manifest_kb),
+        stored=stored,
+        monthly_writes=Population.uniform(growth * GB, growth_objects),
+        manifests=manifests,
+        monthly_manifests=_manifests(growth_objects, manifest_kb),
         months=req.months,
         retrieval_gb_per_month=req.retrieval_gb_per_month,
-        retrieval_requests_per_month=2 * archive_objects(req.retrieval_gb_per_month, avg_mb),  # object + manifest
+        retrieval_requests_per_month=read_objects,
+        manifest_requests_per_month=read_objects,  # each object read is checked against its manifest
         archive_retention_days=req.archive_retention_days,
         current_class=_current_class(measured))
-    sc.put("stored_objects", sc.workload.stored.objects, sc.sources["objects"])
+    sc.put("stored_objects", stored.objects + sc.workload.stored_manifests.objects, sc.sources["objects"])
     return sc
 
 
@@ -145,9 +155,9 @@ def _growth(req: Request, measured: Measurement | None, sc: Scenario) -> Decimal
     return Decimal(sc.inputs["growth_gb_per_month"])
 
 
-def _archives(size_gb: Decimal, count: int, manifest_kb: Decimal) -> Population:
-    """size_gb in `count` archive objects, and one manifest of manifest_kb per object."""
-    return Population.uniform(size_gb * GB, count) + Population.uniform(manifest_kb * KB * count, count)
+def _manifests(count: int, manifest_kb: Decimal) -> Population:
+    """One manifest of manifest_kb per archive object."""
+    return Population.uniform(manifest_kb * KB * count, count)
 
 
 def _current_class(measured: Measurement | None) -> str | None:

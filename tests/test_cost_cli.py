@@ -93,9 +93,10 @@ def test_compare_agrees_with_the_wizard_function() -> None:
 def test_objects_flag_drives_the_per_object_charges() -> None:
     doc = as_json(cost("--size-gb", "10", "--objects", "200000", "--storage-class", "STANDARD_IA",
                        "--output-format", "json"))
-    # 200,000 objects of 52.4288 KB + 200,000 manifests of 2.5 KB, all under 128 KB:
-    # billed 400,000 * 128 KB = 48.828125 GB * 0.0125 = 0.6103... -> 0.61 (10 GB alone would be 0.13)
-    assert doc["estimates"][0]["monthly_storage_usd"] == D("0.61")
+    # 200,000 objects of 52.4288 KB, all under 128 KB: billed 200,000 * 128 KB = 24.4140625 GB
+    # * 0.0125 = 0.30517578125 (10 GB alone would be 0.125); their 200,000 manifests of 2.5 KB stay in
+    # STANDARD: 0.476837158203125 GB * 0.023 = 0.0109672546...; 0.3161430358... -> 0.32
+    assert doc["estimates"][0]["monthly_storage_usd"] == D("0.32")
     assert doc["inputs"]["objects"] == 200000 and doc["inputs"]["sources"]["objects"] == "given"
 
 
@@ -104,12 +105,13 @@ def test_growth_retrieval_and_months_reach_the_totals() -> None:
                        "--retrieval-gb-per-month", "5", "--months", "3", "--storage-class", "STANDARD_IA",
                        "--output-format", "json"))
     (est,) = doc["estimates"]
-    # 1 GB objects + 2.5 KB manifests; growth 10 objects + 10 manifests a month.
-    # Requests: PUT 20 * 0.01 / 1000 = 0.0002; retrieval 5 GB * 0.01 = 0.05 + (5 + 5) GETs * 0.001 / 1000 -> 0.05
+    # 1 GB objects + 2.5 KB manifests (in STANDARD); growth 10 objects + 10 manifests a month.
+    # Requests: PUT 10 * 0.01 / 1000 + 10 * 0.005 / 1000 = 0.00015; retrieval 5 GB * 0.01 = 0.05
+    # + 5 GETs * 0.001 / 1000 + 5 manifest GETs * 0.0004 / 1000 -> 0.05
     assert est["monthly_requests_usd"] == D("0.05")
-    # Storage: manifests are billed as 128 KB. Month 1: 100 GB + 100 * 128 KB (0.01220703125 GB)
-    # = 100.01220703125 * 0.0125 = 1.2501... -> 1.25; month 2: 110.0134277... -> 1.38 (1.3751...);
-    # month 3: 120.0146484375 * 0.0125 = 1.5001... -> 1.50
+    # Storage: month 1: 100 GB * 0.0125 = 1.25 + 100 manifests (0.0002384185791015625 GB) * 0.023
+    # = 1.2500054... -> 1.25; month 2: 110 GB = 1.375 + 110 manifests -> 1.38 (1.3750060...);
+    # month 3: 120 GB = 1.50 + 120 manifests -> 1.50
     assert est["monthly_storage_usd"] == D("1.25")
     assert est["period_total_usd"] == D("1.25") + D("1.38") + D("1.50") + 3 * D("0.05")
 

@@ -193,8 +193,9 @@ def test_monthly_cost_by_class_for_the_wizard(prices):
     # 500 GB in 4 MB objects = 128,000 objects, each with a 2.5 KB manifest (0.30517578125 GB in all):
     # STANDARD (500 + 0.30517578125) * 0.023 = 11.5070... -> 11.51
     assert costs["STANDARD"] == D("11.51")
-    # 128,000 manifests billed as 128 KB: 15.625 GB; (500 + 15.625) * 0.0125 = 6.4453... -> 6.45
-    assert costs["STANDARD_IA"] == D("6.45")
+    # The archives in STANDARD_IA: 500 * 0.0125 = 6.25; the manifests stay in STANDARD (no 128 KB
+    # minimum): 0.30517578125 * 0.023 = 0.00701904296875; 6.25701904296875 -> 6.26
+    assert costs["STANDARD_IA"] == D("6.26")
     assert all(v == v.quantize(D("0.01")) for v in costs.values())
 
 
