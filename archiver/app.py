@@ -15,7 +15,9 @@ from archiver.ops.surface import OpsSurface
 from archiver.runner import dry_run, run_archive
 from common.cli import Environment, check_configured_tables, table_matches
 from common.config import Config, load_config
+from common.exit_codes import ExitCode
 from common.logging_setup import setup_logging
+from common.s3client import fallback_storage, primary_storage
 
 log = logging.getLogger("archiver")
 
@@ -30,6 +32,7 @@ class ArchiverOptions:
     stop_file: Path | None = None
     wait_for_lock: float = 0.0
     daemon: bool = False
+    migrate_manifests: bool = False
     verbose: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -81,6 +84,8 @@ def run_once(cfg: Config, opts: ArchiverOptions, ops: OpsSurface, controls: RunC
 def run(opts: ArchiverOptions, *, env: Environment | None = None) -> int:
     env = env or Environment()
     cfg = load_checked(opts)
+    if opts.migrate_manifests:
+        return _migrate(cfg, opts, env)
     if opts.dry_run:
         setup_logging(None, verbose=opts.verbose)
         lines, code = dry_run(cfg, only=opts.only)
@@ -97,6 +102,17 @@ def run(opts: ArchiverOptions, *, env: Environment | None = None) -> int:
     with ops, HupWatcher(lambda: _reopen_logs()):
         controls.install_signal_handlers()
         return run_once(cfg, opts, ops, controls)
+
+
+def _migrate(cfg: Config, opts: ArchiverOptions, env: Environment) -> int:
+    """The one-off move of legacy manifests (archiver/migrate.py); archives nothing."""
+    from archiver.migrate import migrate_manifests
+
+    setup_logging(cfg.logging, verbose=opts.verbose)
+    fallback = fallback_storage(cfg)
+    result = migrate_manifests(cfg, [primary_storage(cfg), *([fallback] if fallback is not None else [])])
+    env.stdout.write(result.summary() + "\n")
+    return int(ExitCode.FAILURE if result.conflicts else ExitCode.OK)
 
 
 def _reopen_logs() -> None:

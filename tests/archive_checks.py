@@ -23,7 +23,7 @@ def archived_ids(*stores: Storage | None, prefix: str = "", pk: str = "id") -> C
         for info in store.list(prefix):
             if layout.is_manifest(info.key) or info.key.startswith(".quarantine/"):
                 continue
-            if store.head(layout.manifest_key(info.key)) is None:
+            if all(store.head(k) is None for k in layout.manifest_keys(info.key)):
                 continue  # not committed; validate reports it as an orphan
             table, schema, _enc, _doc = batch_writer.decode(store.get(info.key), fmt=batch_writer.format_of(info.key), columns=[pk])
             column = table.column(pk)
