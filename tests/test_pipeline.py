@@ -65,6 +65,18 @@ class Calls:
             assert self.cond.wait_for(predicate, timeout=10)
 
 
+def encode_once_read_ahead(calls: Calls) -> Callable[[Batch], Encoded]:
+    """An encoder whose first batch waits for the reader to be 5 batches ahead: the first take
+    then collects a full flight of 4 (one upload thread)."""
+
+    def first_waits_for_the_reader(b: Batch) -> Encoded:
+        if b.lo[0] == 1:
+            calls.wait_for(lambda: calls.reads >= 6)
+        return encode(b)
+
+    return first_waits_for_the_reader
+
+
 def pipeline(calls: Calls, *, upload: Callable[[Manifest, bytes], str], controls: RunControls | None = None,
              encode_with: Callable[[Batch], Encoded] = encode, hook: Hook | None = None,
              call_off: Callable[[Encoded], None] | None = None) -> BatchPipeline:
@@ -110,7 +122,7 @@ def test_exit_unblocks_a_reader_on_a_full_queue_and_outlives_no_upload() -> None
         return "local"
 
     def work() -> None:
-        pipe = pipeline(calls, upload=slow_upload)
+        pipe = pipeline(calls, upload=slow_upload, encode_with=encode_once_read_ahead(calls))
         try:
             with pipe:
                 for _group in pipe.stored():
@@ -121,7 +133,7 @@ def test_exit_unblocks_a_reader_on_a_full_queue_and_outlives_no_upload() -> None
             finished_at_exit.append(len(calls.uploaded))
 
     assert isinstance(in_thread(work), Boom)
-    assert finished_at_exit == [len(calls.begun)] and len(calls.begun) > 1  # every begun upload ran, before the exit
+    assert len(calls.begun) == 4 and finished_at_exit == [4]  # every begun upload ran, before the exit
     assert pipeline_threads() == []
 
 
@@ -129,11 +141,6 @@ def test_a_stop_calls_off_queued_uploads_from_the_end_and_hands_out_the_rest_in_
     calls = Calls()
     controls = RunControls()
     second_started, second_may_finish = threading.Event(), threading.Event()
-
-    def first_waits_for_the_reader(b: Batch) -> Encoded:
-        if b.lo[0] == 1:  # batches 2..4 are queued when the first take collects batch 1
-            calls.wait_for(lambda: calls.reads >= 6)
-        return encode(b)
 
     def upload(m: Manifest, data: bytes) -> str:
         if m.key == "k0002":  # running while the stop comes: it cannot be called off
@@ -150,7 +157,7 @@ def test_a_stop_calls_off_queued_uploads_from_the_end_and_hands_out_the_rest_in_
     handed_out: list[str] = []
 
     def work() -> None:
-        with pipeline(calls, upload=upload, controls=controls, encode_with=first_waits_for_the_reader,
+        with pipeline(calls, upload=upload, controls=controls, encode_with=encode_once_read_ahead(calls),
                       call_off=call_off) as pipe:
             for group in pipe.stored():
                 handed_out.extend(enc.manifest.key for enc, _ in group)
