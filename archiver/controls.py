@@ -1,10 +1,9 @@
 """What may stop or slow a run between batches (issue 3, "Spare production"): signals, a stop
-file, max runtime, max rows, sleep between batches, replica lag; plus progress display and the
-test-only fault hook."""
+file, max runtime, max rows, sleep between batches, replica lag; plus progress display. (The
+test-only fault points are archiver/hooks.py.)"""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -21,10 +20,6 @@ from common.errors import DatabaseUnavailable, first_line
 from archiver.ops.events import TableResult
 
 log = logging.getLogger("archiver")
-
-#: Test-only fault injection (issue 3): "after_upload:3" SIGKILLs this process the 3rd time it
-#: reaches that point. Unset in production; documented in tests/test_faults.py.
-HOOK_ENV = "ARCHIVER_TEST_KILL_AT"
 
 
 @dataclass
@@ -137,27 +132,6 @@ class RunControls:
 
     def add_rows(self, n: int) -> None:
         self.rows_this_run += n
-
-    # -- fault injection (tests only) --------------------------------------------------------
-    def hook(self, point: str) -> None:
-        fault_point(point)
-
-
-_hook_counts: dict[str, int] = {}
-
-
-def fault_point(point: str) -> None:
-    """With ARCHIVER_TEST_KILL_AT=<point>:<n>, SIGKILL this process the n-th time it reaches <point>
-    (issue 3: "targeted points via a test-only environment hook"). A no-op otherwise."""
-    spec = os.environ.get(HOOK_ENV)
-    if not spec:
-        return
-    where, _, nth = spec.partition(":")
-    if where != point:
-        return
-    _hook_counts[point] = _hook_counts.get(point, 0) + 1
-    if _hook_counts[point] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def replica_lag(dsn: str) -> float:

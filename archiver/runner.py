@@ -11,6 +11,7 @@ from typing import Any
 
 from archiver.controls import RunControls
 from archiver.dry_run import plan
+from archiver.hooks import Hook, env_hook, no_hook
 from archiver.sink import ArchiveSink
 from archiver.table_job import TableBusy, TableJob
 from archiver.arrow_source import ArrowSource
@@ -26,20 +27,24 @@ from common.units import human_bytes
 log = logging.getLogger("archiver")
 
 
-def make_sink(cfg: Config, s3_client: Any | None = None) -> ArchiveSink:
+def make_sink(cfg: Config, s3_client: Any | None = None, *, hook: Hook = no_hook) -> ArchiveSink:
     return ArchiveSink(primary_storage(cfg, s3_client), fallback_storage(cfg),
-                       probe_interval=cfg.s3.probe_interval_seconds)
+                       probe_interval=cfg.s3.probe_interval_seconds, hook=hook)
 
 
 def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: Observer | None = None,
                 s3_client: Any | None = None, now: datetime | None = None,
-                only: Callable[[str, str, str], bool] | None = None) -> tuple[list[TableResult], ExitCode]:
+                only: Callable[[str, str, str], bool] | None = None,
+                hook: Hook | None = None) -> tuple[list[TableResult], ExitCode]:
+    """`hook` is called at each point of a move (archiver/hooks.py); by default the one
+    ARCHIVER_TEST_KILL_AT asks for, a no-op in production."""
     controls = controls or RunControls()
+    hook = env_hook() if hook is None else hook
     observer = observer or NullObserver()
     for db in cfg.databases:
         conninfo(db)  # an unreadable password_file is a config error (exit 2) before anything starts
         check_session_budget(cfg, db)
-    sink = make_sink(cfg, s3_client)
+    sink = make_sink(cfg, s3_client, hook=hook)
     checkpoints = CheckpointStore(cfg.checkpoint_dir)
     observer.run_started()
     drain = sink.drain()
@@ -47,7 +52,7 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
 
     def one_database(db: DatabaseConfig) -> list[TableResult]:
         return _run_database(cfg, db, sink=sink, checkpoints=checkpoints, controls=controls,
-                             observer=observer, now=now, only=only)
+                             observer=observer, now=now, only=only, hook=hook)
 
     workers = max(1, min(cfg.defaults.max_workers, len(cfg.databases) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db") as ex:
@@ -93,7 +98,7 @@ def exit_code(results: list[TableResult], controls: RunControls) -> ExitCode:
 
 def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpoints: CheckpointStore,
                   controls: RunControls, observer: Observer, now: datetime | None,
-                  only: Callable[[str, str, str], bool] | None) -> list[TableResult]:
+                  only: Callable[[str, str, str], bool] | None, hook: Hook) -> list[TableResult]:
     tables = [t for t in db.tables if only is None or only(db.name, t.schema_, t.name)]
     results = [TableResult(db.name, t.schema_, t.name) for t in tables]
     if not tables:
@@ -111,7 +116,7 @@ def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpo
                     continue
                 with p.connection() as conn, ArrowSource(info, settings) as source:
                     job = TableJob(cfg=cfg, db=db, table=t, conn=conn, source=source, sink=sink,
-                                   checkpoints=checkpoints, controls=controls, observer=observer, now=now)
+                                   checkpoints=checkpoints, controls=controls, observer=observer, hook=hook, now=now)
                     results[i] = _run_table(job)
                 observer.table_done(results[i])
     except ServiceUnavailable as exc:

@@ -134,7 +134,7 @@ class Selection(ExpiredRows):
         return sql.SQL("{pk} = ANY({keys}::{pkt}[])").format(pk=self.pk, keys=keys, pkt=sql.SQL(self.pk_type))  # type: ignore[arg-type]
 
     def present_query(self, pks: list[Any]) -> sql.Composed:
-        """How many of these keys are in the table (a resumed batch: archiver/resume.py)."""
+        """How many of these keys are in the table (a resumed batch: archiver/ledger.py)."""
         return sql.SQL("SELECT count(*) FROM {rel} WHERE {keys}").format(rel=self.relation, keys=self._any_key(pks))
 
     @property

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from archiver.controls import fault_point
+from archiver.hooks import Hook, no_hook
 from common.errors import ArchiverError, DataIntegrityError, ErrorKind, S3Unavailable, first_line
 from common.layout import data_key, is_manifest, manifest_key
 from common.manifest import Manifest, sha256_hex
@@ -42,11 +42,12 @@ class DrainResult:
 
 class ArchiveSink:
     def __init__(self, primary: Storage, fallback: FallbackDir | None, *, probe_interval: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, hook: Hook = no_hook) -> None:
         self.primary = primary
         self.fallback = fallback
         self.probe_interval = probe_interval
         self.clock = clock
+        self.hook = hook  # between_object_and_manifest (archiver/hooks.py)
         self.opened_at: float | None = None  # circuit open since
 
     @property
@@ -74,7 +75,7 @@ class ArchiveSink:
         """Store object then manifest, both verified; returns the location ('s3', 'local', 'fallback')."""
         if self._circuit_allows_primary():
             try:
-                _put_pair(self.primary, manifest, data)
+                self._put_pair(self.primary, manifest, data)
                 return self.primary.location
             except (BotoCoreError, ClientError) as exc:
                 if not is_outage(exc):
@@ -88,7 +89,7 @@ class ArchiveSink:
                 self.opened_at = self.clock()
         assert self.fallback is not None
         try:
-            _put_pair(self.fallback, manifest, data)
+            self._put_pair(self.fallback, manifest, data)
         except OSError as exc:
             self._cleanup(self.fallback, (manifest_key(manifest.key), manifest.key))
             if is_disk_full(exc):
@@ -137,7 +138,7 @@ class ArchiveSink:
                 result.quarantined += 1
                 continue
             try:
-                _put_pair(self.primary, manifest, data)
+                self._put_pair(self.primary, manifest, data)
             except (BotoCoreError, ClientError) as exc:
                 log.warning("S3 still unavailable while draining the fallback directory: %s", first_line(exc, limit=200))
                 self.opened_at = self.clock()
@@ -151,12 +152,10 @@ class ArchiveSink:
                      result.drained, result.quarantined, result.remaining)
         return result
 
-
-
-def _put_pair(store: Storage, manifest: Manifest, data: bytes) -> None:
-    store.put(manifest.key, data, sha256=manifest.sha256)
-    fault_point("between_object_and_manifest")
-    mbytes = manifest.to_bytes()
-    # The manifest is small and carries its own checksum header; the data object, which rows are
-    # deleted on the strength of, is the one read back.
-    store.put(manifest_key(manifest.key), mbytes, sha256=sha256_hex(mbytes), verify=False)
+    def _put_pair(self, store: Storage, manifest: Manifest, data: bytes) -> None:
+        store.put(manifest.key, data, sha256=manifest.sha256)
+        self.hook("between_object_and_manifest")
+        mbytes = manifest.to_bytes()
+        # The manifest is small and carries its own checksum header; the data object, which rows are
+        # deleted on the strength of, is the one read back.
+        store.put(manifest_key(manifest.key), mbytes, sha256=sha256_hex(mbytes), verify=False)

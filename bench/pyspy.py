@@ -25,7 +25,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("reader waits for uploader (queue full)", ("Queue.put (",)),
     ("uploader waits for reader (queue empty)", ("._next (", "Queue.get (")),
     ("startup: imports, config, connect", ("_find_and_load", "load_config", "psycopg_pool/pool.py", "Connection.connect (")),
-    ("table job other", ("archiver/table_job.py",)),
+    ("table job other", ("archiver/table_job.py", "archiver/pipeline.py", "archiver/ledger.py", "archiver/mover.py")),
 ]
 #: Threads spending more than this share in one waiting/unknown activity are left out (idle helpers).
 IDLE_SHARE = 0.95

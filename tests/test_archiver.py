@@ -206,15 +206,15 @@ def oldest_id(conn: psycopg.Connection[Any]) -> int:
     return int(conn.execute("SELECT id FROM audit_logs ORDER BY created_at, id LIMIT 1").fetchone()[0])
 
 
-class UpdateAfterUpload(RunControls):
-    """Changes one exported row between export and delete, the race the xmin check guards against."""
+class UpdateAfterUpload:
+    """A hook (archiver/hooks.py) that changes one exported row between export and delete, the
+    race the xmin check guards against."""
 
     def __init__(self, dsn: str) -> None:
-        super().__init__()
         self.dsn = dsn
         self.done = False
 
-    def hook(self, point: str) -> None:
+    def __call__(self, point: str) -> None:
         if point == "after_upload" and not self.done:
             self.done = True
             with psycopg.connect(self.dsn, autocommit=True) as c:
@@ -226,7 +226,7 @@ def test_row_updated_after_export_is_not_deleted_unseen(tmp_path: Path, pg_dsn: 
     cfg = load_config(make_config(tmp_path, dsn=pg_dsn))
     original = table_ids(pg)
     first_id = oldest_id(pg)
-    results, code = run_archive(cfg, controls=UpdateAfterUpload(pg_dsn))
+    results, code = run_archive(cfg, hook=UpdateAfterUpload(pg_dsn))
     assert code == ExitCode.OK and results[0].rolled_back_batches == 1
     assert first_id in table_ids(pg)  # its batch was rolled back, object removed
     run_archive(cfg)

@@ -15,7 +15,7 @@ import yaml
 from archive_checks import archived_ids, assert_invariant, table_ids
 from archiver.app import ArchiverOptions, make_controls
 from archiver.runner import run_archive
-from archiver.table_job import INFLIGHT_PER_UPLOAD
+from archiver.pipeline import INFLIGHT_PER_UPLOAD
 from common.config import load_config
 from common.exit_codes import ExitCode
 from common.storage import LocalStorage
@@ -34,8 +34,7 @@ def test_max_runtime_stops_cleanly_and_the_next_run_resumes(tmp_path: Path, pg_d
             slow.set()
             time.sleep(0.2)
 
-    controls.hook = first_move_outlasts_the_runtime  # type: ignore[method-assign]
-    results, code = run_archive(cfg, controls=controls)
+    results, code = run_archive(cfg, controls=controls, hook=first_move_outlasts_the_runtime)
     assert code == ExitCode.OK and results[0].status == "stopped"
     # ~80 objects in a full run; batches stored before the stop are finished, queued ones called off
     assert 0 < results[0].objects <= cfg.s3.max_concurrency * INFLIGHT_PER_UPLOAD

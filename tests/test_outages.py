@@ -14,7 +14,6 @@ import pytest
 from click.testing import CliRunner
 
 from archive_checks import archived_ids, assert_invariant, table_ids
-from archiver.controls import RunControls
 from archiver.main import cli
 from archiver.runner import run_archive
 from common import layout
@@ -73,12 +72,13 @@ def test_s3_down_sends_batches_to_fallback_then_next_run_drains_them(caplog: pyt
     assert f"Drained {len(held)} fallback batches to S3" in caplog.text
 
 
-class CutAfter(RunControls):
+class CutAfter:
+    """A hook (archiver/hooks.py) that cuts S3 off after the n-th stored batch."""
+
     def __init__(self, proxy: TcpProxy, after: int) -> None:
-        super().__init__()
         self.proxy, self.after, self.seen, self.accepted_at_cut = proxy, after, 0, 0
 
-    def hook(self, point: str) -> None:
+    def __call__(self, point: str) -> None:
         if point == "after_upload":
             self.seen += 1
             if self.seen == self.after:
@@ -91,12 +91,12 @@ def test_outage_mid_run_opens_the_circuit_instead_of_retrying_every_batch(tmp_pa
                                                                           pg: psycopg.Connection[Any], seeded: set[int]) -> None:
     # one upload in flight, so "the batches after the cut" is exact
     cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy, s3={"max_concurrency": 1}))
-    controls = CutAfter(proxy, after=3)
-    results, code = run_archive(cfg, controls=controls)
+    cut = CutAfter(proxy, after=3)
+    results, code = run_archive(cfg, hook=cut)
     assert code == ExitCode.OK
     assert results[0].fallback_objects >= 5 and results[0].objects - results[0].fallback_objects == 3
     # one failed attempt opened the circuit; later batches did not try S3 (probe interval 60s)
-    assert proxy.accepted - controls.accepted_at_cut <= 2
+    assert proxy.accepted - cut.accepted_at_cut <= 2
     proxy.restore()
     assert run_archive(cfg)[1] == ExitCode.OK
     s3, fallback = stores(tmp_path, s3_client, bucket)
@@ -158,12 +158,13 @@ def test_full_fallback_disk_stops_the_table_without_deleting_unwritten_rows(tmp_
     assert not [p for p in tiny_disk.rglob(".tmp-*")]
 
 
-class KillBackend(RunControls):
+class KillBackend:
+    """A hook that terminates the archiver's database sessions after the first stored batch."""
+
     def __init__(self, dsn: str) -> None:
-        super().__init__()
         self.dsn, self.done = dsn, False
 
-    def hook(self, point: str) -> None:
+    def __call__(self, point: str) -> None:
         if point == "after_upload" and not self.done:
             self.done = True
             with psycopg.connect(self.dsn, autocommit=True) as c:
@@ -176,7 +177,7 @@ def test_backend_killed_mid_run_fails_the_table_cleanly_and_rerun_finishes(caplo
                                                                           proxy: TcpProxy, s3_client: Any,
                                                                           pg: psycopg.Connection[Any], seeded: set[int]) -> None:
     cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy))
-    results, code = run_archive(cfg, controls=KillBackend(pg_dsn))
+    results, code = run_archive(cfg, hook=KillBackend(pg_dsn))
     assert code == ExitCode.FAILURE and results[0].error_kind == "database"
     _results, code = run_archive(cfg)
     assert code == ExitCode.OK
@@ -207,12 +208,11 @@ def test_lock_timeout_on_delete_is_retried_not_fatal(caplog: pytest.LogCaptureFi
 def test_sessions_identify_themselves(tmp_path: Path, pg_dsn: str, bucket: str, proxy: TcpProxy, seeded: set[int]) -> None:
     seen: list[tuple[str, str]] = []
 
-    class Watch(RunControls):
-        def hook(self, point: str) -> None:
-            if point == "after_upload" and not seen:
-                with psycopg.connect(pg_dsn, autocommit=True) as c:
-                    seen.extend(c.execute("SELECT application_name, state FROM pg_stat_activity"
-                                          " WHERE application_name = 'pg-archiver'").fetchall())
+    def watch(point: str) -> None:
+        if point == "after_upload" and not seen:
+            with psycopg.connect(pg_dsn, autocommit=True) as c:
+                seen.extend(c.execute("SELECT application_name, state FROM pg_stat_activity"
+                                      " WHERE application_name = 'pg-archiver'").fetchall())
 
-    run_archive(load_config(config(tmp_path, pg_dsn, bucket, proxy)), controls=Watch())
+    run_archive(load_config(config(tmp_path, pg_dsn, bucket, proxy)), hook=watch)
     assert len(seen) >= 2  # the mover's and the reader's sessions

@@ -109,16 +109,15 @@ def test_partition_and_key_types_in_both_read_orders(monkeypatch: pytest.MonkeyP
     assert "batch by batch" not in caplog.text  # every range delete matched its rows exactly
 
 
-class WriteIntoExportedRange(RunControls):
+class WriteIntoExportedRange:
     """Between export and delete, the application writes a row backdated into the first batch's
     (timestamp, id) range and purges another row of that batch: the counts then balance, so only
     the xmin re-check keeps the new row from being deleted unseen."""
 
     def __init__(self, dsn: str) -> None:
-        super().__init__()
         self.dsn, self.new_id = dsn, 0
 
-    def hook(self, point: str) -> None:
+    def __call__(self, point: str) -> None:  # a hook: archiver/hooks.py
         if point == "after_upload" and not self.new_id:
             with psycopg.connect(self.dsn, autocommit=True) as c:
                 self.new_id = c.execute("INSERT INTO audit_logs (created_at) VALUES ('2024-01-01 01:30+00') RETURNING id").fetchone()[0]
@@ -134,15 +133,15 @@ def test_row_written_into_an_exported_range_is_not_deleted_unseen(caplog: pytest
     original = table_ids(pg)
     purged = pg.execute("SELECT id FROM audit_logs WHERE created_at = '2024-01-01 02:00+00'").fetchone()[0]
     cfg = load_config(make_config(tmp_path, dsn=pg_dsn))
-    controls = WriteIntoExportedRange(pg_dsn)
-    results, code = run_archive(cfg, controls=controls)
+    writer = WriteIntoExportedRange(pg_dsn)
+    results, code = run_archive(cfg, hook=writer)
     assert code == ExitCode.OK and results[0].rolled_back_batches == 1  # day 1 lost a row: its object went too
     assert "deleting batch by batch" in caplog.text
-    assert controls.new_id in table_ids(pg)  # inside an exported range, never exported
+    assert writer.new_id in table_ids(pg)  # inside an exported range, never exported
     run_archive(cfg)
     archived = archived_ids(LocalStorage(tmp_path / "archive"))
-    assert archived[controls.new_id] == 1
-    assert_invariant(original - {purged} | {controls.new_id}, table_ids(pg), archived)
+    assert archived[writer.new_id] == 1
+    assert_invariant(original - {purged} | {writer.new_id}, table_ids(pg), archived)
 
 
 def test_a_where_clause_deletes_by_listed_keys(tmp_path: Path, pg_dsn: str, small_audit: Any) -> None:

@@ -1,0 +1,173 @@
+"""The crash-safety rule of a move (issue 3), kept in one place: a batch is pending in its table's
+checkpoint before its upload starts, and leaves it only once its delete has committed, or once it
+is called off (its upload never started, or the stored batch was taken back). Whatever a crash
+interrupts, the next run finds every unfinished move in the checkpoint.
+
+recover() picks up interrupted work: a pending batch is either finished (object verified and its
+rows already deleted) or taken back (object missing, incomplete, or its rows still in the table:
+the rows get archived again, by the normal path). A resumed batch's rows are never deleted here:
+the checkpoint does not hold the exported rows' xmins, so a row updated between the export and the
+rerun could not be told apart, and deleting it would lose the update. Archiving the batch again
+costs one upload. A corrupt checkpoint is set aside and the table's manifests are scanned instead,
+so an unfinished move is never forgotten."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from archiver.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint
+from archiver.encoding import iso, jsonable
+from archiver.selection import Bound
+from archiver.sink import ArchiveSink
+from common import batch_writer, layout
+from common.errors import DataIntegrityError
+from common.manifest import Manifest, sha256_hex
+from common.storage import Storage
+
+log = logging.getLogger("archiver")
+
+#: How many of the keys (a one-column table of a stored batch's primary keys, as the archive holds
+#: them) are still in the table.
+CountPresent = Callable[[pa.Table], int]
+
+
+class Move(Protocol):
+    """A batch being moved, as the ledger needs it (archiver.encoding.Encoded is one)."""
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    @property
+    def hi(self) -> Bound: ...
+
+
+def position_after(hi: Bound) -> dict[str, Any]:
+    """Where a run that keeps its rows (delete_after_archive: false) continues after a batch: its
+    last row's (timestamp, pk), or the next day's start with no key after a whole day. Not the
+    manifest's max_ts and max_pk, which may come from two different rows."""
+    return {"ts": iso(hi[0]), "pk": jsonable(hi[1])}
+
+
+class MoveLedger:
+    """One table's moves in its checkpoint. Only the mover thread calls it."""
+
+    def __init__(self, checkpoints: CheckpointStore, *, database: str, schema: str, table: str,
+                 delete_after_archive: bool) -> None:
+        self._checkpoints = checkpoints
+        self.database, self.schema, self.table = database, schema, table
+        self.delete_after_archive = delete_after_archive
+        self.cp = Checkpoint(database, schema, table)  # recover() loads the saved one
+        self.ctx = {"database": database, "table": self.name}
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def start_after(self) -> tuple[Any, Any] | None:
+        """Where reading continues: after the last archived row when rows are kept; otherwise the
+        table itself says what is left, and reading starts at the beginning."""
+        pos = self.cp.position
+        return (pos["ts"], pos["pk"]) if pos and not self.delete_after_archive else None
+
+    # -- the normal path ---------------------------------------------------------------------
+    def begin(self, moves: Sequence[Move]) -> None:
+        """These batches are about to be uploaded: pending, in one checkpoint write."""
+        self.cp.pending.extend(dict(asdict(m.manifest), position_after=position_after(m.hi)) for m in moves)
+        self.save()
+
+    def finish(self, move: Move) -> None:
+        """The batch's delete committed (or its rows are kept): it is done, and reading would
+        continue after it."""
+        self.call_off(move.manifest)
+        self.cp.position = position_after(move.hi)
+
+    def call_off(self, manifest: Manifest) -> None:
+        """The batch is no longer moving: its upload never started, or it was taken back.
+        Saved with the next begin (or the final save): if a crash comes first, the rerun finds
+        the move finished, or nothing stored, and only confirms it."""
+        self.cp.pending = [p for p in self.cp.pending if p["key"] != manifest.key]
+
+    def save(self) -> None:
+        self._checkpoints.save(self.cp)
+
+    # -- after a crash -----------------------------------------------------------------------
+    def recover(self, *, sink: ArchiveSink, prefix: str, primary_key: str, count_present: CountPresent) -> int:
+        """Load the checkpoint, then finish or take back each pending move (see the module's
+        docstring), saving after each. Returns how many there were."""
+        self.cp = self._load(sink, prefix)
+        if not self.cp.pending:
+            if self.cp.position and not self.delete_after_archive:
+                log.info("Resuming from checkpoint: %s after position %s", self.name, self.cp.position, extra=self.ctx)
+            return 0
+        resumed = 0
+        for entry in list(self.cp.pending):
+            manifest = Manifest(**{k: v for k, v in entry.items() if k in Manifest.__dataclass_fields__})
+            log.info("Resuming from checkpoint: %s position %s, interrupted batch %s", self.name,
+                     self.cp.position or "start", manifest.key, extra=self.ctx)
+            self._finish_interrupted(manifest, sink=sink, primary_key=primary_key, count_present=count_present)
+            self.cp.pending.remove(entry)
+            if not self.delete_after_archive:
+                self.cp.position = entry.get("position_after") or {"ts": manifest.max_ts, "pk": manifest.max_pk}
+            self.save()
+            resumed += 1
+        return resumed
+
+    def _load(self, sink: ArchiveSink, prefix: str) -> Checkpoint:
+        try:
+            cp = self._checkpoints.load(self.database, self.schema, self.table)
+        except CorruptCheckpoint as exc:
+            log.error("%s; scanning this table's archives for unfinished moves", exc, extra=self.ctx)
+            cp = Checkpoint(self.database, self.schema, self.table)
+            cp.pending = sorted(self._scan_manifests(_stores(sink), prefix), key=lambda m: (m["max_ts"], str(m["max_pk"])))
+        return cp or Checkpoint(self.database, self.schema, self.table)
+
+    def _scan_manifests(self, stores: list[Storage], prefix: str) -> list[dict[str, Any]]:
+        """All manifests of this table (after a corrupt checkpoint): each is finished like an
+        interrupted batch, which takes back whichever still has rows in the table."""
+        table_prefix = layout.table_prefix(prefix, self.database, self.schema, self.table)
+        found = []
+        for store in stores:
+            for info in store.list(table_prefix):
+                if layout.is_manifest(info.key):
+                    found.append(asdict(Manifest.from_bytes(store.get(info.key), key=info.key)))
+        return found
+
+    def _finish_interrupted(self, m: Manifest, *, sink: ArchiveSink, primary_key: str,
+                            count_present: CountPresent) -> None:
+        for store in _stores(sink):
+            if store.head(m.key) is None:
+                continue
+            data = store.get(m.key)
+            try:
+                m.check(data)
+            except DataIntegrityError as exc:
+                log.warning("interrupted upload %s is incomplete (%s); removed, its rows stay in the table", m.key, exc, extra=self.ctx)
+                sink.remove(m.key, store.location)
+                continue
+            if self.delete_after_archive and (present := _rows_present(data, m, primary_key, count_present)):
+                sink.withdraw(m.key, store.location)
+                log.info("interrupted move of %s taken back: %d of its %d rows are still in the table and will be archived again",
+                         m.key, present, m.rows, extra=self.ctx)
+                return
+            if store.head(layout.manifest_key(m.key)) is None:
+                mb = m.to_bytes()
+                store.put(layout.manifest_key(m.key), mb, sha256=sha256_hex(mb))
+            if self.delete_after_archive:
+                log.info("finished the interrupted move of %s: its %d rows were already deleted", m.key, m.rows, extra=self.ctx)
+            return
+        log.info("interrupted batch %s never reached storage; its rows stay in the table and will be archived again", m.key, extra=self.ctx)
+
+
+def _stores(sink: ArchiveSink) -> list[Storage]:
+    return [s for s in (sink.primary, sink.fallback) if s is not None]
+
+
+def _rows_present(data: bytes, m: Manifest, primary_key: str, count_present: CountPresent) -> int:
+    """How many of a stored batch's rows are still in the table. Our delete of a batch is one
+    transaction, so it is all or none; some gone means the application deleted them since."""
+    return count_present(batch_writer.decode(data, fmt=m.format, columns=[primary_key])[0])

@@ -1,0 +1,67 @@
+"""The SQL of a move, on the mover's connection: the deletes that remove exactly the rows of stored
+batches (archiver/selection.py), retried when a lock timeout hits, each leaving its transaction
+open for the table job to commit once the counts agree; and the count of a resumed batch's keys
+still in the table (archiver/ledger.py)."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+
+from archiver.encoding import Encoded, typed_column
+from archiver.selection import Selection
+from common.errors import ArchiverError
+
+log = logging.getLogger("archiver")
+#: Tries of a delete that hits lock timeouts, waiting 1, 2, 4 s between them (issue 3).
+DELETE_ATTEMPTS = 4
+
+
+class RowMover:
+    def __init__(self, conn: psycopg.Connection[Any], sel: Selection, *, log_extra: dict[str, str]) -> None:
+        self.conn, self.sel, self.ctx = conn, sel, log_extra
+
+    def delete_batch(self, enc: Encoded) -> int:
+        """Delete the rows of one batch by their keys; how many went."""
+        return self._delete(self.sel.delete_query(enc.pks.to_pylist(), enc.xmins))
+
+    def delete_group(self, group: Sequence[Encoded]) -> int:
+        """Delete the rows of several batches of ONE read window in one statement: by key range
+        where that is exact (Selection.range_delete_query), by their keys otherwise."""
+        xmins = pa.chunked_array([enc.xmins for enc in group])
+        if self.sel.range_delete_ok:
+            return self._delete(self.sel.range_delete_query(group[0].lo, group[-1].hi, xmins))
+        return self._delete(self.sel.delete_query([k for enc in group for k in enc.pks.to_pylist()], xmins))
+
+    def count_present(self, keys: pa.Table) -> int:
+        """How many of these keys (a column of an archive object) are in the table."""
+        # typed: JSONL keeps keys as text
+        pks = typed_column(keys, self.sel.table.primary_key, self.sel).to_pylist()
+        row = self.conn.execute(self.sel.present_query(pks).as_bytes(self.conn), prepare=False).fetchone()
+        self.conn.commit()
+        return int(row[0]) if row else 0
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    def _delete(self, statement: Any) -> int:
+        query = statement.as_bytes(self.conn)
+        for attempt in range(DELETE_ATTEMPTS):
+            try:
+                # prepare=False: the keys are literals, so no two statements are alike anyway
+                return self.conn.execute(query, prepare=False).rowcount
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                self.conn.rollback()
+                if attempt == DELETE_ATTEMPTS - 1:
+                    raise ArchiverError(f"delete kept timing out on locks ({exc.diag.message_primary}); "
+                                        "the batch stays archived and its rows will be deleted on the next run") from None
+                log.warning("delete hit a lock timeout; retrying in %ds", 2 ** attempt, extra=self.ctx)
+                time.sleep(2 ** attempt)
+        raise AssertionError("unreachable")
