@@ -130,12 +130,12 @@ class MoveLedger:
         """All manifests of this table (after a corrupt checkpoint): each is finished like an
         interrupted batch, which takes back whichever still has rows in the table."""
         table_prefix = layout.table_prefix(prefix, self.database, self.schema, self.table)
-        found = []
+        found: dict[str, dict[str, Any]] = {}  # by data key: a legacy copy beside a hidden one is one batch
         for store in stores:
             for info in store.list(table_prefix):
                 if layout.is_manifest(info.key):
-                    found.append(asdict(Manifest.from_bytes(store.get(info.key), key=info.key)))
-        return found
+                    found.setdefault(layout.data_key(info.key), asdict(Manifest.from_bytes(store.get(info.key), key=info.key)))
+        return list(found.values())
 
     def _finish_interrupted(self, m: Manifest, *, sink: ArchiveSink, primary_key: str,
                             count_present: CountPresent) -> None:
@@ -154,7 +154,7 @@ class MoveLedger:
                 log.info("interrupted move of %s taken back: %d of its %d rows are still in the table and will be archived again",
                          m.key, present, m.rows, extra=self.ctx)
                 return
-            if store.head(layout.manifest_key(m.key)) is None:
+            if all(store.head(k) is None for k in layout.manifest_keys(m.key)):
                 mb = m.to_bytes()
                 store.put(layout.manifest_key(m.key), mb, sha256=sha256_hex(mb))
             if self.delete_after_archive:

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from archiver.hooks import Hook, no_hook
 from common.errors import ArchiverError, DataIntegrityError, ErrorKind, S3Unavailable, first_line
-from common.layout import data_key, is_manifest, manifest_key
+from common.layout import data_key, is_legacy_manifest, is_manifest, manifest_key, manifest_keys
 from common.manifest import Manifest, sha256_hex
 from common.fallback import FallbackDir
-from common.storage import Storage, is_disk_full
+from common.storage import ObjectInfo, Storage, is_disk_full
 
 log = logging.getLogger("archiver.sink")
 
@@ -101,14 +101,15 @@ class ArchiveSink:
         return self.fallback if location == "fallback" and self.fallback else self.primary
 
     def remove(self, key: str, location: str) -> None:
-        self._cleanup(self._store(location), (manifest_key(key), key))
+        self._cleanup(self._store(location), (*manifest_keys(key), key))
 
     def withdraw(self, key: str, location: str) -> None:
         """Take back a stored batch whose rows stay in the table: its manifest must go (an error
         propagates, and the batch stays pending for the next run), or the rows would count as
         archived twice once archived again; the object without it is only an orphan."""
         store = self._store(location)
-        store.delete(manifest_key(key))
+        for mkey in manifest_keys(key):  # an older archive's batch may carry the legacy sidecar
+            store.delete(mkey)
         self._cleanup(store, (key,))
 
     @staticmethod
@@ -124,8 +125,7 @@ class ArchiveSink:
         result = DrainResult()
         if self.fallback is None or not self._circuit_allows_primary():
             return result
-        manifests = sorted((o for o in self.fallback.list("") if is_manifest(o.key)),
-                           key=lambda o: (o.last_modified or 0, o.key))
+        manifests = _one_manifest_per_batch(o for o in self.fallback.list("") if is_manifest(o.key))
         for info in manifests:
             key = data_key(info.key)
             try:
@@ -144,7 +144,8 @@ class ArchiveSink:
                 self.opened_at = self.clock()
                 result.remaining = len(manifests) - result.drained - result.quarantined
                 break
-            self.fallback.delete(info.key)
+            for mkey in manifest_keys(key):
+                self.fallback.delete(mkey)
             self.fallback.delete(key)
             result.drained += 1
         if result.drained or result.quarantined:
@@ -159,3 +160,13 @@ class ArchiveSink:
         # The manifest is small and carries its own checksum header; the data object, which rows are
         # deleted on the strength of, is the one read back.
         store.put(manifest_key(manifest.key), mbytes, sha256=sha256_hex(mbytes), verify=False)
+
+
+def _one_manifest_per_batch(infos: Iterable[ObjectInfo]) -> list[ObjectInfo]:
+    """Fallback manifests oldest first, one per batch: where a legacy sidecar was left beside its
+    hidden copy (an interrupted --migrate-manifests), the hidden one stands for the batch."""
+    chosen: dict[str, ObjectInfo] = {}
+    for info in infos:
+        if data_key(info.key) not in chosen or not is_legacy_manifest(info.key):
+            chosen[data_key(info.key)] = info
+    return sorted(chosen.values(), key=lambda o: (o.last_modified or 0, o.key))

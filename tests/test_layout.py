@@ -183,3 +183,42 @@ def test_fallback_directory_manifests_migrate_too(tmp_path: Path, local_archive:
     assert (result.moved, result.conflicts) == (1, [])
     assert fallback.get(layout.manifest_key(key)) == body and fallback.head(layout.legacy_manifest_key(key)) is None
     assert fallback.pending()[0] == 1
+
+
+# -- the archiver's own paths over batches from before the upgrade --------------------------------
+def legacy_batch(local_archive: tuple[Path, int], store: LocalStorage) -> str:
+    """One real archived object with its manifest under the legacy name, in `store`."""
+    from common.manifest import sha256_hex
+
+    archive = LocalStorage(local_archive[0])
+    key = next(o.key for o in archive.list("") if o.key.endswith(".parquet"))
+    data, body = archive.get(key), archive.get(layout.manifest_key(key))
+    store.put(key, data, sha256=sha256_hex(data))
+    store.put(layout.legacy_manifest_key(key), body, sha256=sha256_hex(body))
+    return key
+
+
+def test_withdrawing_a_batch_removes_a_legacy_manifest_too(tmp_path: Path, local_archive: tuple[Path, int]) -> None:
+    from archiver.sink import ArchiveSink
+
+    store = LocalStorage(tmp_path / "other")
+    key = legacy_batch(local_archive, store)
+    ArchiveSink(store, None).withdraw(key, store.location)
+    assert [o.key for o in store.list("")] == []
+
+
+def test_draining_a_batch_with_both_sidecars_uploads_it_once(tmp_path: Path, local_archive: tuple[Path, int],
+                                                            s3_client: Any, bucket: str) -> None:
+    from archiver.sink import ArchiveSink
+    from common.fallback import FallbackDir
+    from common.manifest import sha256_hex
+
+    fallback = FallbackDir(tmp_path / "fb")
+    key = legacy_batch(local_archive, fallback)
+    body = fallback.get(layout.legacy_manifest_key(key))
+    fallback.put(layout.manifest_key(key), body, sha256=sha256_hex(body))  # a migration stopped halfway
+    s3 = S3Storage(s3_client, bucket)
+    drained = ArchiveSink(s3, fallback).drain()
+    assert (drained.drained, drained.quarantined, drained.remaining) == (1, 0, 0)
+    assert fallback.pending() == (0, 0) and fallback.quarantined() is None
+    assert sorted(o.key for o in s3.list("")) == sorted([key, layout.manifest_key(key)])
