@@ -13,6 +13,7 @@ import psycopg
 
 from archiver.controls import RunControls
 from archiver.dry_run import plan
+from archiver.references import RefusedReferences, kept_message
 from archiver.sink import ArchiveSink, FallbackFull
 from archiver.table_job import TableBusy, TableJob
 from archiver.arrow_source import ArrowSource
@@ -138,7 +139,7 @@ def _kind(exc: BaseException, code: ExitCode) -> str:
         return "s3_unreachable" if "S3" in str(exc) else "database_unreachable"
     if isinstance(exc, (psycopg.OperationalError, DatabaseError)):
         return "database"
-    if isinstance(exc, UsageError):
+    if isinstance(exc, (UsageError, RefusedReferences)):
         return "config"
     if isinstance(exc, ArchiverError):
         return "integrity" if "checksum" in str(exc) else "other"
@@ -147,9 +148,10 @@ def _kind(exc: BaseException, code: ExitCode) -> str:
 
 def _summary(results: list[TableResult]) -> None:
     for r in results:
-        log.info("summary %s.%s: %s, %d rows, %d objects (%d in fallback), %s, compression %.1fx, %.1fs%s",
+        kept = f", {kept_message(r.kept_referenced, r.referenced_by)}" if r.kept_referenced else ""
+        log.info("summary %s.%s: %s, %d rows, %d objects (%d in fallback), %s, compression %.1fx, %.1fs%s%s",
                  r.database, r.name, r.status, r.rows, r.objects, r.fallback_objects, human_bytes(r.bytes), r.ratio,
-                 r.seconds, f", error: {r.error}" if r.error else "")
+                 r.seconds, kept, f", error: {r.error}" if r.error else "")
 
 
 def dry_run(cfg: Config, *, now: datetime | None = None, s3_client: Any | None = None,

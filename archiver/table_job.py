@@ -20,6 +20,7 @@ from archiver.budget import RowBudget
 from archiver.controls import RunControls
 from archiver.encoding import Encoded, encode_batch
 from archiver.reader import Batch, batches
+from archiver.references import blocking_references, kept_message
 from archiver.selection import Selection
 from archiver.table_check import inspect_table
 from archiver.sink import ArchiveSink, FallbackFull
@@ -67,18 +68,33 @@ class TableJob:
     def run(self) -> TableResult:
         started = time.monotonic()
         oid, schema, pk_type = inspect_table(self.conn, self.t)
+        # Before anything is exported: a CASCADE / SET NULL / SET DEFAULT reference refuses the table.
+        refs = blocking_references(self.conn, oid, self.result.name, deletes=self.opts.delete_after_archive)
         self.conn.commit()
         self._apply_table_settings()
-        self.sel = Selection(self.t, schema, cutoff_for(self.opts.retention_days, self.now), pk_type)
+        self.sel = Selection(self.t, schema, cutoff_for(self.opts.retention_days, self.now), pk_type, refs)
         self._lock(oid)
         try:
             cp = self._load_checkpoint()
             self._resume(cp)
             self._archive(cp)
+            self._count_kept()
         finally:
             self._unlock(oid)
             self.result.seconds = time.monotonic() - started
         return self.result
+
+    def _count_kept(self) -> None:
+        """Expired rows that a foreign key still references stayed in the table: one count per
+        run, after the moves, when only the rows left behind are still expired."""
+        if not self.sel.references:
+            return
+        row = self.conn.execute(self.sel.kept_query().as_bytes(self.conn), prepare=False).fetchone()
+        self.conn.commit()
+        r = self.result
+        r.kept_referenced, r.referenced_by = (int(row[0]) if row else 0), sorted({ref.name for ref in self.sel.references})
+        if r.kept_referenced:
+            log.warning("%s", kept_message(r.kept_referenced, r.referenced_by), extra=self.ctx)
 
     def _apply_table_settings(self) -> None:
         """statement_timeout / lock_timeout may be overridden per table; pooled connections carry
@@ -348,8 +364,19 @@ class TableJob:
         query = statement.as_bytes(self.conn)
         for attempt in range(4):
             try:
+                if any(ref.deferrable for ref in self.sel.references):
+                    # checked at the end of the DELETE, not at COMMIT: a failure lands below
+                    self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 # prepare=False: the keys are literals, so no two statements are alike anyway
                 return self.conn.execute(query, prepare=False).rowcount
+            except psycopg.errors.ForeignKeyViolation as exc:
+                # A reference inserted after the export (NO ACTION / RESTRICT are checked by
+                # triggers, after the predicate's NOT EXISTS): reported as nothing deleted, so the
+                # caller takes it like rows changed since export and withdraws the batch.
+                self.conn.rollback()
+                log.warning("delete refused: %s (%s); a row was referenced after its export, its batch stays in the table",
+                            exc.diag.message_primary, exc.diag.message_detail, extra=self.ctx)
+                return 0
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
                 self.conn.rollback()
                 if attempt == 3:
