@@ -21,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from archive_checks import archived_ids, assert_invariant, table_ids
 from archiver.controls import RunControls
 from archiver.main import cli
+from archiver.references import read_references
 from archiver.runner import run_archive
 from common.config import load_config
 from common.exit_codes import ExitCode
-from common.storage import S3Storage
+from common.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +192,40 @@ def test_self_reference_moves_children_first_and_parents_once_free(world: World)
     assert second.returncode == ExitCode.OK, second.stderr
     assert expired_ids(c) == {held}
     world.check()
+
+
+def test_reference_to_a_unique_column_that_is_not_the_key_keeps_its_rows(tmp_path: Path, pg_dsn: str,
+                                                                         pg: psycopg.Connection[Any]) -> None:
+    seed_audit(pg, rows=200, days=130)
+    pg.execute("ALTER TABLE audit_logs ADD UNIQUE (email, user_id)")
+    pg.execute("CREATE TABLE audit_mail (email text, user_id bigint, FOREIGN KEY (email, user_id) REFERENCES audit_logs (email, user_id))")
+    original, expired = table_ids(pg), expired_ids(pg)
+    held = set(sorted(expired)[:3])
+    pg.execute("INSERT INTO audit_mail SELECT email, user_id FROM audit_logs WHERE id = ANY(%s)", (list(held),))
+    pg.execute("INSERT INTO audit_mail SELECT email, NULL FROM audit_logs WHERE id = %s", (max(expired),))  # references nothing
+    results, code = run_archive(load_config(make_config(tmp_path, dsn=pg_dsn)))
+    assert code == ExitCode.OK and results[0].kept_referenced == len(held)
+    assert expired_ids(pg) == held
+    assert_invariant(original, table_ids(pg), archived_ids(LocalStorage(tmp_path / "archive")))
+
+
+@pytest.mark.parametrize("archived", ["audit_parts", "audit_parts_2024"])
+def test_references_to_a_partitioned_table_are_found_from_the_table_and_its_partitions(pg: psycopg.Connection[Any],
+                                                                                      archived: str) -> None:
+    # partitioned tables are not archived yet (their key includes the partition column), but the
+    # catalog read must already see a partition's references: they are made on its parent
+    pg.execute("CREATE TABLE audit_parts (id bigint, created_at timestamptz, PRIMARY KEY (id, created_at))"
+               " PARTITION BY RANGE (created_at)")
+    pg.execute("CREATE TABLE audit_parts_2024 PARTITION OF audit_parts FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')")
+    pg.execute("CREATE TABLE audit_parts_2025 PARTITION OF audit_parts FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')")
+    pg.execute("CREATE TABLE part_refs (part_id bigint, part_ts timestamptz, FOREIGN KEY (part_ts, part_id)"
+               " REFERENCES audit_parts (created_at, id) ON DELETE RESTRICT) PARTITION BY HASH (part_id)")
+    pg.execute("CREATE TABLE part_refs_0 PARTITION OF part_refs FOR VALUES WITH (MODULUS 2, REMAINDER 0)")
+    pg.execute("CREATE TABLE part_refs_1 PARTITION OF part_refs FOR VALUES WITH (MODULUS 2, REMAINDER 1)")
+    oid = pg.execute("SELECT %s::regclass::oid", (archived,)).fetchone()[0]
+    (ref,) = read_references(pg, oid)
+    assert (ref.constraint, ref.name, ref.action_name) == ("part_refs_part_ts_part_id_fkey", "public.part_refs", "RESTRICT")
+    assert (ref.columns, ref.referenced) == (("part_ts", "part_id"), ("created_at", "id"))
 
 
 # -- the dry run --------------------------------------------------------------------------------
