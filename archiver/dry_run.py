@@ -99,8 +99,8 @@ def _table_line(conn: Any, sel: Selection, opts: Any) -> str:
     ).fetchone()[0]
     span = f", days {first:%Y-%m-%d}..{last:%Y-%m-%d}" if first else ""
     note = f"; {skipped} rows before year 1 or -infinity stay in the table" if skipped else ""
-    return (f"  {t.schema_}.{t.name}: key {t.primary_key}, cutoff {sel.cutoff:%Y-%m-%dT%H:%M:%SZ} (retention {opts.retention_days} days),"
-            f" eligible rows {rows}, estimated objects {objects}{span}, format {opts.format},"
+    return (f"  {t.schema_}.{t.name}: cutoff {sel.cutoff:%Y-%m-%dT%H:%M:%SZ} (retention {opts.retention_days} days),"
+            f" eligible rows {rows}, estimated objects {objects}{span}, key {t.primary_key}, format {opts.format},"
             f" delete after archive {'yes' if opts.delete_after_archive else 'no'}{note}")
 
 

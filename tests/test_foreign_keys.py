@@ -239,7 +239,7 @@ def test_dry_run_reports_each_reference_and_what_the_run_would_do(world: World, 
     result = CliRunner().invoke(cli, ["--config", str(config), "--dry-run"])
     assert result.exit_code == ExitCode.FAILURE, result.output
     out = result.output
-    assert "public.audit_logs: key id, cutoff" in out and f"eligible rows {len(expired) - len(referenced)}," in out
+    assert f"eligible rows {len(expired) - len(referenced)}," in out and ", key id, format parquet" in out
     assert (f"    foreign key audit_refs_log_id_fkey of public.audit_refs (ON DELETE NO ACTION):"
             f" {len(referenced)} expired rows kept while referenced") in out
     assert f"    {len(referenced)} expired rows kept: still referenced by public.audit_refs" in out
