@@ -93,8 +93,8 @@ class Selection(ExpiredRows):
         So does the references' NOT EXISTS: a row referenced at export time (so not exported) whose
         reference is gone by the delete would match the range, and with an exported row deleted
         meanwhile the counts could agree over different rows. Key deletes stay exact: they list
-        exported rows only, and re-check the references (a reference added since makes the
-        DELETE fail, archiver/table_job.py)."""
+        exported rows only, and re-check the references (a reference added since leaves its row
+        out, or makes the DELETE fail: archiver/table_job.py)."""
         return self.table.where is None and not self.references
 
     def range_delete_query(self, lo: Bound, hi: Bound, xmins: pa.Array | pa.ChunkedArray) -> sql.Composed:

@@ -370,9 +370,10 @@ class TableJob:
                 # prepare=False: the keys are literals, so no two statements are alike anyway
                 return self.conn.execute(query, prepare=False).rowcount
             except psycopg.errors.ForeignKeyViolation as exc:
-                # A reference inserted after the export (NO ACTION / RESTRICT are checked by
-                # triggers, after the predicate's NOT EXISTS): reported as nothing deleted, so the
-                # caller takes it like rows changed since export and withdraws the batch.
+                # A reference committed while the DELETE ran: the predicate's NOT EXISTS used the
+                # statement's snapshot, the constraint's trigger (NO ACTION / RESTRICT) looks again
+                # (one committed before the DELETE leaves its row out and the count short instead).
+                # Reported as nothing deleted: the caller takes it like rows changed since export.
                 self.conn.rollback()
                 log.warning("delete refused: %s (%s); a row was referenced after its export, its batch stays in the table",
                             exc.diag.message_primary, exc.diag.message_detail, extra=self.ctx)
