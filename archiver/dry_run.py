@@ -1,18 +1,21 @@
 """--dry-run (issue 2): validate config, connect, check each table, column and primary key, and
-print per table the cutoff, eligible rows and estimated objects. Writes nothing, deletes nothing,
-never prints a password."""
+print per table the key, cutoff, eligible rows and estimated objects, and each foreign key that
+references the table with what the run would do about it (refuse the table, or keep the rows it
+references). Writes nothing, deletes nothing, never prints a password."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from collections.abc import Callable
 from typing import Any
 
 from psycopg import sql
 
+from archiver.references import Reference, kept_message, read_references, refusal
 from archiver.selection import Selection
 from archiver.table_check import inspect_table
 from common.config import Config
-from common.db import connect, conninfo, describe_target, session_settings
+from common.db import application_name, connect, conninfo, describe_target, session_settings
 from common.expiry import cutoff_for
 from common.errors import ServiceUnavailable, first_line
 from common.exit_codes import ExitCode
@@ -30,7 +33,7 @@ def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
         opts = cfg.options(db.tables[0]) if db.tables else cfg.defaults
         info = conninfo(db)
         try:
-            conn = connect(info, session_settings(application_name=f"{opts.application_name} (dry run)",
+            conn = connect(info, session_settings(application_name=application_name(opts.application_name, role="dry-run"),
                                                   statement_timeout=opts.statement_timeout, lock_timeout=opts.lock_timeout))
         except ServiceUnavailable as exc:
             lines.append(f"database {db.name}: {exc}")
@@ -41,7 +44,10 @@ def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
             conn.read_only = True
             for t in tables:
                 try:
-                    lines.append(_table_line(conn, cfg, t, now))
+                    table_lines, refused = _table_lines(conn, cfg, t, now)
+                    lines += table_lines
+                    if refused:
+                        code = max(code, ExitCode.FAILURE)
                 except Exception as exc:  # noqa: BLE001 - report every table
                     conn.rollback()
                     lines.append(f"  {t.schema_}.{t.name}: error: {first_line(exc)}")
@@ -50,10 +56,36 @@ def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
     return lines, code
 
 
-def _table_line(conn: Any, cfg: Config, t: Any, now: datetime) -> str:
+def _table_lines(conn: Any, cfg: Config, t: Any, now: datetime) -> tuple[list[str], bool]:
+    """The table's line and one per referencing foreign key; True when the run would refuse it."""
     opts = cfg.options(t)
-    _oid, schema, pk_type = inspect_table(conn, t)
-    sel = Selection(t, schema, cutoff_for(opts.retention_days, now), pk_type)
+    oid, schema, pk_type = inspect_table(conn, t)
+    refs = read_references(conn, oid)
+    deletes = opts.delete_after_archive
+    if deletes and any(r.changes_rows for r in refs):
+        conn.rollback()
+        return [f"  {t.schema_}.{t.name}: key {t.primary_key}, refused: {refusal(refs)}",
+                *(f"    {r.describe()}: {'refused' if r.changes_rows else 'the rows it references would be kept'}" for r in refs)], True
+    sel = Selection(t, schema, cutoff_for(opts.retention_days, now), pk_type, tuple(refs) if deletes else ())
+    lines = [_table_line(conn, sel, opts)]
+    for r in refs:
+        lines.append(f"    {r.describe()}: {_kept(conn, replace(sel, references=(r,))) if deletes else 'no effect, no row is deleted'}")
+    if deletes and refs and (kept := _count(conn, sel.kept_query())):
+        lines.append(f"    {kept_message(kept, (r.name for r in refs))}")
+    conn.rollback()
+    return lines, False
+
+
+def _kept(conn: Any, one: Selection) -> str:
+    return f"{_count(conn, one.kept_query())} expired rows kept while referenced"
+
+
+def _count(conn: Any, query: sql.Composed) -> int:
+    return int(conn.execute(query).fetchone()[0])
+
+
+def _table_line(conn: Any, sel: Selection, opts: Any) -> str:
+    t = sel.table
     pred, params = sel.predicate()
     day = sql.SQL("date_trunc('day', {ts}::timestamptz AT TIME ZONE 'UTC')").format(ts=sel.ts)
     query = sql.SQL(
@@ -65,11 +97,10 @@ def _table_line(conn: Any, cfg: Config, t: Any, now: datetime) -> str:
         sql.SQL("SELECT count(*) FROM {rel} WHERE {ts} < %(floor)s").format(rel=sel.relation, ts=sel.ts),
         {"floor": params["floor"]},
     ).fetchone()[0]
-    conn.rollback()
     span = f", days {first:%Y-%m-%d}..{last:%Y-%m-%d}" if first else ""
     note = f"; {skipped} rows before year 1 or -infinity stay in the table" if skipped else ""
     return (f"  {t.schema_}.{t.name}: cutoff {sel.cutoff:%Y-%m-%dT%H:%M:%SZ} (retention {opts.retention_days} days),"
-            f" eligible rows {rows}, estimated objects {objects}{span}, format {opts.format},"
+            f" eligible rows {rows}, estimated objects {objects}{span}, key {t.primary_key}, format {opts.format},"
             f" delete after archive {'yes' if opts.delete_after_archive else 'no'}{note}")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from archiver.controls import RunControls
 from archiver.dry_run import plan
 from archiver.hooks import Hook, env_hook, no_hook
+from archiver.references import kept_message
 from archiver.sink import ArchiveSink
 from archiver.table_job import TableBusy, TableJob
 from archiver.arrow_source import ArrowSource
@@ -153,9 +154,10 @@ def _run_table(job: TableJob) -> TableResult:
 
 def _summary(results: list[TableResult]) -> None:
     for r in results:
-        log.info("summary %s.%s: %s, %d rows, %d objects (%d in fallback), %s, compression %.1fx, %.1fs%s",
+        kept = f", {kept_message(r.kept_referenced, r.referenced_by)}" if r.kept_referenced else ""
+        log.info("summary %s.%s: %s, %d rows, %d objects (%d in fallback), %s, compression %.1fx, %.1fs%s%s",
                  r.database, r.name, r.status, r.rows, r.objects, r.fallback_objects, human_bytes(r.bytes), r.ratio,
-                 r.seconds, f", kind {r.error_kind}, error: {r.error}" if r.error else "")
+                 r.seconds, kept, f", kind {r.error_kind}, error: {r.error}" if r.error else "")
 
 
 def dry_run(cfg: Config, *, now: datetime | None = None, s3_client: Any | None = None,

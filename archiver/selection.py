@@ -1,9 +1,10 @@
 """The archiver's SQL over a table's expired rows (common.expiry): the keyset export and the deletes.
 The same predicate serves the export, the dry-run count and the re-check at delete time, so a row
-that stopped matching is never deleted unseen."""
+that stopped matching is never deleted unseen. Here it also leaves out rows that a NO ACTION or
+RESTRICT foreign key still references (archiver/references.py): their delete would fail."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
+from archiver.references import Reference
 from common.expiry import ExpiredRows
 from common.pgtypes import read_natively
 
@@ -22,10 +24,28 @@ class Selection(ExpiredRows):
     """The archiver's statements over a table's expired rows: keyset export, range and key deletes."""
 
     pk_type: str
+    #: Foreign keys (NO ACTION / RESTRICT) whose referenced rows stay in the table.
+    references: tuple[Reference, ...] = field(default=())
 
     @property
     def pk(self) -> sql.Identifier:
         return sql.Identifier(self.table.primary_key)
+
+    def predicate(self, *, literal: bool = False) -> tuple[sql.Composable, dict[str, Any]]:
+        """The expiry predicate, and no row a foreign key still references. Every statement over
+        it reads the table under its plain name, so the sub-selects name its columns qualified."""
+        pred, params = super().predicate(literal=literal)
+        if not self.references:
+            return pred, params
+        free = [sql.SQL("NOT ") + r.exists(self.relation) for r in self.references]
+        return sql.SQL(" AND ").join([pred, *free]), params
+
+    def kept_query(self) -> sql.Composed:
+        """How many expired rows stay because a foreign key references them: the expiry predicate
+        with the references' part negated (one statement per table run)."""
+        pred, _ = super().predicate(literal=True)
+        held = sql.SQL(" OR ").join(r.exists(self.relation) for r in self.references)
+        return sql.SQL("SELECT count(*) FROM {rel} WHERE {pred} AND ({held})").format(rel=self.relation, pred=pred, held=held)
 
     def export_query(self, *, limit: int, lower: Bound | None, by_key: bool, all_text: bool) -> tuple[sql.Composed, set[str]]:
         """SELECT of the next `limit` eligible rows from `lower` on: a day's start (ts, None), or a
@@ -69,8 +89,13 @@ class Selection(ExpiredRows):
     @property
     def range_delete_ok(self) -> bool:
         """Whether range_delete_query is exact for this table: its proof needs a predicate that
-        depends on the row alone, and an operator's `where` may read other tables or the clock."""
-        return self.table.where is None
+        depends on the row alone, and an operator's `where` may read other tables or the clock.
+        So does the references' NOT EXISTS: a row referenced at export time (so not exported) whose
+        reference is gone by the delete would match the range, and with an exported row deleted
+        meanwhile the counts could agree over different rows. Key deletes stay exact: they list
+        exported rows only, and re-check the references (a reference added since leaves its row
+        out, or makes the DELETE fail: archiver/table_job.py)."""
+        return self.table.where is None and not self.references
 
     def range_delete_query(self, lo: Bound, hi: Bound, xmins: pa.Array | pa.ChunkedArray) -> sql.Composed:
         """Delete the rows exported from ONE snapshot between two bounds, without listing their

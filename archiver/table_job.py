@@ -25,6 +25,7 @@ from archiver.mover import RowMover
 from archiver.ops.events import Observer, TableResult
 from archiver.pipeline import BatchPipeline, Stored
 from archiver.reader import Batch, batches
+from archiver.references import blocking_references, kept_message
 from archiver.selection import Selection
 from archiver.sink import ArchiveSink, FallbackFull
 from archiver.table_check import inspect_table
@@ -61,9 +62,11 @@ class TableJob:
     def run(self) -> TableResult:
         started = time.monotonic()
         oid, schema, pk_type = inspect_table(self.conn, self.t)
+        # Before anything is exported: a CASCADE / SET NULL / SET DEFAULT reference refuses the table.
+        refs = blocking_references(self.conn, oid, self.result.name, deletes=self.opts.delete_after_archive)
         self.conn.commit()
         self._apply_table_settings()
-        self.sel = Selection(self.t, schema, cutoff_for(self.opts.retention_days, self.now), pk_type)
+        self.sel = Selection(self.t, schema, cutoff_for(self.opts.retention_days, self.now), pk_type, refs)
         self.mover = RowMover(self.conn, self.sel, log_extra=self.ctx)
         with self._locked(oid):
             try:
@@ -71,9 +74,20 @@ class TableJob:
                                                            primary_key=self.t.primary_key,
                                                            count_present=self.mover.count_present)
                 self._archive()
+                self._count_kept()
             finally:
                 self.result.seconds = time.monotonic() - started
         return self.result
+
+    def _count_kept(self) -> None:
+        """Expired rows that a foreign key still references stayed in the table: one count per
+        run, after the moves, when only the rows left behind are still expired."""
+        if not self.sel.references:
+            return
+        r = self.result
+        r.kept_referenced, r.referenced_by = self.mover.count_kept(), sorted({ref.name for ref in self.sel.references})
+        if r.kept_referenced:
+            log.warning("%s", kept_message(r.kept_referenced, r.referenced_by), extra=self.ctx)
 
     def _apply_table_settings(self) -> None:
         """statement_timeout / lock_timeout may be overridden per table; pooled connections carry

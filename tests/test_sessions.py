@@ -68,7 +68,7 @@ def test_validate_checks_share_a_pool_capped_by_connection_pool_size(tmp_path: P
     seen: list[int] = []
 
     def on_object(_checked: Checked) -> None:
-        seen.append(sessions_on(pg_dsn, "%-validate"))
+        seen.append(sessions_on(pg_dsn, "pg-archiver validate"))
 
     report = validate(cfg, parallel=8, on_object=on_object)
     assert report.ok, report.problems

@@ -22,6 +22,10 @@ class TableResult:
     error: str | None = None
     error_kind: str | None = None  # an ErrorKind value (common.errors), None unless failed
     resumed: int = 0
+    #: Expired rows left in the table because a foreign key still references them, and the
+    #: referencing tables (archiver/references.py).
+    kept_referenced: int = 0
+    referenced_by: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property

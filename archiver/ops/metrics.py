@@ -69,6 +69,9 @@ class ArchiverMetrics:
         self.duration = Histogram("archiver_batch_duration_seconds", "Seconds to store, verify and delete one batch",
                                   buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=r)
         self.last_success = Gauge(LAST_SUCCESS, "Unix time the table last completed a run without error", LABELS, registry=r)
+        self.kept = Gauge("archiver_rows_kept_referenced",
+                          "Expired rows the last run left in the table because a foreign key still references them",
+                          LABELS, registry=r)
         self.errors = Counter("archiver_errors_total", "Failed tables (or runs) by kind of error", (*LABELS, "kind"), registry=r)
         self.in_progress = Gauge("archiver_run_in_progress", "1 while an archival run is going on", registry=r)
         self.last_run = Gauge("archiver_last_run_timestamp_seconds", "Unix time the last run finished", registry=r)
@@ -102,6 +105,8 @@ class ArchiverMetrics:
     def table_done(self, result: TableResult) -> None:
         if result.status == "completed":
             self.last_success.labels(result.database, result.name).set(time.time())
+            # counted by every completed run (0 without references), so it falls once they are gone
+            self.kept.labels(result.database, result.name).set(result.kept_referenced)
         elif result.status == "failed":
             self.errors.labels(result.database, result.name, result.error_kind or "other").inc()
 
