@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,26 @@ from archiver.runner import dry_run, run_archive
 from common import batch_writer, layout
 from common.config import load_config
 from common.exit_codes import ExitCode
+from common.s3client import make_client
 from common.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
+from s3_events import once_after
 
 
 def eligible_ids(conn: psycopg.Connection[Any], days: int = 90, extra: str = "true") -> set[int]:
     rows = conn.execute(f"SELECT id FROM audit_logs WHERE created_at < now() - interval '{days} days' AND {extra}").fetchall()
     return {r[0] for r in rows}
+
+
+def run_clock() -> tuple[datetime, datetime]:
+    """A fixed `now` for run_archive and the cutoff 90 days (the retention) before it: the test's
+    expectations and the run then agree on which rows have expired, whatever time passes between."""
+    now = datetime.now(timezone.utc)
+    return now, now - timedelta(days=90)
+
+
+def expired_ids(conn: psycopg.Connection[Any], cutoff: datetime) -> set[int]:
+    return {r[0] for r in conn.execute("SELECT id FROM audit_logs WHERE created_at < %s", (cutoff,)).fetchall()}
 
 
 @pytest.fixture()
@@ -39,31 +53,38 @@ def s3_store(s3_client: Any, bucket: str) -> S3Storage:
 
 def test_expired_rows_move_to_s3_and_young_rows_stay(s3_config: Path, pg: psycopg.Connection[Any],
                                                      s3_client: Any, bucket: str) -> None:
+    now, cutoff = run_clock()
     original = table_ids(pg)
-    expected = eligible_ids(pg, days=90) 
-    results, code = run_archive(load_config(s3_config))
+    expected = expired_ids(pg, cutoff)
+    young = original - expected
+    assert expected and young  # the fixture straddles the cutoff
+    results, code = run_archive(load_config(s3_config), now=now)
     assert code == ExitCode.OK
     archived = archived_ids(s3_store(s3_client, bucket))
-    assert set(archived) >= expected  # rows crossing the cutoff during the test may be archived too
-    assert table_ids(pg) == original - set(archived)
+    assert archived == Counter(expected)  # every expired row, each exactly once, and nothing else
+    assert table_ids(pg) == young
     assert_invariant(original, table_ids(pg), archived)
-    young = pg.execute("SELECT count(*) FROM audit_logs WHERE created_at >= now() - interval '89 days'").fetchone()[0]
-    assert young == len(original) - len(expected) - 0 or young > 0
-    assert results[0].status == "completed" and results[0].rows == len(archived)
+    assert results[0].status == "completed" and results[0].rows == len(expected)
 
 
-def test_each_object_holds_one_utc_day_and_at_most_batch_size_rows(s3_config: Path, s3_client: Any, bucket: str) -> None:
-    run_archive(load_config(s3_config))
+def test_each_object_holds_one_utc_day_and_at_most_batch_size_rows(s3_config: Path, s3_client: Any, bucket: str,
+                                                                   pg: psycopg.Connection[Any]) -> None:
+    now, cutoff = run_clock()
+    # rows per expired UTC day, as PostgreSQL counts them: ~9 a day, far below batch_size (1000)
+    per_day = dict(pg.execute("SELECT (created_at AT TIME ZONE 'UTC')::date, count(*) FROM audit_logs"
+                              " WHERE created_at < %s GROUP BY 1", (cutoff,)).fetchall())
+    run_archive(load_config(s3_config), now=now)
     store = s3_store(s3_client, bucket)
-    checked = 0
+    objects = {}
     for m in manifests(store):
         day = layout.parse_key("", m.key).day
         table = batch_writer.decode(store.get(m.key), fmt="parquet", columns=["created_at"])[0]
         days = {ts.astimezone(timezone.utc).date() for ts in table.column("created_at").to_pylist()}
         assert days == {day}, m.key
-        assert 0 < m.rows <= 1000
-        checked += 1
-    assert checked >= 35  # ~40 expired days, one object per day
+        assert 0 < m.rows <= 1000 and m.rows == table.num_rows
+        assert day not in objects, f"two objects for {day}"
+        objects[day] = m.rows
+    assert objects == per_day  # one object per expired day, holding all of that day's rows
 
 
 def test_checksum_is_recorded_sent_and_stored(s3_config: Path, s3_client: Any, bucket: str) -> None:
@@ -176,61 +197,73 @@ def test_unreachable_database_exits_3_naming_host_not_password(tmp_path: Path, f
     assert "hunter2-secret" not in log + result.output
 
 
+AUDIT_COLUMNS = ("id", "created_at", "user_id", "email", "action", "payload", "ok", "amount")
+
+
+def text_rows(conn: psycopg.Connection[Any], cutoff: datetime) -> dict[str, dict[str, str | None]]:
+    """The expired rows as PostgreSQL's own `::text` renders them (UTC, ISO dates), by id."""
+    cols = ", ".join(f"{c}::text" for c in AUDIT_COLUMNS)
+    with conn.transaction():
+        conn.execute("SET LOCAL TimeZone = 'UTC'")
+        conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+        rows = conn.execute(f"SELECT {cols} FROM audit_logs WHERE created_at < %s", (cutoff,)).fetchall()
+    return {r[0]: dict(zip(AUDIT_COLUMNS, r)) for r in rows}
+
+
 def test_jsonl_format_keeps_postgres_text_values(tmp_path: Path, pg_dsn: str, small_audit: Any, pg: psycopg.Connection[Any]) -> None:
-    cfg = make_config(tmp_path, dsn=pg_dsn, defaults={"format": "jsonl"})
-    sample = pg.execute("SELECT id, payload::text, amount::text FROM audit_logs ORDER BY id DESC LIMIT 1").fetchone()
-    run_archive(load_config(cfg))
+    now, cutoff = run_clock()
+    # one expired row whose values have no natural JSON form, or need escaping
+    pg.execute("""INSERT INTO audit_logs (created_at, user_id, email, action, payload, ok, amount)
+                  VALUES (%s, NULL, 'o''brien "q"', E'tab\there', '{"q": "a\\"b", "u": "\u00e9", "z": [1, 2.50]}', NULL, 'NaN')""",
+               (cutoff - timedelta(days=3, microseconds=7),))
+    expected = text_rows(pg, cutoff)
+    assert any(row["amount"] == "NaN" and row["ok"] is None for row in expected.values())
+    run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, defaults={"format": "jsonl"})), now=now)
     store = LocalStorage(tmp_path / "archive")
-    objects = [o.key for o in store.list("") if o.key.endswith(".jsonl.zst")]
-    assert objects
-    table = batch_writer.decode(store.get(objects[-1]), fmt="jsonl")[0]
-    row = table.slice(0, 1).to_pylist()[0]
-    assert isinstance(row["id"], str) and isinstance(row["payload"], str)
-    found = pg.execute("SELECT count(*) FROM audit_logs WHERE id = %s", (sample[0],)).fetchone()[0]
-    assert found in (0, 1)
-    archived = archived_ids(store)
-    assert len(archived) > 300 and all(n == 1 for n in archived.values())
+    archived: list[dict[str, str | None]] = []
+    for o in store.list(""):
+        if o.key.endswith(".jsonl.zst"):
+            archived += batch_writer.decode(store.get(o.key), fmt="jsonl")[0].to_pylist()
+    assert len(archived) == len(expected)  # each expired row once
+    assert {row["id"]: row for row in archived} == expected  # value for value, as PostgreSQL wrote them
+    assert not table_ids(pg) & {int(k) for k in expected}
 
 
 def test_keeping_rows_does_not_archive_them_twice(tmp_path: Path, pg_dsn: str, small_audit: Any, pg: psycopg.Connection[Any]) -> None:
+    now, cutoff = run_clock()
     cfg = make_config(tmp_path, dsn=pg_dsn, defaults={"delete_after_archive": False})
     before = table_ids(pg)
-    run_archive(load_config(cfg))
-    run_archive(load_config(cfg))
+    run_archive(load_config(cfg), now=now)
+    run_archive(load_config(cfg), now=now)
     archived = archived_ids(LocalStorage(tmp_path / "archive"))
     assert table_ids(pg) == before
-    assert archived and max(archived.values()) == 1
+    assert archived == Counter(expired_ids(pg, cutoff))  # each expired row once, though both runs saw it
 
 
 def oldest_id(conn: psycopg.Connection[Any]) -> int:
     return int(conn.execute("SELECT id FROM audit_logs ORDER BY created_at, id LIMIT 1").fetchone()[0])
 
 
-class UpdateAfterUpload:
-    """A hook (archiver/hooks.py) that changes one exported row between export and delete, the
-    race the xmin check guards against."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.done = False
-
-    def __call__(self, point: str) -> None:
-        if point == "after_upload" and not self.done:
-            self.done = True
-            with psycopg.connect(self.dsn, autocommit=True) as c:
-                c.execute("UPDATE audit_logs SET action = 'changed' WHERE id = %s", (oldest_id(c),))
-
-
-def test_row_updated_after_export_is_not_deleted_unseen(tmp_path: Path, pg_dsn: str, small_audit: Any,
-                                                        pg: psycopg.Connection[Any]) -> None:
-    cfg = load_config(make_config(tmp_path, dsn=pg_dsn))
+def test_row_updated_after_export_is_not_deleted_unseen(tmp_path: Path, pg_dsn: str, bucket: str, moto_server: str,
+                                                        small_audit: Any, pg: psycopg.Connection[Any], s3_client: Any) -> None:
+    # one upload at a time: the run's first PutObject is the oldest batch's object
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server, s3={"max_concurrency": 1}))
     original = table_ids(pg)
     first_id = oldest_id(pg)
-    results, code = run_archive(cfg, hook=UpdateAfterUpload(pg_dsn))
+    client = make_client(cfg)
+
+    def update_the_exported_row() -> None:
+        # the race the xmin check guards against: the row changes after export, before the delete
+        with psycopg.connect(pg_dsn, autocommit=True) as c:
+            c.execute("UPDATE audit_logs SET action = 'changed' WHERE id = %s", (first_id,))
+
+    updated = once_after(client, "PutObject", update_the_exported_row)
+    results, code = run_archive(cfg, s3_client=client)
+    assert updated.is_set()
     assert code == ExitCode.OK and results[0].rolled_back_batches == 1
     assert first_id in table_ids(pg)  # its batch was rolled back, object removed
     run_archive(cfg)
-    store = LocalStorage(tmp_path / "archive")
+    store = s3_store(s3_client, bucket)
     archived = archived_ids(store)
     assert_invariant(original, table_ids(pg), archived)
     actions = {}

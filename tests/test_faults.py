@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,25 @@ def start_archiver(config: Path, *extra: str, env: dict[str, str] | None = None)
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def wait_until(condition: Callable[[], bool], what: str, *, proc: subprocess.Popen[str] | None = None,
+               timeout: float = 30) -> None:
+    """Poll `condition` until it holds. Only for what a child process shows to the outside (a log
+    line, objects in the bucket, its database session), where there is no event to wait on; fails
+    at once if `proc` ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, f"the archiver exited ({proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout}s"
+        time.sleep(0.05)
+
+
 def wait_for_log(path: Path, text: str, *, count: int = 1, timeout: float = 30) -> None:
     """Until `text` appears `count` times in the log (the archiver is past start-up and working)."""
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.read_text().count(text) >= count):
-        assert time.monotonic() < deadline, f"no {text!r} in the log after {timeout}s"
-        time.sleep(0.05)
+    wait_until(lambda: path.exists() and path.read_text().count(text) >= count, f"{text!r} in the log", timeout=timeout)
+
+
+def stored_manifests(store: S3Storage) -> list[str]:
+    return [o.key for o in store.list("") if layout.is_manifest(o.key)]
 
 
 def orphans(*stores: Any) -> list[str]:
@@ -156,10 +170,12 @@ def test_kill_at_random_moments_loses_and_duplicates_no_rows(tmp_path: Path, pg_
                                                              s3_client: Any, bucket: str, moto_server: str, seed: int) -> None:
     sc = Scenario(tmp_path, pg_dsn, pg, s3_client, bucket, moto_server, defaults={"batch_size": 2, "sleep_seconds": 0.03})
     rng = random.Random(seed)
-    for attempt in range(2):  # two crashes in a row, then a clean run
+    for _attempt in range(2):  # two crashes in a row, then a clean run
+        # killed after a random number (1-15) of this run's objects are stored, out of ~60
+        # batches: the moment within that batch's move is whatever the poll's latency makes it
+        target = len(stored_manifests(sc.s3)) + rng.randint(1, 15)
         proc = start_archiver(sc.config)
-        wait_for_log(tmp_path / "archiver.log", "rows archived", count=attempt + 1)
-        time.sleep(rng.uniform(0, 0.8))  # somewhere inside the run of ~60 small batches
+        wait_until(lambda: len(stored_manifests(sc.s3)) >= target, f"{target} stored objects", proc=proc)
         assert proc.poll() is None, "the run ended before the kill: the scenario is too small"
         proc.kill()
         proc.communicate(timeout=30)
@@ -221,12 +237,24 @@ def test_second_archiver_skips_a_busy_table(scenario: Scenario, pg_dsn: str) -> 
     scenario.check()
 
 
+def commits_seen(conn: psycopg.Connection[Any], seen: set[Any]) -> set[Any]:
+    """Adds the moments the archiver's session last committed (pg_stat_activity) to `seen`."""
+    rows = conn.execute("SELECT query_start FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND application_name = 'pg-archiver' AND query = 'COMMIT'").fetchall()
+    seen.update(r[0] for r in rows)
+    return seen
+
+
 def test_wait_for_lock_waits_then_archives(scenario: Scenario, pg_dsn: str) -> None:
+    seen: set[Any] = set()
     other = psycopg.connect(pg_dsn, autocommit=True)
     _hold_table_lock(other)
     proc = start_archiver(scenario.config, "--wait-for-lock", "30")
-    time.sleep(2.5)
+    # it has tried the lock and tried again: its session keeps committing lock attempts (a
+    # process state polled from pg_stat_activity, as the archiver logs nothing while it waits)
+    wait_until(lambda: len(commits_seen(scenario.conn, seen)) >= 4, "repeated lock attempts", proc=proc)
     assert proc.poll() is None  # still waiting
+    assert table_ids(scenario.conn) == scenario.original
     other.close()  # releases the lock
     proc.communicate(timeout=60)
     assert proc.returncode == 0

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,28 +16,35 @@ from archiver.runner import run_archive
 from archiver.pipeline import INFLIGHT_PER_UPLOAD
 from common.config import load_config
 from common.exit_codes import ExitCode
-from common.storage import LocalStorage
+from common.s3client import make_client
+from common.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit, throwaway_database
+from s3_events import once_after
 
 
-def test_max_runtime_stops_cleanly_and_the_next_run_resumes(tmp_path: Path, pg_dsn: str, small_audit: Any) -> None:
-    path = make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": 5, "max_runtime_minutes": 0.002})  # 0.12 s
+def test_max_runtime_stops_cleanly_and_the_next_run_resumes(tmp_path: Path, pg_dsn: str, small_audit: Any,
+                                                            bucket: str, moto_server: str, s3_client: Any) -> None:
+    path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
+                       defaults={"batch_size": 5, "max_runtime_minutes": 10})
     cfg = load_config(path)
     original = table_ids(small_audit)
     controls = make_controls(cfg, ArchiverOptions(config_path=path))
-    slow = threading.Event()
+    assert controls.max_runtime_seconds == 600
+    client = make_client(cfg)
 
-    def first_move_outlasts_the_runtime(point: str) -> None:
-        if point == "after_upload" and not slow.is_set():
-            slow.set()
-            time.sleep(0.2)
+    def the_runtime_runs_out() -> None:
+        # the first move outlasts the runtime: its start moves back by the whole runtime, at
+        # the moment S3 has stored the run's first object (no sleep, no wall-clock race)
+        controls.started -= 600
 
-    results, code = run_archive(cfg, controls=controls, hook=first_move_outlasts_the_runtime)
+    ran_out = once_after(client, "PutObject", the_runtime_runs_out)
+    results, code = run_archive(cfg, controls=controls, s3_client=client)
+    assert ran_out.is_set()
     assert code == ExitCode.OK and results[0].status == "stopped"
     # ~80 objects in a full run; batches stored before the stop are finished, queued ones called off
     assert 0 < results[0].objects <= cfg.s3.max_concurrency * INFLIGHT_PER_UPLOAD
-    run_archive(load_config(make_config(tmp_path, dsn=pg_dsn)))
-    assert_invariant(original, table_ids(small_audit), archived_ids(LocalStorage(tmp_path / "archive")))
+    run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server)))
+    assert_invariant(original, table_ids(small_audit), archived_ids(S3Storage(s3_client, bucket)))
 
 
 def test_replica_that_cannot_be_asked_pauses_until_max_runtime(caplog: pytest.LogCaptureFixture, tmp_path: Path,
