@@ -54,16 +54,16 @@ def _verdict(ok: bool | None) -> str:
 
 
 def table(parts: list[PartResult]) -> str:
-    head = f"{'part':<9} {'baseline s':>10} {'tool s':>8} {'ratio':>12} {'target':>7} {'peak RSS MB':>15} {'rows/s':>9}  status"
+    head = f"{'part':<22} {'baseline s':>10} {'tool s':>8} {'ratio':>12} {'target':>7} {'peak RSS MB':>15} {'rows/s':>9}  status"
     lines = [head, "-" * len(head)]
     for p in parts:
         if p.status == "skipped":
-            lines.append(f"{p.name:<9} skipped: {p.note}")
+            lines.append(f"{p.name:<22} skipped: {p.note}")
             continue
         ratio = _num(p.ratio, ".2f") + "x" + _verdict(None if p.ratio is None else p.ratio <= p.target_ratio)
         rss = _num(p.peak_rss_mb, ".0f") + _verdict(None if p.peak_rss_mb is None else p.peak_rss_mb < RSS_TARGET_MB)
         status = p.status + (f" ({'; '.join(p.problems)})" if p.problems else "")
-        lines.append(f"{p.name:<9} {_num(p.baseline_seconds, '.1f'):>10} {_num(p.tool_seconds, '.1f'):>8} "
+        lines.append(f"{p.name:<22} {_num(p.baseline_seconds, '.1f'):>10} {_num(p.tool_seconds, '.1f'):>8} "
                      f"{ratio:>12} {p.target_ratio:>6.2f}x {rss:>15} {_num(p.rows_per_second, ',.0f'):>9}  {status}")
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import click
 import psycopg
 
-from bench import part_archive, part_restore, part_validate, pyspy
+from bench import part_archive, part_query, part_restore, part_validate, pyspy
 from bench.context import Context
 from bench.env import REPO, moto_endpoint, s3_client
 from bench.report import PartResult, table, write_json
@@ -30,7 +30,7 @@ from common.db import describe_target
 from common.errors import first_line
 
 DEFAULT_DSN = "host=127.0.0.1 port=5432 user=root dbname=postgres"
-PARTS = ("archive", "restore", "validate")
+PARTS = ("archive", "restore", "validate", "query")
 
 
 def preflight(dsn: str) -> str:
@@ -68,6 +68,8 @@ def run_parts(ctx: Context, parts: tuple[str, ...], *, rss_scaling: bool,
         results.append(part_restore.run(ctx))
     if "validate" in parts:
         results.append(part_validate.run(ctx, repeat=repeat))
+    if "query" in parts:
+        results.extend(part_query.run(ctx))
     if ctx.profile:
         extra["profile"] = pyspy.profile_archiver(ctx)
     if rss_scaling:

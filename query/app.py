@@ -1,12 +1,18 @@
 """The query tool behind the CLI: plan which objects to read, check the SQL on no rows, then stream
-the matching rows day by day into the chosen output. Objects that cannot be read (GLACIER or
+the matching rows into the chosen output, whole days at a time (query.plan.scans) while the next
+days download. Objects that cannot be read (GLACIER or
 DEEP_ARCHIVE without a completed S3 restore) are reported on stderr and the exit code is 1: the
 answer is incomplete and must not look complete."""
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import pyarrow as pa
 
 from common.catalog import Catalog, TableRef, parse_range, resolve_table
 from common.cli import Environment
@@ -16,7 +22,12 @@ from common.exit_codes import ExitCode
 from common.logging_setup import setup_logging
 from query.engine import Engine, Query, union_schema
 from query.output import make_writer, output_file
-from query.plan import Plan, plan
+from query.plan import Plan, plan, scans
+
+#: Objects downloaded at once (botocore pools 10 connections per client) and whole scans read
+#: ahead of the one DuckDB is answering.
+DOWNLOADS = 8
+READ_AHEAD = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,18 +86,39 @@ def _query(opts: QueryOptions, ref: TableRef, work: Plan) -> Query:
     return Query(where=opts.where, columns=opts.columns, timestamp_column=ts, key_columns=(key,) if key else ())
 
 
+def _loaded(engine: Engine, catalog: Catalog, work: Plan) -> Iterator[tuple[int, list[pa.Table]]]:
+    """Each scan's tables, in order, with the next scans' downloads already under way (at most
+    READ_AHEAD scans held beyond the one being answered: memory stays bounded by scans, not by
+    the archive)."""
+    pending: deque[list[Future[pa.Table]]] = deque()
+    with ThreadPoolExecutor(max_workers=DOWNLOADS, thread_name_prefix="query-read") as pool:
+        try:
+            for chunk in scans(work.groups):
+                pending.append([pool.submit(engine.load, catalog, obj) for obj in chunk])
+                if len(pending) > READ_AHEAD:
+                    futures = pending.popleft()
+                    yield len(futures), [f.result() for f in futures]
+            while pending:
+                futures = pending.popleft()
+                yield len(futures), [f.result() for f in futures]
+        finally:  # --limit reached or an error: downloads not yet started are not made
+            for futures in pending:
+                for f in futures:
+                    f.cancel()
+
+
 def _stream(engine: Engine, catalog: Catalog, work: Plan, opts: QueryOptions, out: IO[Any], schema: Any,
             *, progress: IO[str] | None) -> int:
     writer = make_writer(opts.output_format, out, schema)
     rows = objects = 0
-    for group in work.groups:
+    for count, tables in _loaded(engine, catalog, work):
         remaining = None if opts.limit is None else opts.limit - rows
         if remaining is not None and remaining <= 0:
             break
-        for batch in engine.day(catalog, group.objects, limit=remaining):
+        for batch in engine.scan(tables, limit=remaining):
             writer.write(batch)
             rows += batch.num_rows
-        objects += len(group.objects)
+        objects += count
         if progress is not None:
             progress.write(f"\rquery: {objects}/{work.objects} objects read, {rows:,} rows   ")
             progress.flush()

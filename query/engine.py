@@ -125,16 +125,17 @@ class Engine:
         finally:
             self.con.unregister(VIEW)
 
-    def day(self, catalog: Catalog, objects: list[ArchiveObject], *, limit: int | None) -> Iterator[pa.RecordBatch]:
-        """The matching rows of one day's objects, in (timestamp, key) order."""
-        tables = [_conform(self._read(catalog, obj), self.schema) for obj in objects]
-        yield from self._run(pa.concat_tables(tables), self.query.text(limit))
-
-    def _read(self, catalog: Catalog, obj: ArchiveObject) -> pa.Table:
+    def load(self, catalog: Catalog, obj: ArchiveObject) -> pa.Table:
+        """One object's rows in the query's schema, verified against its manifest first. Safe to
+        call from several threads (downloads overlap; DuckDB runs in the caller's thread only)."""
         data = catalog.read(obj)
         assert obj.manifest is not None
         obj.manifest.check(data)  # evidence: a tampered or damaged object is an error, never silently read
-        return batch_writer.decode(data, fmt=batch_writer.format_of(obj.key))[0]
+        return _conform(batch_writer.decode(data, fmt=batch_writer.format_of(obj.key))[0], self.schema)
+
+    def scan(self, tables: list[pa.Table], *, limit: int | None) -> Iterator[pa.RecordBatch]:
+        """The matching rows of whole consecutive days (query.plan.scans), in (timestamp, key) order."""
+        yield from self._run(pa.concat_tables(tables), self.query.text(limit))
 
     def _run(self, table: pa.Table, text: str) -> Iterator[pa.RecordBatch]:
         """The query's batches; the rows stay registered until the last batch is taken."""

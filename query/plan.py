@@ -4,6 +4,7 @@ day so rows come out in (timestamp, key) order one day at a time. Objects in GLA
 DEEP_ARCHIVE that have not been restored cannot be read: they are set aside and reported."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from itertools import groupby
@@ -30,6 +31,26 @@ class Plan:
     @property
     def objects(self) -> int:
         return sum(len(g.objects) for g in self.groups)
+
+
+#: Rows one DuckDB scan covers at most (whole days, so a longer day is one scan of its own): one
+#: query per day cost more than the reads on a year of small days.
+SCAN_ROWS = 100_000
+
+
+def scans(groups: list[DayGroup], *, rows: int = SCAN_ROWS) -> Iterator[list[ArchiveObject]]:
+    """The objects of consecutive whole days, about `rows` rows at a time, in day order: days never
+    split across scans, so each scan's ORDER BY gives the global (timestamp, key) order."""
+    chunk: list[ArchiveObject] = []
+    held = 0
+    for group in groups:
+        if chunk and held + group.rows > rows:
+            yield chunk
+            chunk, held = [], 0
+        chunk.extend(group.objects)
+        held += group.rows
+    if chunk:
+        yield chunk
 
 
 def overlaps(obj: ArchiveObject, start: date | None, end: date | None) -> bool:
