@@ -19,6 +19,7 @@ from archiver.runner import run_archive
 from common import layout
 from common.config import load_config
 from common.exit_codes import ExitCode
+from common.s3client import make_client
 from common.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
 from tcp_proxy import TcpProxy
@@ -73,17 +74,19 @@ def test_s3_down_sends_batches_to_fallback_then_next_run_drains_them(caplog: pyt
 
 
 class CutAfter:
-    """A hook (archiver/hooks.py) that cuts S3 off after the n-th stored batch."""
+    """Cuts S3 off once the n-th batch is stored (its object and manifest PUTs answered), from
+    botocore's after-call event in the upload thread itself: with one upload thread no other PUT
+    can start before the cut (a hook in the table job's loop raced the next upload)."""
 
-    def __init__(self, proxy: TcpProxy, after: int) -> None:
-        self.proxy, self.after, self.seen, self.accepted_at_cut = proxy, after, 0, 0
+    def __init__(self, proxy: TcpProxy, client: Any, after: int) -> None:
+        self.proxy, self.puts_before_cut, self.puts, self.accepted_at_cut = proxy, 2 * after, 0, 0
+        client.meta.events.register("after-call.s3.PutObject", self._answered)
 
-    def __call__(self, point: str) -> None:
-        if point == "after_upload":
-            self.seen += 1
-            if self.seen == self.after:
-                self.proxy.cut()
-                self.accepted_at_cut = self.proxy.accepted
+    def _answered(self, **_: Any) -> None:  # returns None: a value would replace the response
+        self.puts += 1
+        if self.puts == self.puts_before_cut:
+            self.proxy.cut()
+            self.accepted_at_cut = self.proxy.accepted
 
 
 def test_outage_mid_run_opens_the_circuit_instead_of_retrying_every_batch(tmp_path: Path, pg_dsn: str, bucket: str,
@@ -91,8 +94,9 @@ def test_outage_mid_run_opens_the_circuit_instead_of_retrying_every_batch(tmp_pa
                                                                           pg: psycopg.Connection[Any], seeded: set[int]) -> None:
     # one upload in flight, so "the batches after the cut" is exact
     cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy, s3={"max_concurrency": 1}))
-    cut = CutAfter(proxy, after=3)
-    results, code = run_archive(cfg, hook=cut)
+    client = make_client(cfg)
+    cut = CutAfter(proxy, client, after=3)
+    results, code = run_archive(cfg, s3_client=client)
     assert code == ExitCode.OK
     assert results[0].fallback_objects >= 5 and results[0].objects - results[0].fallback_objects == 3
     # one failed attempt opened the circuit; later batches did not try S3 (probe interval 60s)
