@@ -61,17 +61,17 @@ class TableJob:
     # -- entry -------------------------------------------------------------------------------
     def run(self) -> TableResult:
         started = time.monotonic()
-        oid, schema, pk_type = inspect_table(self.conn, self.t)
+        oid, schema, keys = inspect_table(self.conn, self.t)
         # Before anything is exported: a CASCADE / SET NULL / SET DEFAULT reference refuses the table.
         refs = blocking_references(self.conn, oid, self.result.name, deletes=self.opts.delete_after_archive)
         self.conn.commit()
         self._apply_table_settings()
-        self.sel = Selection(self.t, schema, cutoff_for(self.opts.retention_days, self.now), pk_type, refs)
+        self.sel = Selection(self.t, schema, cutoff_for(self.opts.retention_days, self.now), keys, refs)
         self.mover = RowMover(self.conn, self.sel, log_extra=self.ctx)
         with self._locked(oid):
             try:
                 self.result.resumed += self.ledger.recover(sink=self.sink, prefix=self.cfg.s3.prefix,
-                                                           primary_key=self.t.primary_key,
+                                                           keys=keys,
                                                            count_present=self.mover.count_present)
                 self._archive()
                 self._count_kept()
