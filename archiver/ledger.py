@@ -96,10 +96,15 @@ class MoveLedger:
         self._checkpoints.save(self.cp)
 
     # -- after a crash -----------------------------------------------------------------------
-    def recover(self, *, sink: ArchiveSink, prefix: str, keys: Sequence[str], count_present: CountPresent) -> int:
-        """Load the checkpoint, then finish or take back each pending move (see the module's
-        docstring), saving after each. Returns how many there were."""
+    def recover(self, *, sink: ArchiveSink, prefix: str, keys: Sequence[str], count_present: CountPresent,
+                settle: Callable[[Checkpoint], None] | None = None) -> int:
+        """Load the checkpoint, let `settle` bring an interrupted partition retirement to a state
+        the rule below can judge (archiver/partitions.py: a leaf detached or still attached), then
+        finish or take back each pending move (see the module's docstring), saving after each.
+        Returns how many there were."""
         self.cp = self._load(sink, prefix)
+        if settle is not None and self.cp.retiring:
+            settle(self.cp)
         if not self.cp.pending:
             if self.cp.position and not self.delete_after_archive:
                 log.info("Resuming from checkpoint: %s after position %s", self.name, self.cp.position, extra=self.ctx)

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from archiver.references import Reference
+from common.db import qualified
 from common.expiry import ExpiredRows
 from common.pgtypes import read_natively
 
@@ -31,6 +32,13 @@ class Selection(ExpiredRows):
     keys: tuple[str, ...]
     #: Foreign keys (NO ACTION / RESTRICT) whose referenced rows stay in the table.
     references: tuple[Reference, ...] = field(default=())
+    #: Read one leaf partition (schema, name) instead of the table: a partition retired whole
+    #: (archiver/partitions.py). Objects keep the table's name either way.
+    source: tuple[str, str] | None = None
+
+    @property
+    def relation(self) -> sql.Composed:
+        return qualified(*self.source) if self.source else super().relation
 
     @property
     def pk(self) -> sql.Composable:
