@@ -11,6 +11,7 @@ from typing import Any
 
 from psycopg import sql
 
+from archiver import partitions
 from archiver.references import Reference, kept_message, read_references, refusal
 from archiver.selection import Selection
 from archiver.table_check import inspect_table
@@ -68,6 +69,8 @@ def _table_lines(conn: Any, cfg: Config, t: Any, now: datetime) -> tuple[list[st
                 *(f"    {r.describe()}: {'refused' if r.changes_rows else 'the rows it references would be kept'}" for r in refs)], True
     sel = Selection(t, schema, cutoff_for(opts.retention_days, now), keys, tuple(refs) if deletes else ())
     lines = [_table_line(conn, sel, opts)]
+    # a partitioned table: which leaves a run would retire whole (expired_partitions), which go row by row
+    lines += partitions.describe(conn, sel, oid, mode=opts.expired_partitions if deletes else "keep")
     for r in refs:
         lines.append(f"    {r.describe()}: {_kept(conn, replace(sel, references=(r,))) if deletes else 'no effect, no row is deleted'}")
     if deletes and refs and (kept := _count(conn, sel.kept_query())):

@@ -91,3 +91,20 @@ def test_expired_partitions_are_retired_whole_without_row_deletes(tmp_path: Path
     assert all(m.partition["bound"].startswith("FOR VALUES FROM") for m in by_partition)  # type: ignore[index]
     said = [r.getMessage() for r in caplog.records if "retired:" in r.getMessage()]
     assert len(said) == len(retired) and all(("dropped" in line) == (mode == "drop") for line in said), said
+
+
+def test_dry_run_shows_the_key_and_which_partitions_would_be_retired(tmp_path: Path, pg_dsn: str,
+                                                                      pg: psycopg.Connection[Any]) -> None:
+    from schema_support import archiver
+    leaves = seed_partitioned(pg)
+    before = table_ids(pg)
+    config = make_config(tmp_path, dsn=pg_dsn, tables=TABLES, defaults={"expired_partitions": "drop"})
+    proc = archiver(config, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "key (id, created_at)" in out
+    retired = [line for line in out.splitlines() if "would be archived whole, detached and dropped" in line]
+    assert len(retired) >= 2 and all("FOR VALUES FROM" in line for line in retired)
+    assert "partition public.audit_logs_default (DEFAULT): default partition" in out
+    assert out.count("    partition public.") == len(leaves)
+    assert table_ids(pg) == before and partitions_of(pg) == set(leaves)
