@@ -32,11 +32,14 @@ class Checkpoint:
     #: Last archived (timestamp, primary key), as text; used when rows are kept (delete_after_archive: false).
     position: dict[str, Any] | None = None
     updated_at: float = 0.0
+    #: A whole partition being retired (archiver/partitions.py): which leaf, its bound, the mode
+    #: and the step reached; its batches stay pending until the leaf is detached.
+    retiring: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"version": CHECKPOINT_VERSION, "database": self.database, "schema": self.schema,
                 "table": self.table, "pending": self.pending, "position": self.position,
-                "updated_at": self.updated_at}
+                "updated_at": self.updated_at, "retiring": self.retiring}
 
 
 class CheckpointStore:
@@ -61,7 +64,8 @@ class CheckpointStore:
                 raise ValueError("version or table does not match")
             if not isinstance(doc["pending"], list):
                 raise ValueError("pending is not a list")
-            return Checkpoint(database, schema, table, doc["pending"], doc.get("position"), float(doc.get("updated_at", 0)))
+            return Checkpoint(database, schema, table, doc["pending"], doc.get("position"), float(doc.get("updated_at", 0)),
+                              doc.get("retiring"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             aside = path.with_name(path.name + f".corrupt-{int(time.time())}")
             os.replace(path, aside)

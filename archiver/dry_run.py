@@ -11,6 +11,7 @@ from typing import Any
 
 from psycopg import sql
 
+from archiver import partitions
 from archiver.references import Reference, kept_message, read_references, refusal
 from archiver.selection import Selection
 from archiver.table_check import inspect_table
@@ -59,15 +60,17 @@ def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
 def _table_lines(conn: Any, cfg: Config, t: Any, now: datetime) -> tuple[list[str], bool]:
     """The table's line and one per referencing foreign key; True when the run would refuse it."""
     opts = cfg.options(t)
-    oid, schema, pk_type = inspect_table(conn, t)
+    oid, schema, keys = inspect_table(conn, t)
     refs = read_references(conn, oid)
     deletes = opts.delete_after_archive
     if deletes and any(r.changes_rows for r in refs):
         conn.rollback()
-        return [f"  {t.schema_}.{t.name}: key {t.primary_key}, refused: {refusal(refs)}",
+        return [f"  {t.schema_}.{t.name}: key {key_words(keys)}, refused: {refusal(refs)}",
                 *(f"    {r.describe()}: {'refused' if r.changes_rows else 'the rows it references would be kept'}" for r in refs)], True
-    sel = Selection(t, schema, cutoff_for(opts.retention_days, now), pk_type, tuple(refs) if deletes else ())
+    sel = Selection(t, schema, cutoff_for(opts.retention_days, now), keys, tuple(refs) if deletes else ())
     lines = [_table_line(conn, sel, opts)]
+    # a partitioned table: which leaves a run would retire whole (expired_partitions), which go row by row
+    lines += partitions.describe(conn, sel, oid, mode=opts.expired_partitions if deletes else "keep")
     for r in refs:
         lines.append(f"    {r.describe()}: {_kept(conn, replace(sel, references=(r,))) if deletes else 'no effect, no row is deleted'}")
     if deletes and refs and (kept := _count(conn, sel.kept_query())):
@@ -100,8 +103,13 @@ def _table_line(conn: Any, sel: Selection, opts: Any) -> str:
     span = f", days {first:%Y-%m-%d}..{last:%Y-%m-%d}" if first else ""
     note = f"; {skipped} rows before year 1 or -infinity stay in the table" if skipped else ""
     return (f"  {t.schema_}.{t.name}: cutoff {sel.cutoff:%Y-%m-%dT%H:%M:%SZ} (retention {opts.retention_days} days),"
-            f" eligible rows {rows}, estimated objects {objects}{span}, key {t.primary_key}, format {opts.format},"
+            f" eligible rows {rows}, estimated objects {objects}{span}, key {key_words(sel.keys)}, format {opts.format},"
             f" delete after archive {'yes' if opts.delete_after_archive else 'no'}{note}")
+
+
+def key_words(keys: tuple[str, ...]) -> str:
+    """The key as used: one column by name, a composite one in keyset order."""
+    return keys[0] if len(keys) == 1 else f"({', '.join(keys)})"
 
 
 def _storage_line(cfg: Config, s3_client: Any | None) -> str:

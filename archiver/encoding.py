@@ -26,7 +26,7 @@ class Encoded:
 
     manifest: Manifest
     data: bytes
-    pks: pa.ChunkedArray
+    keys: pa.Table  # the rows' key columns, typed
     xmins: pa.Array
     started: float
     window: int  # the read window (snapshot) of the rows: reader.Batch
@@ -43,26 +43,47 @@ def encode_batch(batch: Batch, *, sel: Selection, prefix: str, database: str, op
     t = sel.table
     rows = batch.rows
     meta = {"archiver_version": archiver.__version__, "database": database, "schema": t.schema_,
-            "table": t.name, "timestamp_column": t.timestamp_column, "primary_key": t.primary_key}
+            "table": t.name, "timestamp_column": t.timestamp_column, "primary_key": ",".join(sel.keys)}
     data = batch_writer.encode(rows, fmt=opts.format, level=opts.compression_level,
                                schema=sel.schema, encodings=batch.encodings, extra_meta=meta)
     digest = sha256_hex(data)
-    pks = typed_column(rows, t.primary_key, sel)
-    pk = pc.min_max(pks)
+    keys = pa.table({k: typed_column(rows, k, sel) for k in sel.keys})
+    min_pk, max_pk = key_range(keys)
     ts = pc.min_max(typed_column(rows, t.timestamp_column, sel))
     name = f"part-{batch.day:%Y%m%d}-{digest[:20]}{batch_writer.EXTENSIONS[opts.format]}"
     key = layout.object_key(prefix, database, t.schema_, t.name, batch.day, name)
     manifest = Manifest(
         key=key, sha256=digest, size=len(data), rows=rows.num_rows, database=database,
-        schema=t.schema_, table=t.name, primary_key=t.primary_key,
-        timestamp_column=t.timestamp_column, min_pk=jsonable(pk["min"].as_py()),
-        max_pk=jsonable(pk["max"].as_py()), min_ts=iso(ts["min"].as_py()), max_ts=iso(ts["max"].as_py()),
+        schema=t.schema_, table=t.name, primary_key=manifest_key(sel.keys),
+        timestamp_column=t.timestamp_column, min_pk=min_pk, max_pk=max_pk, min_ts=iso(ts["min"].as_py()), max_ts=iso(ts["max"].as_py()),
         schema_fingerprint=sel.schema.fingerprint(), format=opts.format,
         format_version=1, archiver_version=archiver.__version__,
         created_at=datetime.now(timezone.utc).isoformat(), source_bytes=batch.source_bytes,
         columns=column_docs(sel.schema, batch.encodings),
     )
-    return Encoded(manifest, data, pks, batch.xmins, time.monotonic(), batch.window, batch.lo, batch.hi)
+    return Encoded(manifest, data, keys, batch.xmins, time.monotonic(), batch.window, batch.lo, batch.hi)
+
+
+def manifest_key(keys: tuple[str, ...]) -> str | list[str]:
+    """The manifest's primary_key: a column's name as always, or the list of a composite key's."""
+    return keys[0] if len(keys) == 1 else list(keys)
+
+
+def key_range(keys: pa.Table) -> tuple[Any, Any]:
+    """The manifest's min_pk and max_pk: the column's min and max for a one-column key (as always);
+    for a composite key the lexicographically first and last key, as lists of the column values."""
+    if keys.num_columns == 1:
+        mm = pc.min_max(keys.column(0))
+        return jsonable(mm["min"].as_py()), jsonable(mm["max"].as_py())
+    order = pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names])
+    first, last = order[0].as_py(), order[len(order) - 1].as_py()
+    return ([jsonable(keys.column(i)[first].as_py()) for i in range(keys.num_columns)],
+            [jsonable(keys.column(i)[last].as_py()) for i in range(keys.num_columns)])
+
+
+def key_lists(keys: pa.Table) -> list[list[Any]]:
+    """One list of values per key column (Selection.delete_query)."""
+    return [keys.column(i).to_pylist() for i in range(keys.num_columns)]
 
 
 def typed_column(rows: pa.Table, name: str, sel: Selection) -> pa.ChunkedArray:
@@ -83,4 +104,6 @@ def iso(v: Any) -> str:
 
 
 def jsonable(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):  # a composite key
+        return [jsonable(x) for x in v]
     return v if isinstance(v, (int, str, float)) or v is None else str(v)

@@ -10,6 +10,12 @@ The points, in a batch's order:
   after_upload                 object and manifest stored, the rows not yet deleted
   before_commit                the DELETE ran, its transaction is not committed
   after_delete                 committed, the checkpoint not yet updated
+
+A partition retired whole (archiver/retire.py) passes after_checkpoint, between_object_and_manifest
+and after_upload per batch (no delete), then:
+  after_partition_archived     every batch stored, the leaf re-counted, not yet detached
+  after_detach                 DETACH committed, the batches still pending
+  before_drop                  the batches finished, the detached leaf not yet dropped
 """
 from __future__ import annotations
 

@@ -30,8 +30,8 @@ from common.storage import Storage
 
 log = logging.getLogger("archiver")
 
-#: How many of the keys (a one-column table of a stored batch's primary keys, as the archive holds
-#: them) are still in the table.
+#: How many of the keys (a table of a stored batch's key columns, as the archive holds them) are
+#: still in the table.
 CountPresent = Callable[[pa.Table], int]
 
 
@@ -96,10 +96,15 @@ class MoveLedger:
         self._checkpoints.save(self.cp)
 
     # -- after a crash -----------------------------------------------------------------------
-    def recover(self, *, sink: ArchiveSink, prefix: str, primary_key: str, count_present: CountPresent) -> int:
-        """Load the checkpoint, then finish or take back each pending move (see the module's
-        docstring), saving after each. Returns how many there were."""
+    def recover(self, *, sink: ArchiveSink, prefix: str, keys: Sequence[str], count_present: CountPresent,
+                settle: Callable[[Checkpoint], None] | None = None) -> int:
+        """Load the checkpoint, let `settle` bring an interrupted partition retirement to a state
+        the rule below can judge (archiver/partitions.py: a leaf detached or still attached), then
+        finish or take back each pending move (see the module's docstring), saving after each.
+        Returns how many there were."""
         self.cp = self._load(sink, prefix)
+        if settle is not None and self.cp.retiring:
+            settle(self.cp)
         if not self.cp.pending:
             if self.cp.position and not self.delete_after_archive:
                 log.info("Resuming from checkpoint: %s after position %s", self.name, self.cp.position, extra=self.ctx)
@@ -109,7 +114,7 @@ class MoveLedger:
             manifest = Manifest(**{k: v for k, v in entry.items() if k in Manifest.__dataclass_fields__})
             log.info("Resuming from checkpoint: %s position %s, interrupted batch %s", self.name,
                      self.cp.position or "start", manifest.key, extra=self.ctx)
-            self._finish_interrupted(manifest, sink=sink, primary_key=primary_key, count_present=count_present)
+            self._finish_interrupted(manifest, sink=sink, keys=keys, count_present=count_present)
             self.cp.pending.remove(entry)
             if not self.delete_after_archive:
                 self.cp.position = entry.get("position_after") or {"ts": manifest.max_ts, "pk": manifest.max_pk}
@@ -137,7 +142,7 @@ class MoveLedger:
                     found.setdefault(layout.data_key(info.key), asdict(Manifest.from_bytes(store.get(info.key), key=info.key)))
         return list(found.values())
 
-    def _finish_interrupted(self, m: Manifest, *, sink: ArchiveSink, primary_key: str,
+    def _finish_interrupted(self, m: Manifest, *, sink: ArchiveSink, keys: Sequence[str],
                             count_present: CountPresent) -> None:
         for store in _stores(sink):
             if store.head(m.key) is None:
@@ -149,7 +154,7 @@ class MoveLedger:
                 log.warning("interrupted upload %s is incomplete (%s); removed, its rows stay in the table", m.key, exc, extra=self.ctx)
                 sink.remove(m.key, store.location)
                 continue
-            if self.delete_after_archive and (present := _rows_present(data, m, primary_key, count_present)):
+            if self.delete_after_archive and (present := _rows_present(data, m, keys, count_present)):
                 sink.withdraw(m.key, store.location)
                 log.info("interrupted move of %s taken back: %d of its %d rows are still in the table and will be archived again",
                          m.key, present, m.rows, extra=self.ctx)
@@ -167,7 +172,7 @@ def _stores(sink: ArchiveSink) -> list[Storage]:
     return [s for s in (sink.primary, sink.fallback) if s is not None]
 
 
-def _rows_present(data: bytes, m: Manifest, primary_key: str, count_present: CountPresent) -> int:
+def _rows_present(data: bytes, m: Manifest, keys: Sequence[str], count_present: CountPresent) -> int:
     """How many of a stored batch's rows are still in the table. Our delete of a batch is one
     transaction, so it is all or none; some gone means the application deleted them since."""
-    return count_present(batch_writer.decode(data, fmt=m.format, columns=[primary_key])[0])
+    return count_present(batch_writer.decode(data, fmt=m.format, columns=list(keys))[0])

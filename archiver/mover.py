@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
-from archiver.encoding import Encoded, typed_column
+from archiver.encoding import Encoded, key_lists, typed_column
 from archiver.selection import Selection
 from common.errors import ArchiverError
 
@@ -27,7 +27,7 @@ class RowMover:
 
     def delete_batch(self, enc: Encoded) -> int:
         """Delete the rows of one batch by their keys; how many went."""
-        return self._delete(self.sel.delete_query(enc.pks.to_pylist(), enc.xmins))
+        return self._delete(self.sel.delete_query(key_lists(enc.keys), enc.xmins))
 
     def delete_group(self, group: Sequence[Encoded]) -> int:
         """Delete the rows of several batches of ONE read window in one statement: by key range
@@ -35,13 +35,13 @@ class RowMover:
         xmins = pa.chunked_array([enc.xmins for enc in group])
         if self.sel.range_delete_ok:
             return self._delete(self.sel.range_delete_query(group[0].lo, group[-1].hi, xmins))
-        return self._delete(self.sel.delete_query([k for enc in group for k in enc.pks.to_pylist()], xmins))
+        return self._delete(self.sel.delete_query(key_lists(pa.concat_tables([enc.keys for enc in group])), xmins))
 
     def count_present(self, keys: pa.Table) -> int:
-        """How many of these keys (a column of an archive object) are in the table."""
+        """How many of these keys (the key columns of an archive object) are in the table."""
         # typed: JSONL keeps keys as text
-        pks = typed_column(keys, self.sel.table.primary_key, self.sel).to_pylist()
-        row = self.conn.execute(self.sel.present_query(pks).as_bytes(self.conn), prepare=False).fetchone()
+        lists = [typed_column(keys, k, self.sel).to_pylist() for k in self.sel.keys]
+        row = self.conn.execute(self.sel.present_query(lists).as_bytes(self.conn), prepare=False).fetchone()
         self.conn.commit()
         return int(row[0]) if row else 0
 

@@ -121,7 +121,9 @@ def _emit_days(table: pa.Table, cut: _Cut, *, whole: bool) -> tuple[list[Batch],
 
 
 def _key(table: pa.Table, row: int, sel: Selection) -> tuple[Any, Any]:
-    return (table.column(sel.table.timestamp_column)[row].as_py(), table.column(sel.table.primary_key)[row].as_py())
+    """A row's (timestamp, key): the key's value, or a tuple of a composite key's values."""
+    values = tuple(table.column(k)[row].as_py() for k in sel.keys)
+    return (table.column(sel.table.timestamp_column)[row].as_py(), values if sel.composite else values[0])
 
 
 def _emit_keys(table: pa.Table, cut: _Cut, *, whole: bool) -> list[Batch]:

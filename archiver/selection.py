@@ -13,23 +13,45 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from archiver.references import Reference
+from common.db import qualified
 from common.expiry import ExpiredRows
 from common.pgtypes import read_natively
 
-#: A read or delete bound: (timestamp, pk) of a row, or (a day's start, None).
+#: A read or delete bound: (timestamp, key) of a row, or (a day's start, None). The key is the
+#: value of a one-column key, or a tuple (list, after JSON) of a composite key's values in order.
 Bound = tuple[Any, Any]
+#: Rows' keys as one list of values per key column (archiver/encoding.py key_lists).
+KeyLists = list[list[Any]]
+_INTEGERS = ("int2", "int4", "int8")
 
 @dataclass(frozen=True)
 class Selection(ExpiredRows):
     """The archiver's statements over a table's expired rows: keyset export, range and key deletes."""
 
-    pk_type: str
+    #: The key columns, in keyset order (archiver/table_check.py resolve_key).
+    keys: tuple[str, ...]
     #: Foreign keys (NO ACTION / RESTRICT) whose referenced rows stay in the table.
     references: tuple[Reference, ...] = field(default=())
+    #: Read one leaf partition (schema, name) instead of the table: a partition retired whole
+    #: (archiver/partitions.py). Objects keep the table's name either way.
+    source: tuple[str, str] | None = None
 
     @property
-    def pk(self) -> sql.Identifier:
-        return sql.Identifier(self.table.primary_key)
+    def relation(self) -> sql.Composed:
+        return qualified(*self.source) if self.source else super().relation
+
+    @property
+    def pk(self) -> sql.Composable:
+        """The key columns, comma-separated (inside a row value)."""
+        return sql.SQL(", ").join(sql.Identifier(k) for k in self.keys)
+
+    @property
+    def composite(self) -> bool:
+        return len(self.keys) > 1
+
+    def key_values(self, key: Any) -> list[Any]:
+        """A bound's key as one value per key column."""
+        return list(key) if self.composite else [key]
 
     def predicate(self, *, literal: bool = False) -> tuple[sql.Composable, dict[str, Any]]:
         """The expiry predicate, and no row a foreign key still references. Every statement over
@@ -73,10 +95,17 @@ class Selection(ExpiredRows):
         return query, native
 
     def _literals(self, bound: Bound) -> tuple[sql.Composable, sql.Composable | None]:
+        """The bound's timestamp, and its key values comma-separated (None for a day's start)."""
         ts = sql.SQL("{}::{}").format(sql.Literal(bound[0]), sql.SQL(self.ts_type))  # type: ignore[arg-type]
         if bound[1] is None:
             return ts, None
-        return ts, sql.SQL("{}::{}").format(sql.Literal(bound[1]), sql.SQL(self.pk_type))  # type: ignore[arg-type]
+        values = [sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(self.key_type(k)))  # type: ignore[arg-type]
+                  for k, v in zip(self.keys, self.key_values(bound[1]), strict=True)]
+        return ts, sql.SQL(", ").join(values)
+
+    def key_type(self, column: str) -> str:
+        """format_type() of a key column, from the catalog (not user input)."""
+        return self.schema.column(column).pg_type
 
     def day_start(self, day: date) -> Any:
         """Midnight UTC of a day, as a value of the timestamp column's type."""
@@ -124,7 +153,7 @@ class Selection(ExpiredRows):
         parts += [self._xmin_check(xmins), pred]
         return sql.SQL("DELETE FROM {rel} WHERE {cond}").format(rel=self.relation, cond=sql.SQL(" AND ").join(parts))
 
-    def delete_query(self, pks: list[Any], xmins: pa.Array | pa.ChunkedArray | None) -> sql.Composed:
+    def delete_query(self, keys: KeyLists, xmins: pa.Array | pa.ChunkedArray | None) -> sql.Composed:
         """Delete exactly the exported rows that still match the predicate and, on the normal path,
         are still the row versions that were exported: a row updated after export has a new xmin,
         that of a transaction that committed after the export's snapshot, which therefore cannot
@@ -133,11 +162,12 @@ class Selection(ExpiredRows):
 
         The keys go in as literals, not parameters: PostgreSQL hashes `= ANY` over a constant array
         (14+), and for integer keys the added range lets it walk one index range (measured on 5,000
-        rows: 13-17 ms, vs 22-29 ms for a (pk, xmin) unnest join and 35+ ms for a generic plan)."""
+        rows: 13-17 ms, vs 22-29 ms for a (pk, xmin) unnest join and 35+ ms for a generic plan).
+        A composite key matches its row values against the unnest of one array per column."""
         pred, _ = self.predicate(literal=True)  # no parameters: a '%' in a key must stay a '%'
-        parts: list[sql.Composable] = [self._any_key(pks)]
-        if self.integer_pk and pks:
-            parts.append(sql.SQL("{pk} BETWEEN {lo} AND {hi}").format(pk=self.pk, lo=sql.Literal(min(pks)), hi=sql.Literal(max(pks))))
+        parts: list[sql.Composable] = [self._key_match(keys)]
+        if self.integer_pk and keys[0]:
+            parts.append(sql.SQL("{pk} BETWEEN {lo} AND {hi}").format(pk=self.pk, lo=sql.Literal(min(keys[0])), hi=sql.Literal(max(keys[0]))))
         if xmins is not None:
             parts.append(self._xmin_check(xmins))
         parts.append(pred)
@@ -149,22 +179,30 @@ class Selection(ExpiredRows):
         distinct = sorted(pc.unique(xmins).to_pylist())
         return sql.SQL("xmin = ANY({}::text[]::xid[])").format(sql.Literal("{" + ",".join(map(str, distinct)) + "}"))
 
-    def _any_key(self, pks: list[Any]) -> sql.Composable:
-        if self.integer_pk:
+    def _array(self, column: str, values: list[Any]) -> sql.Composable:
+        """One key column's values as a typed array literal."""
+        if self.schema.column(column).typname in _INTEGERS:
             # digits only: the array literal is built directly (psycopg's per-element quoting of a
             # 50,000-key list costs more than the DELETE itself)
-            keys: sql.Composable = sql.Literal("{" + ",".join(map(str, pks)) + "}")
+            keys: sql.Composable = sql.Literal("{" + ",".join(map(str, values)) + "}")
         else:
-            keys = sql.Literal(pks)
-        return sql.SQL("{pk} = ANY({keys}::{pkt}[])").format(pk=self.pk, keys=keys, pkt=sql.SQL(self.pk_type))  # type: ignore[arg-type]
+            keys = sql.Literal(values)
+        return sql.SQL("{}::{}[]").format(keys, sql.SQL(self.key_type(column)))  # type: ignore[arg-type]
 
-    def present_query(self, pks: list[Any]) -> sql.Composed:
+    def _key_match(self, keys: KeyLists) -> sql.Composable:
+        if not self.composite:
+            return sql.SQL("{pk} = ANY({keys})").format(pk=self.pk, keys=self._array(self.keys[0], keys[0]))
+        arrays = sql.SQL(", ").join(self._array(k, v) for k, v in zip(self.keys, keys, strict=True))
+        return sql.SQL("({pk}) IN (SELECT * FROM unnest({arrays}))").format(pk=self.pk, arrays=arrays)
+
+    def present_query(self, keys: KeyLists) -> sql.Composed:
         """How many of these keys are in the table (a resumed batch: archiver/ledger.py)."""
-        return sql.SQL("SELECT count(*) FROM {rel} WHERE {keys}").format(rel=self.relation, keys=self._any_key(pks))
+        return sql.SQL("SELECT count(*) FROM {rel} WHERE {keys}").format(rel=self.relation, keys=self._key_match(keys))
 
     @property
     def integer_pk(self) -> bool:
-        return self.schema.column(self.table.primary_key).typname in ("int2", "int4", "int8")
+        """A one-column integer key: deletes add a BETWEEN that walks one index range."""
+        return not self.composite and self.schema.column(self.keys[0]).typname in _INTEGERS
 
 
 def utc_day(value: Any) -> date:

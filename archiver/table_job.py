@@ -7,16 +7,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
 
-from archiver import reader
+from archiver import partitions, reader
 from archiver.arrow_source import ArrowSource
-from archiver.checkpoint import CheckpointStore
+from archiver.checkpoint import Checkpoint, CheckpointStore
 from archiver.controls import RunControls
 from archiver.encoding import Encoded, encode_batch
 from archiver.hooks import Hook, no_hook
@@ -26,6 +26,7 @@ from archiver.ops.events import Observer, TableResult
 from archiver.pipeline import BatchPipeline, Stored
 from archiver.reader import Batch, batches
 from archiver.references import blocking_references, kept_message
+from archiver.retire import Retirer
 from archiver.selection import Selection
 from archiver.sink import ArchiveSink, FallbackFull
 from archiver.table_check import inspect_table
@@ -61,23 +62,51 @@ class TableJob:
     # -- entry -------------------------------------------------------------------------------
     def run(self) -> TableResult:
         started = time.monotonic()
-        oid, schema, pk_type = inspect_table(self.conn, self.t)
+        oid, schema, keys = inspect_table(self.conn, self.t)
         # Before anything is exported: a CASCADE / SET NULL / SET DEFAULT reference refuses the table.
         refs = blocking_references(self.conn, oid, self.result.name, deletes=self.opts.delete_after_archive)
         self.conn.commit()
         self._apply_table_settings()
-        self.sel = Selection(self.t, schema, cutoff_for(self.opts.retention_days, self.now), pk_type, refs)
+        self.sel = Selection(self.t, schema, cutoff_for(self.opts.retention_days, self.now), keys, refs)
         self.mover = RowMover(self.conn, self.sel, log_extra=self.ctx)
         with self._locked(oid):
             try:
                 self.result.resumed += self.ledger.recover(sink=self.sink, prefix=self.cfg.s3.prefix,
-                                                           primary_key=self.t.primary_key,
-                                                           count_present=self.mover.count_present)
+                                                           keys=keys,
+                                                           count_present=self.mover.count_present,
+                                                           settle=self._settle)
+                self._finish_settled()
+                self._retire_partitions(oid)
                 self._archive()
                 self._count_kept()
             finally:
                 self.result.seconds = time.monotonic() - started
         return self.result
+
+    # -- whole partitions (archiver/partitions.py, archiver/retire.py) -------------------------
+    def _settle(self, cp: Checkpoint) -> None:
+        self._settled = partitions.settle(self.conn, self.sel, cp, ctx=self.ctx)
+
+    def _finish_settled(self) -> None:
+        """A leaf a crash left detached: its batches are finished now; drop it (or report it)."""
+        r, self._settled = getattr(self, "_settled", None), None
+        if r is not None:
+            partitions.finish_detached(self.conn, self.sel, r, mode=self.opts.expired_partitions, ctx=self.ctx, hook=self.hook)
+            self.ledger.save()
+
+    def _retire_partitions(self, oid: int) -> None:
+        mode = self.opts.expired_partitions
+        if mode == "keep" or not self.opts.delete_after_archive:
+            return
+        whole = partitions.retirable(self.conn, self.sel, oid)
+        self.conn.commit()
+        retirer = Retirer(conn=self.conn, sel=self.sel, oid=oid, ledger=self.ledger, sink=self.sink, hook=self.hook,
+                          mode=mode, ctx=self.ctx, read=self._read, encode=self._encode_with, pipeline=self._pipeline,
+                          done=self._done, stopping=lambda: self.controls.stopping)
+        for leaf in whole:
+            if self.controls.stopping:
+                break
+            retirer.retire(leaf)
 
     def _count_kept(self) -> None:
         """Expired rows that a foreign key still references stayed in the table: one count per
@@ -146,15 +175,17 @@ class TableJob:
         if self.result.status == "pending":
             self.result.status = "stopped" if self.controls.stopping else "completed"
 
-    def _pipeline(self) -> BatchPipeline:
+    def _read(self, sel: Selection, stop: threading.Event, start_after: Any = None) -> Iterable[Batch]:
+        return batches(self.source, sel, batch_size=self.opts.batch_size,
+                       all_text=self.opts.format == "jsonl", start_after=start_after, stop=stop)
+
+    def _pipeline(self, *, read: Callable[[threading.Event], Iterable[Batch]] | None = None,
+                  encode: Callable[[Batch], Encoded] | None = None,
+                  begin: Callable[[Sequence[Encoded]], None] | None = None) -> BatchPipeline:
         start_after = self.ledger.start_after
-
-        def read(stop: threading.Event) -> Iterable[Batch]:
-            return batches(self.source, self.sel, batch_size=self.opts.batch_size,
-                           all_text=self.opts.format == "jsonl", start_after=start_after, stop=stop)
-
         return BatchPipeline(
-            read=read, encode=self._encode, upload=self.sink.put, begin=self._begin,
+            read=read or (lambda stop: self._read(self.sel, stop, start_after)), encode=encode or self._encode,
+            upload=self.sink.put, begin=begin or self._begin,
             call_off=lambda enc: self.ledger.call_off(enc.manifest), upload_failed=self._upload_failed,
             controls=self.controls, hook=self.hook, uploads=self.cfg.s3.max_concurrency,
             window_rows=max(self.opts.batch_size, reader.WINDOW_ROWS),
@@ -162,7 +193,10 @@ class TableJob:
             group_max=1 if self.opts.sleep_seconds else GROUP_MAX, name=self.t.name)
 
     def _encode(self, batch: Batch) -> Encoded:
-        return encode_batch(batch, sel=self.sel, prefix=self.cfg.s3.prefix, database=self.db.name, opts=self.opts)
+        return self._encode_with(batch, self.sel)
+
+    def _encode_with(self, batch: Batch, sel: Selection) -> Encoded:
+        return encode_batch(batch, sel=sel, prefix=self.cfg.s3.prefix, database=self.db.name, opts=self.opts)
 
     def _begin(self, new: Sequence[Encoded]) -> None:
         """Before their uploads start: the batches are pending in the checkpoint."""

@@ -44,7 +44,7 @@ class TableRef:
     schema: str
     table: str
     timestamp_column: str | None = None
-    primary_key: str | None = None
+    primary_key: tuple[str, ...] | None = None  # the configured key columns, None when not configured
     retention_days: int | None = None
     unconfigured: str | None = None  # the config error, when the table is not (or no longer) configured
 
@@ -155,7 +155,7 @@ def resolve_table(cfg: Config, database: str, table: str, schema: str | None = N
         except ConfigError as exc:  # always: the rule found no such table; this is its message
             return TableRef(database, schema or "public", table, unconfigured=str(exc))
     t = next(t for t in db.tables if (t.schema_, t.name) == found[0])
-    return TableRef(database, t.schema_, t.name, t.timestamp_column, t.primary_key, cfg.options(t).retention_days)
+    return TableRef(database, t.schema_, t.name, t.timestamp_column, t.key_columns, cfg.options(t).retention_days)
 
 
 class Catalog:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from common.errors import ConfigError
 
 Format = Literal["parquet", "jsonl"]
+ExpiredPartitions = Literal["keep", "detach", "drop"]
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -59,6 +60,10 @@ class TableOptions(_Strict):
     lock_timeout: str | None = None
     max_runtime_minutes: float | None = Field(default=None, gt=0)
     max_replica_lag_seconds: float | None = Field(default=None, gt=0)
+    #: What happens to a leaf partition whose whole range lies before the cutoff (issue 15):
+    #: keep = its rows are deleted row by row like any other; detach / drop = archived in full,
+    #: then detached (and dropped) instead of deleted (archiver/partitions.py).
+    expired_partitions: ExpiredPartitions | None = None
 
 
 class Defaults(TableOptions):
@@ -71,6 +76,7 @@ class Defaults(TableOptions):
     sleep_seconds: float | None = Field(default=0, ge=0)
     statement_timeout: str | None = "5min"
     lock_timeout: str | None = "5s"
+    expired_partitions: ExpiredPartitions | None = "keep"
     application_name: str = "pg-archiver"
     #: Tables of different databases run in parallel up to this many (issue 3; 1 = predictable).
     max_workers: int = Field(default=1, gt=0)
@@ -80,8 +86,23 @@ class TableConfig(TableOptions):
     name: str
     schema_: str = Field(default="public", alias="schema")
     timestamp_column: str = "created_at"
-    primary_key: str = "id"
+    #: A column or a list of columns; omitted: the table's own primary key, whatever its width.
+    #: A table without one may name the columns of a unique index whose columns are all NOT NULL.
+    primary_key: str | list[str] | None = None
     where: str | None = None
+
+    @model_validator(mode="after")
+    def _key_columns_distinct(self) -> TableConfig:
+        if isinstance(self.primary_key, list) and (not self.primary_key or len(set(self.primary_key)) != len(self.primary_key)):
+            raise ValueError("primary_key: a list of distinct column names, at least one")
+        return self
+
+    @property
+    def key_columns(self) -> tuple[str, ...] | None:
+        """The configured key columns, None when omitted (the table's primary key then)."""
+        if self.primary_key is None:
+            return None
+        return (self.primary_key,) if isinstance(self.primary_key, str) else tuple(self.primary_key)
 
 
 class DatabaseConfig(_Strict):
@@ -212,6 +233,7 @@ class ResolvedOptions(BaseModel):
     lock_timeout: str | None
     max_runtime_minutes: float | None
     max_replica_lag_seconds: float | None
+    expired_partitions: ExpiredPartitions
     application_name: str
 
 

@@ -190,3 +190,19 @@ def primary_key_columns(conn: psycopg.Connection[Any], oid: int) -> list[str]:
 
 def qualified(schema: str, table: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+
+
+def unique_keys(conn: psycopg.Connection[Any], oid: int) -> list[tuple[list[str], bool, bool]]:
+    """The table's primary key and unique indexes that can identify a row: (columns in index order,
+    is the primary key, all columns NOT NULL). Partial and expression indexes identify nothing and
+    are left out; a partitioned table's own (partitioned) indexes count."""
+    rows = conn.execute(
+        "SELECT i.indisprimary, array_agg(a.attname ORDER BY k.ord), bool_and(a.attnotnull)"
+        " FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+        " WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL"
+        " AND k.ord <= i.indnkeyatts"  # INCLUDE columns identify nothing
+        " GROUP BY i.indexrelid, i.indisprimary ORDER BY NOT i.indisprimary, i.indexrelid",
+        (oid,),
+    ).fetchall()
+    return [(list(cols), bool(primary), bool(notnull)) for primary, cols, notnull in rows]

@@ -23,7 +23,9 @@ class Manifest:
     database: str
     schema: str
     table: str
-    primary_key: str
+    #: The key's column, or the list of a composite key's columns (issue 15); then min_pk and
+    #: max_pk are lists too: the lexicographically first and last key of the object's rows.
+    primary_key: str | list[str]
     timestamp_column: str
     min_pk: Any
     max_pk: Any
@@ -38,6 +40,19 @@ class Manifest:
     source_bytes: int = 0
     columns: list[dict[str, Any]] = field(default_factory=list)
     manifest_version: int = MANIFEST_VERSION
+
+    #: The leaf partition the rows were retired with, {"name", "schema", "bound"} (issue 15;
+    #: archiver/partitions.py): restore recreates it from the bound when it is gone.
+    partition: dict[str, Any] | None = None
+
+    @property
+    def key_columns(self) -> list[str]:
+        """The key's columns, from either shape of primary_key."""
+        return [self.primary_key] if isinstance(self.primary_key, str) else list(self.primary_key)
+
+    def key_of(self, values: Any) -> tuple[Any, ...]:
+        """min_pk / max_pk as a tuple of column values, from either shape."""
+        return tuple(values) if isinstance(self.primary_key, list) else (values,)
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True, default=str).encode()

@@ -82,8 +82,9 @@ def run(opts: QueryOptions, *, env: Environment | None = None, s3_client: Any | 
 def _query(opts: QueryOptions, ref: TableRef, work: Plan) -> Query:
     first = next((o.manifest for o in [*(o for g in work.groups for o in g.objects), *work.unreadable] if o.manifest), None)
     ts = first.timestamp_column if first else (ref.timestamp_column or "")
-    key = first.primary_key if first else (ref.primary_key or "")
-    return Query(where=opts.where, columns=opts.columns, timestamp_column=ts, key_columns=(key,) if key else ())
+    # a composite key orders by all its columns (Manifest.key_columns reads either shape)
+    keys = tuple(first.key_columns) if first else (ref.primary_key or ())
+    return Query(where=opts.where, columns=opts.columns, timestamp_column=ts, key_columns=keys)
 
 
 def _loaded(engine: Engine, catalog: Catalog, work: Plan) -> Iterator[tuple[int, list[pa.Table]]]:

@@ -247,7 +247,7 @@ class _Job:
         archived = newest.archived_schema
         if archived is None or newest.manifest is None:
             raise ArchiverError(f"{newest.key}: its manifest carries no schema to create {schema}.{table} from")
-        live = create_table(self.conn, schema, table, archived, [newest.manifest.primary_key])
+        live = create_table(self.conn, schema, table, archived, newest.manifest.key_columns)
         self.report.created_target = True
         log.info("created %s.%s from the archived schema of %s", schema, table, newest.key)
         if not self.single_tx:

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from common.db import find_table_oid, primary_key_columns, qualified, table_schema, table_unlock, try_table_lock
+from common.db import find_table_oid, primary_key_columns, qualified, table_schema, table_unlock, try_table_lock, unique_keys
 from common.errors import ArchiverError, DataIntegrityError, UsageError
 from common.pgtypes import TableSchema
 
@@ -53,8 +53,14 @@ def find_table(conn: psycopg.Connection[Any], schema: str, table: str) -> LiveTa
     if oid is None:
         return None
     rls = conn.execute("SELECT row_security_active(%s::oid::regclass)", (oid,)).fetchone()
-    return LiveTable(schema, table, oid, table_schema(conn, oid), primary_key_columns(conn, oid),
+    return LiveTable(schema, table, oid, table_schema(conn, oid), _conflict_key(conn, oid),
                      copy_ok=not (rls and rls[0]))
+
+
+def _conflict_key(conn: psycopg.Connection[Any], oid: int) -> list[str]:
+    """The columns that tell a restored row from a live one: the primary key (any width), or for a
+    table without one a unique index whose columns are all NOT NULL, as the archiver accepts."""
+    return primary_key_columns(conn, oid) or next((cols for cols, _, notnull in unique_keys(conn, oid) if notnull), [])
 
 
 def require_table(conn: psycopg.Connection[Any], schema: str, table: str) -> LiveTable:
@@ -62,7 +68,7 @@ def require_table(conn: psycopg.Connection[Any], schema: str, table: str) -> Liv
     if live is None:
         raise UsageError(f"table {schema}.{table} does not exist (use --target-table to restore into a new table)")
     if not live.primary_key:
-        raise UsageError(f"table {schema}.{table} has no primary key; restore needs one to detect conflicts")
+        raise UsageError(f"table {schema}.{table} has no primary key (nor a unique index whose columns are all NOT NULL); restore needs one to detect conflicts")
     return live
 
 

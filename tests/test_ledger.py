@@ -76,7 +76,7 @@ class World:
         return len(self.in_table & set(keys.column(0).to_pylist()))
 
     def recover(self, ledger: MoveLedger) -> int:
-        return ledger.recover(sink=self.sink, prefix="", primary_key="id", count_present=self.count_present)
+        return ledger.recover(sink=self.sink, prefix="", keys=("id",), count_present=self.count_present)
 
     def saved(self) -> Checkpoint:
         cp = self.checkpoints.load(DB, SCHEMA, TABLE)

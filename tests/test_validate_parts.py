@@ -121,7 +121,7 @@ def test_pairing_streams_without_holding_the_listing() -> None:
 
 # -- overlaps ----------------------------------------------------------------------------------
 def span(key: str, lo: Any, hi: Any, rows: int = 3) -> Span:
-    return Span("db", "public.t", key, lo, hi, rows, key, "id")
+    return Span("db", "public.t", key, lo, hi, rows, key, ("id",))
 
 
 def test_only_objects_whose_ranges_chain_are_grouped() -> None:

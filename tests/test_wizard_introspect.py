@@ -70,9 +70,22 @@ def test_primary_key_is_read_from_the_catalog(pg: psycopg.Connection[Any], ddl: 
     assert _details(pg).primary_key == key
 
 
+@pytest.mark.parametrize("ddl, key", [
+    ("CREATE TABLE t (a int, b int, created_at timestamptz, PRIMARY KEY (b, a))", ("b", "a")),
+    ("CREATE TABLE t (id int UNIQUE NOT NULL, created_at timestamptz)", ("id",)),
+    ("CREATE TABLE t (a int NOT NULL, b int NOT NULL, created_at timestamptz, UNIQUE (a, b))", ("a", "b")),
+])
+def test_a_composite_key_or_a_not_null_unique_index_is_offered(pg: psycopg.Connection[Any], ddl: str,
+                                                               key: tuple[str, ...]) -> None:
+    pg.execute(ddl)
+    d = _details(pg)
+    assert d.refusal() is None and d.key == key
+    assert d.key_problem(tuple(reversed(key))) is None  # any order: the given order is the keyset order
+    assert "neither the primary key nor a usable unique index" in (d.key_problem(("created_at",)) or "")
+
+
 @pytest.mark.parametrize("ddl, reason", [
-    ("CREATE TABLE t (id int UNIQUE NOT NULL, created_at timestamptz)", "has no primary key"),
-    ("CREATE TABLE t (a int, b int, created_at timestamptz, PRIMARY KEY (a, b))", "composite primary key (a, b)"),
+    ("CREATE TABLE t (id int UNIQUE, created_at timestamptz)", "has no primary key"),
     ("CREATE TABLE t (id int PRIMARY KEY, created text, n int)", "no timestamp, timestamptz or date column"),
 ])
 def test_tables_the_archiver_cannot_take_are_refused(pg: psycopg.Connection[Any], ddl: str, reason: str) -> None:

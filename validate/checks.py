@@ -23,6 +23,7 @@ from validate.dbcheck import LiveRows
 from validate.inventory import Entry, Scope, build_scope, pair_listing
 from validate.leftovers import incomplete_uploads, pending_fallback
 from validate.objects import Checked, ObjectChecker, is_not_found
+from validate.keys import key_array
 from validate.overlap import OverlapFinder, Span, shared_keys
 from validate.report import Report
 
@@ -148,8 +149,8 @@ class _KeyFetcher:
             if is_not_found(exc):  # deleted since it was checked: nothing left to overlap
                 return pa.chunked_array([], pa.int64())
             raise
-        table = batch_writer.decode(data, fmt=batch_writer.format_of(span.key), columns=[span.pk])[0]
-        return table.column(span.pk)
+        table = batch_writer.decode(data, fmt=batch_writer.format_of(span.key), columns=list(span.pk))[0]
+        return key_array(table, span.pk)
 
 
 def _s3_refused(exc: ClientError, bucket: str) -> Exception:

@@ -96,25 +96,34 @@ class LiveRows:
     def lookup(self, database: str | None, schema: str, table: str) -> LiveTable | None:
         return self.tables.get((database or "", schema, table))
 
-    def present(self, live: LiveTable, *, pk: str, keys: Callable[[], list[Any]],
+    def present(self, live: LiveTable, *, pk: list[str], keys: Callable[[], list[list[Any]]],
                 bounds: tuple[Any, Any] | None) -> Presence | None:
         """How many of the object's keys are still in the table (and the first few); None when the
-        table has no such column. With `bounds` (the pk range, in PostgreSQL's order) one index probe
-        of the range answers the usual case, an empty range, without sending the keys at all."""
-        pk_type = live.pk_types.get(pk)
-        if pk_type is None:
+        table lacks a key column. `keys` gives one list of values per key column. With `bounds`
+        (a one-column pk range, in PostgreSQL's order) one index probe of the range answers the
+        usual case, an empty range, without sending the keys at all."""
+        types = [live.pk_types.get(c) for c in pk]
+        if not pk or any(t is None for t in types):
             return None
-        col, rel = sql.Identifier(pk), qualified(live.schema, live.table)
-        typ = sql.SQL(pk_type)  # format_type() output from the catalog, not user input
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in pk)
+        rel = qualified(live.schema, live.table)
+        # format_type() output from the catalog, not user input
+        arrays = [sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types]  # type: ignore[arg-type]
+        if len(pk) == 1:
+            shown: sql.Composable = sql.Identifier(pk[0])
+            match = sql.SQL("{} = ANY({})").format(shown, arrays[0])
+        else:
+            shown = sql.SQL("({})").format(cols)
+            match = sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(cols, sql.SQL(", ").join(arrays))
         with live.pool.connection() as conn:
-            if bounds is not None:
+            if bounds is not None and len(pk) == 1:
                 probe = sql.SQL("SELECT EXISTS (SELECT 1 FROM {rel} WHERE {col} BETWEEN %s::{typ} AND %s::{typ})").format(
-                    rel=rel, col=col, typ=typ)
+                    rel=rel, col=sql.Identifier(pk[0]), typ=sql.SQL(types[0]))  # type: ignore[arg-type]
                 row = conn.execute(probe, bounds).fetchone()
                 if row is not None and not row[0]:
                     return Presence(0, [])
-            query = sql.SQL("SELECT count(*), (array_agg({col}::text ORDER BY {col}))[1:3] FROM {rel} "
-                            "WHERE {col} = ANY(%s::{typ}[])").format(col=col, rel=rel, typ=typ)
-            row = conn.execute(query, (keys(),)).fetchone()
+            query = sql.SQL("SELECT count(*), (array_agg({shown}::text ORDER BY {cols}))[1:3] FROM {rel} "
+                            "WHERE {match}").format(shown=shown, cols=cols, rel=rel, match=match)
+            row = conn.execute(query, keys()).fetchone()
         assert row is not None
         return Presence(int(row[0]), list(row[1] or []))

@@ -21,6 +21,7 @@ from common.pgtypes import EPOCH_ORDINAL, utc_days
 from common.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
 from validate.inventory import Entry
+from validate.keys import decode_columns, key_array, key_label
 from validate.report import Problem, problem
 
 log = logging.getLogger("validate")
@@ -149,16 +150,16 @@ class ObjectChecker:
             out.add("row_count_mismatch", f"object holds {table.num_rows} rows, its manifest says {m.rows}")
         if day is not None:
             self._partition(table.column(m.timestamp_column), day, out)
-        keys = table.column(m.primary_key)
-        out.interval = _typed_interval(keys)
-        self._still_live(m, keys, out)
+        out.interval = _typed_interval(key_array(table, m.key_columns))
+        self._still_live(m, table, out)
 
     @staticmethod
     def _decode(key: str, data: bytes, m: Manifest, out: Checked) -> pa.Table | None:
         fmt = _archive_format(key) or m.format
         try:
-            table = batch_writer.decode(data, fmt=fmt, columns=[m.primary_key, m.timestamp_column])[0]
-            for col in (m.primary_key, m.timestamp_column):
+            columns = decode_columns(m.key_columns, m.timestamp_column)
+            table = batch_writer.decode(data, fmt=fmt, columns=columns)[0]
+            for col in columns:
                 table.column(col)
             return table
         # Untrusted bytes through pyarrow/zstd/json: whatever fails to parse makes the file unreadable.
@@ -179,17 +180,17 @@ class ObjectChecker:
             lo, hi = (_ordinal_text(int(days.min())), _ordinal_text(int(days.max())))
             out.add("partition_mismatch", f"{outside} rows have timestamps outside the key's day (rows span {lo}..{hi})")
 
-    def _still_live(self, m: Manifest, keys: pa.ChunkedArray, out: Checked) -> None:
+    def _still_live(self, m: Manifest, table: pa.Table, out: Checked) -> None:
         if self.live is None:
             return
         live = self.live.lookup(out.database, m.schema, m.table)
         if live is None:
             return
-        found = self.live.present(live, pk=m.primary_key, keys=keys.to_pylist,
+        found = self.live.present(live, pk=m.key_columns, keys=lambda: [table.column(c).to_pylist() for c in m.key_columns],
                                   bounds=_bounds(m, out.interval))
         if found is not None and found.count:
             out.add("rows_still_in_database", f"{found.count} of its {m.rows} archived rows are still in the table "
-                    f"({m.primary_key} {', '.join(found.sample)}{', …' if found.count > len(found.sample) else ''})")
+                    f"({key_label(m.key_columns)} {', '.join(found.sample)}{', …' if found.count > len(found.sample) else ''})")
 
 
 def stored_sha256(store: Storage, key: str) -> str | None:
@@ -215,6 +216,8 @@ def _archive_format(key: str) -> str | None:
 
 
 def _pk_column(m: Manifest) -> dict[str, Any]:
+    if len(m.key_columns) != 1:  # a composite key has no one-column range to probe
+        return {}
     return next((c for c in m.columns if c.get("name") == m.primary_key), {})
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from validate.keys import key_label
 from validate.objects import Checked
 from validate.report import Problem, problem
 
@@ -30,7 +31,7 @@ class Span:
     hi: Any
     rows: int
     sha256: str
-    pk: str
+    pk: tuple[str, ...]  # the key's columns (validate/keys.py)
 
 
 class OverlapFinder:
@@ -46,7 +47,7 @@ class OverlapFinder:
             return
         lo, hi = c.interval if c.interval is not None else (None, None)
         self.spans.setdefault((c.database, c.table), []).append(
-            Span(c.database, c.table, c.key, lo, hi, m.rows, m.sha256, m.primary_key))
+            Span(c.database, c.table, c.key, lo, hi, m.rows, m.sha256, tuple(m.key_columns)))
 
     def identical(self) -> Iterator[Problem]:
         """Byte-identical copies of one object under two keys (needs no download: same sha256)."""
@@ -105,7 +106,7 @@ def shared_keys(group: list[Span], keys_of: Callable[[Span], pa.Array | pa.Chunk
         for pair in zip(objs, objs[1:]):
             pairs[pair] += 1
             example.setdefault(pair, pk)
-    return [_overlap(group[j], group[i], f"shares {n} primary keys (e.g. {group[j].pk}={example[(i, j)]}) with")
+    return [_overlap(group[j], group[i], f"shares {n} primary keys (e.g. {key_label(group[j].pk)}={example[(i, j)]}) with")
             for (i, j), n in sorted(pairs.items())]
 
 

@@ -13,7 +13,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from common.config import TableConfig
-from common.db import primary_key_columns, qualified, table_oid, table_schema
+from common.db import primary_key_columns, qualified, table_oid, table_schema, unique_keys
 from common.cli import select_table
 from common.expiry import ExpiredRows, cutoff_for
 
@@ -80,18 +80,33 @@ class TableDetails:
     candidates: tuple[TimestampCandidate, ...]  # best first
     primary_key: tuple[str, ...]
     can_select_delete: bool
+    #: Unique indexes whose columns are all NOT NULL: a table without a primary key may use one.
+    unique_keys: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """The key offered: the primary key (any width), else the first usable unique index."""
+        return self.primary_key or (self.unique_keys[0] if self.unique_keys else ())
+
+    def key_problem(self, columns: tuple[str, ...]) -> str | None:
+        """Why these columns cannot be the archiver's key, or None (archiver/table_check.py's rule)."""
+        if any(set(columns) == set(k) for k in (self.primary_key, *self.unique_keys) if k):
+            return None
+        q = self.info.qualified
+        pk = f"the primary key of {q} is {', '.join(self.primary_key)}" if self.primary_key else f"{q} has no primary key"
+        others = "; ".join(f"({', '.join(k)})" for k in self.unique_keys)
+        unique = f"; unique indexes whose columns are all NOT NULL: {others}" if others else ""
+        return f"neither the primary key nor a usable unique index: {pk}{unique} (read from the catalog)"
 
     def candidate(self, name: str) -> TimestampCandidate | None:
         return next((c for c in self.candidates if c.name == name), None)
 
     def refusal(self) -> str | None:
         """Why the archiver cannot take this table, or None."""
-        if not self.primary_key:
+        if not self.key:
             return (f"{self.info.qualified} has no primary key; archiving needs one (rows are deleted by"
-                    " primary key after their archive is verified): add one or pick another table")
-        if len(self.primary_key) > 1:
-            return (f"{self.info.qualified} has a composite primary key ({', '.join(self.primary_key)});"
-                    " the archiver needs a single-column primary key")
+                    " primary key after their archive is verified), or a unique index whose columns are all"
+                    " NOT NULL: add one or pick another table")
         if not self.candidates:
             return f"{self.info.qualified} has no timestamp, timestamptz or date column to archive by"
         return None
@@ -145,7 +160,9 @@ def inspect(conn: psycopg.Connection[Any], info: TableInfo) -> TableDetails:
                         (oid, oid)).fetchone()
     details = TableDetails(info=info, candidates=tuple(timestamp_candidates(conn, oid)),
                            primary_key=tuple(primary_key_columns(conn, oid)),
-                           can_select_delete=bool(priv and priv[0]))
+                           can_select_delete=bool(priv and priv[0]),
+                           unique_keys=tuple(tuple(cols) for cols, primary, notnull in unique_keys(conn, oid)
+                                             if notnull and not primary))
     conn.rollback()
     return details
 
@@ -155,7 +172,7 @@ def eligibility(conn: psycopg.Connection[Any], details: TableDetails, *, timesta
     """Rows the archiver would take now, counted with its own predicate (so --dry-run agrees)."""
     info = details.info
     table = TableConfig(name=info.name, schema=info.schema, timestamp_column=timestamp_column,
-                        primary_key=details.primary_key[0])
+                        primary_key=list(details.key))
     schema = table_schema(conn, table_oid(conn, info.schema, info.name))
     sel = ExpiredRows(table, schema, cutoff_for(retention_days, now))
     query, params = sel.count_query()

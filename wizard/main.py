@@ -26,8 +26,9 @@ _PORT = click.IntRange(0, 65535)
 @click.option("--table", "tables", multiple=True, help="Table to archive, TABLE or SCHEMA.TABLE (repeatable).")
 @click.option("--timestamp-column", "timestamp_columns", multiple=True, metavar="[TABLE=]COLUMN",
               help="Timestamp column, for all tables or one (repeatable) [default: detected].")
-@click.option("--primary-key", "primary_keys", multiple=True, metavar="[TABLE=]COLUMN",
-              help="Primary key, for all tables or one (repeatable) [default: from the catalog].")
+@click.option("--primary-key", "primary_keys", multiple=True, metavar="[TABLE=]COLUMN[,COLUMN...]",
+              help="Key columns (a composite key comma-separated), for all tables or one (repeatable)"
+                   " [default: the primary key from the catalog].")
 @click.option("--retention-days", multiple=True, metavar="[TABLE=]DAYS",
               help="Days rows stay in the table, for all tables or one (repeatable) [default: 90].")
 @click.option("--bucket", help="S3 bucket [default: audit-archives].")

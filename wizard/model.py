@@ -80,7 +80,7 @@ class DatabaseAnswer:
 class TableAnswer:
     info: TableInfo
     timestamp_column: str
-    primary_key: str
+    primary_key: tuple[str, ...]  # one column, or a composite key's in keyset order
     retention_days: int
     eligibility: Eligibility
     eligible_bytes: int

@@ -53,7 +53,8 @@ def _database(db: DatabaseAnswer, tables: tuple[TableAnswer, ...]) -> dict[str, 
         out.update(host=db.host, port=db.port, dbname=db.dbname, user=db.user)
     out["password_env"] = db.password_env
     out["tables"] = [{"name": t.info.name, "schema": t.info.schema, "timestamp_column": t.timestamp_column,
-                      "primary_key": t.primary_key, "retention_days": t.retention_days} for t in tables]
+                      "primary_key": t.primary_key[0] if len(t.primary_key) == 1 else list(t.primary_key),
+                      "retention_days": t.retention_days} for t in tables]
     return out
 
 

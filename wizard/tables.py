@@ -116,7 +116,7 @@ def configure_table(p: Prompter, conn: psycopg.Connection[Any], d: TableDetails,
                     now: datetime) -> TableAnswer:
     q = d.info.qualified
     listed = ", ".join(f"{c.name} ({c.typname}{', indexed' if c.indexed else ''})" for c in d.candidates)
-    p.info(f"\n{q}: timestamp columns: {listed}; primary key: {d.primary_key[0]}")
+    p.info(f"\n{q}: timestamp columns: {listed}; {'primary key' if d.primary_key else 'unique key'}: {', '.join(d.key)}")
     ts = p.ask(f"{q}: archive by which timestamp column", flag="--timestamp-column", given=tf.timestamp.get(d.info),
                default=d.candidates[0].name,
                check=lambda v: None if d.candidate(v) else f"not a timestamp, timestamptz or date column of {q} (candidates: {listed})")
@@ -127,14 +127,18 @@ def configure_table(p: Prompter, conn: psycopg.Connection[Any], d: TableDetails,
                f" consider: {create_index_hint(conn, d.info.schema, d.info.name, ts)}")
     if not chosen.not_null:
         p.info(f"  note: rows where {ts} is NULL are never archived")
-    pk0 = d.primary_key[0]
-    pk = p.ask(f"{q}: primary key", flag="--primary-key", given=tf.primary_key.get(d.info), default=pk0,
-               check=lambda v: None if v == pk0 else f"the primary key of {q} is {pk0} (read from the catalog)")
+    pk = key_columns(p.ask(f"{q}: primary key", flag="--primary-key", given=tf.primary_key.get(d.info),
+                           default=",".join(d.key), check=lambda v: d.key_problem(key_columns(v))))
     if not d.can_select_delete:
         p.warn(f"the connected user lacks SELECT or DELETE on {q}; the archiver needs both")
     days, elig = _retention(p, conn, d, ts, tf.retention.get(d.info), now=now)
     return TableAnswer(info=d.info, timestamp_column=ts, primary_key=pk, retention_days=days,
                        eligibility=elig, eligible_bytes=eligible_bytes(d, elig))
+
+
+def key_columns(text: str) -> tuple[str, ...]:
+    """`--primary-key` / the answer: a column, or a composite key's columns comma-separated."""
+    return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
 def _retention(p: Prompter, conn: psycopg.Connection[Any], d: TableDetails, ts: str, given: int | None, *,

@@ -1,0 +1,252 @@
+"""Retiring whole expired partitions (issue 15, `expired_partitions: detach | drop`): a leaf
+partition whose whole range lies before the cutoff is archived in full (the same objects and
+manifests as row by row, each manifest naming the leaf and its bound), verified, re-counted, then
+detached (CONCURRENTLY where PostgreSQL allows it) and with `drop` dropped: no row DELETE, no dead
+tuples, almost no WAL. The leaf that straddles the cutoff and a default partition stay with the
+row-by-row path.
+
+Crash safety rides on the ledger's rule (archiver/ledger.py): the leaf's batches stay pending in
+the checkpoint until the leaf is detached, and the checkpoint's `retiring` names the leaf, its
+bound, the rows archived and the step. After a kill -9 the rerun settles the leaf first: a
+half-finished DETACH CONCURRENTLY is finalized; a detached leaf is re-counted (and attached again
+if a row it holds was not archived); then the ledger judges the pending batches as always: rows
+still in the table (the leaf attached) -> taken back and archived again, rows gone (the leaf
+detached) -> finished. A detached leaf is dropped (drop) or reported and kept (detach), never read
+again: it is no longer part of the table."""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from archiver.checkpoint import Checkpoint
+from archiver.selection import Selection
+from common.db import qualified
+
+log = logging.getLogger("archiver")
+_UPPER = re.compile(r"\bTO \((.+)\)\s*$")
+
+_TREE_SQL = """
+SELECT c.oid, n.nspname, c.relname, i.inhparent, pn.nspname, p.relname,
+       coalesce(pg_get_expr(c.relpartbound, c.oid), ''), t.isleaf,
+       pt.partstrat = 'r' AND pt.partnatts = 1 AND a.attname = %(ts)s AS by_ts
+FROM pg_partition_tree(%(oid)s) t
+JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_inherits i ON i.inhrelid = c.oid
+JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace
+JOIN pg_partitioned_table pt ON pt.partrelid = i.inhparent
+LEFT JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
+WHERE t.level > 0
+"""
+
+
+@dataclass(frozen=True)
+class Leaf:
+    oid: int
+    schema: str
+    name: str
+    parent: tuple[str, str]  # the partitioned table it is a partition of (an intermediate level or the table)
+    bound: str  # pg_get_expr(relpartbound): FOR VALUES FROM (...) TO (...), or DEFAULT
+    uppers: tuple[str, ...]  # upper bounds on the timestamp, of the leaf and its partitioned ancestors
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def relation(self) -> sql.Composed:
+        return qualified(self.schema, self.name)
+
+    @property
+    def parent_relation(self) -> sql.Composed:
+        return qualified(*self.parent)
+
+    @property
+    def default(self) -> bool:
+        return self.bound == "DEFAULT"
+
+    def doc(self) -> dict[str, Any]:
+        """What manifests and the checkpoint record of the leaf (restore recreates it from this)."""
+        return {"schema": self.schema, "name": self.name, "parent": list(self.parent), "bound": self.bound}
+
+
+def leaves(conn: psycopg.Connection[Any], oid: int, ts_column: str) -> list[Leaf]:
+    """The leaf partitions under a partitioned table, each with the upper bounds that limit its
+    timestamps (levels range-partitioned on the timestamp column alone); [] for a plain table."""
+    rows = conn.execute(_TREE_SQL, {"oid": oid, "ts": ts_column}).fetchall()
+    by_oid = {r[0]: r for r in rows}
+    out = []
+    for r in rows:
+        if not r[7]:
+            continue
+        uppers, node = [], r
+        while node is not None:  # the leaf, then its ancestors below the named table
+            m = _UPPER.search(node[6])
+            if node[8] and m and "MAXVALUE" not in m.group(1):
+                uppers.append(m.group(1))
+            node = by_oid.get(node[3])
+        out.append(Leaf(r[0], r[1], r[2], (r[4], r[5]), r[6], tuple(uppers)))
+    return sorted(out, key=lambda leaf: (leaf.default, leaf.bound, leaf.name))
+
+
+def whole_before(conn: psycopg.Connection[Any], sel: Selection, leaf: Leaf) -> bool:
+    """Whether the partition bounds alone keep every row of the leaf before the cutoff."""
+    if leaf.default or not leaf.uppers:
+        return False
+    cutoff = sql.Literal(sel._bound(sel.cutoff))
+    # The bounds are pg_get_expr() output from the catalog (constants), not user input.
+    checks = sql.SQL(" OR ").join(sql.SQL("({})::{} <= {}").format(sql.SQL(u), sql.SQL(sel.ts_type), cutoff)  # type: ignore[arg-type]
+                                  for u in leaf.uppers)
+    row = conn.execute(sql.SQL("SELECT {}").format(checks)).fetchone()
+    return bool(row and row[0])
+
+
+def retirable(conn: psycopg.Connection[Any], sel: Selection, oid: int) -> list[Leaf]:
+    """The leaves a detach/drop run retires whole: every row before the cutoff by the bounds.
+    None when the table's `where` or a foreign key keeps some expired rows in the table (a whole
+    partition would take them along)."""
+    if sel.table.where is not None or sel.references:
+        return []
+    return [leaf for leaf in leaves(conn, oid, sel.table.timestamp_column) if whole_before(conn, sel, leaf)]
+
+
+def leaf_selection(sel: Selection, leaf: Leaf) -> Selection:
+    """The table's selection reading the leaf only (objects keep the table's name and layout)."""
+    return replace(sel, source=(leaf.schema, leaf.name))
+
+
+@dataclass(frozen=True)
+class LeafCount:
+    rows: int
+    not_expired: int  # rows the expiry predicate leaves out: newer than the cutoff, or before year 1
+
+
+def count_leaf(conn: psycopg.Connection[Any], sel: Selection, relation: sql.Composable) -> LeafCount:
+    """All of a relation's rows, and those the predicate would not archive."""
+    pred, _ = sel.predicate(literal=True)
+    row = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE NOT ({})) FROM {}").format(pred, relation)).fetchone()
+    conn.commit()
+    assert row is not None
+    return LeafCount(int(row[0]), int(row[1]))
+
+
+def has_default(conn: psycopg.Connection[Any], parent: tuple[str, str]) -> bool:
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = %s::regclass"
+                       " AND partdefid <> 0)", (qualified(*parent).as_string(conn),)).fetchone()
+    return bool(row and row[0])
+
+
+def leaf_state(conn: psycopg.Connection[Any], doc: dict[str, Any]) -> str:
+    """'attached', 'pending' (a DETACH CONCURRENTLY that did not finish), 'detached' (a table of
+    its own) or 'gone'."""
+    row = conn.execute(
+        "SELECT c.oid, (SELECT i.inhdetachpending FROM pg_inherits i WHERE i.inhrelid = c.oid)"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        (doc["schema"], doc["name"])).fetchone()
+    conn.commit()
+    if row is None:
+        return "gone"
+    return "detached" if row[1] is None else ("pending" if row[1] else "attached")
+
+
+def run_ddl(conn: psycopg.Connection[Any], statement: sql.Composed) -> None:
+    """DDL in autocommit: DETACH ... CONCURRENTLY refuses a transaction block. The advisory lock
+    is the session's, so it stays."""
+    conn.commit()
+    conn.autocommit = True
+    try:
+        conn.execute(statement)
+    finally:
+        conn.autocommit = False
+
+
+def detach(conn: psycopg.Connection[Any], leaf_doc: dict[str, Any]) -> None:
+    parent, rel = qualified(*leaf_doc["parent"]), qualified(leaf_doc["schema"], leaf_doc["name"])
+    # CONCURRENTLY (PostgreSQL 14+) takes no ACCESS EXCLUSIVE lock on the table, but is refused
+    # next to a default partition.
+    concurrently = conn.info.server_version >= 140000 and not has_default(conn, tuple(leaf_doc["parent"]))  # type: ignore[arg-type]
+    run_ddl(conn, sql.SQL("ALTER TABLE {} DETACH PARTITION {}{}").format(
+        parent, rel, sql.SQL(" CONCURRENTLY") if concurrently else sql.SQL("")))
+
+
+def attach(conn: psycopg.Connection[Any], leaf_doc: dict[str, Any]) -> None:
+    """Put a detached leaf back (its bound from the catalog, recorded in the checkpoint)."""
+    run_ddl(conn, sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
+        qualified(*leaf_doc["parent"]), qualified(leaf_doc["schema"], leaf_doc["name"]), sql.SQL(leaf_doc["bound"])))
+
+
+def settle(conn: psycopg.Connection[Any], sel: Selection, cp: Checkpoint, *, ctx: dict[str, str]) -> dict[str, Any] | None:
+    """Bring an interrupted retirement to a state the ledger's rule judges right (see the module's
+    docstring). Returns the leaf's record when it is detached and verified (the caller finishes
+    it once the ledger has run: drop, or report), None otherwise; clears cp.retiring."""
+    r = cp.retiring
+    assert r is not None
+    doc = r["leaf"]
+    name = f"{doc['schema']}.{doc['name']}"
+    state = leaf_state(conn, doc)
+    if state == "pending":
+        run_ddl(conn, sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
+            qualified(*doc["parent"]), qualified(doc["schema"], doc["name"])))
+        log.info("finished the interrupted detach of partition %s", name, extra=ctx)
+        state = "detached"
+    cp.retiring = None
+    if state == "attached":
+        log.info("interrupted retirement of partition %s: still attached; its batches are taken back and it is retired again",
+                 name, extra=ctx)
+        return None
+    if state == "gone":
+        log.info("interrupted retirement of partition %s: already dropped", name, extra=ctx)
+        return None
+    if r.get("rows") is None or not _verified(conn, sel, doc, rows=int(r["rows"])):
+        attach(conn, doc)
+        log.warning("partition %s was detached holding rows that were not archived; attached again, its batches"
+                    " are taken back and its rows archived again", name, extra=ctx)
+        return None
+    return r
+
+
+def _verified(conn: psycopg.Connection[Any], sel: Selection, doc: dict[str, Any], *, rows: int) -> bool:
+    """The detached leaf holds exactly the rows archived from it, all expired."""
+    n = count_leaf(conn, sel, qualified(doc["schema"], doc["name"]))
+    return n.rows == rows and n.not_expired == 0
+
+
+def finish_detached(conn: psycopg.Connection[Any], sel: Selection, r: dict[str, Any], *, mode: str,
+                    ctx: dict[str, str], hook: Callable[[str], None]) -> bool:
+    """After the leaf's batches are finished: drop it (re-checked first) or report it kept.
+    Returns whether it was dropped."""
+    doc = r["leaf"]
+    name = f"{doc['schema']}.{doc['name']}"
+    if mode != "drop":
+        log.info("partition %s retired: detached and kept as a table of its own (%s); the archiver no longer reads it",
+                 name, doc["bound"], extra=ctx)
+        return False
+    hook("before_drop")
+    if not _verified(conn, sel, doc, rows=int(r["rows"])):  # a row written into the detached table since
+        log.warning("detached partition %s no longer holds exactly the %s rows archived from it; kept, not dropped",
+                    name, r["rows"], extra=ctx)
+        return False
+    run_ddl(conn, sql.SQL("DROP TABLE {}").format(qualified(doc["schema"], doc["name"])))
+    log.info("partition %s retired: archived, detached and dropped (%s)", name, doc["bound"], extra=ctx)
+    return True
+
+
+def describe(conn: psycopg.Connection[Any], sel: Selection, oid: int, *, mode: str) -> Iterable[str]:
+    """Dry-run lines: which partitions a run would retire whole, and which go row by row."""
+    all_leaves = leaves(conn, oid, sel.table.timestamp_column)
+    whole = {leaf.oid for leaf in retirable(conn, sel, oid)} if mode != "keep" else set()
+    for leaf in all_leaves:
+        if leaf.oid in whole:
+            action = "would be archived whole, detached" + (" and dropped" if mode == "drop" else " and kept as a table")
+        elif mode == "keep":
+            action = "expired rows archived and deleted row by row (expired_partitions: keep)"
+        elif leaf.default:
+            action = "default partition: expired rows archived and deleted row by row"
+        else:
+            action = "not wholly before the cutoff: expired rows archived and deleted row by row"
+        yield f"    partition {leaf.qualified_name} ({leaf.bound}): {action}"

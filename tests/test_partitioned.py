@@ -1,0 +1,110 @@
+"""Partitioned tables (issue 15 item 3): a table entry names the partitioned parent; rows are
+archived through it, objects keep the parent's name, restore targets the parent; multi-level
+partitioning works through the leaves. expired_partitions: keep (the default) deletes rows."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from archive_checks import archived_ids, assert_invariant, manifests, table_ids
+from archiver.runner import run_archive
+from common.config import load_config
+from common.exit_codes import ExitCode
+from common.storage import LocalStorage
+from conftest import make_config
+from restore.engine import restore
+from schema_support import partitions_of, seed_partitioned
+
+EXPIRED = "SELECT count(*) FROM audit_logs WHERE created_at < now() - interval '90 days'"
+TABLES = [{"name": "audit_logs", "timestamp_column": "created_at"}]
+
+
+@pytest.mark.parametrize("multi_level", [False, True], ids=["monthly", "quarters-of-halves"])
+def test_partitioned_table_with_keep_archives_through_the_parent_and_restores_into_it(
+        tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], multi_level: bool) -> None:
+    leaves = seed_partitioned(pg, multi_level=multi_level)
+    original = table_ids(pg)
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, tables=TABLES, defaults={"batch_size": 50}))
+    results, code = run_archive(cfg)
+    assert code == ExitCode.OK and results[0].status == "completed", results
+    store = LocalStorage(tmp_path / "archive")
+    archived = archived_ids(store)
+    assert_invariant(original, table_ids(pg), archived)
+    assert pg.execute(EXPIRED).fetchone() == (0,) and len(archived) > 300
+    assert partitions_of(pg) == {*leaves}  # keep: every partition stays
+    found = manifests(store)
+    assert {m.table for m in found} == {"audit_logs"} and all("/public.audit_logs/" in m.key for m in found)
+    assert all(m.primary_key == ["id", "created_at"] for m in found)
+    report = restore(cfg, database="production_db", table="audit_logs", restore_all=True)
+    assert report.total("inserted") == len(archived)
+    assert table_ids(pg) == original
+
+
+def run_with(tmp_path: Path, dsn: str, mode: str, **defaults: Any) -> Any:
+    cfg = load_config(make_config(tmp_path, dsn=dsn, tables=TABLES,
+                                  defaults={"batch_size": 50, "expired_partitions": mode, **defaults}))
+    results, code = run_archive(cfg)
+    assert code == ExitCode.OK and results[0].status == "completed", results
+    return cfg
+
+
+def dead_tuples(pg: psycopg.Connection[Any], names: set[str]) -> int:
+    pg.execute("SELECT pg_stat_force_next_flush()")
+    row = pg.execute("SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE relname = ANY(%s)",
+                     (sorted(names),)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("mode", ["detach", "drop"])
+@pytest.mark.parametrize("multi_level", [False, True], ids=["monthly", "quarters-of-halves"])
+def test_expired_partitions_are_retired_whole_without_row_deletes(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
+                                                                 mode: str, multi_level: bool,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="archiver")
+    leaves = seed_partitioned(pg, multi_level=multi_level)
+    original = table_ids(pg)
+    whole = [name for name in leaves if name != "audit_logs_default" and pg.execute(
+        f"SELECT max(created_at) < now() - interval '90 days' AND count(*) > 0 FROM {name}").fetchone() == (True,)]
+    # the leaves whose bound ends by the cutoff (rows end at the bound or before it)
+    assert len(whole) >= 2
+    cfg = run_with(tmp_path, pg_dsn, mode)
+    store = LocalStorage(tmp_path / "archive")
+    archived = archived_ids(store)
+    remaining = partitions_of(pg)
+    detached = {name for name in whole if pg.execute("SELECT to_regclass(%s)", (name,)).fetchone() != (None,)}
+    # the bounds decide, not the rows: a leaf whose range ends after the cutoff stays
+    retired = set(leaves) - remaining
+    assert retired and retired <= set(whole) and "audit_logs_default" in remaining
+    assert detached == (retired if mode == "detach" else set())
+    assert dead_tuples(pg, detached) == 0  # no row of a retired partition was deleted
+    in_detached = set().union(*(set(table_ids(pg, name)) for name in detached)) if detached else set()
+    assert_invariant(original - in_detached, table_ids(pg), archived - Counter(in_detached))
+    assert pg.execute(EXPIRED).fetchone() == (0,)
+    by_partition = [m for m in manifests(store) if m.partition]
+    assert {m.partition["name"] for m in by_partition} == retired  # type: ignore[index]
+    assert all(m.partition["bound"].startswith("FOR VALUES FROM") for m in by_partition)  # type: ignore[index]
+    said = [r.getMessage() for r in caplog.records if "retired:" in r.getMessage()]
+    assert len(said) == len(retired) and all(("dropped" in line) == (mode == "drop") for line in said), said
+
+
+def test_dry_run_shows_the_key_and_which_partitions_would_be_retired(tmp_path: Path, pg_dsn: str,
+                                                                      pg: psycopg.Connection[Any]) -> None:
+    from schema_support import archiver
+    leaves = seed_partitioned(pg)
+    before = table_ids(pg)
+    config = make_config(tmp_path, dsn=pg_dsn, tables=TABLES, defaults={"expired_partitions": "drop"})
+    proc = archiver(config, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "key (id, created_at)" in out
+    retired = [line for line in out.splitlines() if "would be archived whole, detached and dropped" in line]
+    assert len(retired) >= 2 and all("FOR VALUES FROM" in line for line in retired)
+    assert "partition public.audit_logs_default (DEFAULT): default partition" in out
+    assert out.count("    partition public.") == len(leaves)
+    assert table_ids(pg) == before and partitions_of(pg) == set(leaves)
