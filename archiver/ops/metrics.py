@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from archiver.ops.events import TableResult
+from archiver.ops.events import STOP_REASONS, TableResult, run_stop_reason
 from common.files import atomic_write
 
 log = logging.getLogger("archiver.metrics")
@@ -72,6 +72,21 @@ class ArchiverMetrics:
         self.kept = Gauge("archiver_rows_kept_referenced",
                           "Expired rows the last run left in the table because a foreign key still references them",
                           LABELS, registry=r)
+        self.backlog_rows = Gauge("archiver_backlog_rows",
+                                  "Expired rows still in the table after the last run (kept referenced rows included; "
+                                  "an estimate after a run that stopped early unless monitoring.backlog_exact_count)",
+                                  LABELS, registry=r)
+        self.backlog_oldest = Gauge("archiver_backlog_oldest_age_seconds",
+                                    "Age of the oldest expired row still in the table after the last run (0: none)",
+                                    LABELS, registry=r)
+        self.partitions_pending = Gauge("archiver_partitions_pending_retirement",
+                                        "Partitions past retention still attached, waiting to be retired", LABELS, registry=r)
+        self.clock_skew = Gauge("archiver_clock_skew_seconds",
+                                "This host's clock minus the database's at the last table start (cutoffs follow the database's)",
+                                ("database",), registry=r)
+        self.stop_reason = Gauge("archiver_last_run_stop_reason",
+                                 "1 for why the last run stopped before its end (none: it ran to the end), 0 for the others",
+                                 ("reason",), registry=r)
         self.errors = Counter("archiver_errors_total", "Failed tables (or runs) by kind of error", (*LABELS, "kind"), registry=r)
         self.in_progress = Gauge("archiver_run_in_progress", "1 while an archival run is going on", registry=r)
         self.last_run = Gauge("archiver_last_run_timestamp_seconds", "Unix time the last run finished", registry=r)
@@ -107,6 +122,12 @@ class ArchiverMetrics:
             self.last_success.labels(result.database, result.name).set(time.time())
             # counted by every completed run (0 without references), so it falls once they are gone
             self.kept.labels(result.database, result.name).set(result.kept_referenced)
+            self.partitions_pending.labels(result.database, result.name).set(result.partitions_pending)
+        if result.status in ("completed", "stopped"):
+            self.clock_skew.labels(result.database).set(result.clock_skew_seconds)
+            if result.backlog_rows is not None and result.backlog_oldest_seconds is not None:
+                self.backlog_rows.labels(result.database, result.name).set(result.backlog_rows)
+                self.backlog_oldest.labels(result.database, result.name).set(result.backlog_oldest_seconds)
         elif result.status == "failed":
             self.errors.labels(result.database, result.name, result.error_kind or "other").inc()
 
@@ -116,6 +137,9 @@ class ArchiverMetrics:
         self.last_code.set(exit_code)
         self.last_duration.set(time.monotonic() - self._started if self._started else 0)
         self.runs.labels(result_name(exit_code)).inc()
+        reason = run_stop_reason(results)
+        for name in STOP_REASONS:
+            self.stop_reason.labels(name).set(1 if name == reason else 0)
 
     def run_crashed(self, kind: str, exit_code: int) -> None:
         """The run ended with an exception before run_finished (not a table's failure)."""
