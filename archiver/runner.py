@@ -56,9 +56,12 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
                              observer=observer, now=now, only=only, hook=hook)
 
     workers = max(1, min(cfg.defaults.max_workers, len(cfg.databases) or 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db") as ex:
-        for db_results in ex.map(one_database, cfg.databases):
-            results.extend(db_results)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db") as ex:
+            for db_results in ex.map(one_database, cfg.databases):
+                results.extend(db_results)
+    finally:
+        sink.close()  # the fallback directory's lock (an overlapping run must not drain under us)
     if drain.quarantined:
         # Reported like a failed table so exit code, metrics and notifications all carry it.
         assert sink.fallback is not None

@@ -160,7 +160,9 @@ class ArchiverMetrics:
 
     def seed_from_textfile(self, path: str | os.PathLike[str]) -> int:
         """Carry last-success times over from the previous run's textfile, so a table that fails
-        now still shows when it last succeeded. Returns how many were read."""
+        now still shows when it last succeeded; a time older than the one held is ignored (so it
+        may be read again just before writing, after an overlapping run wrote it). Returns how
+        many were read."""
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError:
@@ -170,7 +172,9 @@ class ArchiverMetrics:
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
                     if sample.name == LAST_SUCCESS and set(LABELS) <= set(sample.labels):
-                        self.last_success.labels(*(sample.labels[k] for k in LABELS)).set(sample.value)
+                        labels = {k: sample.labels[k] for k in LABELS}
+                        if sample.value > (self.registry.get_sample_value(LAST_SUCCESS, labels) or 0):  # the newest wins
+                            self.last_success.labels(**labels).set(sample.value)
                         seeded += 1
         except ValueError as exc:
             log.warning("ignoring unreadable metrics textfile %s: %s", path, exc)
