@@ -87,6 +87,9 @@ class ArchiverMetrics:
         self.stop_reason = Gauge("archiver_last_run_stop_reason",
                                  "1 for why the last run stopped before its end (none: it ran to the end), 0 for the others",
                                  ("reason",), registry=r)
+        self.s3_up = Gauge("archiver_s3_up", "1 when the last batch went to S3 (or local_dir), 0 when S3 could not "
+                           "take it (held in the fallback directory, or the upload failed); 1 until a batch fails", registry=r)
+        self.s3_up.set(1)
         self.errors = Counter("archiver_errors_total", "Failed tables (or runs) by kind of error", (*LABELS, "kind"), registry=r)
         self.in_progress = Gauge("archiver_run_in_progress", "1 while an archival run is going on", registry=r)
         self.last_run = Gauge("archiver_last_run_timestamp_seconds", "Unix time the last run finished", registry=r)
@@ -106,6 +109,7 @@ class ArchiverMetrics:
         labels = (result.database, result.name)
         self.rows.labels(*labels).inc(rows)
         self.duration.observe(seconds)
+        self.s3_up.set(0 if location == "fallback" else 1)
         if location == "fallback":
             self.batches.labels(*labels, "fallback").inc()
             self.fallback_bytes.labels(*labels).inc(nbytes)
@@ -115,6 +119,8 @@ class ArchiverMetrics:
 
     def batch_failed(self, result: TableResult, *, kind: str) -> None:
         status = "rolled_back" if kind == "conflict" else "failed"
+        if kind == "s3":
+            self.s3_up.set(0)
         self.batches.labels(result.database, result.name, status).inc()
 
     def table_done(self, result: TableResult) -> None:
@@ -130,6 +136,8 @@ class ArchiverMetrics:
                 self.backlog_oldest.labels(result.database, result.name).set(result.backlog_oldest_seconds)
         elif result.status == "failed":
             self.errors.labels(result.database, result.name, result.error_kind or "other").inc()
+            if result.error_kind in ("s3", "s3_unreachable"):
+                self.s3_up.set(0)
 
     def run_finished(self, results: list[TableResult], exit_code: int) -> None:
         self.in_progress.set(0)
