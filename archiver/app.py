@@ -92,7 +92,7 @@ def run(opts: ArchiverOptions, *, env: Environment | None = None) -> int:
         env.stdout.write("\n".join(lines) + "\n")
         return int(code)
     setup_logging(cfg.logging, verbose=opts.verbose)
-    ops = OpsSurface(cfg, config_path=str(opts.config_path))
+    ops = OpsSurface(cfg, config_path=str(opts.config_path), daemon=opts.daemon)
     if opts.daemon:
         return Daemon(cfg=cfg, ops=ops, config_path=opts.config_path, verbose=opts.verbose,
                       load_config=lambda: load_checked(opts), new_controls=lambda c: make_controls(c, opts, env=env),

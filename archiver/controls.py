@@ -36,6 +36,8 @@ class RunControls:
     hard_stop: bool = False
     _last_progress: float = 0.0
     _signal_logged: bool = False
+    #: The first thing that stopped the run (archiver/ops/events.py STOP_REASONS), None while nothing did.
+    stop_reason: str | None = None
     _stop_event: threading.Event = field(default_factory=threading.Event)
 
     # -- signals -----------------------------------------------------------------------------
@@ -46,6 +48,7 @@ class RunControls:
             if self.signal_received is not None:  # a second signal: stop waiting for a stuck read
                 self.hard_stop = True
             self.signal_received = signum
+            self.stop_reason = self.stop_reason or "signal"
             self._stop_event.set()
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
@@ -61,6 +64,7 @@ class RunControls:
             return True
         if self.max_rows is not None and self.rows_this_run >= self.max_rows:
             log.info("--max-rows %d reached; stopping (the next run resumes)", self.max_rows)
+            self.stop_reason = self.stop_reason or "max_rows"
             return True
         return self._out_of_time()
 
@@ -70,6 +74,7 @@ class RunControls:
         if self.signal_received is None:
             log.info("max runtime reached; stopping cleanly (the next run resumes)")
             self.signal_received = 0
+            self.stop_reason = self.stop_reason or "max_runtime"
         return True
 
     def stop_file_present(self) -> bool:
@@ -80,6 +85,7 @@ class RunControls:
         if self.signal_received is None:
             log.info("stop file %s exists; stopping (remove it to let the archiver run)", self.stop_file)
             self.signal_received = 0
+            self.stop_reason = self.stop_reason or "stop_file"
             self._stop_event.set()
         return True
 
@@ -115,7 +121,11 @@ class RunControls:
                 return
             log.warning("replica lag %s exceeds %.1fs; pausing", "unknown" if lag == float("inf") else f"{lag:.1f}s", limit)
             self._stop_event.wait(min(limit, 10.0))
-            if self._time_is_up() or self.stop_file_present():
+            if self._time_is_up():
+                # The run's time went on waiting for the replicas: the lag is why it stopped.
+                self.stop_reason = self.stop_reason or "replica_lag"
+                return
+            if self.stop_file_present():
                 return
 
     # -- progress ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ references the table with what the run would do about it (refuse the table, or k
 references). Writes nothing, deletes nothing, never prints a password."""
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import datetime
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from archiver.selection import Selection
 from archiver.table_check import inspect_table
 from common.config import Config
 from common.db import application_name, connect, conninfo, describe_target, session_settings
-from common.expiry import cutoff_for
+from common.expiry import cutoff_for, database_now
 from common.errors import ServiceUnavailable, first_line
 from common.exit_codes import ExitCode
 from common.s3client import primary_storage
+
+log = logging.getLogger("archiver")
 
 
 def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
@@ -58,8 +61,10 @@ def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
 
 
 def _table_lines(conn: Any, cfg: Config, t: Any, now: datetime) -> tuple[list[str], bool]:
-    """The table's line and one per referencing foreign key; True when the run would refuse it."""
+    """The table's line and one per referencing foreign key; True when the run would refuse it.
+    `now` is this host's clock: the cutoff follows the database's, as the run's does."""
     opts = cfg.options(t)
+    db_now, _skew = database_now(conn, host_now=now, log=log)
     oid, schema, keys = inspect_table(conn, t)
     refs = read_references(conn, oid)
     deletes = opts.delete_after_archive
@@ -67,7 +72,7 @@ def _table_lines(conn: Any, cfg: Config, t: Any, now: datetime) -> tuple[list[st
         conn.rollback()
         return [f"  {t.schema_}.{t.name}: key {key_words(keys)}, refused: {refusal(refs)}",
                 *(f"    {r.describe()}: {'refused' if r.changes_rows else 'the rows it references would be kept'}" for r in refs)], True
-    sel = Selection(t, schema, cutoff_for(opts.retention_days, now), keys, tuple(refs) if deletes else ())
+    sel = Selection(t, schema, cutoff_for(opts.retention_days, db_now), keys, tuple(refs) if deletes else ())
     lines = [_table_line(conn, sel, opts)]
     # a partitioned table: which leaves a run would retire whole (expired_partitions), which go row by row
     lines += partitions.describe(conn, sel, oid, mode=opts.expired_partitions if deletes else "keep")

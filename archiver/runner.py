@@ -20,7 +20,7 @@ from archiver.checkpoint import CheckpointStore
 from common.config import Config, DatabaseConfig
 from common.db import conninfo, pool, session_settings
 from common.errors import UNREACHABLE, ConfigError, ErrorKind, ServiceUnavailable, classify
-from archiver.ops.events import NullObserver, Observer, TableResult
+from archiver.ops.events import NullObserver, Observer, TableResult, run_stop_reason
 from common.exit_codes import ExitCode
 from common.s3client import fallback_storage, primary_storage
 from common.units import human_bytes
@@ -56,9 +56,12 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
                              observer=observer, now=now, only=only, hook=hook)
 
     workers = max(1, min(cfg.defaults.max_workers, len(cfg.databases) or 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db") as ex:
-        for db_results in ex.map(one_database, cfg.databases):
-            results.extend(db_results)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db") as ex:
+            for db_results in ex.map(one_database, cfg.databases):
+                results.extend(db_results)
+    finally:
+        sink.close()  # the fallback directory's lock (an overlapping run must not drain under us)
     if drain.quarantined:
         # Reported like a failed table so exit code, metrics and notifications all carry it.
         assert sink.fallback is not None
@@ -67,6 +70,7 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
                                          f"quarantined in {sink.fallback.quarantine_root}; their rows are not in S3"))
     code = exit_code(results, controls)
     _summary(results)
+    log.info("summary run: stop reason %s", run_stop_reason(results))
     observer.run_finished(results, int(code))
     return results, code
 
@@ -113,7 +117,7 @@ def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpo
         with pool(info, settings, size=SESSIONS_PER_DATABASE - 1) as p:
             for i, t in enumerate(tables):
                 if controls.stopping:
-                    results[i].status = "stopped"
+                    results[i].status, results[i].stop_reason = "stopped", controls.stop_reason or ""
                     continue
                 with p.connection() as conn, ArrowSource(info, settings) as source:
                     job = TableJob(cfg=cfg, db=db, table=t, conn=conn, source=source, sink=sink,
@@ -155,9 +159,16 @@ def _run_table(job: TableJob) -> TableResult:
 def _summary(results: list[TableResult]) -> None:
     for r in results:
         kept = f", {kept_message(r.kept_referenced, r.referenced_by)}" if r.kept_referenced else ""
-        log.info("summary %s.%s: %s, %d rows, %d objects (%d in fallback), %s, compression %.1fx, %.1fs%s%s",
-                 r.database, r.name, r.status, r.rows, r.objects, r.fallback_objects, human_bytes(r.bytes), r.ratio,
-                 r.seconds, kept, f", kind {r.error_kind}, error: {r.error}" if r.error else "")
+        status = f"{r.status} ({r.stop_reason})" if r.stop_reason else r.status
+        log.info("summary %s.%s: %s, %d rows, %d objects (%d in fallback), %s, compression %.1fx, %.1fs%s%s%s",
+                 r.database, r.name, status, r.rows, r.objects, r.fallback_objects, human_bytes(r.bytes), r.ratio,
+                 r.seconds, kept, _backlog(r), f", kind {r.error_kind}, error: {r.error}" if r.error else "")
+
+
+def _backlog(r: TableResult) -> str:
+    if not r.backlog_rows:
+        return ""
+    return f", backlog {r.backlog_rows} expired rows (oldest {r.backlog_oldest_seconds or 0:.0f}s old)"
 
 
 def dry_run(cfg: Config, *, now: datetime | None = None, s3_client: Any | None = None,

@@ -125,15 +125,29 @@ class ArchiveSink:
         result = DrainResult()
         if self.fallback is None or not self._circuit_allows_primary():
             return result
-        manifests = _one_manifest_per_batch(o for o in self.fallback.list("") if is_manifest(o.key))
+        if not self.fallback.claim():
+            log.info("another archiver is using the fallback directory %s; it is not drained in this run", self.fallback.root)
+            return result
+        try:
+            return self._drain(self.fallback, result)
+        finally:
+            self.fallback.share()
+
+    def close(self) -> None:
+        """The run is over: other runs may drain the fallback directory now."""
+        if self.fallback is not None:
+            self.fallback.release()
+
+    def _drain(self, fallback: FallbackDir, result: DrainResult) -> DrainResult:
+        manifests = _one_manifest_per_batch(o for o in fallback.list("") if is_manifest(o.key))
         for info in manifests:
             key = data_key(info.key)
             try:
-                manifest = Manifest.from_bytes(self.fallback.get(info.key), key=info.key)
-                data = self.fallback.get(key)
+                manifest = Manifest.from_bytes(fallback.get(info.key), key=info.key)
+                data = fallback.get(key)
                 manifest.check(data)
             except (DataIntegrityError, OSError) as exc:
-                self.fallback.quarantine(info.key, key)
+                fallback.quarantine(info.key, key)
                 log.error("fallback batch %s failed its checksum and was quarantined, not uploaded: %s", key, exc)
                 result.quarantined += 1
                 continue
@@ -145,8 +159,8 @@ class ArchiveSink:
                 result.remaining = len(manifests) - result.drained - result.quarantined
                 break
             for mkey in manifest_keys(key):
-                self.fallback.delete(mkey)
-            self.fallback.delete(key)
+                fallback.delete(mkey)
+            fallback.delete(key)
             result.drained += 1
         if result.drained or result.quarantined:
             log.info("Drained %d fallback batches to S3 (%d quarantined, %d remaining)",

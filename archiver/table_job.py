@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -20,6 +20,7 @@ from archiver.checkpoint import Checkpoint, CheckpointStore
 from archiver.controls import RunControls
 from archiver.encoding import Encoded, encode_batch
 from archiver.hooks import Hook, no_hook
+from archiver.backlog import measure_backlog
 from archiver.ledger import MoveLedger
 from archiver.mover import RowMover
 from archiver.ops.events import Observer, TableResult
@@ -33,7 +34,7 @@ from archiver.table_check import inspect_table
 from common.config import Config, DatabaseConfig, ResolvedOptions, TableConfig
 from common.db import apply_settings, table_unlock, try_table_lock
 from common.errors import ArchiverError
-from common.expiry import cutoff_for
+from common.expiry import cutoff_for, database_now
 
 log = logging.getLogger("archiver")
 #: Stored batches whose rows one DELETE removes together.
@@ -53,7 +54,9 @@ class TableJob:
         self.opts: ResolvedOptions = cfg.options(table)
         self.conn, self.source = conn, source
         self.sink, self.controls, self.observer, self.hook = sink, controls, observer, hook
-        self.now = now or datetime.now(timezone.utc)
+        #: This host's clock (tests inject one); the cutoff comes from the database's (run()).
+        self.host_now = now
+        self.now: datetime  # set by run()
         self.result = TableResult(db.name, table.schema_, table.name)
         self.ctx = {"database": db.name, "table": f"{table.schema_}.{table.name}"}
         self.ledger = MoveLedger(checkpoints, database=db.name, schema=table.schema_, table=table.name,
@@ -65,6 +68,7 @@ class TableJob:
         oid, schema, keys = inspect_table(self.conn, self.t)
         # Before anything is exported: a CASCADE / SET NULL / SET DEFAULT reference refuses the table.
         refs = blocking_references(self.conn, oid, self.result.name, deletes=self.opts.delete_after_archive)
+        self.now, self.result.clock_skew_seconds = database_now(self.conn, host_now=self.host_now, log=log, extra=self.ctx)
         self.conn.commit()
         self._apply_table_settings()
         self.sel = Selection(self.t, schema, cutoff_for(self.opts.retention_days, self.now), keys, refs)
@@ -79,6 +83,9 @@ class TableJob:
                 self._retire_partitions(oid)
                 self._archive()
                 self._count_kept()
+                if not self.controls.signal_received:  # a signal asks to exit now, not to measure
+                    measure_backlog(self.conn, self.sel, self.result, now=self.now,
+                                    exact=self.cfg.monitoring.backlog_exact_count, log_extra=self.ctx)
             finally:
                 self.result.seconds = time.monotonic() - started
         return self.result
@@ -103,10 +110,15 @@ class TableJob:
         retirer = Retirer(conn=self.conn, sel=self.sel, oid=oid, ledger=self.ledger, sink=self.sink, hook=self.hook,
                           mode=mode, ctx=self.ctx, read=self._read, encode=self._encode_with, pipeline=self._pipeline,
                           done=self._done, stopping=lambda: self.controls.stopping)
+        retired = 0
         for leaf in whole:
-            if self.controls.stopping:
+            # the stop file, --max-rows and max runtime stop retirement too, not only a signal
+            if self.controls.should_stop(self.result):
+                self.result.status = "stopped"
                 break
-            retirer.retire(leaf)
+            retired += retirer.retire(leaf)
+        # wholly expired leaves still attached after this run (stopped, or left to the row-by-row path)
+        self.result.partitions_pending = len(whole) - retired
 
     def _count_kept(self) -> None:
         """Expired rows that a foreign key still references stayed in the table: one count per
@@ -147,6 +159,7 @@ class TableJob:
         limit = self.t.max_runtime_minutes
         if limit is not None and time.monotonic() - started >= limit * 60:
             log.info("table max_runtime_minutes reached; stopping this table (the next run resumes)", extra=self.ctx)
+            self.result.stop_reason = "max_runtime"
             return True
         return False
 
@@ -174,6 +187,8 @@ class TableJob:
             self.controls.log_signal_stop()
         if self.result.status == "pending":
             self.result.status = "stopped" if self.controls.stopping else "completed"
+        if self.result.status == "stopped" and not self.result.stop_reason:
+            self.result.stop_reason = self.controls.stop_reason or ""
 
     def _read(self, sel: Selection, stop: threading.Event, start_after: Any = None) -> Iterable[Batch]:
         return batches(self.source, sel, batch_size=self.opts.batch_size,

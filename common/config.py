@@ -131,6 +131,9 @@ class MonitoringConfig(_Strict):
     enabled: bool = True
     textfile_path: str | None = None
     pushgateway_url: str | None = None
+    #: count(*) the expired rows left after a run that stopped early (archiver_backlog_rows);
+    #: false takes the planner's estimate, so a huge table is never scanned for a gauge.
+    backlog_exact_count: bool = False
 
 
 class ScheduleConfig(_Strict):

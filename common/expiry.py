@@ -2,9 +2,10 @@
 delete-time re-check, and the wizard's count, so they can never disagree."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg import sql
 
@@ -17,8 +18,34 @@ from common.pgtypes import TableSchema
 FLOOR = datetime(1, 1, 1, tzinfo=timezone.utc)
 
 
+#: A host clock further than this from the database's is logged (NTP keeps them within milliseconds).
+SKEW_WARN_SECONDS = 5.0
+
+
 def cutoff_for(retention_days: int, now: datetime) -> datetime:
     return now.astimezone(timezone.utc) - timedelta(days=retention_days)
+
+
+class ClockReading(NamedTuple):
+    now: datetime  #: the database's clock, aware UTC
+    skew_seconds: float  #: this host's clock minus the database's (positive: the host runs fast)
+
+
+def database_now(conn: Any, *, host_now: datetime | None = None, log: logging.Logger | None = None,
+                 extra: dict[str, Any] | None = None) -> ClockReading:
+    """The instant cutoffs are taken from: the database's clock, not this host's (a host running a
+    day fast would otherwise archive rows a day early). `host_now` is this host's clock (tests
+    inject one); a skew over SKEW_WARN_SECONDS is logged. clock_timestamp(), not now(): now() is
+    the start of a transaction the caller may have opened long ago. The caller ends the transaction."""
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    db_now = row[0].astimezone(timezone.utc)
+    host = (host_now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    skew = (host - db_now).total_seconds()
+    if abs(skew) > SKEW_WARN_SECONDS:
+        (log or logging.getLogger("archiver")).warning(
+            "clock skew: this host's clock is %.1fs %s the database's; cutoffs follow the database's clock",
+            abs(skew), "ahead of" if skew > 0 else "behind", extra=extra or {})
+    return ClockReading(db_now, skew)
 
 
 @dataclass(frozen=True)

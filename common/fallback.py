@@ -4,8 +4,10 @@ draining are set aside under `.quarantine/`. Its rules live here once, for the a
 health, metrics) and validate."""
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
+from typing import IO
 
 from common.layout import is_manifest
 from common.storage import LocalStorage
@@ -13,6 +15,8 @@ from common.storage import LocalStorage
 #: Set aside inside the fallback directory; LocalStorage.list skips dot-directories, so a
 #: quarantined batch is never drained or counted as pending.
 QUARANTINE = ".quarantine"
+#: The lock archivers sharing the directory take (a dot-directory, so never listed as a batch).
+RUN_LOCK = ".locks/run"
 
 
 class FallbackDir(LocalStorage):
@@ -20,6 +24,36 @@ class FallbackDir(LocalStorage):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         super().__init__(root, location="fallback")
+        self._lock: IO[bytes] | None = None
+
+    def claim(self) -> bool:
+        """Take the directory for this run: True when no other archiver uses it (this one may drain
+        it), False when another does (an overlapping run: draining then could upload a batch that
+        one is withdrawing, or quarantine one it just drained). Either way a shared lock is held
+        until release(), so no later run drains under this one's feet; it waits only while another
+        run drains. True without a lock where none can be made (as before locks existed)."""
+        try:
+            path = self.root / RUN_LOCK
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = self._lock or path.open("ab")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                fcntl.flock(self._lock, fcntl.LOCK_SH)
+                return False
+        except OSError:
+            return True
+
+    def share(self) -> None:
+        """After draining: let other runs share the directory (they will not drain it)."""
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing drops the flock
+            self._lock = None
 
     @property
     def quarantine_root(self) -> Path:

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from click.testing import CliRunner
 
 from archive_checks import archived_ids, assert_invariant, manifests, table_ids
@@ -18,7 +19,9 @@ from archiver.main import cli
 from archiver.app import ArchiverOptions
 from archiver.runner import dry_run, run_archive
 from common import batch_writer, layout
-from common.config import load_config
+from common.config import TableConfig, load_config
+from common.db import table_oid, table_schema
+from common.expiry import ExpiredRows
 from common.exit_codes import ExitCode
 from common.s3client import make_client
 from common.storage import LocalStorage, S3Storage
@@ -287,14 +290,18 @@ def test_max_rows_limits_one_run(tmp_path: Path, pg_dsn: str, small_audit: Any, 
     assert code == ExitCode.OK and results[0].objects == 1 and results[0].status == "stopped"
 
 
-def test_cutoff_is_exact_to_the_microsecond(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
-    now = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
-    cutoff = now - timedelta(days=90)
+def test_cutoff_is_exact_to_the_microsecond(pg: psycopg.Connection[Any]) -> None:
+    # The run's cutoff follows the database's moving clock (tests/test_clock.py), so the boundary is
+    # pinned here on the predicate every export, delete and count uses, with a fixed cutoff.
+    cutoff = datetime(2026, 3, 3, 12, 0, 0, tzinfo=timezone.utc)
     pg.execute("CREATE TABLE audit_logs (id int PRIMARY KEY, created_at timestamptz NOT NULL)")
     pg.execute("INSERT INTO audit_logs VALUES (1, %s), (2, %s), (3, %s)",
                (cutoff - timedelta(microseconds=1), cutoff, cutoff + timedelta(microseconds=1)))
-    run_archive(load_config(make_config(tmp_path, dsn=pg_dsn)), now=now)
-    assert table_ids(pg) == {2, 3}
+    table = TableConfig(name="audit_logs", timestamp_column="created_at", primary_key="id")
+    expired = ExpiredRows(table, table_schema(pg, table_oid(pg, "public", "audit_logs")), cutoff)
+    pred, params = expired.predicate()
+    got = pg.execute(sql.SQL("SELECT id FROM audit_logs WHERE {}").format(pred), params).fetchall()
+    assert [r[0] for r in got] == [1]
 
 
 def test_jsonl_manifest_ranges_order_like_the_database(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:

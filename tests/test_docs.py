@@ -43,6 +43,8 @@ from common.config import DatabaseConfig, load_config, parse_config
 from common.exit_codes import ExitCode
 from archiver.ops.health import HealthChecker, RunState
 from archiver.ops.metrics import RESULTS, ArchiverMetrics
+from validate.metrics import render as render_validate_textfile
+from validate.report import Report
 from archiver.ops.notify import NEXT_STEPS
 from conftest import ADMIN_DSN, AUDIT_DDL, free_port, make_config, seed_audit
 from cost.app import CostOptions, parse_request
@@ -454,9 +456,12 @@ def test_metrics_reference_matches_the_real_registry(real_log: tuple[Path, Path]
             assert set(sample.labels) - {"le"} == documented[name], f"{name}: labels {sorted(sample.labels)}"
             seen.add(name)
     assert len(seen) >= 10
+    validate_metrics = dict(re.findall(r"^# TYPE (\S+) (\S+)$", render_validate_textfile(Report(), quick=False).decode(), re.M))
+    documented_validate = {backticked(r[0])[0] for r in table_rows(section(RUNBOOK.read_text(), "Validate Metrics"))}
+    assert documented_validate == set(validate_metrics)
     for doc in (RUNBOOK, DEPLOY):
-        for metric in set(re.findall(r"\barchiver_[a-z_]+", doc.read_text())):
-            assert metric in exported, f"{rel(doc)}: {metric} is not a metric the archiver exports"
+        for metric in set(re.findall(r"\barchiver_[a-z0-9_]+", doc.read_text())):
+            assert metric in exported or metric in validate_metrics, f"{rel(doc)}: {metric} is not a metric the tools export"
 
 
 @pytest.mark.parametrize("doc,heading", [(RUNBOOK, "Exit Codes"), (README, "Exit codes (all six tools)")])

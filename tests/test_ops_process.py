@@ -35,14 +35,14 @@ def audit_table(pg: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 class Archiver:
     """`python -m archiver.main` as a child process; killed (by its own pid) if a test leaves it running."""
 
-    def __init__(self, config: Path, *args: str) -> None:
+    def __init__(self, config: Path, *args: str, stderr: Path | None = None) -> None:
         self.config = config
         self.health_url = self.metrics_url = ""
         mon = yaml.safe_load(config.read_text())["monitoring"]
         if mon.get("enabled"):
             self.health_url = f"http://127.0.0.1:{mon['health_port']}/health"
             self.metrics_url = f"http://127.0.0.1:{mon['metrics_port']}/metrics"
-        self.stderr = config.parent / "stderr.txt"
+        self.stderr = stderr or config.parent / "stderr.txt"
         with self.stderr.open("wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "archiver.main", "--config", str(config), *args],
                                          stdout=subprocess.DEVNULL, stderr=err)

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from archive_checks import archived_ids, assert_invariant, manifests, table_ids
+from archiver.controls import RunControls
 from archiver.runner import run_archive
 from common.config import load_config
 from common.exit_codes import ExitCode
@@ -108,3 +109,22 @@ def test_dry_run_shows_the_key_and_which_partitions_would_be_retired(tmp_path: P
     assert "partition public.audit_logs_default (DEFAULT): default partition" in out
     assert out.count("    partition public.") == len(leaves)
     assert table_ids(pg) == before and partitions_of(pg) == set(leaves)
+
+
+def test_a_stop_file_stops_retirement_and_the_leaves_wait(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
+    """The stop file holds for whole partitions as for rows: nothing is retired, the leaves are
+    counted as waiting (archiver_partitions_pending_retirement), and the next run retires them."""
+    leaves = seed_partitioned(pg, multi_level=False)
+    original = table_ids(pg)
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, tables=TABLES,
+                                  defaults={"batch_size": 50, "expired_partitions": "drop"}))
+    stop = Path(cfg.checkpoint_dir) / "STOP"
+    stop.parent.mkdir(parents=True, exist_ok=True)
+    stop.touch()
+    results, code = run_archive(cfg, controls=RunControls(stop_file=stop))
+    assert code == ExitCode.OK and results[0].status == "stopped"
+    assert results[0].partitions_pending >= 2 and results[0].rows == 0
+    assert partitions_of(pg) == set(leaves) and table_ids(pg) == original
+    stop.unlink()
+    results, code = run_archive(cfg, controls=RunControls(stop_file=stop))
+    assert code == ExitCode.OK and results[0].partitions_pending == 0 and len(partitions_of(pg)) < len(leaves)

@@ -15,6 +15,7 @@ from common.exit_codes import ExitCode
 from common.logging_setup import setup_logging
 from common.units import human_bytes
 from validate.checks import DEFAULT_PARALLEL, validate
+from validate.metrics import write_textfile
 from validate.objects import Checked
 from validate.report import Report
 
@@ -31,6 +32,7 @@ class ValidateOptions:
     quick: bool = False
     since: datetime | None = None
     parallel: int = DEFAULT_PARALLEL
+    textfile: Path | None = None
 
 
 def run(opts: ValidateOptions, *, env: Environment | None = None) -> int:
@@ -53,6 +55,11 @@ def run(opts: ValidateOptions, *, env: Environment | None = None) -> int:
         progress.done()
     emit(report, output_format=opts.output_format, out=out)
     log.info("validate finished: %s", report.summary_line())
+    if opts.textfile is not None:
+        try:
+            write_textfile(opts.textfile, report, quick=opts.quick)
+        except OSError as exc:  # the report is out; a monitoring file must not change the verdict
+            log.error("cannot write the metrics textfile %s: %s", opts.textfile, exc.strerror or exc)
     return int(ExitCode.OK if report.ok else ExitCode.FAILURE)
 
 

@@ -25,16 +25,18 @@ _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 # At most botocore's 10 pooled connections per client: more workers would only queue for them.
 @click.option("--parallel", type=click.IntRange(min=1, max=10), default=DEFAULT_PARALLEL, show_default=True,
               help="Objects downloaded and checked at once (1-10).")
+@click.option("--textfile", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="Also write the problem counts to PATH (a node_exporter textfile, *.prom), atomically.")
 @verbose_option(help="List every object checked; debug logging and tracebacks.")
 def cli(config_path: Path, database: str | None, table: str | None, output_format: str, quick: bool,
-        since: datetime | None, parallel: int, verbose: bool) -> None:
+        since: datetime | None, parallel: int, textfile: Path | None, verbose: bool) -> None:
     """Check every archive object against its manifest (checksum, size, rows, partition), find
     orphans, overlaps, unfinished moves, pending fallback batches and open uploads. Changes nothing.
     Exit 0: no problems; 1: problems found; 2: usage/config error; 3: S3 or database unreachable."""
     from validate.app import ValidateOptions, run
 
     options = ValidateOptions(config_path=config_path, database=database, table=table, output_format=output_format,
-                              verbose=verbose, quick=quick, since=since, parallel=parallel)
+                              verbose=verbose, quick=quick, since=since, parallel=parallel, textfile=textfile)
     exit_with("validate", lambda: run(options), verbose=verbose)
 
 

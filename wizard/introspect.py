@@ -3,6 +3,7 @@ timestamp columns worth archiving by, the primary key, and how many rows a reten
 eligible now. Read-only; counts use the archiver's own predicate so the numbers match --dry-run."""
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,9 @@ from psycopg import sql
 from common.config import TableConfig
 from common.db import primary_key_columns, qualified, table_oid, table_schema, unique_keys
 from common.cli import select_table
-from common.expiry import ExpiredRows, cutoff_for
+from common.expiry import ExpiredRows, cutoff_for, database_now
+
+log = logging.getLogger("wizard")
 
 #: The column types the archiver accepts as timestamp_column (archiver/table_check.py SUPPORTED_TIMESTAMPS).
 TIMESTAMP_TYPES = ("timestamptz", "timestamp", "date")
@@ -169,12 +172,14 @@ def inspect(conn: psycopg.Connection[Any], info: TableInfo) -> TableDetails:
 
 def eligibility(conn: psycopg.Connection[Any], details: TableDetails, *, timestamp_column: str,
                 retention_days: int, now: datetime) -> Eligibility:
-    """Rows the archiver would take now, counted with its own predicate (so --dry-run agrees)."""
+    """Rows the archiver would take now, counted with its own predicate (so --dry-run agrees), and
+    with its clock: the database's (`now` is this host's; a skew is logged)."""
     info = details.info
     table = TableConfig(name=info.name, schema=info.schema, timestamp_column=timestamp_column,
                         primary_key=list(details.key))
     schema = table_schema(conn, table_oid(conn, info.schema, info.name))
-    sel = ExpiredRows(table, schema, cutoff_for(retention_days, now))
+    db_now, _skew = database_now(conn, host_now=now, log=log)
+    sel = ExpiredRows(table, schema, cutoff_for(retention_days, db_now))
     query, params = sel.count_query()
     eligible = _count(conn, query, params)
     if info.est_rows is not None and info.est_rows > EXACT_TOTAL_LIMIT:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+#: Why a run stopped before its end (pt-archiver's --why-quit; set by archiver/controls.py), for
+#: the summary and the archiver_last_run_stop_reason metric; "none" when it ran to the end.
+STOP_REASONS = ("none", "max_runtime", "stop_file", "max_rows", "signal", "replica_lag")
+
 
 @dataclass
 class TableResult:
@@ -26,6 +30,16 @@ class TableResult:
     #: referencing tables (archiver/references.py).
     kept_referenced: int = 0
     referenced_by: list[str] = field(default_factory=list)
+    #: Expired rows still in the table after the run, and the age of the oldest (archiver/backlog.py);
+    #: None when the run did not measure them (a failed, skipped or signalled table).
+    backlog_rows: int | None = None
+    backlog_oldest_seconds: float | None = None
+    #: Partitions past retention still attached, waiting to be retired (0 until partition retirement).
+    partitions_pending: int = 0
+    #: Why the table stopped before its end (archiver/controls.py STOP_REASONS); "" when it did not.
+    stop_reason: str = ""
+    #: This host's clock minus the database's when the table started (common.expiry.database_now).
+    clock_skew_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -35,6 +49,11 @@ class TableResult:
     @property
     def ratio(self) -> float:
         return self.source_bytes / self.bytes if self.bytes else 0.0
+
+
+def run_stop_reason(results: list[TableResult]) -> str:
+    """Why the run stopped before its end: the first stopped table's reason, "none" if none did."""
+    return next((r.stop_reason for r in results if r.status == "stopped" and r.stop_reason), "none")
 
 
 class Observer(Protocol):

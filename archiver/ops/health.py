@@ -93,6 +93,8 @@ class HealthChecker:
         self._lock = threading.Lock()
         self._cached: tuple[float, int, dict[str, Any]] | None = None
         self._s3: Any = None
+        #: Who answers (archiver/ops/identity.py), shown in the JSON so an operator sees it too.
+        self.identity: dict[str, Any] | None = None
         self.set_config(cfg)
 
     def set_config(self, cfg: Config) -> None:
@@ -110,6 +112,8 @@ class HealthChecker:
         last_run = self.state.snapshot()
         status, reasons = self.judge(checks, last_run, fallback_configured=checks["fallback"]["dir"] is not None)
         doc = {"status": status, "reasons": reasons, "checks": checks, "last_run": last_run}
+        if self.identity is not None:
+            doc["archiver"] = self.identity
         return (503 if status == "unhealthy" else 200), doc
 
     @staticmethod

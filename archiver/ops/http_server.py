@@ -20,6 +20,14 @@ log = logging.getLogger("archiver.http")
 Route = Callable[[], tuple[int, str, bytes]]
 
 
+class PortInUse(ConfigError):
+    """The port is already bound (EADDRINUSE): by whom, the caller may ask (archiver/ops/identity.py)."""
+
+    def __init__(self, message: str, *, key: str, bind: str, port: int) -> None:
+        super().__init__(message)
+        self.key, self.bind, self.port = key, bind, port
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a slow scraper must never keep the process alive
 
@@ -74,7 +82,10 @@ class EndpointServer:
             server_class = _Server6 if ":" in self.bind else _Server
             self._server = server_class((self.bind, self.requested_port), _handler(self.routes))
         except OSError as exc:
-            raise ConfigError(_bind_error(self.key, self.bind, self.requested_port, exc)) from None
+            message = _bind_error(self.key, self.bind, self.requested_port, exc)
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(message, key=self.key, bind=self.bind, port=self.requested_port) from None
+            raise ConfigError(message) from None
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name=f"http-{self.requested_port}", daemon=True)
         self._thread.start()

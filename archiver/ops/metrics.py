@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from archiver.ops.events import TableResult
+from archiver.ops.events import STOP_REASONS, TableResult, run_stop_reason
 from common.files import atomic_write
 
 log = logging.getLogger("archiver.metrics")
@@ -72,6 +72,24 @@ class ArchiverMetrics:
         self.kept = Gauge("archiver_rows_kept_referenced",
                           "Expired rows the last run left in the table because a foreign key still references them",
                           LABELS, registry=r)
+        self.backlog_rows = Gauge("archiver_backlog_rows",
+                                  "Expired rows still in the table after the last run (kept referenced rows included; "
+                                  "an estimate after a run that stopped early unless monitoring.backlog_exact_count)",
+                                  LABELS, registry=r)
+        self.backlog_oldest = Gauge("archiver_backlog_oldest_age_seconds",
+                                    "Age of the oldest expired row still in the table after the last run (0: none)",
+                                    LABELS, registry=r)
+        self.partitions_pending = Gauge("archiver_partitions_pending_retirement",
+                                        "Partitions past retention still attached, waiting to be retired", LABELS, registry=r)
+        self.clock_skew = Gauge("archiver_clock_skew_seconds",
+                                "This host's clock minus the database's at the last table start (cutoffs follow the database's)",
+                                ("database",), registry=r)
+        self.stop_reason = Gauge("archiver_last_run_stop_reason",
+                                 "1 for why the last run stopped before its end (none: it ran to the end), 0 for the others",
+                                 ("reason",), registry=r)
+        self.s3_up = Gauge("archiver_s3_up", "1 when the last batch went to S3 (or local_dir), 0 when S3 could not "
+                           "take it (held in the fallback directory, or the upload failed); 1 until a batch fails", registry=r)
+        self.s3_up.set(1)
         self.errors = Counter("archiver_errors_total", "Failed tables (or runs) by kind of error", (*LABELS, "kind"), registry=r)
         self.in_progress = Gauge("archiver_run_in_progress", "1 while an archival run is going on", registry=r)
         self.last_run = Gauge("archiver_last_run_timestamp_seconds", "Unix time the last run finished", registry=r)
@@ -91,6 +109,7 @@ class ArchiverMetrics:
         labels = (result.database, result.name)
         self.rows.labels(*labels).inc(rows)
         self.duration.observe(seconds)
+        self.s3_up.set(0 if location == "fallback" else 1)
         if location == "fallback":
             self.batches.labels(*labels, "fallback").inc()
             self.fallback_bytes.labels(*labels).inc(nbytes)
@@ -100,6 +119,8 @@ class ArchiverMetrics:
 
     def batch_failed(self, result: TableResult, *, kind: str) -> None:
         status = "rolled_back" if kind == "conflict" else "failed"
+        if kind == "s3":
+            self.s3_up.set(0)
         self.batches.labels(result.database, result.name, status).inc()
 
     def table_done(self, result: TableResult) -> None:
@@ -107,8 +128,16 @@ class ArchiverMetrics:
             self.last_success.labels(result.database, result.name).set(time.time())
             # counted by every completed run (0 without references), so it falls once they are gone
             self.kept.labels(result.database, result.name).set(result.kept_referenced)
+            self.partitions_pending.labels(result.database, result.name).set(result.partitions_pending)
+        if result.status in ("completed", "stopped"):
+            self.clock_skew.labels(result.database).set(result.clock_skew_seconds)
+            if result.backlog_rows is not None and result.backlog_oldest_seconds is not None:
+                self.backlog_rows.labels(result.database, result.name).set(result.backlog_rows)
+                self.backlog_oldest.labels(result.database, result.name).set(result.backlog_oldest_seconds)
         elif result.status == "failed":
             self.errors.labels(result.database, result.name, result.error_kind or "other").inc()
+            if result.error_kind in ("s3", "s3_unreachable"):
+                self.s3_up.set(0)
 
     def run_finished(self, results: list[TableResult], exit_code: int) -> None:
         self.in_progress.set(0)
@@ -116,6 +145,9 @@ class ArchiverMetrics:
         self.last_code.set(exit_code)
         self.last_duration.set(time.monotonic() - self._started if self._started else 0)
         self.runs.labels(result_name(exit_code)).inc()
+        reason = run_stop_reason(results)
+        for name in STOP_REASONS:
+            self.stop_reason.labels(name).set(1 if name == reason else 0)
 
     def run_crashed(self, kind: str, exit_code: int) -> None:
         """The run ended with an exception before run_finished (not a table's failure)."""
@@ -136,7 +168,9 @@ class ArchiverMetrics:
 
     def seed_from_textfile(self, path: str | os.PathLike[str]) -> int:
         """Carry last-success times over from the previous run's textfile, so a table that fails
-        now still shows when it last succeeded. Returns how many were read."""
+        now still shows when it last succeeded; a time older than the one held is ignored (so it
+        may be read again just before writing, after an overlapping run wrote it). Returns how
+        many were read."""
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError:
@@ -146,7 +180,9 @@ class ArchiverMetrics:
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
                     if sample.name == LAST_SUCCESS and set(LABELS) <= set(sample.labels):
-                        self.last_success.labels(*(sample.labels[k] for k in LABELS)).set(sample.value)
+                        labels = {k: sample.labels[k] for k in LABELS}
+                        if sample.value > (self.registry.get_sample_value(LAST_SUCCESS, labels) or 0):  # the newest wins
+                            self.last_success.labels(**labels).set(sample.value)
                         seeded += 1
         except ValueError as exc:
             log.warning("ignoring unreadable metrics textfile %s: %s", path, exc)
