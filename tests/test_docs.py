@@ -42,6 +42,7 @@ from common import layout
 from common.config import DatabaseConfig, load_config, parse_config
 from common.exit_codes import ExitCode
 from archiver.ops.health import HealthChecker, RunState
+from archiver.ops.identity import identity
 from archiver.ops.metrics import RESULTS, ArchiverMetrics
 from validate.metrics import render as render_validate_textfile
 from validate.report import Report
@@ -415,7 +416,9 @@ def health_reports(pg: psycopg.Connection[Any], pg_dsn: str, tmp_path: Path, mot
     cfg = load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server))
     state = RunState()
     assert run_archive(cfg, observer=state, s3_client=s3_client)[1] == ExitCode.OK
-    code, healthy = HealthChecker(cfg, state=state).report()
+    checker = HealthChecker(cfg, state=state)
+    checker.identity = identity(config_path=str(tmp_path / "config.yaml"), mode="one-shot")  # as OpsSurface sets it
+    code, healthy = checker.report()
     assert code == 200 and healthy["status"] == "healthy"
     down_db = DatabaseConfig(name="production_db", dsn=f"host=127.0.0.1 port={free_port()} user=x dbname=x")
     down = cfg.model_copy(update={"databases": [down_db],
