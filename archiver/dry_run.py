@@ -19,7 +19,7 @@ from common.db import application_name, connect, conninfo, describe_target, sess
 from common.expiry import cutoff_for
 from common.errors import ServiceUnavailable, first_line
 from common.exit_codes import ExitCode
-from common.s3client import primary_storage
+from common.s3client import check_object_lock, primary_storage
 
 
 def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
@@ -114,5 +114,10 @@ def _storage_line(cfg: Config, s3_client: Any | None) -> str:
         status = "reachable"
     except Exception as exc:  # noqa: BLE001
         status = f"NOT reachable ({first_line(exc, limit=120)})"
+    else:
+        check_object_lock(cfg, store)  # a run would refuse the bucket: so does the dry run (exit 2)
+    lock = cfg.s3.object_lock
+    if lock is not None:
+        status += f", Object Lock {lock.mode} {lock.retain_days} days{' with legal hold' if lock.legal_hold else ''}"
     fb = f", fallback {cfg.s3.local_fallback_dir}" if cfg.s3.local_fallback_dir else ", no fallback directory"
     return f"storage: {target} ({status}), class {cfg.s3.storage_class}{fb}"

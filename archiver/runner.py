@@ -22,7 +22,7 @@ from common.db import conninfo, pool, session_settings
 from common.errors import UNREACHABLE, ConfigError, ErrorKind, ServiceUnavailable, classify
 from archiver.ops.events import NullObserver, Observer, TableResult
 from common.exit_codes import ExitCode
-from common.s3client import fallback_storage, primary_storage
+from common.s3client import check_object_lock, fallback_storage, primary_storage
 from common.units import human_bytes
 
 log = logging.getLogger("archiver")
@@ -46,6 +46,7 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
         conninfo(db)  # an unreadable password_file is a config error (exit 2) before anything starts
         check_session_budget(cfg, db)
     sink = make_sink(cfg, s3_client, hook=hook)
+    check_object_lock(cfg, sink.primary)  # s3.object_lock on a bucket without it: exit 2 before anything
     checkpoints = CheckpointStore(cfg.checkpoint_dir)
     observer.run_started()
     drain = sink.drain()
