@@ -16,6 +16,7 @@ from archiver.selection import Selection
 from archiver.table_check import inspect_table
 from common.config import Config
 from common.db import application_name, connect, conninfo, describe_target, session_settings
+from common.digest import secret as digest_secret
 from common.expiry import cutoff_for
 from common.errors import ServiceUnavailable, first_line
 from common.exit_codes import ExitCode
@@ -24,7 +25,9 @@ from common.s3client import check_object_lock, primary_storage
 
 def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
          only: Callable[[str, str, str], bool] | None = None) -> tuple[list[str], ExitCode]:
-    lines = [f"config {cfg.source}: valid", _storage_line(cfg, s3_client)]
+    key_secret = digest_secret(cfg)  # an unset s3.digest_key_env variable: exit 2, as a run would
+    lines = [f"config {cfg.source}: valid", _storage_line(cfg, s3_client),
+             f"digests: {'signed (HMAC-SHA256, key from $' + str(cfg.s3.digest_key_env) + ')' if key_secret else 'unsigned'}"]
     code = ExitCode.OK
     for db in cfg.databases:
         tables = [t for t in db.tables if only is None or only(db.name, t.schema_, t.name)]

@@ -18,6 +18,7 @@ from archiver.table_job import TableBusy, TableJob
 from archiver.arrow_source import ArrowSource
 from archiver.checkpoint import CheckpointStore
 from common.config import Config, DatabaseConfig
+from common.digest import secret as digest_secret
 from common.db import conninfo, pool, session_settings
 from common.errors import UNREACHABLE, ConfigError, ErrorKind, ServiceUnavailable, classify
 from archiver.ops.events import NullObserver, Observer, TableResult
@@ -47,6 +48,7 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
         check_session_budget(cfg, db)
     sink = make_sink(cfg, s3_client, hook=hook)
     check_object_lock(cfg, sink.primary)  # s3.object_lock on a bucket without it: exit 2 before anything
+    digest_secret(cfg)  # s3.digest_key_env naming an unset variable: exit 2, not unsigned digests
     checkpoints = CheckpointStore(cfg.checkpoint_dir)
     observer.run_started()
     drain = sink.drain()

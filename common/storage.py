@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from common.errors import DataIntegrityError
 from common.config import ObjectLockConfig
 from common.files import TEMP_PREFIX, atomic_write
-from common.layout import MANIFEST_SUFFIX
+from common.layout import MANIFEST_SUFFIX, is_control_key
 from common.lock import put_arguments
 from common.manifest import hex_to_b64, sha256_hex
 
@@ -58,7 +58,8 @@ class S3Storage:
         then, with verify, check the checksum S3 says it stored (issue 2) before anyone deletes
         rows on the strength of it. Manifests always go to STANDARD: in GLACIER they could not be
         read without a restore request, and IA classes would bill each ~2 KB manifest as 128 KB."""
-        storage_class = "STANDARD" if key.endswith(MANIFEST_SUFFIX) else self.storage_class
+        # Digests and withdrawal records too: validate, the archiver and erase read them on every run.
+        storage_class = "STANDARD" if key.endswith(MANIFEST_SUFFIX) or is_control_key(key) else self.storage_class
         extra: dict[str, Any] = {"StorageClass": storage_class}
         if self.sse:
             extra["ServerSideEncryption"] = self.sse

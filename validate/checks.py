@@ -20,6 +20,8 @@ from common.errors import ConfigError, S3Unavailable, first_line
 from common.s3client import fallback_storage, primary_storage
 from common.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
+from common.digest import secret as digest_secret
+from validate.digests import DigestAudit
 from validate.hidden import HiddenFolders
 from validate.inventory import Entry, Scope, build_scope, pair_listing
 from validate.leftovers import incomplete_uploads, pending_fallback
@@ -67,16 +69,19 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
             report.notes.extend(live.notes)
         checker = ObjectChecker(store, root=scope.root, quick=quick, live=live, lock=cfg.s3.object_lock)
         hidden = HiddenFolders(store)
+        audit = DigestAudit(store, hidden, root=scope.root, key_secret=digest_secret(cfg), fallback=fallback_storage(cfg))
         finder = OverlapFinder()
         size_only = archived = 0
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="validate"))
-        for checked in bounded_map(pool, checker.check, _entries(store, scope, since, hidden), window=parallel * 2):
+        for checked in bounded_map(pool, checker.check, _entries(store, scope, since, hidden, audit), window=parallel * 2):
             _tally(report, checked)
             size_only += checked.size_only
             archived += checked.in_archive_class
             finder.add(checked)
+            audit.checked(checked)
             if on_object is not None:
                 on_object(checked)
+        audit.finish(report, complete=since is None)
         if (note := hidden.note()) is not None:
             report.notes.append(note)
         if size_only:
@@ -97,11 +102,14 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
         log.info("note: %s", note)
 
 
-def _entries(store: Storage, scope: Scope, since: datetime | None, hidden: HiddenFolders) -> Iterator[Entry]:
+def _entries(store: Storage, scope: Scope, since: datetime | None, hidden: HiddenFolders,
+             audit: DigestAudit) -> Iterator[Entry]:
     for prefix in scope.prefixes:
         for entry in pair_listing(hidden.listing(store.list(prefix)), head=store.head):
-            if entry.since(since) and hidden.counts(entry):
-                yield entry
+            if hidden.counts(entry):
+                audit.entry(entry)
+                if entry.since(since):
+                    yield entry
 
 
 def _tally(report: Report, c: Checked) -> None:
