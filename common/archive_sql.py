@@ -1,4 +1,5 @@
-"""The query engine: DuckDB over the archived rows of one day at a time (issue 16).
+"""The archive SQL engine: DuckDB over the archived rows of one day at a time (issue 16), shared by
+the query tool (rows out) and the erase tool (which rows of each object match, issue 17).
 
 The archive's objects are read into Arrow, brought to one schema (the union of the columns every
 selected object's manifest records: a column a day lacks is NULL there; a column whose type differs
@@ -22,6 +23,8 @@ from common.errors import UsageError, first_line
 from common.pgtypes import Column
 
 VIEW = "archive"
+#: The row number erase's matching() adds to judge rows one object at a time.
+ROW_COLUMN = "__pg_archiver_row"
 #: Rows handed to the output at a time.
 BATCH_ROWS = 10_000
 #: Text forms that JSONL archives (all values as PostgreSQL text) turn back into their type losslessly.
@@ -129,6 +132,24 @@ class Engine:
         """The matching rows of one day's objects, in (timestamp, key) order."""
         tables = [_conform(self._read(catalog, obj), self.schema) for obj in objects]
         yield from self._run(pa.concat_tables(tables), self.query.text(limit))
+
+    def matching(self, rows: pa.Table) -> pa.Array:
+        """Which of one object's rows (as decoded, in their order) the --where selects: a boolean
+        mask, for erase. The rows are brought to the engine's schema only to be judged."""
+        conformed = _conform(rows, self.schema).append_column(ROW_COLUMN, pa.array(range(rows.num_rows), pa.int64()))
+        text = f"SELECT {quote(ROW_COLUMN)} FROM {VIEW}" + (f" WHERE (\n{self.query.where}\n)" if self.query.where else "")
+        self.con.register(VIEW, conformed)
+        try:
+            hits = self.con.sql(text).to_arrow_reader(BATCH_ROWS).read_all().column(0)
+        except duckdb.Error as exc:
+            raise UsageError(f"--where: {first_line(exc)}") from exc
+        finally:
+            self.con.unregister(VIEW)
+        return pc.is_in(pa.array(range(rows.num_rows), pa.int64()), value_set=pa.array(hits.to_pylist(), pa.int64()))
+
+    def read(self, catalog: Catalog, obj: ArchiveObject) -> pa.Table:
+        """One object's rows as stored, verified against its manifest first."""
+        return self._read(catalog, obj)
 
     def _read(self, catalog: Catalog, obj: ArchiveObject) -> pa.Table:
         data = catalog.read(obj)

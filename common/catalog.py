@@ -4,6 +4,7 @@ objects with a manifest count as archived (the archiver writes the manifest last
 archiver itself decides. Dates select UTC day partitions (--start-date/--end-date)."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -65,6 +66,8 @@ class ArchiveObject:
     restore_state: str | None = None  # archive classes: None (not requested) | ongoing | available
     manifest_key: str = ""  # where its manifest is (either layout: common.layout)
     manifest_sha256: str | None = None  # of the manifest's bytes: what a withdrawal record names
+    #: An erasure's replacement names the object it replaces (erase/rewrite.py): {key, manifest_sha256, ...}.
+    replaces: dict[str, Any] | None = None
 
     @property
     def rows(self) -> int | None:
@@ -169,6 +172,7 @@ class Catalog:
         self._primary: Storage | None = None
         self.fallback = fallback_storage(cfg)
         self._records: list[tuple[Storage, str]] = []  # withdrawal records met while listing
+        self.superseded: list[tuple[ArchiveObject, ArchiveObject]] = []  # (replaced, replacement) of the last listing
 
     @property
     def primary(self) -> Storage:
@@ -200,7 +204,17 @@ class Catalog:
                   if (d := self._day(i.key)) is not None and (start is None or d >= start) and (end is None or d <= end)]
         with ThreadPoolExecutor(max_workers=_MANIFEST_READERS, thread_name_prefix="manifest") as ex:
             objects = list(ex.map(lambda c: self._describe(c[0], c[1], c[2]), chosen))
-        return sorted(self._counted(objects), key=ArchiveObject.sort_key)
+        return sorted(self._current(self._counted(objects)), key=ArchiveObject.sort_key)
+
+    def _current(self, objects: list[ArchiveObject]) -> list[ArchiveObject]:
+        """Without objects an erasure has replaced: the replacement's manifest (stored, verified)
+        is the moment the erasure takes effect, so a crash before the old object is removed never
+        counts its rows twice. `superseded` keeps (old, replacement) for erase to finish."""
+        replaced = {(o.replaces.get("key"), o.replaces.get("manifest_sha256")): o for o in objects if o.replaces}
+        self.superseded = [(o, replaced[(o.key, o.manifest_sha256)]) for o in objects
+                           if (o.key, o.manifest_sha256) in replaced]
+        gone = {id(old) for old, _new in self.superseded}
+        return [o for o in objects if id(o) not in gone]
 
     def _counted(self, objects: list[ArchiveObject]) -> list[ArchiveObject]:
         """Without the batches taken back under Object Lock (common/withdrawals.py): never archived."""
@@ -252,6 +266,7 @@ class Catalog:
         raw = self._manifest(store, minfo.key)
         if raw is not None:
             obj.manifest, obj.manifest_sha256 = Manifest.from_bytes(raw, key=minfo.key), sha256_hex(raw)
+            obj.replaces = _replaces(raw)
         return obj
 
     def _manifest(self, store: Storage, mkey: str) -> bytes | None:
@@ -340,6 +355,14 @@ class Catalog:
                         raise  # InvalidObjectState: that one is not in an archive class
             issued.append(obj.key)
         return issued
+
+
+def _replaces(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw).get("replaces")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _head_manifest(store: Storage, key: str) -> ObjectInfo | None:

@@ -14,9 +14,9 @@ from common.config import load_config
 from common.errors import UsageError
 from common.exit_codes import ExitCode
 from common.logging_setup import setup_logging
-from query.engine import Engine, Query, union_schema
+from common.archive_sql import Engine, Query, union_schema
 from query.output import make_writer, output_file
-from query.plan import Plan, plan
+from common.archive_plan import Plan, plan
 
 
 @dataclass(frozen=True, kw_only=True)
