@@ -21,7 +21,7 @@ from common.errors import ArchiverError, UsageError
 from common.exit_codes import ExitCode
 from common.hooks import Hook, env_hook
 from common.jsonout import render_json
-from common.lock import LockState, head_lock
+from common.lock import head_lock
 from common.logging_setup import setup_logging
 from common.manifest import sha256_hex
 from common.s3client import check_object_lock
@@ -130,8 +130,7 @@ def _bypass(catalog: Catalog, obj: ArchiveObject) -> bool:
     store = catalog.primary
     if obj.location != "s3" or not isinstance(store, S3Storage) or store.object_lock is None:
         return False
-    state: LockState = head_lock(store.client, store.bucket, obj.key)
-    return state.governance_locked(datetime.now(timezone.utc)) or state.mode == "GOVERNANCE"
+    return head_lock(store.client, store.bucket, obj.key).mode == "GOVERNANCE"
 
 
 def _record_and_remove(cfg: Config, catalog: Catalog, out: Outcome, *, key_secret: bytes | None, hook: Hook) -> None:

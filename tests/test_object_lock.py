@@ -126,3 +126,15 @@ def test_withdrawn_batch_under_lock_never_counts_and_its_rows_are_archived_once(
     report = validate(cfg, s3_client=s3_client)
     assert report.ok, report.text_lines()
     assert any("withdrawn batches" in n for n in report.notes)
+
+
+def test_cost_notes_that_locked_objects_cannot_be_deleted_early(tmp_path: Path, pg_dsn: str, small_audit: Any,
+                                                                locked_bucket: str, moto_server: str, s3_client: Any) -> None:
+    from common.cli import Environment
+    from cost.app import CostOptions, run as cost
+
+    path = lock_config(tmp_path, pg_dsn, locked_bucket, moto_server, mode="COMPLIANCE", days=365)
+    run_archive(load_config(path))
+    out = io.StringIO()
+    assert cost(CostOptions(config_path=path), s3_client=s3_client, env=Environment(stdout=out)) == 0
+    assert "Object Lock COMPLIANCE for 365 days: no object, manifest or digest can be deleted early" in out.getvalue()
