@@ -97,8 +97,8 @@ def test_storage_class_and_encryption_apply_to_every_object(tmp_path: Path, pg_d
     assert keys
     for key in keys[:20]:
         head = s3_client.head_object(Bucket=bucket, Key=key)
-        # manifests stay readable and cheap in STANDARD whatever the data's class
-        expected = "STANDARD" if layout.is_manifest(key) else storage_class
+        # manifests (and the run digests) stay readable and cheap in STANDARD whatever the data's class
+        expected = "STANDARD" if layout.is_manifest(key) or layout.is_control_key(key) else storage_class
         assert head.get("StorageClass", "STANDARD") == expected
         assert head.get("ServerSideEncryption") == sse
 
