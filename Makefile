@@ -25,7 +25,7 @@ bench: $(STAMP)
 	$(VPY) bench/run.py
 
 typecheck: $(STAMP)
-	$(VPY) -m mypy common archiver restore validate cost wizard query bench scripts/demo.py
+	$(VPY) -m mypy common archiver restore validate cost wizard query erase bench scripts/demo.py
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache

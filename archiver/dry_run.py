@@ -18,17 +18,20 @@ from archiver.selection import Selection
 from archiver.table_check import inspect_table
 from common.config import Config
 from common.db import application_name, connect, conninfo, describe_target, session_settings
+from common.digest import secret as digest_secret
 from common.expiry import cutoff_for, database_now
 from common.errors import ServiceUnavailable, first_line
 from common.exit_codes import ExitCode
-from common.s3client import primary_storage
+from common.s3client import check_object_lock, primary_storage
 
 log = logging.getLogger("archiver")
 
 
 def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
          only: Callable[[str, str, str], bool] | None = None) -> tuple[list[str], ExitCode]:
-    lines = [f"config {cfg.source}: valid", _storage_line(cfg, s3_client)]
+    key_secret = digest_secret(cfg)  # an unset s3.digest_key_env variable: exit 2, as a run would
+    lines = [f"config {cfg.source}: valid", _storage_line(cfg, s3_client),
+             f"digests: {'signed (HMAC-SHA256, key from $' + str(cfg.s3.digest_key_env) + ')' if key_secret else 'unsigned'}"]
     code = ExitCode.OK
     for db in cfg.databases:
         tables = [t for t in db.tables if only is None or only(db.name, t.schema_, t.name)]
@@ -127,5 +130,10 @@ def _storage_line(cfg: Config, s3_client: Any | None) -> str:
         status = "reachable"
     except Exception as exc:  # noqa: BLE001
         status = f"NOT reachable ({first_line(exc, limit=120)})"
+    else:
+        check_object_lock(cfg, store)  # a run would refuse the bucket: so does the dry run (exit 2)
+    lock = cfg.s3.object_lock
+    if lock is not None:
+        status += f", Object Lock {lock.mode} {lock.retain_days} days{' with legal hold' if lock.legal_hold else ''}"
     fb = f", fallback {cfg.s3.local_fallback_dir}" if cfg.s3.local_fallback_dir else ", no fallback directory"
     return f"storage: {target} ({status}), class {cfg.s3.storage_class}{fb}"

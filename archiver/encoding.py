@@ -15,6 +15,7 @@ from archiver.reader import Batch
 from archiver.selection import Bound, Selection
 from common import batch_writer, layout
 from common.config import ResolvedOptions
+from common.key_range import iso, jsonable, key_range
 from common.manifest import Manifest, sha256_hex
 from common.pgtypes import column_docs
 
@@ -69,18 +70,6 @@ def manifest_key(keys: tuple[str, ...]) -> str | list[str]:
     return keys[0] if len(keys) == 1 else list(keys)
 
 
-def key_range(keys: pa.Table) -> tuple[Any, Any]:
-    """The manifest's min_pk and max_pk: the column's min and max for a one-column key (as always);
-    for a composite key the lexicographically first and last key, as lists of the column values."""
-    if keys.num_columns == 1:
-        mm = pc.min_max(keys.column(0))
-        return jsonable(mm["min"].as_py()), jsonable(mm["max"].as_py())
-    order = pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names])
-    first, last = order[0].as_py(), order[len(order) - 1].as_py()
-    return ([jsonable(keys.column(i)[first].as_py()) for i in range(keys.num_columns)],
-            [jsonable(keys.column(i)[last].as_py()) for i in range(keys.num_columns)])
-
-
 def key_lists(keys: pa.Table) -> list[list[Any]]:
     """One list of values per key column (Selection.delete_query)."""
     return [keys.column(i).to_pylist() for i in range(keys.num_columns)]
@@ -97,13 +86,3 @@ def typed_column(rows: pa.Table, name: str, sel: Selection) -> pa.ChunkedArray:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
     return column
-
-
-def iso(v: Any) -> str:
-    return v.isoformat() if hasattr(v, "isoformat") else str(v)
-
-
-def jsonable(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):  # a composite key
-        return [jsonable(x) for x in v]
-    return v if isinstance(v, (int, str, float)) or v is None else str(v)

@@ -10,6 +10,7 @@ The points, in a batch's order:
   after_upload                 object and manifest stored, the rows not yet deleted
   before_commit                the DELETE ran, its transaction is not committed
   after_delete                 committed, the checkpoint not yet updated
+  before_digest                the table's moves are done, its run digest not yet written
 
 A partition retired whole (archiver/retire.py) passes after_checkpoint, between_object_and_manifest
 and after_upload per batch (no delete), then:
@@ -19,53 +20,7 @@ and after_upload per batch (no delete), then:
 """
 from __future__ import annotations
 
-import os
-import signal
-import threading
-from collections.abc import Mapping
-from functools import lru_cache
-from typing import Protocol
+# The machinery is shared with the erase tool (common/hooks.py); the points above are the archiver's.
+from common.hooks import HOOK_ENV, Hook, KillAt, env_hook, no_hook
 
-#: "after_upload:3" SIGKILLs this process the 3rd time it reaches that point. Unset in production;
-#: tests/test_faults.py drives it.
-HOOK_ENV = "ARCHIVER_TEST_KILL_AT"
-
-
-class Hook(Protocol):
-    def __call__(self, point: str) -> None: ...
-
-
-def no_hook(point: str) -> None:
-    """The hook of a component nobody steps into."""
-
-
-class KillAt:
-    """SIGKILL this process the n-th time any thread reaches `point`: the crash a kill -9 causes,
-    at a moment a test chooses."""
-
-    def __init__(self, point: str, nth: int) -> None:
-        self.point, self.nth = point, nth
-        self.seen = 0
-        self._lock = threading.Lock()  # the reader, upload and mover threads all reach points
-
-    def __call__(self, point: str) -> None:
-        if point != self.point:
-            return
-        with self._lock:
-            self.seen += 1
-            if self.seen >= self.nth:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-
-def env_hook(environ: Mapping[str, str] | None = None) -> Hook:
-    """The hook ARCHIVER_TEST_KILL_AT asks for (a no-op when unset). One per process and spec: the
-    n-th time counts across runs, tables and threads, as a daemon's kill -9 would."""
-    return _hook_for((os.environ if environ is None else environ).get(HOOK_ENV, ""))
-
-
-@lru_cache(maxsize=None)
-def _hook_for(spec: str) -> Hook:
-    if not spec:
-        return no_hook
-    point, _, nth = spec.partition(":")
-    return KillAt(point, int(nth or 1))
+__all__ = ["HOOK_ENV", "Hook", "KillAt", "env_hook", "no_hook"]

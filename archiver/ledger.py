@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from archiver.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint
-from archiver.encoding import iso, jsonable
+from common.key_range import iso, jsonable
 from archiver.selection import Bound
 from archiver.sink import ArchiveSink
 from common import batch_writer, layout

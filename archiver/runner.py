@@ -18,11 +18,12 @@ from archiver.table_job import TableBusy, TableJob
 from archiver.arrow_source import ArrowSource
 from archiver.checkpoint import CheckpointStore
 from common.config import Config, DatabaseConfig
+from common.digest import secret as digest_secret
 from common.db import conninfo, pool, session_settings
 from common.errors import UNREACHABLE, ConfigError, ErrorKind, ServiceUnavailable, classify
 from archiver.ops.events import NullObserver, Observer, TableResult, run_stop_reason
 from common.exit_codes import ExitCode
-from common.s3client import fallback_storage, primary_storage
+from common.s3client import check_object_lock, fallback_storage, primary_storage
 from common.units import human_bytes
 
 log = logging.getLogger("archiver")
@@ -46,6 +47,8 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
         conninfo(db)  # an unreadable password_file is a config error (exit 2) before anything starts
         check_session_budget(cfg, db)
     sink = make_sink(cfg, s3_client, hook=hook)
+    check_object_lock(cfg, sink.primary)  # s3.object_lock on a bucket without it: exit 2 before anything
+    digest_secret(cfg)  # s3.digest_key_env naming an unset variable: exit 2, not unsigned digests
     checkpoints = CheckpointStore(cfg.checkpoint_dir)
     observer.run_started()
     drain = sink.drain()

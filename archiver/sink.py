@@ -16,6 +16,7 @@ from common.layout import data_key, is_legacy_manifest, is_manifest, manifest_ke
 from common.manifest import Manifest, sha256_hex
 from common.fallback import FallbackDir
 from common.storage import ObjectInfo, Storage, is_disk_full
+from common.withdrawals import withdraw as record_withdrawal
 
 log = logging.getLogger("archiver.sink")
 
@@ -101,13 +102,22 @@ class ArchiveSink:
         return self.fallback if location == "fallback" and self.fallback else self.primary
 
     def remove(self, key: str, location: str) -> None:
-        self._cleanup(self._store(location), (*manifest_keys(key), key))
+        store = self._store(location)
+        if _locked(store):
+            record_withdrawal(store, key, reason="incomplete upload")
+            return
+        self._cleanup(store, (*manifest_keys(key), key))
 
     def withdraw(self, key: str, location: str) -> None:
         """Take back a stored batch whose rows stay in the table: its manifest must go (an error
         propagates, and the batch stays pending for the next run), or the rows would count as
-        archived twice once archived again; the object without it is only an orphan."""
+        archived twice once archived again; the object without it is only an orphan. Under
+        Object Lock neither can go: a withdrawal record (common/withdrawals.py) says instead that
+        this version does not count, and every reader skips it."""
         store = self._store(location)
+        if _locked(store):
+            record_withdrawal(store, key, reason="rows changed since export")
+            return
         for mkey in manifest_keys(key):  # an older archive's batch may carry the legacy sidecar
             store.delete(mkey)
         self._cleanup(store, (key,))
@@ -174,6 +184,10 @@ class ArchiveSink:
         # The manifest is small and carries its own checksum header; the data object, which rows are
         # deleted on the strength of, is the one read back.
         store.put(manifest_key(manifest.key), mbytes, sha256=sha256_hex(mbytes), verify=False)
+
+
+def _locked(store: Storage) -> bool:
+    return getattr(store, "object_lock", None) is not None
 
 
 def _one_manifest_per_batch(infos: Iterable[ObjectInfo]) -> list[ObjectInfo]:

@@ -18,6 +18,7 @@ from archiver import partitions, reader
 from archiver.arrow_source import ArrowSource
 from archiver.checkpoint import Checkpoint, CheckpointStore
 from archiver.controls import RunControls
+from archiver.digest import RunDigest
 from archiver.encoding import Encoded, encode_batch
 from archiver.hooks import Hook, no_hook
 from archiver.backlog import measure_backlog
@@ -33,7 +34,9 @@ from archiver.sink import ArchiveSink, FallbackFull
 from archiver.table_check import inspect_table
 from common.config import Config, DatabaseConfig, ResolvedOptions, TableConfig
 from common.db import apply_settings, table_unlock, try_table_lock
-from common.errors import ArchiverError
+from common import layout
+from common.digest import secret as digest_secret
+from common.errors import ArchiverError, first_line
 from common.expiry import cutoff_for, database_now
 
 log = logging.getLogger("archiver")
@@ -61,6 +64,10 @@ class TableJob:
         self.ctx = {"database": db.name, "table": f"{table.schema_}.{table.name}"}
         self.ledger = MoveLedger(checkpoints, database=db.name, schema=table.schema_, table=table.name,
                                  delete_after_archive=self.opts.delete_after_archive)
+        self.digest = RunDigest(checkpoints.path(db.name, table.schema_, table.name).with_suffix(".undigested"),
+                                database=db.name, schema=table.schema_, table=table.name,
+                                table_root=layout.table_prefix(cfg.s3.prefix, db.name, table.schema_, table.name),
+                                key_secret=digest_secret(cfg))
 
     # -- entry -------------------------------------------------------------------------------
     def run(self) -> TableResult:
@@ -87,6 +94,7 @@ class TableJob:
                     measure_backlog(self.conn, self.sel, self.result, now=self.now,
                                     exact=self.cfg.monitoring.backlog_exact_count, log_extra=self.ctx)
             finally:
+                self._write_digest()
                 self.result.seconds = time.monotonic() - started
         return self.result
 
@@ -119,6 +127,20 @@ class TableJob:
             retired += retirer.retire(leaf)
         # wholly expired leaves still attached after this run (stopped, or left to the row-by-row path)
         self.result.partitions_pending = len(whole) - retired
+
+    def _write_digest(self) -> None:
+        """The run's digest (archiver/digest.py). A failure loses nothing: the journal keeps the
+        moves, and the next run's digest records them."""
+        self.hook("before_digest")
+        if self.sink.s3_down:  # the circuit breaker is open: no request to an S3 that is down
+            log.info("S3 is down: the digest of %s waits for the next run", self.result.name, extra=self.ctx)
+            return
+        stores = [s for s in (self.sink.primary, self.sink.fallback) if s is not None]
+        try:
+            self.digest.write(stores, pending={p["key"] for p in self.ledger.cp.pending})
+        except Exception as exc:  # noqa: BLE001 - the moves are done; only their digest waits
+            log.warning("digest of %s not written (%s); the next run's digest records these objects",
+                        self.result.name, first_line(exc, limit=200), extra=self.ctx)
 
     def _count_kept(self) -> None:
         """Expired rows that a foreign key still references stayed in the table: one count per
@@ -215,6 +237,7 @@ class TableJob:
 
     def _begin(self, new: Sequence[Encoded]) -> None:
         """Before their uploads start: the batches are pending in the checkpoint."""
+        self.digest.note(enc.manifest.key for enc in new)
         self.ledger.begin(new)
         self.hook("after_checkpoint")
 
@@ -266,6 +289,7 @@ class TableJob:
 
     def _done(self, enc: Encoded, location: str) -> None:
         self.ledger.finish(enc)
+        self.digest.done(enc.manifest)
         m, r = enc.manifest, self.result
         r.rows += m.rows
         r.objects += 1

@@ -4,6 +4,7 @@ objects with a manifest count as archived (the archiver writes the manifest last
 archiver itself decides. Dates select UTC day partitions (--start-date/--end-date)."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -18,10 +19,11 @@ from common import batch_writer, layout
 from common.config import Config
 from common.cli import ambiguous, match_tables
 from common.errors import ArchiverError, ConfigError, DataIntegrityError, S3Unavailable, UsageError
-from common.manifest import Manifest
+from common.manifest import Manifest, sha256_hex
 from common.pgtypes import TableSchema
 from common.s3client import fallback_storage, primary_storage
 from common.storage import ObjectInfo, S3Storage, Storage
+from common.withdrawals import Withdrawn, is_record, load as load_withdrawn, read as read_record
 
 log = logging.getLogger("catalog")
 
@@ -63,6 +65,9 @@ class ArchiveObject:
     manifest: Manifest | None  # None while the manifest itself sits in an archive storage class
     restore_state: str | None = None  # archive classes: None (not requested) | ongoing | available
     manifest_key: str = ""  # where its manifest is (either layout: common.layout)
+    manifest_sha256: str | None = None  # of the manifest's bytes: what a withdrawal record names
+    #: An erasure's replacement names the object it replaces (erase/rewrite.py): {key, manifest_sha256, ...}.
+    replaces: dict[str, Any] | None = None
 
     @property
     def rows(self) -> int | None:
@@ -166,6 +171,8 @@ class Catalog:
         self._client = s3_client
         self._primary: Storage | None = None
         self.fallback = fallback_storage(cfg)
+        self._records: list[tuple[Storage, str]] = []  # withdrawal records met while listing
+        self.superseded: list[tuple[ArchiveObject, ArchiveObject]] = []  # (replaced, replacement) of the last listing
 
     @property
     def primary(self) -> Storage:
@@ -187,6 +194,7 @@ class Catalog:
         """Every archived object of the table whose UTC day lies in [start, end], oldest first."""
         prefix = layout.table_prefix(self.prefix, ref.database, ref.schema, ref.table)
         found: dict[str, tuple[Storage, ObjectInfo, ObjectInfo]] = {}
+        self._records = []
         for store in self.stores():
             for key, (info, minfo) in self._pairs(store, prefix, ref).items():
                 found.setdefault(key, (store, info, minfo))  # the archive store wins over the fallback copy
@@ -196,12 +204,35 @@ class Catalog:
                   if (d := self._day(i.key)) is not None and (start is None or d >= start) and (end is None or d <= end)]
         with ThreadPoolExecutor(max_workers=_MANIFEST_READERS, thread_name_prefix="manifest") as ex:
             objects = list(ex.map(lambda c: self._describe(c[0], c[1], c[2]), chosen))
-        return sorted(objects, key=ArchiveObject.sort_key)
+        return sorted(self._current(self._counted(objects)), key=ArchiveObject.sort_key)
+
+    def _current(self, objects: list[ArchiveObject]) -> list[ArchiveObject]:
+        """Without objects an erasure has replaced: the replacement's manifest (stored, verified)
+        is the moment the erasure takes effect, so a crash before the old object is removed never
+        counts its rows twice. `superseded` keeps (old, replacement) for erase to finish."""
+        replaced = {(o.replaces.get("key"), o.replaces.get("manifest_sha256")): o for o in objects if o.replaces}
+        self.superseded = [(o, replaced[(o.key, o.manifest_sha256)]) for o in objects
+                           if (o.key, o.manifest_sha256) in replaced]
+        gone = {id(old) for old, _new in self.superseded}
+        return [o for o in objects if id(o) not in gone]
+
+    def _counted(self, objects: list[ArchiveObject]) -> list[ArchiveObject]:
+        """Without the batches taken back under Object Lock (common/withdrawals.py): never archived."""
+        if not self._records:
+            return objects
+        withdrawn = Withdrawn(read_record(store, rkey) for store, rkey in self._records)
+        kept = [o for o in objects if not withdrawn.covers(o.key, o.manifest_sha256)]
+        if len(kept) != len(objects):
+            log.info("%d withdrawn batches (taken back under Object Lock) are not counted as archived", len(objects) - len(kept))
+        return kept
 
     def _pairs(self, store: Storage, prefix: str, ref: TableRef) -> dict[str, tuple[ObjectInfo, ObjectInfo]]:
         data: dict[str, ObjectInfo] = {}
         manifests: dict[str, ObjectInfo] = {}
         for info in self._list(store, prefix):
+            if is_record(info.key):
+                self._records.append((store, info.key))
+                continue
             parsed = layout.parse_key(self.prefix, info.key)
             if parsed is None or (parsed.database, parsed.schema, parsed.table) != (ref.database, ref.schema, ref.table):
                 continue  # strays, or a table whose name merely starts the same
@@ -232,12 +263,15 @@ class Catalog:
         obj = ArchiveObject(info.key, day, store.location, info.size, info.storage_class, None, manifest_key=minfo.key)
         if info.storage_class in ARCHIVE_CLASSES or minfo.storage_class in ARCHIVE_CLASSES:
             obj.restore_state = self._restore_state(info.key)
-        obj.manifest = self._manifest(store, minfo.key)
+        raw = self._manifest(store, minfo.key)
+        if raw is not None:
+            obj.manifest, obj.manifest_sha256 = Manifest.from_bytes(raw, key=minfo.key), sha256_hex(raw)
+            obj.replaces = _replaces(raw)
         return obj
 
-    def _manifest(self, store: Storage, mkey: str) -> Manifest | None:
+    def _manifest(self, store: Storage, mkey: str) -> bytes | None:
         try:
-            return Manifest.from_bytes(store.get(mkey), key=mkey)
+            return store.get(mkey)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "InvalidObjectState":
                 return None  # the manifest is in GLACIER/DEEP_ARCHIVE too: readable after an S3 restore
@@ -264,10 +298,19 @@ class Catalog:
             info = store.head(key)
             minfo = _head_manifest(store, key) if info else None
             if info and minfo:
-                return self._describe(store, info, minfo)
+                obj = self._describe(store, info, minfo)
+                if self._withdrawn_here(store, obj):
+                    raise ArchiveNotFound(f"{key}: this batch was withdrawn (taken back under Object Lock, its rows "
+                                          "archived again): it is not an archive")
+                return obj
             if info:
                 log.warning("%s in %s has no manifest", key, store.location)
         raise ArchiveNotFound(f"{key}: no such archived object (with a manifest) in {self.where()}")
+
+    def _withdrawn_here(self, store: Storage, obj: ArchiveObject) -> bool:
+        prefix = layout.table_root(obj.key) + layout.WITHDRAWN_DIR + obj.key.rpartition("/")[2]
+        records = [i.key for i in store.list(prefix) if is_record(i.key)]
+        return bool(records) and load_withdrawn(store, records).covers(obj.key, obj.manifest_sha256)
 
     def _normalise(self, key: str) -> str:
         key = key.strip()
@@ -312,6 +355,14 @@ class Catalog:
                         raise  # InvalidObjectState: that one is not in an archive class
             issued.append(obj.key)
         return issued
+
+
+def _replaces(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw).get("replaces")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _head_manifest(store: Storage, key: str) -> ObjectInfo | None:

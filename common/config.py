@@ -21,6 +21,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class ObjectLockConfig(_Strict):
+    """S3 Object Lock (WORM, issue 17): every object and manifest is stored with this mode and a
+    retain-until date of upload time + retain_days (common/lock.py)."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    retain_days: int = Field(ge=1)
+    legal_hold: bool = False
+
+
 class S3Config(_Strict):
     bucket: str = "audit-archives"
     prefix: str = ""
@@ -38,6 +47,10 @@ class S3Config(_Strict):
     max_concurrency: int = Field(default=4, ge=1, le=16)
     #: Seconds the circuit breaker waits before probing S3 again after an outage (issue 3).
     probe_interval_seconds: float = Field(default=60.0, ge=0)
+    #: Object Lock for everything the tools store (issue 17); the bucket must have it enabled.
+    object_lock: ObjectLockConfig | None = None
+    #: Name of the environment variable holding the secret that signs the run digests (HMAC-SHA256).
+    digest_key_env: str | None = None
 
     @model_validator(mode="after")
     def _kms_needs_key(self) -> S3Config:

@@ -74,6 +74,23 @@ def data_key(manifest: str) -> str:
     return f"{folder}{slash}{name[len(HIDDEN):] if name.startswith(HIDDEN) else name}"
 
 
+#: Hidden folders under a table's location holding no rows (issue 17): the run digests and the
+#: records of batches taken back under Object Lock. Hidden (`_`) so query engines skip them; no
+#: year= partition, so parse_key returns None for them and no reader takes them for data.
+DIGESTS_DIR = "_digests/"
+WITHDRAWN_DIR = "_withdrawn/"
+
+
+def is_control_key(key: str) -> bool:
+    """A digest or withdrawal record, not an archive object, manifest or stray."""
+    return f"/{DIGESTS_DIR}" in key or f"/{WITHDRAWN_DIR}" in key or key.startswith((DIGESTS_DIR, WITHDRAWN_DIR))
+
+
+def table_root(key: str) -> str:
+    """The table location (ending in /) of a data object key <table>/year=/month=/day=/<name>."""
+    return key.rsplit("/", 4)[0] + "/"
+
+
 @dataclass(frozen=True)
 class ParsedKey:
     database: str

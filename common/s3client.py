@@ -9,6 +9,7 @@ from botocore.config import Config as BotoConfig
 
 from common.config import Config
 from common.fallback import FallbackDir
+from common.lock import check_bucket
 from common.storage import LocalStorage, S3Storage, Storage
 
 
@@ -41,7 +42,14 @@ def primary_storage(cfg: Config, client: Any | None = None) -> Storage:
         assert cfg.local_dir is not None
         return LocalStorage(cfg.local_dir, location="local")
     return S3Storage(client if client is not None else make_client(cfg), cfg.s3.bucket,
-                     storage_class=cfg.s3.storage_class, sse=cfg.s3.sse, kms_key_id=cfg.s3.kms_key_id)
+                     storage_class=cfg.s3.storage_class, sse=cfg.s3.sse, kms_key_id=cfg.s3.kms_key_id,
+                     object_lock=cfg.s3.object_lock)
+
+
+def check_object_lock(cfg: Config, store: Storage) -> None:
+    """With s3.object_lock configured, the bucket must have Object Lock enabled (exit 2 otherwise)."""
+    if cfg.s3.object_lock is not None and isinstance(store, S3Storage):
+        check_bucket(store.client, store.bucket)
 
 
 def fallback_storage(cfg: Config) -> FallbackDir | None:

@@ -14,8 +14,10 @@ from typing import Any, Protocol
 from botocore.exceptions import ClientError
 
 from common.errors import DataIntegrityError
+from common.config import ObjectLockConfig
 from common.files import TEMP_PREFIX, atomic_write
-from common.layout import MANIFEST_SUFFIX
+from common.layout import MANIFEST_SUFFIX, is_control_key
+from common.lock import put_arguments
 from common.manifest import hex_to_b64, sha256_hex
 
 
@@ -41,24 +43,29 @@ class S3Storage:
     location = "s3"
 
     def __init__(self, client: Any, bucket: str, *, storage_class: str = "STANDARD",
-                 sse: str | None = None, kms_key_id: str | None = None) -> None:
+                 sse: str | None = None, kms_key_id: str | None = None,
+                 object_lock: ObjectLockConfig | None = None) -> None:
         self.client = client
         self.bucket = bucket
         self.storage_class = storage_class
         self.sse = sse
         self.kms_key_id = kms_key_id
+        #: Every PUT carries it (issue 17): data objects, manifests, digests and withdrawal records.
+        self.object_lock = object_lock
 
     def put(self, key: str, data: bytes, *, sha256: str, verify: bool = True) -> None:
         """Upload with a SHA-256 checksum S3 itself checks (it refuses a body that does not match),
         then, with verify, check the checksum S3 says it stored (issue 2) before anyone deletes
         rows on the strength of it. Manifests always go to STANDARD: in GLACIER they could not be
         read without a restore request, and IA classes would bill each ~2 KB manifest as 128 KB."""
-        storage_class = "STANDARD" if key.endswith(MANIFEST_SUFFIX) else self.storage_class
+        # Digests and withdrawal records too: validate, the archiver and erase read them on every run.
+        storage_class = "STANDARD" if key.endswith(MANIFEST_SUFFIX) or is_control_key(key) else self.storage_class
         extra: dict[str, Any] = {"StorageClass": storage_class}
         if self.sse:
             extra["ServerSideEncryption"] = self.sse
             if self.kms_key_id:
                 extra["SSEKMSKeyId"] = self.kms_key_id
+        extra.update(put_arguments(self.object_lock))
         answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256",
                                         ChecksumSHA256=hex_to_b64(sha256), **extra)
         if verify:
@@ -113,6 +120,19 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_versions(self, key: str, *, bypass_governance: bool = False) -> int:
+        """Remove every version (and delete marker) of exactly `key`: what an erasure needs in a
+        versioned bucket, where a plain DELETE only hides the bytes behind a marker. Returns how
+        many were removed. A version under COMPLIANCE lock refuses (AccessDenied propagates)."""
+        removed = 0
+        extra: dict[str, Any] = {"BypassGovernanceRetention": True} if bypass_governance else {}
+        for page in self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=key):
+            for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                if v["Key"] == key:
+                    self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=v["VersionId"], **extra)
+                    removed += 1
+        return removed
 
     def probe(self) -> None:
         """Cheap reachability check (HeadBucket)."""
@@ -172,6 +192,12 @@ class LocalStorage:
             self._path(key).unlink()
         except FileNotFoundError:
             pass
+
+    def delete_versions(self, key: str, *, bypass_governance: bool = False) -> int:
+        """A directory keeps one version of a key."""
+        existed = self.head(key) is not None
+        self.delete(key)
+        return int(existed)
 
 
 def is_disk_full(exc: BaseException) -> bool:

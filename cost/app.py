@@ -16,7 +16,7 @@ from cost.render import dumps, render_text, to_document
 from cost.scenario import Request, build, pick_region_class
 
 if TYPE_CHECKING:
-    from common.config import Config
+    from common.config import ObjectLockConfig, Config
     from cost.measure import Measurement
 
 MAX_MONTHS = 1200
@@ -54,10 +54,22 @@ def run(opts: CostOptions, *, s3_client: Any | None = None, env: Environment | N
     sc = build(req, cfg=cfg, measured=measured)
     estimates = estimate_all(table, region, sc.workload, classes=None if opts.compare else [klass])
     sc.put("compare", opts.compare, "given" if opts.compare else "default")
+    if cfg is not None and cfg.s3.object_lock is not None:
+        for e in estimates:
+            e.notes.append(lock_note(cfg.s3.object_lock))
     text = (dumps(to_document(table, sc, estimates, measured)) if opts.output_format == "json"
             else render_text(table, sc, estimates, measured))
     (env or Environment()).stdout.write(text)
     return int(ExitCode.OK)
+
+
+def lock_note(lock: ObjectLockConfig) -> str:
+    """What s3.object_lock implies for the bill: nothing stored can go before its retention ends."""
+    hold = "; the legal hold keeps it until removed" if lock.legal_hold else ""
+    return (f"Object Lock {lock.mode} for {lock.retain_days} days: no object, manifest or digest can be deleted "
+            f"early, so every one is billed for at least {lock.retain_days} days whatever lifecycle rules or erase "
+            f"requests ask{hold}; a batch taken back stays stored and billed"
+            + (" (COMPLIANCE: erase cannot rewrite locked objects either)" if lock.mode == "COMPLIANCE" else ""))
 
 
 def _load_config(path: Path | None) -> Config | None:

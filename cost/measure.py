@@ -168,6 +168,10 @@ def _listing(cfg: Config, store: Storage, base: str) -> Iterator[ObjectInfo]:
 
 
 def _classify(cfg: Config, result: Measurement, info: ObjectInfo, manifests: list[tuple[str, TableUsage]]) -> None:
+    if layout.is_control_key(info.key):
+        # Digests and withdrawal records (issue 17): no rows, a few KB in STANDARD, priced like manifests.
+        result.manifest_sizes.setdefault(info.storage_class, []).append(info.size)
+        return
     is_manifest = layout.is_manifest(info.key)
     parsed = layout.parse_key(cfg.s3.prefix, layout.data_key(info.key) if is_manifest else info.key)
     if parsed is None:

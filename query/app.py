@@ -20,9 +20,9 @@ from common.config import load_config
 from common.errors import UsageError
 from common.exit_codes import ExitCode
 from common.logging_setup import setup_logging
-from query.engine import Engine, Query, union_schema
+from common.archive_sql import Engine, Query, union_schema
 from query.output import make_writer, output_file
-from query.plan import Plan, plan, scans
+from common.archive_plan import Plan, plan, scans
 
 #: Objects downloaded at once (botocore pools 10 connections per client) and whole scans read
 #: ahead of the one DuckDB is answering.

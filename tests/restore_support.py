@@ -106,7 +106,7 @@ class Archived:
         """Data keys in S3, sorted by name (so by day, not by time within a day)."""
         prefix = layout.table_prefix(self.cfg.s3.prefix, "production_db", "public", self.table)
         listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix).get("Contents", [])
-        return sorted(o["Key"] for o in listed if not layout.is_manifest(o["Key"]))
+        return sorted(o["Key"] for o in listed if not layout.is_manifest(o["Key"]) and not layout.is_control_key(o["Key"]))
 
     def keys_by_time(self) -> list[str]:
         """Data keys in the order restore takes them: by first timestamp."""

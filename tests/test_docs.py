@@ -31,6 +31,7 @@ from psycopg.conninfo import make_conninfo
 
 import archiver.main
 import cost.main
+import erase.main
 import query.main
 import restore.main
 import validate.main
@@ -64,7 +65,7 @@ COMMAND_DOCS = [RUNBOOK, README, DEPLOY, EXAMPLE, *sorted((REPO / "deploy").glob
                 REPO / "deploy" / "cron" / "archiver"]
 TOOLS: dict[str, click.Command] = {"archiver": archiver.main.cli, "restore": restore.main.cli,
                                    "validate": validate.main.cli, "cost": cost.main.cli, "wizard": wizard.main.cli,
-                                   "query": query.main.cli}
+                                   "query": query.main.cli, "erase": erase.main.cli}
 #: The sections of the operators' reference runbook (its structure is a contract).
 ORIGINAL_SECTIONS = [
     "Daily Operations", "Check Archival Status", "Monitor Notifications", "Review Logs", "Weekly Maintenance",
@@ -124,6 +125,9 @@ def check_meaning(tool: str, params: dict[str, Any]) -> None:
         parse_request(CostOptions(**{k: v for k, v in params.items() if k in CostOptions.__dataclass_fields__}))
     elif tool == "wizard":
         TableFlags.of(Flags(**params))
+    elif tool == "erase":
+        resolve_table(example, params["database"], params["table"])
+        assert params["where"].strip()
     elif tool == "query":
         parse_range(params["start_date"], params["end_date"])
         resolve_table(example, params["database"], params["table"])
@@ -467,7 +471,7 @@ def test_metrics_reference_matches_the_real_registry(real_log: tuple[Path, Path]
             assert metric in exported or metric in validate_metrics, f"{rel(doc)}: {metric} is not a metric the tools export"
 
 
-@pytest.mark.parametrize("doc,heading", [(RUNBOOK, "Exit Codes"), (README, "Exit codes (all six tools)")])
+@pytest.mark.parametrize("doc,heading", [(RUNBOOK, "Exit Codes"), (README, "Exit codes (all seven tools)")])
 def test_exit_code_tables_match_the_code(doc: Path, heading: str) -> None:
     codes = {int(r[0]) for r in table_rows(section(doc.read_text(), heading))}
     assert codes == {int(c) for c in ExitCode}

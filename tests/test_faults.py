@@ -60,7 +60,8 @@ def orphans(*stores: Any) -> list[str]:
     out = []
     for store in stores:
         keys = {o.key for o in store.list("")}
-        out += [k for k in keys if not layout.is_manifest(k) and layout.manifest_key(k) not in keys]
+        out += [k for k in keys if not layout.is_manifest(k) and not layout.is_control_key(k)  # digests: no rows
+                and layout.manifest_key(k) not in keys]
     return out
 
 

@@ -20,6 +20,9 @@ from common.errors import ConfigError, S3Unavailable, first_line
 from common.s3client import fallback_storage, primary_storage
 from common.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
+from common.digest import secret as digest_secret
+from validate.digests import DigestAudit
+from validate.hidden import HiddenFolders
 from validate.inventory import Entry, Scope, build_scope, pair_listing
 from validate.leftovers import incomplete_uploads, pending_fallback
 from validate.objects import Checked, ObjectChecker, is_not_found
@@ -65,17 +68,23 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
         else:
             live = stack.enter_context(LiveRows(cfg, scope.tables, size=parallel))
             report.notes.extend(live.notes)
-        checker = ObjectChecker(store, root=scope.root, quick=quick, live=live)
+        checker = ObjectChecker(store, root=scope.root, quick=quick, live=live, lock=cfg.s3.object_lock)
+        hidden = HiddenFolders(store)
+        audit = DigestAudit(store, hidden, root=scope.root, key_secret=digest_secret(cfg), fallback=fallback_storage(cfg))
         finder = OverlapFinder()
         size_only = archived = 0
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="validate"))
-        for checked in bounded_map(pool, checker.check, _entries(store, scope, since), window=parallel * 2):
+        for checked in bounded_map(pool, checker.check, _entries(store, scope, since, hidden, audit), window=parallel * 2):
             _tally(report, checked)
             size_only += checked.size_only
             archived += checked.in_archive_class
             finder.add(checked)
+            audit.checked(checked)
             if on_object is not None:
                 on_object(checked)
+        audit.finish(report, complete=since is None)
+        if (note := hidden.note()) is not None:
+            report.notes.append(note)
         if size_only:
             report.notes.append(f"{size_only} objects have no checksum stored with them; --quick compared only their sizes")
         if archived:
@@ -94,11 +103,14 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
         log.info("note: %s", note)
 
 
-def _entries(store: Storage, scope: Scope, since: datetime | None) -> Iterator[Entry]:
+def _entries(store: Storage, scope: Scope, since: datetime | None, hidden: HiddenFolders,
+             audit: DigestAudit) -> Iterator[Entry]:
     for prefix in scope.prefixes:
-        for entry in pair_listing(store.list(prefix), head=store.head):
-            if entry.since(since):
-                yield entry
+        for entry in pair_listing(hidden.listing(store.list(prefix)), head=store.head):
+            if hidden.counts(entry):
+                audit.entry(entry)
+                if entry.since(since):
+                    yield entry
 
 
 def _tally(report: Report, c: Checked) -> None:

@@ -15,7 +15,9 @@ import pyarrow.compute as pc
 from botocore.exceptions import ClientError
 
 from common import batch_writer, layout
+from common.config import ObjectLockConfig
 from common.errors import DataIntegrityError
+from common.lock import head_lock, shortfall
 from common.manifest import Manifest, hex_to_b64
 from common.pgtypes import EPOCH_ORDINAL, utc_days
 from common.storage import S3Storage, Storage
@@ -61,8 +63,10 @@ def is_not_found(exc: BaseException) -> bool:
 
 
 class ObjectChecker:
-    def __init__(self, store: Storage, *, root: str, quick: bool, live: LiveRows | None) -> None:
+    def __init__(self, store: Storage, *, root: str, quick: bool, live: LiveRows | None,
+                 lock: ObjectLockConfig | None = None) -> None:
         self.store = store
+        self.lock = lock  # s3.object_lock: each object's own lock is read back (one HEAD)
         self.root = root
         self.quick = quick
         self.live = live
@@ -83,11 +87,19 @@ class ObjectChecker:
         if entry.data.size != manifest.size:
             out.add("size_mismatch", f"object is {entry.data.size} bytes, its manifest says {manifest.size}")
             return out
+        self._check_lock(entry, out)
         if self.quick:
             self._quick(entry, manifest, out)
         else:
             self._full(entry, manifest, out, parsed.day.toordinal() if parsed else None)
         return out
+
+    def _check_lock(self, entry: Entry, out: Checked) -> None:
+        if self.lock is None or not isinstance(self.store, S3Storage):
+            return
+        reason = shortfall(head_lock(self.store.client, self.store.bucket, entry.key), self.lock)
+        if reason is not None:
+            out.add("object_lock_missing", f"{reason} (configured {self.lock.mode}, {self.lock.retain_days} days)")
 
     def _manifest(self, entry: Entry, out: Checked) -> Manifest | None:
         if entry.manifest is None:

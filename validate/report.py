@@ -30,6 +30,12 @@ PROBLEM_TYPES: dict[str, str] = {
     "orphaned_file": "a file without a manifest is not an archive: if it is an interrupted upload, rerun the "
                      "archiver (it resumes from its checkpoint), otherwise remove the file",
     "pending_fallback": "run the archiver with S3 reachable: it uploads pending fallback batches first",
+    "object_lock_missing": "the object can be deleted or overwritten before its retention ends: set its retention "
+                           "(aws s3api put-object-retention) to the configured mode and date",
+    "digest_mismatch": "the object and its manifest were rewritten after the digest recorded them: treat the "
+                       "object as tampered evidence; restore the recorded version from a bucket version or backup",
+    "digest_chain_broken": "an object or digest the chain records is gone or altered: treat the archive as "
+                           "tampered; find the missing version (bucket versions, backups) before trusting it",
     "incomplete_upload": "abort it (aws s3api abort-multipart-upload) or add a lifecycle rule that aborts "
                          "incomplete multipart uploads",
 }

@@ -1,4 +1,5 @@
-"""The query engine: DuckDB over the archived rows of one day at a time (issue 16).
+"""The archive SQL engine: DuckDB over the archived rows of one day at a time (issue 16), shared by
+the query tool (rows out) and the erase tool (which rows of each object match, issue 17).
 
 The archive's objects are read into Arrow, brought to one schema (the union of the columns every
 selected object's manifest records: a column a day lacks is NULL there; a column whose type differs
@@ -22,6 +23,8 @@ from common.errors import UsageError, first_line
 from common.pgtypes import Column
 
 VIEW = "archive"
+#: The row number erase's matching() adds to judge rows one object at a time.
+ROW_COLUMN = "__pg_archiver_row"
 #: Rows handed to the output at a time.
 BATCH_ROWS = 10_000
 #: Text forms that JSONL archives (all values as PostgreSQL text) turn back into their type losslessly.
@@ -128,10 +131,28 @@ class Engine:
     def load(self, catalog: Catalog, obj: ArchiveObject) -> pa.Table:
         """One object's rows in the query's schema, verified against its manifest first. Safe to
         call from several threads (downloads overlap; DuckDB runs in the caller's thread only)."""
+        return _conform(self.read(catalog, obj), self.schema)
+
+    def matching(self, rows: pa.Table) -> pa.Array:
+        """Which of one object's rows (as decoded, in their order) the --where selects: a boolean
+        mask, for erase. The rows are brought to the engine's schema only to be judged."""
+        conformed = _conform(rows, self.schema).append_column(ROW_COLUMN, pa.array(range(rows.num_rows), pa.int64()))
+        text = f"SELECT {quote(ROW_COLUMN)} FROM {VIEW}" + (f" WHERE (\n{self.query.where}\n)" if self.query.where else "")
+        self.con.register(VIEW, conformed)
+        try:
+            hits = self.con.sql(text).to_arrow_reader(BATCH_ROWS).read_all().column(0)
+        except duckdb.Error as exc:
+            raise UsageError(f"--where: {first_line(exc)}") from exc
+        finally:
+            self.con.unregister(VIEW)
+        return pc.is_in(pa.array(range(rows.num_rows), pa.int64()), value_set=pa.array(hits.to_pylist(), pa.int64()))
+
+    def read(self, catalog: Catalog, obj: ArchiveObject) -> pa.Table:
+        """One object's rows as stored, verified against its manifest first."""
         data = catalog.read(obj)
         assert obj.manifest is not None
         obj.manifest.check(data)  # evidence: a tampered or damaged object is an error, never silently read
-        return _conform(batch_writer.decode(data, fmt=batch_writer.format_of(obj.key))[0], self.schema)
+        return batch_writer.decode(data, fmt=batch_writer.format_of(obj.key))[0]
 
     def scan(self, tables: list[pa.Table], *, limit: int | None) -> Iterator[pa.RecordBatch]:
         """The matching rows of whole consecutive days (query.plan.scans), in (timestamp, key) order."""

@@ -1,4 +1,4 @@
-"""Which archive objects a query reads: the table's objects (archive store and fallback directory)
+"""Which archive objects a query (or an erasure, issue 17) reads: the table's objects (archive store and fallback directory)
 whose UTC day partition lies in the dates and whose manifest time range overlaps them, grouped by
 day so rows come out in (timestamp, key) order one day at a time. Objects in GLACIER or
 DEEP_ARCHIVE that have not been restored cannot be read: they are set aside and reported."""

@@ -1,0 +1,112 @@
+"""The table job's run digest (issue 17, common/digest.py): at the end of each table's run, one
+digest listing every object whose move finished, chained to the table's previous digest.
+
+Crash safety: every batch is written to a small journal beside the table's checkpoint before its
+upload starts (`<checkpoint>.undigested`, appended and fsynced), and the journal is emptied only
+once a digest has been stored. A run killed before its digest therefore leaves the journal; the
+next run's digest covers those objects too (its recovery has by then finished or taken back each
+interrupted move). Each journal key still pending in the checkpoint waits for the run that
+finishes its move; one whose object and manifest are stored and not withdrawn was archived and is
+covered; one with neither was called off and is dropped. Until that next run, validate reports
+the objects newer than the last digest as not yet covered, never as orphans."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from common import digest, layout
+from common.manifest import Manifest, sha256_hex
+from common.storage import Storage
+from common.withdrawals import current_manifest, is_record, load as load_withdrawn
+
+log = logging.getLogger("archiver")
+
+
+class RunDigest:
+    def __init__(self, journal: Path, *, database: str, schema: str, table: str, table_root: str,
+                 key_secret: bytes | None) -> None:
+        self.journal = journal
+        self.database, self.schema, self.table, self.table_root = database, schema, table, table_root
+        self.key_secret = key_secret
+        self.entries: dict[str, digest.DigestEntry] = {}  # moves finished in this run
+        self.ctx = {"database": database, "table": f"{schema}.{table}"}
+
+    # -- while the run goes --------------------------------------------------------------------
+    def note(self, keys: Iterable[str]) -> None:
+        """Before these batches' uploads start: journaled, so a crash cannot hide them."""
+        lines = "".join(json.dumps({"key": k}) + "\n" for k in keys)
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.journal, "a", encoding="utf-8") as fh:
+            fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def done(self, manifest: Manifest) -> None:
+        self.entries[manifest.key] = digest.DigestEntry.of(manifest)
+
+    # -- at the end ----------------------------------------------------------------------------
+    def write(self, stores: list[Storage], *, pending: set[str]) -> str | None:
+        """Store the digest of this run (and of earlier journaled moves since finished); returns its
+        key, None when there was nothing to record. An error propagates: the journal stays."""
+        journaled = self._journaled()
+        chain_head = digest.head(stores[0], self.table_root)
+        covered = {e.key: e.manifest_sha256 for e in chain_head.digest.objects} if chain_head else {}
+        entries = dict(self.entries)
+        for jkey in sorted(journaled - set(entries) - pending):
+            found = _stored_entry(stores, jkey)
+            if found is not None:
+                entries[jkey] = found
+        entries = {k: e for k, e in entries.items() if covered.get(k) != e.manifest_sha256}
+        written: str | None = None
+        waiting = sorted(journaled & pending)
+        if entries or waiting:
+            written = digest.write(stores[0], table_root=self.table_root, database=self.database, schema=self.schema,
+                               table=self.table, objects=[entries[k] for k in sorted(entries)], pending=waiting,
+                               key_secret=self.key_secret, previous=chain_head)
+            log.info("digest %s records %d objects (chained to %s)", written, len(entries),
+                     chain_head.key if chain_head else "none: the first digest", extra=self.ctx)
+        self._keep(journaled & pending)
+        return written
+
+    def _journaled(self) -> set[str]:
+        try:
+            text = self.journal.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return set()
+        keys = set()
+        for line in text.splitlines():
+            try:
+                keys.add(str(json.loads(line)["key"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a crash mid-append: its upload had not started
+        return keys
+
+    def _keep(self, keys: set[str]) -> None:
+        """Only the moves still pending stay journaled, for the run that finishes them."""
+        if not keys:
+            self.journal.unlink(missing_ok=True)
+            return
+        tmp = self.journal.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"key": k}) + "\n" for k in sorted(keys)), encoding="utf-8")
+        os.replace(tmp, self.journal)
+
+
+def _stored_entry(stores: list[Storage], key: str) -> digest.DigestEntry | None:
+    """The entry of an object archived by an earlier, interrupted run: stored with its manifest and
+    not withdrawn. None for a move called off (nothing stored, or taken back)."""
+    for store in stores:
+        if store.head(key) is None:
+            continue
+        mbytes = current_manifest(store, key)
+        if mbytes is None:
+            return None
+        msha = sha256_hex(mbytes)
+        records = [i.key for i in store.list(layout.table_root(key) + layout.WITHDRAWN_DIR + key.rpartition("/")[2])
+                   if is_record(i.key)]
+        if records and load_withdrawn(store, records).covers(key, msha):
+            return None
+        return digest.DigestEntry.of(Manifest.from_bytes(mbytes, key=key), mbytes)
+    return None

@@ -1,0 +1,176 @@
+"""Run digests (issue 17), after AWS CloudTrail's log file validation: per table, each run that
+stored objects (and each erasure) writes one digest object listing every object it made part of the
+archive (key, sha256, size, rows, and the sha256 of its manifest's bytes), the objects it took out
+of it (an erasure's replaced objects, with what was erased: rows, when, the predicate's sha256,
+never the values), and the sha256 of the previous digest's bytes. The digests form a chain from
+the first one on; with `s3.digest_key_env` each is also signed with HMAC-SHA256 of that secret.
+
+Digests live in `<table location>/_digests/` (layout.DIGESTS_DIR): hidden from query engines and
+outside the year= partitions, so no tool reads them as data. Their names sort in the order they
+were written (UTC time to the microsecond), so the chain's head is the last name listed."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from common import layout
+from common.config import Config
+from common.errors import ConfigError, DataIntegrityError
+from common.manifest import Manifest, sha256_hex
+
+DIGEST_VERSION = 1
+SIGNATURE_ALGORITHM = "HMAC-SHA256"
+
+
+@dataclass(frozen=True)
+class DigestEntry:
+    key: str
+    sha256: str
+    size: int
+    rows: int
+    manifest_sha256: str
+
+    @classmethod
+    def of(cls, manifest: Manifest, manifest_bytes: bytes | None = None) -> DigestEntry:
+        """The entry of a stored batch; its manifest's bytes are what the sink stored (to_bytes)."""
+        mbytes = manifest.to_bytes() if manifest_bytes is None else manifest_bytes
+        return cls(manifest.key, manifest.sha256, manifest.size, manifest.rows, sha256_hex(mbytes))
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """One object rewritten by `erase`: what left the archive and what replaced it."""
+
+    removed_key: str
+    removed_sha256: str
+    rows_removed: int
+    replacement_key: str | None  # None: every row of the object was erased
+    erased_at: str
+    predicate_sha256: str
+
+
+@dataclass
+class Digest:
+    database: str
+    schema: str
+    table: str
+    created_at: str
+    previous_key: str | None
+    previous_sha256: str | None
+    objects: list[DigestEntry] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    erasures: list[Erasure] = field(default_factory=list)
+    #: Objects stored whose moves had not finished (a delete failed, the run stopped): a later
+    #: digest records them once their move finishes, or they are taken back.
+    pending: list[str] = field(default_factory=list)
+    kind: str = "archive"  # archive | erase
+    digest_version: int = DIGEST_VERSION
+    signature_algorithm: str | None = None
+    signature: str | None = None
+
+    def body(self) -> bytes:
+        """The canonical bytes the signature covers: everything but the signature itself."""
+        doc = asdict(self)
+        doc.pop("signature")
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def signed(self, secret: bytes | None) -> Digest:
+        if secret is not None:
+            self.signature_algorithm = SIGNATURE_ALGORITHM
+            self.signature = sign(self.body(), secret)
+        return self
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, key: str) -> Digest:
+        try:
+            doc = json.loads(data)
+            doc["objects"] = [DigestEntry(**e) for e in doc.get("objects", [])]
+            doc["erasures"] = [Erasure(**e) for e in doc.get("erasures", [])]
+            known = set(cls.__dataclass_fields__)
+            return cls(**{k: v for k, v in doc.items() if k in known})
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise DataIntegrityError(f"digest {key} is unreadable: {exc}") from None
+
+    def verify(self, secret: bytes) -> bool:
+        return self.signature is not None and hmac.compare_digest(self.signature, sign(self.body(), secret))
+
+
+def sign(body: bytes, secret: bytes) -> str:
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def secret(cfg: Config) -> bytes | None:
+    """The signing secret named by s3.digest_key_env; None when no signing is configured. A
+    configured variable that is not set is a config error: an unsigned digest, or a chain checked
+    without its signatures, would look like evidence and be none."""
+    name = cfg.s3.digest_key_env
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"{cfg.source}: s3.digest_key_env: environment variable {name} is not set "
+                          "(it holds the secret that signs the run digests)")
+    return value.encode()
+
+
+def digest_prefix(table_root: str) -> str:
+    return f"{table_root}{layout.DIGESTS_DIR}"
+
+
+def digest_key(table_root: str, created: datetime, body: bytes) -> str:
+    return f"{digest_prefix(table_root)}{created:%Y%m%dT%H%M%S%fZ}-{sha256_hex(body)[:12]}.json"
+
+
+@dataclass(frozen=True)
+class Head:
+    key: str
+    sha256: str
+    digest: Digest
+
+
+def head(store: Any, table_root: str) -> Head | None:
+    """The chain's newest digest (None before the first)."""
+    keys = sorted(i.key for i in store.list(digest_prefix(table_root)) if i.key.endswith(".json"))
+    if not keys:
+        return None
+    data = bytes(store.get(keys[-1]))
+    return Head(keys[-1], sha256_hex(data), Digest.from_bytes(data, key=keys[-1]))
+
+
+def write(store: Any, *, table_root: str, database: str, schema: str, table: str, objects: list[DigestEntry],
+          removed: list[str] | None = None, erasures: list[Erasure] | None = None, kind: str = "archive",
+          pending: list[str] | None = None,
+          key_secret: bytes | None = None, previous: Head | None = None,
+          now: datetime | None = None) -> str:
+    """Append a digest to the table's chain; returns its key. `previous`: the head the caller
+    read (read here when not given)."""
+    prev = previous if previous is not None else head(store, table_root)
+    created = now or datetime.now(timezone.utc)
+    d = Digest(database, schema, table, created.isoformat(), prev.key if prev else None, prev.sha256 if prev else None,
+               objects, removed or [], erasures or [], pending or [], kind).signed(key_secret)
+    data = d.to_bytes()
+    key = digest_key(table_root, created, d.body())
+    if prev is not None and key <= prev.key:  # a clock behind the last digest's: keep the chain's order
+        key = f"{prev.key[:-len('.json')]}~{sha256_hex(d.body())[:12]}.json"
+    store.put(key, data, sha256=sha256_hex(data))
+    return key
+
+
+def replay(store: Any, table_root: str) -> dict[str, DigestEntry]:
+    """The objects the table's chain records as part of the archive now (no verification: that is
+    validate's work)."""
+    live: dict[str, DigestEntry] = {}
+    for key in sorted(i.key for i in store.list(digest_prefix(table_root)) if i.key.endswith(".json")):
+        d = Digest.from_bytes(bytes(store.get(key)), key=key)
+        for removed in d.removed:
+            live.pop(removed, None)
+        live.update((e.key, e) for e in d.objects)
+    return live

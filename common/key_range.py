@@ -1,0 +1,31 @@
+"""A manifest's ranges as JSON values, for the archiver (new objects) and erase (replacements):
+the key's first and last value (the lexicographically first and last key, as lists, for a
+composite key), and ISO timestamps."""
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def iso(v: Any) -> str:
+    return v.isoformat() if hasattr(v, "isoformat") else str(v)
+
+
+def jsonable(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):  # a composite key
+        return [jsonable(x) for x in v]
+    return v if isinstance(v, (int, str, float)) or v is None else str(v)
+
+
+def key_range(keys: pa.Table) -> tuple[Any, Any]:
+    """The manifest's min_pk and max_pk: the column's min and max for a one-column key (as always);
+    for a composite key the lexicographically first and last key, as lists of the column values."""
+    if keys.num_columns == 1:
+        mm = pc.min_max(keys.column(0))
+        return jsonable(mm["min"].as_py()), jsonable(mm["max"].as_py())
+    order = pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names])
+    first, last = order[0].as_py(), order[len(order) - 1].as_py()
+    return ([jsonable(keys.column(i)[first].as_py()) for i in range(keys.num_columns)],
+            [jsonable(keys.column(i)[last].as_py()) for i in range(keys.num_columns)])

@@ -1,0 +1,117 @@
+"""Withdrawal records (issue 17): how a stored batch is taken back when Object Lock forbids
+deleting it (its rows changed since export, or its upload was interrupted).
+
+Why a record and not a delete: a locked version cannot be deleted, and a DELETE without a version
+id only lays a delete marker over it, which anyone allowed to delete markers can remove, bringing
+the batch back as archived, beside the copy its rows get when archived again: a restore would
+then insert them twice. A record is itself stored under the lock, so the withdrawal is as
+permanent as the object. It names the object key and the SHA-256 of the manifest bytes it
+withdraws: the manifest (and so the record) of a later batch under the same key (the same rows
+archived again give the same object name) differs by its created_at, so only the withdrawn
+version is ever skipped.
+
+Records live in `<table location>/_withdrawn/` (layout.WITHDRAWN_DIR): hidden from query engines,
+outside the year= partitions. Every reader consults them: common.catalog (restore, query, erase)
+and validate's listing."""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from common import layout
+from common.errors import DataIntegrityError
+from common.manifest import Manifest, sha256_hex
+
+log = logging.getLogger("archiver")
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    key: str
+    #: SHA-256 of the withdrawn manifest's bytes; None: the object had no manifest yet.
+    manifest_sha256: str | None
+    sha256: str | None  # the object's, per its manifest
+    rows: int | None
+    withdrawn_at: str
+    reason: str
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, key: str) -> Withdrawal:
+        try:
+            doc = json.loads(data)
+            return cls(**{k: doc.get(k) for k in cls.__dataclass_fields__})
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise DataIntegrityError(f"withdrawal record {key} is unreadable: {exc}") from None
+
+
+def record_key(key: str, manifest_sha256: str | None) -> str:
+    name = key.rpartition("/")[2]
+    return f"{layout.table_root(key)}{layout.WITHDRAWN_DIR}{name}.{(manifest_sha256 or 'no-manifest')[:16]}.json"
+
+
+def is_record(key: str) -> bool:
+    return f"/{layout.WITHDRAWN_DIR}" in key and key.endswith(".json")
+
+
+def current_manifest(store: Any, key: str) -> bytes | None:
+    """The bytes of the object's manifest (either layout), None when it has none."""
+    for mkey in layout.manifest_keys(key):
+        if store.head(mkey) is not None:
+            return bytes(store.get(mkey))
+    return None
+
+
+def withdraw(store: Any, key: str, *, reason: str) -> Withdrawal:
+    """Record that the object's current version does not count as archived; idempotent."""
+    mbytes = current_manifest(store, key)
+    manifest = None
+    if mbytes is not None:
+        try:
+            manifest = Manifest.from_bytes(mbytes, key=key)
+        except DataIntegrityError:
+            manifest = None
+    record = Withdrawal(key, sha256_hex(mbytes) if mbytes is not None else None,
+                        manifest.sha256 if manifest else None, manifest.rows if manifest else None,
+                        datetime.now(timezone.utc).isoformat(), reason)
+    data = record.to_bytes()
+    store.put(record_key(key, record.manifest_sha256), data, sha256=sha256_hex(data))
+    log.info("batch %s withdrawn under Object Lock (%s): a withdrawal record says it does not count as archived",
+             key, reason)
+    return record
+
+
+class Withdrawn:
+    """The withdrawal records of some tables, to ask of an object whether it counts."""
+
+    def __init__(self, records: Iterable[Withdrawal] = ()) -> None:
+        self._by_key: dict[str, set[str | None]] = {}
+        for r in records:
+            self.add(r)
+
+    def add(self, record: Withdrawal) -> None:
+        self._by_key.setdefault(record.key, set()).add(record.manifest_sha256)
+
+    def names(self, key: str) -> bool:
+        """Some version of this key was withdrawn (its current manifest decides whether this one was)."""
+        return key in self._by_key
+
+    def covers(self, key: str, manifest_sha256: str | None) -> bool:
+        return manifest_sha256 in self._by_key.get(key, set())
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_key.values())
+
+
+def read(store: Any, rkey: str) -> Withdrawal:
+    return Withdrawal.from_bytes(store.get(rkey), key=rkey)
+
+
+def load(store: Any, record_keys: Iterable[str]) -> Withdrawn:
+    return Withdrawn(read(store, rkey) for rkey in record_keys)

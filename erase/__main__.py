@@ -1,0 +1,3 @@
+from erase.main import main
+
+main()
