@@ -235,9 +235,9 @@ class _Job:
         try:
             live = self._open_target(schema, table, creatable=creatable)
             with table_lock(self.conn, live):
-                self._recreate_partitions(live)
                 plan_for, plans = _planner(live, self.allow_drop)
-                _precheck(self.objects, plan_for)
+                _precheck(self.objects, plan_for)  # a drifted archive stops the run before any DDL
+                self._recreate_partitions(live)
                 self._load(live, plan_for)
                 _record_plans(self.report, plans)
         except BaseException as exc:
