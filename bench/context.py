@@ -8,6 +8,7 @@ from typing import Any
 
 from bench import baseline
 from bench.env import BUCKET, PYTHON, Measured, measure, write_config
+from bench.pgstats import ServerCost, ServerProbe
 from bench.seed import Databases, Seeded
 
 
@@ -19,6 +20,7 @@ class Archived:
     config: Path
     bucket: str
     run: Measured
+    server: ServerCost | None = None  # WAL, dead tuples and server CPU of the run
 
 
 @dataclass
@@ -32,10 +34,12 @@ class Context:
     profile: bool = False
     archived: Archived | None = None
     export_file: Path | None = None
+    #: The same rows in a monthly-partitioned table (the `partitions` part seeds it).
+    partitioned: Seeded | None = None
 
-    def fresh_copy(self, suffix: str, *, empty: bool = False) -> str:
+    def fresh_copy(self, suffix: str, *, empty: bool = False, seeded: Seeded | None = None) -> str:
         """A new database holding the seeded table (or an empty copy of it); returns its DSN."""
-        dsn = self.dbs.dsn(self.dbs.copy(self.seeded, suffix))
+        dsn = self.dbs.dsn(self.dbs.copy(seeded or self.seeded, suffix))
         if empty:
             import psycopg
 
@@ -47,9 +51,9 @@ class Context:
         self.client.create_bucket(Bucket=name)
         return name
 
-    def config(self, name: str, dsn: str, bucket: str) -> Path:
+    def config(self, name: str, dsn: str, bucket: str, table_options: dict[str, Any] | None = None) -> Path:
         return write_config(self.work / f"{name}.yaml", dsn=dsn, endpoint=self.endpoint, bucket=bucket,
-                            batch_size=self.batch_size)
+                            batch_size=self.batch_size, table_options=table_options)
 
     def exported(self) -> Path:
         """The baseline's zstd export of the eligible rows (made untimed if the archive part did not run)."""
@@ -59,8 +63,12 @@ class Context:
             self.export_file = path
         return self.export_file
 
-    def run_archiver(self, dsn: str, *, bucket: str = BUCKET, name: str = "archiver") -> Archived:
-        cfg = self.config(name, dsn, bucket)
+    def run_archiver(self, dsn: str, *, bucket: str = BUCKET, name: str = "archiver",
+                     table_options: dict[str, Any] | None = None, probe: bool = False) -> Archived:
+        """One archiver run; with probe, also what it cost the server (bench/pgstats.py), measured
+        around the run after the checkpoint."""
+        cfg = self.config(name, dsn, bucket, table_options)
         baseline.checkpoint(dsn)
+        server = ServerProbe(dsn).start() if probe else None
         run = measure([PYTHON, "-m", "archiver.main", "--config", str(cfg)], log=self.work / name)
-        return Archived(dsn, cfg, bucket, run)
+        return Archived(dsn, cfg, bucket, run, server.finish() if server else None)

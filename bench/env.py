@@ -70,16 +70,20 @@ def s3_client(endpoint: str) -> Any:
                                  region_name="us-east-1").client("s3", endpoint_url=endpoint)
 
 
-def write_config(path: Path, *, dsn: str, endpoint: str, bucket: str, batch_size: int) -> Path:
-    """A config as an operator would write it: retention 90 days, S3 storage at the endpoint."""
+def write_config(path: Path, *, dsn: str, endpoint: str, bucket: str, batch_size: int,
+                 table_options: dict[str, Any] | None = None) -> Path:
+    """A config as an operator would write it: retention 90 days, S3 storage at the endpoint.
+    table_options replace or add to the table's entry (the partitioned variant's key and
+    expired_partitions)."""
     work = path.parent
+    table = {"name": "audit_logs", "schema": "public", "timestamp_column": "created_at", "primary_key": "id",
+             **(table_options or {})}
     cfg: dict[str, Any] = {
         "s3": {"bucket": bucket, "endpoint_url": endpoint, "region": "us-east-1",
                "local_fallback_dir": str(work / "fallback")},
         "storage": "s3",
         "defaults": {"retention_days": 90, "batch_size": batch_size},
-        "databases": [{"name": DB_NAME, "dsn": dsn, "tables": [
-            {"name": "audit_logs", "schema": "public", "timestamp_column": "created_at", "primary_key": "id"}]}],
+        "databases": [{"name": DB_NAME, "dsn": dsn, "tables": [table]}],
         "logging": {"file": str(work / f"{path.stem}.log"), "level": "INFO"},
         "checkpoint_dir": str(work / "checkpoints"),
         "monitoring": {"enabled": False},

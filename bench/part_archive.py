@@ -8,6 +8,7 @@ from typing import Any
 from bench import baseline
 from bench.context import Archived, Context
 from bench.env import list_keys
+from bench.pgstats import ServerCost, ServerProbe
 from bench.report import PartResult
 from bench.seed import count
 
@@ -20,9 +21,11 @@ def run_baseline(ctx: Context, part: PartResult, attempt: int) -> None:
     path = ctx.work / "baseline.tsv.zst"
     cutoff = ctx.seeded.cutoff_sql
     baseline.checkpoint(dsn)
+    probe = ServerProbe(dsn).start()
     export_s = baseline.export(dsn, cutoff, path)
     upload_s = baseline.upload(ctx.client, bucket, "audit_logs/baseline.tsv.zst", path)
     delete_s, deleted = baseline.delete_ranges(dsn, cutoff)
+    keep_least(part, "baseline", probe.finish())
     # Its dead rows would draw autovacuum during the archiver's run.
     ctx.dbs.drop(dsn)
     ctx.export_file = path
@@ -33,6 +36,19 @@ def run_baseline(ctx: Context, part: PartResult, attempt: int) -> None:
     if part.baseline_seconds is None or seconds < part.baseline_seconds:
         part.baseline_seconds = seconds
         part.baseline_stages = {"copy_zstd": export_s, "upload": upload_s, "delete": delete_s}
+
+
+def keep_least(part: PartResult, side: str, cost: ServerCost | None) -> None:
+    """Each server figure's least value over the attempts (like the best time: other work on the
+    server only ever adds WAL and CPU), per archived row too, in part.extra["server"][side]."""
+    if cost is None:
+        return
+    server = part.extra.setdefault("server", {})
+    if side in server:
+        old = server[side]
+        cpu = cost.cpu_seconds if old["cpu_seconds"] is None or cost.cpu_seconds is None else min(old["cpu_seconds"], cost.cpu_seconds)
+        cost = ServerCost(min(old["wal_bytes"], cost.wal_bytes), min(old["dead_tuples"], cost.dead_tuples), cpu)
+    server[side] = cost.to_json(part.rows)
 
 
 def archived_rows(ctx: Context, archived: Archived) -> tuple[int, int, int]:
@@ -72,8 +88,9 @@ def run(ctx: Context, *, with_baseline: bool, repeat: int = 1) -> PartResult:
         if with_baseline:
             run_baseline(ctx, part, attempt)
         archived = ctx.run_archiver(ctx.fresh_copy(f"archiver{attempt}"), bucket=ctx.bucket(f"archives{attempt}"),
-                                    name=f"archiver{attempt}")
+                                    name=f"archiver{attempt}", probe=True)
         verify(ctx, archived, part)
+        keep_least(part, "archiver", archived.server)
         part.extra.setdefault("archiver_seconds_each", []).append(archived.run.seconds)
         part.peak_rss_mb = max(part.peak_rss_mb or 0.0, archived.run.peak_rss_mb)
         if part.tool_seconds is None or archived.run.seconds < part.tool_seconds:

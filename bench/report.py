@@ -71,3 +71,24 @@ def table(parts: list[PartResult]) -> str:
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+#: Rows of the server-cost table: (part name, side in its extra["server"], label).
+SERVER_SIDES = (("archive", "baseline", "baseline: copy|zstd, range deletes"),
+                ("archive", "archiver", "archiver, plain table (row deletes)"),
+                ("archive (drop leaves)", "archiver_drop", "archiver, partitioned (drop)"))
+
+
+def server_table(parts: list[PartResult]) -> str:
+    """WAL, dead tuples and server CPU of each archive phase (bench/pgstats.py says what is counted)."""
+    by_name = {p.name: p for p in parts}
+    head = f"{'phase':<37} {'WAL MB':>8} {'WAL B/row':>10} {'dead/row':>9} {'server CPU s':>13} {'CPU us/row':>11}"
+    lines = [head, "-" * len(head)]
+    for name, side, label in SERVER_SIDES:
+        cost = by_name[name].extra.get("server", {}).get(side) if name in by_name else None
+        if cost is None:
+            continue
+        lines.append(f"{label:<37} {cost['wal_bytes'] / 1e6:>8.1f} {cost['wal_bytes_per_row']:>10.1f} "
+                     f"{cost['dead_tuples_per_row']:>9.3f} {_num(cost['cpu_seconds'], '.2f'):>13} "
+                     f"{_num(cost['server_cpu_us_per_row'], '.1f'):>11}")
+    return "\n".join(lines) if len(lines) > 2 else ""

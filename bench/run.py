@@ -21,16 +21,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import click
 import psycopg
 
-from bench import part_archive, part_query, part_restore, part_validate, pyspy
+from bench import part_archive, part_partitions, part_query, part_restore, part_validate, pyspy
 from bench.context import Context
 from bench.env import REPO, moto_endpoint, s3_client
-from bench.report import PartResult, table, write_json
+from bench.report import PartResult, server_table, table, write_json
 from bench.seed import databases
 from common.db import describe_target
 from common.errors import first_line
 
 DEFAULT_DSN = "host=127.0.0.1 port=5432 user=root dbname=postgres"
-PARTS = ("archive", "restore", "validate", "query")
+PARTS = ("archive", "partitions", "restore", "validate", "query")
 
 
 def preflight(dsn: str) -> str:
@@ -60,10 +60,13 @@ def run_parts(ctx: Context, parts: tuple[str, ...], *, rss_scaling: bool,
               repeat: int) -> tuple[list[PartResult], dict[str, Any]]:
     results: list[PartResult] = []
     extra: dict[str, Any] = {}
-    # restore and validate work on the archiver's output, so the archiver always runs.
-    results.append(part_archive.run(ctx, with_baseline="archive" in parts, repeat=repeat))
-    if "archive" not in parts:
+    # restore and validate work on the archiver's output, so the archiver always runs; the
+    # partitioned variant is timed against the archive part's baseline.
+    results.append(part_archive.run(ctx, with_baseline="archive" in parts or "partitions" in parts, repeat=repeat))
+    if "archive" not in parts and "partitions" not in parts:
         results[0].name = "archiver (setup)"
+    if "partitions" in parts:
+        results.append(part_partitions.run(ctx, baseline=results[0], repeat=repeat))
     if "restore" in parts:
         results.append(part_restore.run(ctx))
     if "validate" in parts:
@@ -131,6 +134,9 @@ def main(rows: int, quick: bool, parts_: str, batch_size: int, repeat: int, rss_
     if load_before > 1:
         click.echo("note: the machine was busy before the benchmark started; timings are noisy, rerun when it is idle\n")
     click.echo(table(results))
+    if server := server_table(results):
+        click.echo("\nserver side of each archive phase (WAL is the cluster's; CPU is every PostgreSQL server process's):")
+        click.echo(server)
     print_extra(extra)
     write_json(output, {
         "created_at": datetime.now(timezone.utc).isoformat(), "rows": rows, "eligible": seeded.eligible,

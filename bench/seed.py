@@ -21,9 +21,8 @@ SPAN_DAYS = 400
 #: seed (baseline, archiver, restore...) selects exactly the same eligible rows.
 GAP_HOURS = 3
 
-DDL = """
-CREATE TABLE audit_logs (
-    id bigserial PRIMARY KEY,
+COLUMNS = """
+    id bigserial,
     created_at timestamptz NOT NULL,
     user_id bigint,
     actor_email text,
@@ -34,9 +33,28 @@ CREATE TABLE audit_logs (
     payload jsonb,
     success boolean,
     amount numeric(12,2)
-);
+"""
+# autovacuum off: nothing resets n_dead_tup during a phase (bench/pgstats.py), and no autovacuum
+# of one phase's dead rows lands in the timing of the next.
+DDL = f"""
+CREATE TABLE audit_logs ({COLUMNS}, PRIMARY KEY (id)) WITH (autovacuum_enabled = off);
 CREATE INDEX audit_logs_created_at ON audit_logs (created_at);
 """
+#: The same table partitioned by month on created_at, as production has it (issue 15): PostgreSQL
+#: wants the partition column in the primary key.
+PARTITIONED_DDL = f"""
+ALTER TABLE audit_logs RENAME TO audit_logs_plain;
+ALTER TABLE audit_logs_plain RENAME CONSTRAINT audit_logs_pkey TO audit_logs_plain_pkey;
+ALTER INDEX audit_logs_created_at RENAME TO audit_logs_plain_created_at;
+ALTER TABLE audit_logs_plain ALTER COLUMN id DROP DEFAULT;
+ALTER SEQUENCE audit_logs_id_seq OWNED BY NONE;
+CREATE TABLE audit_logs ({COLUMNS.replace("bigserial", "bigint NOT NULL DEFAULT nextval('audit_logs_id_seq')")},
+    PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at);
+ALTER SEQUENCE audit_logs_id_seq OWNED BY audit_logs.id;
+CREATE INDEX audit_logs_created_at ON audit_logs (created_at);
+"""
+MONTHS_SQL = ("SELECT m, m + interval '1 month' FROM generate_series((SELECT date_trunc('month', min(created_at))"
+              " FROM audit_logs_plain), (SELECT max(created_at) FROM audit_logs_plain), interval '1 month') m")
 
 # Rows 1..old are spread over the 310 days before the cutoff, the rest over the 90 days after it
 # (minus the gap). ids grow with created_at, as in a real append-only log.
@@ -121,6 +139,23 @@ class Databases:
             conn.execute("VACUUM (FREEZE, ANALYZE) audit_logs")
         # Any cutoff between this one and the end of the gap selects the same rows.
         return Seeded(name, rows, old, cutoff.isoformat(), time.monotonic() - started)
+
+    def partitioned(self, seeded: Seeded, *, suffix: str = "seed_part") -> Seeded:
+        """A second template holding the very same rows in a monthly-partitioned audit_logs, with a
+        default partition (empty: every row has its month)."""
+        started = time.monotonic()
+        name = self.copy(seeded, suffix)
+        with psycopg.connect(self.dsn(name), autocommit=True) as conn:
+            conn.execute(PARTITIONED_DDL)
+            for low, high in conn.execute(MONTHS_SQL).fetchall():
+                leaf = sql.Identifier(f"audit_logs_{low:%Y_%m}")
+                conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF audit_logs FOR VALUES FROM ({}) TO ({})"
+                                     " WITH (autovacuum_enabled = off)").format(leaf, sql.Literal(low), sql.Literal(high)))
+            conn.execute("CREATE TABLE audit_logs_default PARTITION OF audit_logs DEFAULT WITH (autovacuum_enabled = off)")
+            conn.execute("INSERT INTO audit_logs SELECT * FROM audit_logs_plain")
+            conn.execute("DROP TABLE audit_logs_plain")
+            conn.execute("VACUUM (FREEZE, ANALYZE)")
+        return Seeded(name, seeded.rows, seeded.eligible, seeded.cutoff_sql, time.monotonic() - started)
 
     def copy(self, seeded: Seeded, suffix: str) -> str:
         return self.create(suffix, template=seeded.template)

@@ -17,6 +17,7 @@ from common.pgtypes import TableSchema
 from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
 from restore.drift import ColumnPlan, plan_columns
 from restore.loader import STRATEGIES, Loader, ObjectResult, prefetched, prepare
+from restore.partitions import leaves_of, plan as partition_plan, recreate
 from restore.target import LiveTable, create_table, find_table, require_table, table_lock
 
 log = logging.getLogger("restore")
@@ -36,6 +37,8 @@ class RestoreReport:
     created_target: bool = False
     dropped_columns: list[str] = field(default_factory=list)
     defaulted_columns: list[str] = field(default_factory=list)
+    #: Leaf partitions created again from their manifests' bounds ("schema.name FOR VALUES ...").
+    recreated_partitions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -60,6 +63,7 @@ class RestoreReport:
             "rows": self.rows, "inserted": self.total("inserted"), "skipped": self.total("skipped"),
             "overwritten": self.total("overwritten"), "seconds": round(self.seconds, 3),
             "dropped_columns": self.dropped_columns, "defaulted_columns": self.defaulted_columns,
+            "recreated_partitions": self.recreated_partitions,
             "objects": [o.to_json() for o in self.objects] if not self.dry_run else [o.to_json() for o in self.selected],
             "notes": self.notes,
         }
@@ -202,6 +206,9 @@ def _dry_run(conn: psycopg.Connection[Any], report: RestoreReport, ref: TableRef
         plan_for, plans = _planner(live, allow_drop)
         _precheck(objects, plan_for)
         _record_plans(report, plans)
+        parts = partition_plan(conn, live.oid, live.name, leaves_of(objects))
+        report.notes += [f"would recreate partition {leaf.describe()} (unless an existing partition overlaps it)"
+                         for leaf in parts.create] + parts.notes
     conn.rollback()
     report.notes.append("dry run: nothing was changed")
 
@@ -229,7 +236,8 @@ class _Job:
             live = self._open_target(schema, table, creatable=creatable)
             with table_lock(self.conn, live):
                 plan_for, plans = _planner(live, self.allow_drop)
-                _precheck(self.objects, plan_for)
+                _precheck(self.objects, plan_for)  # a drifted archive stops the run before any DDL
+                self._recreate_partitions(live)
                 self._load(live, plan_for)
                 _record_plans(self.report, plans)
         except BaseException as exc:
@@ -253,6 +261,29 @@ class _Job:
         if not self.single_tx:
             self.conn.commit()
         return live
+
+    def _recreate_partitions(self, live: LiveTable) -> None:
+        """Create again the dropped leaves the objects' rows belong in, committed before any row is
+        loaded, whatever the strategy: CREATE TABLE ... PARTITION OF locks the parent against
+        writes, and a `fail` run holding that lock until its end would stop the live table's
+        writers for the whole restore. A failed run leaves them behind, empty, as they were
+        before the archiver retired them."""
+        parts = partition_plan(self.conn, live.oid, live.name, leaves_of(self.objects))
+        for note in parts.notes:
+            log.info("%s", note)
+        self.report.notes += parts.notes
+        for leaf in parts.create:
+            refused = recreate(self.conn, leaf)
+            if refused is None:
+                log.info("recreated partition %s", leaf.describe())
+                self.report.recreated_partitions.append(leaf.describe())
+            else:
+                note = (f"partition {leaf.qualified_name} not recreated ({refused}); its rows go where "
+                        f"PostgreSQL routes them in {live.name}")
+                log.warning("%s", note)
+                self.report.notes.append(note)
+        if parts.create:
+            self.conn.commit()
 
     def _load(self, live: LiveTable, plan_for: Any) -> None:
         loader = Loader(self.conn, live, self.report.strategy)
@@ -280,6 +311,8 @@ class _Job:
                     f"({sum(o.rows for o in done)} rows) stay restored")
         else:
             tail = "nothing was restored"
+        if self.report.recreated_partitions:
+            tail += f"; the {len(self.report.recreated_partitions)} recreated partition(s) stay"
         return type(exc)(f"{exc}; {tail}")
 
 

@@ -62,6 +62,7 @@ def report_text(report: RestoreReport) -> str:
                  f"timestamps {span}, {report.seconds:.1f}s"]
         if report.created_target:
             lines.append(f"created {report.target} from the archived schema")
+        lines += [f"recreated partition {p}" for p in report.recreated_partitions]
         lines += [f"  {o.key}: {o.rows} rows, {o.inserted} inserted, {o.skipped} skipped, {o.overwritten} overwritten"
                   f" ({o.location}, {o.seconds:.2f}s)" for o in report.objects]
     lines += [f"note: {n}" for n in report.notes]
