@@ -27,7 +27,7 @@ from common.archive_plan import Plan, plan, scans
 #: Objects downloaded at once (botocore pools 10 connections per client) and whole scans read
 #: ahead of the one DuckDB is answering.
 DOWNLOADS = 8
-READ_AHEAD = 2
+READ_AHEAD = 1
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,6 +40,9 @@ def cli(config_path: Path, database: str, table: str, start_date: str | None, en
 
 
 def main() -> None:
+    from common.memory import use_system_allocator
+
+    use_system_allocator()  # download threads make the Arrow buffers the main thread frees
     cli()
 
 
