@@ -15,7 +15,7 @@ from archiver.reader import Batch
 from archiver.selection import Bound, Selection
 from common import batch_writer, layout
 from common.config import ResolvedOptions
-from common.key_range import iso, jsonable, key_range
+from common.key_range import iso, jsonable, key_range, natural_column
 from common.manifest import Manifest, sha256_hex
 from common.pgtypes import column_docs
 
@@ -76,13 +76,5 @@ def key_lists(keys: pa.Table) -> list[list[Any]]:
 
 
 def typed_column(rows: pa.Table, name: str, sel: Selection) -> pa.ChunkedArray:
-    """The column in its natural type, so manifest ranges order like the database does
-    (JSONL keeps text, where "100" < "99")."""
-    column = rows.column(name)
-    natural = sel.schema.column(name).natural_type()
-    if natural is not None and column.type != natural:
-        try:
-            return pc.cast(column, natural)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-    return column
+    """The column in its natural type (common.key_range.natural_column)."""
+    return natural_column(rows, name, sel.schema)

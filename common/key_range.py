@@ -19,6 +19,19 @@ def jsonable(v: Any) -> Any:
     return v if isinstance(v, (int, str, float)) or v is None else str(v)
 
 
+def natural_column(rows: pa.Table, name: str, schema: Any) -> pa.ChunkedArray:
+    """The column in its natural type, so manifest ranges order like the database does (JSONL
+    keeps text, where "100" < "99"); as stored when that type cannot hold its values."""
+    column = rows.column(name)
+    natural = schema.column(name).natural_type()
+    if natural is not None and column.type != natural:
+        try:
+            return pc.cast(column, natural)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return column
+
+
 def key_range(keys: pa.Table) -> tuple[Any, Any]:
     """The manifest's min_pk and max_pk: the column's min and max for a one-column key (as always);
     for a composite key the lexicographically first and last key, as lists of the column values."""

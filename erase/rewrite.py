@@ -27,7 +27,7 @@ from common.catalog import ArchiveObject, Catalog
 from common.digest import DigestEntry, Erasure
 from common.errors import DataIntegrityError
 from common.hooks import Hook
-from common.key_range import iso, key_range
+from common.key_range import iso, key_range, natural_column
 from common.manifest import Manifest, sha256_hex
 from common.storage import Storage
 
@@ -97,28 +97,16 @@ def manifest_bytes(old: Manifest, *, key: str, data: bytes, rows: pa.Table, sche
                created_at=datetime.now(timezone.utc).isoformat(), source_bytes=int(old.source_bytes * ratio),
                replaces=replaces)
     # Recomputed, never kept from the old manifest: an erased row may have been the first or last.
-    doc["min_pk"], doc["max_pk"] = (key_range(pa.table({k: _typed(rows, k, schema) for k in old.key_columns}))
+    doc["min_pk"], doc["max_pk"] = (key_range(pa.table({k: natural_column(rows, k, schema) for k in old.key_columns}))
                                     if rows.num_rows else (None, None))
     doc["min_ts"], doc["max_ts"] = _ts_range(rows, old.timestamp_column, schema)
     return json.dumps(doc, indent=1, sort_keys=True, default=str).encode()
 
 
-def _typed(rows: pa.Table, name: str, schema: Any) -> pa.ChunkedArray:
-    """The column in its natural type (JSONL keeps text): ranges order as the database does."""
-    col = rows.column(name)
-    natural = schema.column(name).natural_type()
-    if natural is not None and pa.types.is_string(col.type):
-        try:
-            return pc.cast(col, natural)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-    return col
-
-
 def _ts_range(rows: pa.Table, name: str, schema: Any) -> tuple[Any, Any]:
     if rows.num_rows == 0:
         return None, None
-    mm = pc.min_max(_typed(rows, name, schema))
+    mm = pc.min_max(natural_column(rows, name, schema))
     return iso(mm["min"].as_py()), iso(mm["max"].as_py())
 
 
