@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -126,13 +127,54 @@ class LeafCount:
     not_expired: int  # rows the expiry predicate leaves out: newer than the cutoff, or before year 1
 
 
-def count_leaf(conn: psycopg.Connection[Any], sel: Selection, relation: sql.Composable) -> LeafCount:
+def count_leaf(conn: psycopg.Connection[Any], sel: Selection, relation: sql.Composable, *,
+               commit: bool = True) -> LeafCount:
     """All of a relation's rows, and those the predicate would not archive."""
     pred, _ = sel.predicate(literal=True)
     row = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE NOT ({})) FROM {}").format(pred, relation)).fetchone()
-    conn.commit()
+    if commit:
+        conn.commit()
     assert row is not None
     return LeafCount(int(row[0]), int(row[1]))
+
+
+def holds_unarchivable(conn: psycopg.Connection[Any], sel: Selection, relation: sql.Composable) -> bool:
+    """Whether a leaf holds a row the predicate leaves out (before year 1, say): such a leaf goes
+    row by row. EXISTS, not a count: PostgreSQL turns NOT (ts < cutoff AND ts >= floor) into two
+    ranges of the timestamp's index, so a leaf without such rows costs two index probes."""
+    pred, _ = sel.predicate(literal=True)
+    row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE NOT ({}))").format(relation, pred)).fetchone()
+    conn.commit()
+    return bool(row and row[0])
+
+
+@dataclass
+class Verified:
+    ok: bool
+    rows: int
+
+
+@contextmanager
+def drop_verified(conn: psycopg.Connection[Any], sel: Selection, leaf_doc: dict[str, Any], *, rows: int,
+                  drop: bool) -> Iterator[Verified]:
+    """A detached leaf locked (ACCESS EXCLUSIVE: nothing can write into it any more) and counted
+    in one transaction; the caller's block runs under the lock (it finishes the leaf's batches when
+    the count is right), then with `drop` the leaf is dropped, and the transaction commits. One
+    count where a count after the detach and another before the drop left a window between them.
+    A block that raises, or finds the count wrong, leaves the transaction to be rolled back."""
+    rel = qualified(leaf_doc["schema"], leaf_doc["name"])
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(rel))
+    n = count_leaf(conn, sel, rel, commit=False)
+    verified = Verified(n.rows == rows and n.not_expired == 0, n.rows)
+    try:
+        yield verified
+    except BaseException:
+        conn.rollback()
+        raise
+    if verified.ok:
+        if drop:
+            conn.execute(sql.SQL("DROP TABLE {}").format(rel))
+        conn.commit()
 
 
 def has_default(conn: psycopg.Connection[Any], parent: tuple[str, str]) -> bool:

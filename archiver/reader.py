@@ -44,6 +44,8 @@ class Batch:
     window: int  # which window (snapshot) the rows came from
     lo: Bound  # the rows exported are all those of the window from lo (inclusive) ...
     hi: Bound  # ... to hi: a row's (timestamp, pk), inclusive, or the next day's (start, None)
+    #: Which relation the rows came from, where one pipeline reads several (archiver/retire.py).
+    origin: Any = None
 
     @property
     def count(self) -> int:

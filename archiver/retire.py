@@ -1,12 +1,19 @@
-"""One expired leaf partition retired whole (archiver/partitions.py says why it is safe): archived
-through the usual pipeline with its batches kept pending, verified and re-counted, detached,
-re-counted once detached, its batches finished, then dropped (drop) or kept (detach). Any count
-that disagrees takes the batches back and leaves the leaf to the row-by-row path."""
+"""Expired leaf partitions retired whole (archiver/partitions.py says why it is safe), through one
+pipeline for all of them: the reader goes from leaf to leaf while the leaves already stored are
+verified, detached and dropped, so the DDL and the counts of one leaf overlap the export of the
+next (a pipeline per leaf filled and drained eleven times on the bench, and made threads and
+allocator arenas anew each time).
+
+A leaf is complete once a batch of a later leaf (or the pipeline's end) comes out of the pipeline,
+which hands batches out in read order. Its batches stay pending in the checkpoint until it is
+detached and re-counted; any count that disagrees takes them back and leaves the leaf to the
+row-by-row path. Batches of the leaves after it are pending too: still attached, their rows are in
+the table, so after a crash the ledger takes them back like any other interrupted move."""
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +22,8 @@ import psycopg
 from archiver.encoding import Encoded
 from archiver.hooks import Hook
 from archiver.ledger import MoveLedger
-from archiver.partitions import Leaf, attach, count_leaf, detach, finish_detached, leaf_selection, leaves, whole_before
+from archiver.partitions import (Leaf, attach, count_leaf, detach, drop_verified, holds_unarchivable, leaf_selection,
+                                 leaves, whole_before)
 from archiver.pipeline import BatchPipeline, Stored
 from archiver.reader import Batch
 from archiver.selection import Selection
@@ -43,66 +51,113 @@ class Retirer:
     pipeline: Callable[..., BatchPipeline]
     done: Callable[[Encoded, str], None]
     stopping: Callable[[], bool]
+    #: the stop file, --max-rows, max runtime: checked between leaves
+    should_stop: Callable[[], bool]
+    #: whether retire_all() ended early for a stop (its incomplete leaves were taken back)
+    stopped: bool = False
 
-    def retire(self, leaf: Leaf) -> bool:
-        """Archive, verify, detach (and drop) one leaf. False leaves it to the row-by-row path."""
-        before = count_leaf(self.conn, self.sel, leaf.relation)
-        if before.not_expired:
-            log.info("partition %s holds %d rows the run does not archive (newer than the cutoff or before year 1):"
-                     " archived row by row", leaf.qualified_name, before.not_expired, extra=self.ctx)
-            return False
-        doc = leaf.doc()
-        self.ledger.cp.retiring = {"leaf": doc, "mode": self.mode, "step": "archiving", "rows": None}
-        self.ledger.save()
-        stored = self._archive(leaf)
-        if stored is None:
-            return False
-        rows = sum(enc.rows for enc, _ in stored)
-        after = count_leaf(self.conn, self.sel, leaf.relation)
-        if after.rows != rows or after.not_expired:
-            return self._take_back(stored, f"it holds {after.rows} rows, {rows} were archived", leaf)
-        self.ledger.cp.retiring.update(step="archived", rows=rows)
-        self.ledger.save()
-        self.hook("after_partition_archived")
-        if not self._still_retirable(leaf, rows):
-            return self._take_back(stored, "it changed before its detach", leaf)
-        detach(self.conn, doc)
-        self.hook("after_detach")
-        detached = count_leaf(self.conn, self.sel, leaf.relation)
-        if detached.rows != rows or detached.not_expired:
-            attach(self.conn, doc)
-            return self._take_back(stored, f"a row reached it during its detach ({detached.rows} rows, {rows} archived)", leaf)
-        for enc, location in stored:
-            self.done(enc, location)
-        self.ledger.cp.retiring.update(step="detached")
-        self.ledger.save()
-        finish_detached(self.conn, self.sel, self.ledger.cp.retiring, mode=self.mode, ctx=self.ctx, hook=self.hook)
-        self.ledger.cp.retiring = None
-        self.ledger.save()
-        return True
-
-    def _archive(self, leaf: Leaf) -> list[Stored] | None:
-        """Every row of the leaf stored, its batches pending; None (all taken back) on a stop."""
-        sel = leaf_selection(self.sel, leaf)
-        stored: list[Stored] = []
-
-        def encode(batch: Batch) -> Encoded:
-            enc = self.encode(batch, sel)
-            enc.manifest.partition = leaf.doc()  # before begin(): the pending entry records it too
-            return enc
-
-        def begin(new: Sequence[Encoded]) -> None:
-            self.ledger.begin(new)
-            self.hook("after_checkpoint")
-
-        with self.pipeline(read=lambda stop: self.read(sel, stop), encode=encode, begin=begin) as pipe:
+    def retire_all(self, whole: Sequence[Leaf]) -> int:
+        """Archive, verify, detach (and drop) every leaf that allows it; returns how many were
+        retired. The others are left to the row-by-row path."""
+        todo = [leaf for leaf in whole if self._whole_leaf(leaf)]
+        stored: dict[int, list[Stored]] = {leaf.oid: [] for leaf in todo}
+        by_name = {(leaf.schema, leaf.name): leaf for leaf in todo}
+        sels = {leaf.oid: leaf_selection(self.sel, leaf) for leaf in todo}
+        pending = iter(todo)  # leaves whose batches may still come, in read order
+        current = next(pending, None)
+        retired = 0
+        stopped = False
+        with self.pipeline(read=lambda stop: self._read_all(todo, sels, stop), encode=self._encoder(sels),
+                           begin=self._begin) as pipe:
             for group in pipe.stored():
                 self.hook("after_upload")
-                stored.extend(group)
-        if self.stopping():
-            self._take_back(stored, "the run is stopping", leaf)
-            return None
-        return stored
+                for enc, location in group:
+                    leaf = by_name[_leaf_of(enc)]
+                    while current is not None and current.oid != leaf.oid:  # every batch of `current` is out
+                        if not stopped:
+                            retired += self._finish(current, stored.pop(current.oid))
+                            stopped = self._stop_reading(pipe)
+                        current = next(pending, None)
+                    enc.data = b""  # stored: the batch waits for its leaf's detach without its bytes
+                    stored[leaf.oid].append((enc, location))
+            self.stopped = stopped or self.stopping()
+        for leaf in todo:  # the leaves not finished above, in read order
+            if leaf.oid not in stored:
+                continue
+            if self.stopped:
+                self._take_back(stored.pop(leaf.oid), "the run is stopping", leaf)
+            else:
+                retired += self._finish(leaf, stored.pop(leaf.oid))
+        return retired
+
+    # -- reading -----------------------------------------------------------------------------
+    def _whole_leaf(self, leaf: Leaf) -> bool:
+        if holds_unarchivable(self.conn, self.sel, leaf.relation):
+            log.info("partition %s holds rows the run does not archive (newer than the cutoff or before year 1):"
+                     " archived row by row", leaf.qualified_name, extra=self.ctx)
+            return False
+        return True
+
+    def _read_all(self, todo: Sequence[Leaf], sels: dict[int, Selection], stop: threading.Event) -> Iterator[Batch]:
+        for leaf in todo:
+            if stop.is_set():
+                return
+            for batch in self.read(sels[leaf.oid], stop):
+                batch.origin = leaf
+                yield batch
+
+    def _encoder(self, sels: dict[int, Selection]) -> Callable[[Batch], Encoded]:
+        def encode(batch: Batch) -> Encoded:
+            leaf: Leaf = batch.origin
+            enc = self.encode(batch, sels[leaf.oid])
+            enc.manifest.partition = leaf.doc()  # before begin(): the pending entry records the leaf too
+            return enc
+        return encode
+
+    def _begin(self, new: Sequence[Encoded]) -> None:
+        self.ledger.begin(new)
+        self.hook("after_checkpoint")
+
+    def _stop_reading(self, pipe: BatchPipeline) -> bool:
+        """Between leaves: a stop asked for ends the reading; the leaves not complete are taken back."""
+        if self.stopping() or self.should_stop():
+            pipe.stop_reading()
+            return True
+        return False
+
+    # -- one complete leaf -------------------------------------------------------------------
+    def _finish(self, leaf: Leaf, stored: list[Stored]) -> bool:
+        """Every batch of the leaf is stored: re-check, detach, re-count, finish, drop."""
+        rows = sum(enc.rows for enc, _ in stored)
+        doc = leaf.doc()
+        self.ledger.cp.retiring = {"leaf": doc, "mode": self.mode, "step": "archived", "rows": rows}
+        self.ledger.save()
+        if not self._still_retirable(leaf, rows):
+            return self._take_back(stored, "it changed before its detach", leaf)
+        self.hook("after_partition_archived")
+        detach(self.conn, doc)
+        self.hook("after_detach")
+        # One count of the detached leaf under a lock that keeps it as counted until its drop
+        # (partitions.drop_verified): no row can reach it through the table any more.
+        with drop_verified(self.conn, self.sel, doc, rows=rows, drop=self.mode == "drop") as verified:
+            if not verified.ok:
+                self.conn.rollback()
+                attach(self.conn, doc)
+                return self._take_back(stored, f"a row reached it during its detach ({verified.rows} rows, {rows} archived)", leaf)
+            for enc, location in stored:
+                self.done(enc, location)
+            self.ledger.cp.retiring.update(step="detached")
+            self.ledger.save()
+            if self.mode == "drop":
+                self.hook("before_drop")
+        self.ledger.cp.retiring = None
+        self.ledger.save()
+        if self.mode == "drop":
+            log.info("partition %s retired: archived, detached and dropped (%s)", leaf.qualified_name, leaf.bound, extra=self.ctx)
+        else:
+            log.info("partition %s retired: detached and kept as a table of its own (%s); the archiver no longer reads it",
+                     leaf.qualified_name, leaf.bound, extra=self.ctx)
+        return True
 
     def _still_retirable(self, leaf: Leaf, rows: int) -> bool:
         """Re-checked at detach time: the bound (from the catalog again) lies before the cutoff,
@@ -122,3 +177,9 @@ class Retirer:
         log.warning("partition %s not retired (%s): its %d batches were taken back; its rows go row by row",
                     leaf.qualified_name, why, len(stored), extra=self.ctx)
         return False
+
+
+def _leaf_of(enc: Encoded) -> tuple[str, str]:
+    part = enc.manifest.partition
+    assert part is not None
+    return part["schema"], part["name"]

@@ -117,14 +117,16 @@ class TableJob:
         self.conn.commit()
         retirer = Retirer(conn=self.conn, sel=self.sel, oid=oid, ledger=self.ledger, sink=self.sink, hook=self.hook,
                           mode=mode, ctx=self.ctx, read=self._read, encode=self._encode_with, pipeline=self._pipeline,
-                          done=self._done, stopping=lambda: self.controls.stopping)
+                          done=self._done, stopping=lambda: self.controls.stopping,
+                          # the stop file, --max-rows and max runtime stop retirement too, not only a signal
+                          should_stop=lambda: self.controls.should_stop(self.result))
         retired = 0
-        for leaf in whole:
-            # the stop file, --max-rows and max runtime stop retirement too, not only a signal
-            if self.controls.should_stop(self.result):
+        if whole and self.controls.should_stop(self.result):
+            self.result.status = "stopped"
+        elif whole:
+            retired = retirer.retire_all(whole)
+            if retirer.stopped:
                 self.result.status = "stopped"
-                break
-            retired += retirer.retire(leaf)
         # wholly expired leaves still attached after this run (stopped, or left to the row-by-row path)
         self.result.partitions_pending = len(whole) - retired
 

@@ -128,3 +128,26 @@ def test_a_stop_file_stops_retirement_and_the_leaves_wait(tmp_path: Path, pg_dsn
     stop.unlink()
     results, code = run_archive(cfg, controls=RunControls(stop_file=stop))
     assert code == ExitCode.OK and results[0].partitions_pending == 0 and len(partitions_of(pg)) < len(leaves)
+
+
+def test_a_limit_reached_between_leaves_takes_back_the_leaf_being_read(tmp_path: Path, pg_dsn: str,
+                                                                       pg: psycopg.Connection[Any],
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """One pipeline reads leaf after leaf (archiver/retire.py): a --max-rows reached once the first
+    leaf is retired stops the reading; the next leaf's batches already stored are taken back, its
+    rows stay in the table, and the next run retires it. Every row ends up exactly once."""
+    leaves = seed_partitioned(pg, multi_level=False)
+    original = table_ids(pg)
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, tables=TABLES,
+                                  defaults={"batch_size": 50, "expired_partitions": "drop"}))
+    caplog.set_level(logging.INFO, logger="archiver")
+    results, code = run_archive(cfg, controls=RunControls(max_rows=1))
+    assert code == ExitCode.OK and results[0].status == "stopped"
+    assert any("not retired (the run is stopping)" in r.getMessage() for r in caplog.records)
+    assert len(partitions_of(pg)) == len(leaves) - 1 and results[0].partitions_pending >= 1
+    store = LocalStorage(tmp_path / "archive")
+    assert_invariant(original, table_ids(pg), archived_ids(store))
+    results, code = run_archive(cfg, controls=RunControls())
+    assert code == ExitCode.OK and results[0].partitions_pending == 0
+    assert_invariant(original, table_ids(pg), archived_ids(store))
+    assert pg.execute(EXPIRED).fetchone() == (0,)
