@@ -17,9 +17,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VPY) scripts/demo.py
 
+# One test worker per CPU (pytest-xdist); a test file stays on one worker, so its module-scoped
+# fixtures are built once. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= auto
+
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(VPY) bench/run.py

@@ -40,9 +40,13 @@ def http_get(url: str) -> tuple[int, str]:
 
 
 @pytest.fixture()
-def free_tcp_port() -> int:
-    """A loopback port nothing listens on (for 'service down' scenarios)."""
-    return free_port()
+def free_tcp_port() -> Iterator[int]:
+    """A loopback port nothing listens on (for 'service down' scenarios): held bound but not
+    listening for the whole test, so a connection is refused and no other test worker
+    (pytest-xdist) can start listening on it meanwhile."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -65,10 +69,12 @@ def moto_server() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request would drown failures
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # Port 0: the server binds a free port itself. A port picked first and bound later could be
+    # taken meanwhile by another test worker's server (pytest-xdist).
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
     server.stop()
 
 

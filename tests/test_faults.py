@@ -211,7 +211,9 @@ def test_signal_finishes_the_batch_and_exits_promptly(tmp_path: Path, pg_dsn: st
     proc.send_signal(sig)
     proc.communicate(timeout=30)
     assert proc.returncode == code
-    assert time.monotonic() - sent < 5
+    # The run had minutes of batches left (sleep_seconds): it stopped at the signal, not at its end.
+    # 15 s, not less: with parallel test workers the two cores are shared.
+    assert time.monotonic() - sent < 15
     assert "stopping" in sc.log and "summary" in sc.log
     assert orphans(sc.s3, sc.fallback) == []
     sc.reconfigure()

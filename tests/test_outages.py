@@ -216,7 +216,7 @@ def test_sessions_identify_themselves(tmp_path: Path, pg_dsn: str, bucket: str, 
         if point == "after_upload" and not seen:
             with psycopg.connect(pg_dsn, autocommit=True) as c:
                 seen.extend(c.execute("SELECT application_name, state FROM pg_stat_activity"
-                                      " WHERE application_name = 'pg-archiver'").fetchall())
+                                      " WHERE application_name = 'pg-archiver' AND datname = current_database()").fetchall())
 
     run_archive(load_config(config(tmp_path, pg_dsn, bucket, proxy)), hook=watch)
     assert len(seen) >= 2  # the mover's and the reader's sessions
