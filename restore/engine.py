@@ -16,7 +16,7 @@ from common.errors import ArchiverError, UsageError
 from common.pgtypes import TableSchema
 from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
 from restore.drift import ColumnPlan, plan_columns
-from restore.loader import STRATEGIES, Loader, ObjectResult, prefetched, prepare
+from restore.loader import STRATEGIES, Loader, ObjectResult, Prepared, prefetched, prepare
 from restore.partitions import leaves_of, plan as partition_plan, recreate
 from restore.target import LiveTable, create_table, find_table, require_table, table_lock
 
@@ -290,14 +290,19 @@ class _Job:
         # fail: nothing is committed before the end, so the log must not say "restored" yet.
         progress = _Progress(len(self.objects), sum(o.rows or 0 for o in self.objects),
                              verb="loaded (commit at the end)" if self.single_tx else "restored")
+        batch = _CommitBatch(self.conn, self.report, progress, single_tx=self.single_tx)
         with prefetched(self.objects, lambda o: prepare(self.catalog, o, self.ref, plan_for)) as items:
-            for item in items:
-                result = loader.load(item)
-                if not self.single_tx:
-                    self.conn.commit()  # each object is its own transaction
-                self.report.objects.append(result)
-                progress.done(result)
-        self.conn.commit()
+            it = iter(items)
+            while True:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                except BaseException:
+                    batch.keep_loaded()  # the next object is unreadable: the ones loaded stay restored
+                    raise
+                batch.load(loader, item)
+        batch.commit()
 
     def _explain(self, exc: BaseException) -> BaseException:
         """Say what state the run left behind, on top of what went wrong."""
@@ -314,6 +319,61 @@ class _Job:
         if self.report.recreated_partitions:
             tail += f"; the {len(self.report.recreated_partitions)} recreated partition(s) stay"
         return type(exc)(f"{exc}; {tail}")
+
+
+class _CommitBatch:
+    """Objects loaded and not yet committed. Each object is loaded whole inside one transaction (a
+    savepoint around it), and several objects share one commit: a commit per object waited for
+    its WAL flush 311 times on the 2M-row bench (~1.5 s of a ~11 s restore). An object that fails
+    is rolled back to its savepoint and the objects loaded before it are committed, so they stay
+    restored, as the error message says. The report lists an object once it is committed."""
+
+    #: Commit once this many rows, or this many seconds, have been loaded since the last commit.
+    ROWS = 100_000
+    SECONDS = 2.0
+    _SAVEPOINT = "pg_archiver_restore_object"
+
+    def __init__(self, conn: psycopg.Connection[Any], report: RestoreReport, progress: _Progress, *,
+                 single_tx: bool) -> None:
+        self.conn, self.report, self.progress, self.single_tx = conn, report, progress, single_tx
+        self.loaded: list[ObjectResult] = []
+        self.since = time.monotonic()
+
+    def load(self, loader: Loader, item: Prepared) -> None:
+        if self.single_tx:  # fail: one transaction for the run, which rolls back whole on any error
+            self._done(loader.load(item))
+            return
+        self.conn.execute(f"SAVEPOINT {self._SAVEPOINT}")
+        try:
+            result = loader.load(item)
+        except psycopg.OperationalError:
+            raise  # the connection is gone, and with it everything not committed
+        except BaseException:
+            try:
+                self.conn.execute(f"ROLLBACK TO SAVEPOINT {self._SAVEPOINT}")
+                self.keep_loaded()
+            except psycopg.Error:
+                pass  # keep the original error; the objects not committed are rolled back with it
+            raise
+        self.conn.execute(f"RELEASE SAVEPOINT {self._SAVEPOINT}")
+        self.loaded.append(result)
+        if sum(r.rows for r in self.loaded) >= self.ROWS or time.monotonic() - self.since >= self.SECONDS:
+            self.commit()
+
+    def keep_loaded(self) -> None:
+        """Before an error is raised: commit the objects already loaded (not in a fail run)."""
+        if not self.single_tx and self.loaded:
+            self.commit()
+
+    def commit(self) -> None:
+        self.conn.commit()
+        for result in self.loaded:
+            self._done(result)
+        self.loaded, self.since = [], time.monotonic()
+
+    def _done(self, result: ObjectResult) -> None:
+        self.report.objects.append(result)
+        self.progress.done(result)
 
 
 class _Progress:
