@@ -68,7 +68,7 @@ def run_parts(ctx: Context, parts: tuple[str, ...], *, rss_scaling: bool,
     if "partitions" in parts:
         results.append(part_partitions.run(ctx, baseline=results[0], repeat=repeat))
     if "restore" in parts:
-        results.append(part_restore.run(ctx))
+        results.append(part_restore.run(ctx, repeat=repeat))
     if "validate" in parts:
         results.append(part_validate.run(ctx, repeat=repeat))
     if "query" in parts:
@@ -98,9 +98,9 @@ def print_extra(extra: dict[str, Any]) -> None:
 @click.option("--parts", "parts_", default=",".join(PARTS), show_default=True, help="Comma-separated parts to run.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=50_000, show_default=True)
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Run the archive and validate baselines and tools this many times; the best time of each counts "
+              help="Run each part's baseline and tool this many times (query: once); the best time of each counts "
                    "(single runs of either side varied by a third on the 2-core machine).")
-@click.option("--rss-scaling", is_flag=True, help="Also measure the archiver's peak RSS at 1M and 4M rows (slower).")
+@click.option("--rss-scaling", is_flag=True, help="Also measure the archiver's peak RSS at 1M, 4M and 10M rows (slower: ~5 min more).")
 @click.option("--profile", is_flag=True, help="Also run the archiver once more under py-spy and summarise where its time goes.")
 @click.option("--keep", is_flag=True, help="Keep the databases and the work directory for inspection.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
