@@ -1,8 +1,10 @@
 """One archive object back into PostgreSQL: read it, check it against its manifest, decode it, render
-the rows as COPY input exactly as `COPY ... TO STDOUT` printed them, COPY them into a temporary table and
-move them into the target with one `INSERT ... ON CONFLICT` (issue 4, "Restore semantics"). When
-none of an object's rows exists in the target yet (a restore into an emptied table), a COPY
-straight into the target does the same at half the cost; the primary key tells when it does not.
+the rows as COPY input (binary, restore/copybinary.py, where every column's type has an encoder
+there; otherwise text exactly as `COPY ... TO STDOUT` printed them, restore/copytext.py), COPY them
+into a temporary table and move them into the target with one `INSERT ... ON CONFLICT` (issue 4,
+"Restore semantics"). When none of an object's rows exists in the target yet (a restore into an
+emptied table), a COPY straight into the target does the same at half the cost; the primary key
+tells when it does not.
 
 A reader thread reads, checks, decodes and renders ahead, a slice of rows at a time, while
 PostgreSQL loads: memory stays flat whatever the size of the objects."""
@@ -27,6 +29,7 @@ from common.errors import ArchiverError, DataIntegrityError
 from common.manifest import Manifest
 from common.pgtypes import TableSchema, read_archive_metadata
 from common.catalog import ArchiveObject, Catalog, TableRef
+from restore import copybinary
 from restore.copytext import to_copy_text
 from restore.drift import ColumnPlan
 from restore.target import LiveTable
@@ -58,6 +61,8 @@ class Prepared:
     decoded: pa.Table | None = None  # JSON lines: decoded whole (not the default format)
     #: COPY input the reader thread renders ahead, for the first pass over the rows.
     ahead: Iterator[pa.Buffer] | None = None
+    #: The columns' binary COPY encoders (restore/copybinary.py), or None: the text format.
+    binary: list[copybinary.Encoder] | None = None
 
     def batches(self) -> Iterator[pa.Table]:
         cols = list(self.plan.load)
@@ -72,6 +77,9 @@ class Prepared:
                 yield table.slice(off, _RENDER_ROWS)
 
     def render(self) -> Iterator[pa.Buffer]:
+        if self.binary is not None:
+            yield from copybinary.to_copy_binary(self.batches(), self.binary)
+            return
         for table in self.batches():
             yield from to_copy_text(table)
 
@@ -125,8 +133,9 @@ def prepare(catalog: Catalog, obj: ArchiveObject, ref: TableRef, plan_for: PlanF
         raise DataIntegrityError(f"{obj.key}: holds {rows} rows, its manifest says {m.rows}")
     if schema.fingerprint() != m.schema_fingerprint:
         raise DataIntegrityError(f"{obj.key}: its schema fingerprint differs from its manifest's")
-    return Prepared(obj, m, plan_for(schema, obj.key), rows, schema, encodings,
-                    data if decoded is None else None, decoded)
+    plan = plan_for(schema, obj.key)
+    binary = copybinary.plan([schema.column(c) for c in plan.load], encodings) if decoded is None else None
+    return Prepared(obj, m, plan, rows, schema, encodings, data if decoded is None else None, decoded, binary=binary)
 
 
 @contextmanager
@@ -253,8 +262,9 @@ class Loader:
 
     def _copy(self, relation: sql.Composable, cols: list[str], item: Prepared) -> int:
         ids = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+        fmt = sql.SQL(" (FORMAT binary)" if item.binary is not None else "")
         with self.conn.cursor() as cur:
-            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(relation, ids)) as copy:
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN{}").format(relation, ids, fmt)) as copy:
                 for chunk in item.copy_chunks():
                     copy.write(memoryview(chunk))
             return cur.rowcount
