@@ -316,7 +316,7 @@ class Loader:
         tmp = self._staging.get(tuple(cols))
         if tmp is None:
             name = sql.Identifier(f"{_TMP_PREFIX}_{len(self._staging)}")
-            # ON COMMIT DELETE ROWS empties it at each per-object commit without catalog changes.
+            # ON COMMIT DELETE ROWS empties it at each commit without catalog changes.
             self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA")
                               .format(name, ids, self.live.relation))
             tmp = self._staging[tuple(cols)] = sql.SQL("pg_temp.{}").format(name)
@@ -324,6 +324,11 @@ class Loader:
             # The run is one transaction, so no commit empties it: truncate it (in place, as it
             # was created in this transaction).
             self.conn.execute(sql.SQL("TRUNCATE {}").format(tmp))
+        else:
+            # Several objects share a transaction (engine._CommitBatch), so the commit that empties
+            # it may not have come since the last object: a DELETE (a temporary table: no WAL, no
+            # catalog change, unlike TRUNCATE of a table created in an earlier transaction).
+            self.conn.execute(sql.SQL("DELETE FROM {}").format(tmp))
         self._copy(tmp, cols, item)
         return tmp
 

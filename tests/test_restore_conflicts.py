@@ -92,6 +92,18 @@ def test_restoring_twice_with_skip_changes_nothing_the_second_time(clash: Archiv
     assert clash.dump() == first
 
 
+def test_overwriting_every_row_counts_each_object_once(clash: Archived, s3_client: Any) -> None:
+    """Every object takes the staging path, several in one transaction (engine._CommitBatch): the
+    staging table holds only the object being moved, so no object counts another's rows."""
+    kwargs: dict[str, Any] = dict(database="production_db", table="audit_logs", restore_all=True,
+                                  conflict_strategy="overwrite", s3_client=s3_client)
+    restore(clash.cfg, **kwargs)
+    again = restore(clash.cfg, **kwargs)
+    assert len(again.objects) > 1
+    assert [(o.inserted, o.overwritten, o.skipped) for o in again.objects] == [(0, o.rows, 0) for o in again.objects]
+    assert clash.dump() == clash.before
+
+
 def test_unknown_strategy_is_a_usage_error(clash: Archived, s3_client: Any) -> None:
     with pytest.raises(ArchiverError) as err:
         restore(clash.cfg, database="production_db", table="audit_logs", restore_all=True,
