@@ -173,6 +173,8 @@ def _uuid(a: pa.Array) -> pa.Array:
 def _numeric(a: pa.Array) -> pa.Array:
     """numeric_send of decimal128 values of precision <= 18: (ndigits, weight, sign, dscale) then
     the base-10000 digits, most significant first, without leading or trailing zero digits."""
+    if not pa.types.is_decimal128(a.type):  # the word layout below is decimal128's (16 bytes a value)
+        a = a.cast(pa.decimal128(a.type.precision, a.type.scale))
     scale = a.type.scale
     n = len(a)
     words = np.frombuffer(a.buffers()[1], dtype="<i8")[2 * a.offset:2 * (a.offset + n):2]  # low halves: |v| < 2**63

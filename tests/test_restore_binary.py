@@ -72,3 +72,20 @@ def test_an_object_with_a_type_it_does_not_encode_takes_the_text_path(tmp_path: 
     restore(arch.cfg, database="production_db", table="other", restore_all=True, conflict_strategy="skip",
             s3_client=s3_client)
     assert arch.dump() == arch.before
+
+
+@pytest.mark.parametrize("width", ["decimal32", "decimal64"])
+def test_narrower_decimals_encode_like_decimal128(width: str) -> None:
+    """numeric fields are built from decimal128's 16-byte words; a narrower Arrow decimal (a newer
+    Parquet reader's choice) is widened first, never read with the wrong stride."""
+    import pyarrow as pa
+    from decimal import Decimal
+
+    from common.pgtypes import Column
+
+    values = [Decimal("-12.34"), None, Decimal("0.00"), Decimal("9999.99")]
+    col = Column("n", "numeric", "numeric(6,2)", "b", precision=6, scale=2)
+    (encode,) = copybinary.plan([col], {"n": "native"}) or []
+    wide = encode(pa.array(values, pa.decimal128(6, 2)))
+    narrow = encode(pa.array(values, getattr(pa, width)(6, 2)))
+    assert narrow.to_pylist() == wide.to_pylist()
