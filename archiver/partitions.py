@@ -141,7 +141,8 @@ def count_leaf(conn: psycopg.Connection[Any], sel: Selection, relation: sql.Comp
 def holds_unarchivable(conn: psycopg.Connection[Any], sel: Selection, relation: sql.Composable) -> bool:
     """Whether a leaf holds a row the predicate leaves out (before year 1, say): such a leaf goes
     row by row. EXISTS, not a count: PostgreSQL turns NOT (ts < cutoff AND ts >= floor) into two
-    ranges of the timestamp's index, so a leaf without such rows costs two index probes."""
+    ranges of the timestamp's index where there is one (EXPLAIN: a BitmapOr of two index scans), so
+    a leaf without such rows costs two index probes, not a scan."""
     pred, _ = sel.predicate(literal=True)
     row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE NOT ({}))").format(relation, pred)).fetchone()
     conn.commit()
@@ -161,7 +162,7 @@ def drop_verified(conn: psycopg.Connection[Any], sel: Selection, leaf_doc: dict[
     in one transaction; the caller's block runs under the lock (it finishes the leaf's batches when
     the count is right), then with `drop` the leaf is dropped, and the transaction commits. One
     count where a count after the detach and another before the drop left a window between them.
-    A block that raises, or finds the count wrong, leaves the transaction to be rolled back."""
+    A block that raises is rolled back here; one that finds the count wrong rolls back itself."""
     rel = qualified(leaf_doc["schema"], leaf_doc["name"])
     conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(rel))
     n = count_leaf(conn, sel, rel, commit=False)
