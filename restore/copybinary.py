@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common.pgtypes import Column
+from restore.copytext import value_bytes
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
 TRAILER = b"\xff\xff"
@@ -75,21 +76,13 @@ def to_copy_binary(tables: Iterator[pa.Table], encoders: list[Encoder]) -> Itera
         fields = [enc(_one_chunk(table.column(i))) for i, enc in enumerate(encoders)]
         count = pa.scalar(len(encoders).to_bytes(2, "big"), pa.binary())
         rows = pc.binary_join_element_wise(count, *fields, pa.scalar(b"", pa.binary()))
-        yield _values(rows)
+        yield value_bytes(rows)
     yield pa.py_buffer(TRAILER)
 
 
 # -- building blocks ---------------------------------------------------------------------------
 def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
     return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-
-
-def _values(arr: pa.Array) -> pa.Buffer:
-    """The bytes of a binary array's values, back to back."""
-    _validity, offsets, data = arr.buffers()
-    assert offsets is not None and data is not None
-    pos = np.frombuffer(offsets, dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
-    return data.slice(int(pos[0]), int(pos[-1] - pos[0]))
 
 
 def _valid(a: pa.Array) -> np.ndarray:
@@ -166,7 +159,7 @@ def _uuid(a: pa.Array) -> pa.Array:
     if pc.min(pc.utf8_length(text)).as_py() != 36 or pc.max(pc.utf8_length(text)).as_py() != 36:
         raise ValueError("a uuid value is not in its 36-character form")
     digits = pc.replace_substring(text, "-", "")
-    raw = bytes.fromhex(_values(digits.cast(pa.binary())).to_pybytes().decode("ascii"))
+    raw = bytes.fromhex(value_bytes(digits.cast(pa.binary())).to_pybytes().decode("ascii"))
     return _fixed(np.frombuffer(raw, dtype=np.uint8), 16, a)
 
 

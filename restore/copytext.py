@@ -26,7 +26,7 @@ def to_copy_text(table: pa.Table) -> Iterator[pa.Buffer]:
     cols = [_column(table.column(name)) for name in table.column_names]
     lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*cols, "\t"), "\n", "")
     for chunk in lines.chunks:
-        yield _data(chunk)
+        yield value_bytes(chunk)
 
 
 def _column(arr: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -50,14 +50,15 @@ def _has_special(arr: pa.ChunkedArray) -> bool:
     than the four replace passes, which most columns (ids, emails, uuids, JSON) never need."""
     for chunk in arr.chunks:
         if chunk.buffers()[2] is not None:
-            raw = _data(chunk).to_pybytes()  # this chunk's values only, not a whole object's
+            raw = value_bytes(chunk).to_pybytes()  # this chunk's values only, not a whole object's
             if any(char.encode() in raw for char, _ in _ESCAPES):
                 return True
     return False
 
 
-def _data(chunk: pa.Array) -> pa.Buffer:
-    """The bytes of a string array's values, back to back: here, whole lines."""
+def value_bytes(chunk: pa.Array) -> pa.Buffer:
+    """The bytes of a string or binary array's values, back to back (zero-copy): here, whole
+    lines; in restore/copybinary.py, whole binary rows."""
     _validity, offsets, data = chunk.buffers()
     assert offsets is not None and data is not None
     width = 8 if pa.types.is_large_string(chunk.type) else 4
