@@ -13,6 +13,7 @@ import psycopg
 from common.config import Config
 from common.db import application_name, connect, conninfo, session_settings
 from common.errors import ArchiverError, UsageError
+from common.hooks import Hook, env_hook, no_hook
 from common.pgtypes import TableSchema
 from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
 from restore.drift import ColumnPlan, plan_columns
@@ -290,7 +291,7 @@ class _Job:
         # fail: nothing is committed before the end, so the log must not say "restored" yet.
         progress = _Progress(len(self.objects), sum(o.rows or 0 for o in self.objects),
                              verb="loaded (commit at the end)" if self.single_tx else "restored")
-        batch = _CommitBatch(self.conn, self.report, progress, single_tx=self.single_tx)
+        batch = _CommitBatch(self.conn, self.report, progress, single_tx=self.single_tx, hook=env_hook())
         with prefetched(self.objects, lambda o: prepare(self.catalog, o, self.ref, plan_for)) as items:
             it = iter(items)
             while True:
@@ -334,8 +335,11 @@ class _CommitBatch:
     _SAVEPOINT = "pg_archiver_restore_object"
 
     def __init__(self, conn: psycopg.Connection[Any], report: RestoreReport, progress: _Progress, *,
-                 single_tx: bool) -> None:
+                 single_tx: bool, hook: Hook = no_hook) -> None:
         self.conn, self.report, self.progress, self.single_tx = conn, report, progress, single_tx
+        #: Test points (common/hooks.py, ARCHIVER_TEST_KILL_AT): restore_loaded after an object's
+        #: rows are in (not yet committed), restore_committed after a commit.
+        self.hook = hook
         self.loaded: list[ObjectResult] = []
         self.since = time.monotonic()
 
@@ -357,6 +361,7 @@ class _CommitBatch:
             raise
         self.conn.execute(f"RELEASE SAVEPOINT {self._SAVEPOINT}")
         self.loaded.append(result)
+        self.hook("restore_loaded")
         if sum(r.rows for r in self.loaded) >= self.ROWS or time.monotonic() - self.since >= self.SECONDS:
             self.commit()
 
@@ -367,6 +372,7 @@ class _CommitBatch:
 
     def commit(self) -> None:
         self.conn.commit()
+        self.hook("restore_committed")
         for result in self.loaded:
             self._done(result)
         self.loaded, self.since = [], time.monotonic()
