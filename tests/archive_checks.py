@@ -3,6 +3,7 @@ original row is in its table or in exactly one archive object; never both, never
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -52,3 +53,16 @@ def assert_invariant(original: set[Any], in_table: set[Any], archived: Counter[A
     assert not lost, f"rows lost: {sorted(lost)[:10]}"
     extra = (in_table | set(archived)) - original
     assert not extra, f"rows that were never there: {sorted(extra)[:10]}"
+
+
+class OnceAt:
+    """A hook (archiver/hooks.py) that runs `action` the first time any thread reaches `point`:
+    a change made between two steps of a move, once."""
+
+    def __init__(self, point: str, action: Callable[[], None]) -> None:
+        self.point, self.action, self.done = point, action, False
+
+    def __call__(self, point: str) -> None:
+        if point == self.point and not self.done:
+            self.done = True
+            self.action()

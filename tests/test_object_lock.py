@@ -21,24 +21,19 @@ from common.exit_codes import ExitCode
 from compliance_support import all_keys, catalog_ids, locked_bucket  # noqa: F401 - fixture
 from conftest import make_config
 from test_archiver import oldest_id
-from archive_checks import table_ids
+from archive_checks import OnceAt, table_ids
 from validate.checks import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class UpdateAfterUpload:
-    """A hook (archiver/hooks.py) that changes one exported row between export and delete: the
-    batch must be taken back, which a locked object cannot be by deleting it."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn, self.done = dsn, False
-
-    def __call__(self, point: str) -> None:
-        if point == "after_upload" and not self.done:
-            self.done = True
-            with psycopg.connect(self.dsn, autocommit=True) as c:
-                c.execute("UPDATE audit_logs SET action = 'changed' WHERE id = %s", (oldest_id(c),))
+def update_after_upload(dsn: str) -> OnceAt:
+    """Changes one exported row between export and delete: the batch must be taken back, which a
+    locked object cannot be by deleting it."""
+    def update() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("UPDATE audit_logs SET action = 'changed' WHERE id = %s", (oldest_id(c),))
+    return OnceAt("after_upload", update)
 
 
 def lock_config(tmp_path: Path, dsn: str, bucket: str, endpoint: str, *, mode: str = "GOVERNANCE", days: int = 30,
@@ -128,7 +123,7 @@ def test_withdrawn_batch_under_lock_never_counts_and_its_rows_are_archived_once(
         pg: psycopg.Connection[Any]) -> None:
     cfg = load_config(lock_config(tmp_path, pg_dsn, locked_bucket, moto_server, mode="COMPLIANCE"))
     original = table_ids(pg)
-    results, code = run_archive(cfg, hook=UpdateAfterUpload(pg_dsn))
+    results, code = run_archive(cfg, hook=update_after_upload(pg_dsn))
     assert code == ExitCode.OK and results[0].rolled_back_batches == 1
     records = [k for k in all_keys(s3_client, locked_bucket) if f"/{layout.WITHDRAWN_DIR}" in k]
     assert len(records) == 1  # the locked object could not be deleted: a record takes it back

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from archive_checks import archived_ids, assert_invariant, table_ids
+from archive_checks import OnceAt, archived_ids, assert_invariant, table_ids
 from archiver.main import cli
 from archiver.runner import run_archive
 from common import layout
@@ -162,26 +162,21 @@ def test_full_fallback_disk_stops_the_table_without_deleting_unwritten_rows(tmp_
     assert not [p for p in tiny_disk.rglob(".tmp-*")]
 
 
-class KillBackend:
-    """A hook that terminates the archiver's database sessions after the first stored batch."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn, self.done = dsn, False
-
-    def __call__(self, point: str) -> None:
-        if point == "after_upload" and not self.done:
-            self.done = True
-            with psycopg.connect(self.dsn, autocommit=True) as c:
-                c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                          " WHERE application_name = 'pg-archiver' AND pid <> pg_backend_pid()"
-                          " AND datname = current_database()")  # only this test's archiver
+def kill_backend(dsn: str) -> OnceAt:
+    """Terminates the archiver's database sessions after the first stored batch."""
+    def kill() -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE application_name = 'pg-archiver' AND pid <> pg_backend_pid()"
+                      " AND datname = current_database()")  # only this test's archiver
+    return OnceAt("after_upload", kill)
 
 
 def test_backend_killed_mid_run_fails_the_table_cleanly_and_rerun_finishes(caplog: pytest.LogCaptureFixture, tmp_path: Path, pg_dsn: str, bucket: str,
                                                                           proxy: TcpProxy, s3_client: Any,
                                                                           pg: psycopg.Connection[Any], seeded: set[int]) -> None:
     cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy))
-    results, code = run_archive(cfg, hook=KillBackend(pg_dsn))
+    results, code = run_archive(cfg, hook=kill_backend(pg_dsn))
     assert code == ExitCode.FAILURE and results[0].error_kind == "database"
     _results, code = run_archive(cfg)
     assert code == ExitCode.OK
