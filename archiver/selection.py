@@ -69,9 +69,11 @@ class Selection(ExpiredRows):
         held = sql.SQL(" OR ").join(r.exists(self.relation) for r in self.references)
         return sql.SQL("SELECT count(*) FROM {rel} WHERE {pred} AND ({held})").format(rel=self.relation, pred=pred, held=held)
 
-    def export_query(self, *, limit: int, lower: Bound | None, by_key: bool, all_text: bool) -> tuple[sql.Composed, set[str]]:
+    def export_query(self, *, limit: int, lower: Bound | None, by_key: bool, all_text: bool,
+                     upper: Any = None) -> tuple[sql.Composed, set[str]]:
         """SELECT of the next `limit` eligible rows from `lower` on: a day's start (ts, None), or a
-        keyset position (ts, pk) to continue after. Ordered by the timestamp alone (`by_key` False:
+        keyset position (ts, pk) to continue after; with `upper` (a day's start), only rows before
+        it (archiver/reader.py: a window that ends on a day boundary holds whole days). Ordered by the timestamp alone (`by_key` False:
         the reader takes whole days, whose order inside does not matter; an index on the timestamp
         delivers that order without the sort that (timestamp, pk) costs, ~0.45 s of server CPU on the
         2M-row bench), or by (timestamp, pk). xmin first, so the delete can tell a row updated since
@@ -84,6 +86,8 @@ class Selection(ExpiredRows):
             pred = sql.SQL("{} AND {ts} >= {lo_ts}").format(pred, ts=self.ts, lo_ts=lo_ts)
             if lo_pk is not None:
                 pred = sql.SQL("{} AND ({ts}, {pk}) > ({lo_ts}, {lo_pk})").format(pred, ts=self.ts, pk=self.pk, lo_ts=lo_ts, lo_pk=lo_pk)
+        if upper is not None:
+            pred = sql.SQL("{} AND {ts} < {hi_ts}").format(pred, ts=self.ts, hi_ts=self._literals((upper, None))[0])
         native = set() if all_text else {
             c.name for c in self.schema.columns if read_natively(c, finite=c.name == self.table.timestamp_column)}
         cols = sql.SQL(", ").join(

@@ -1,6 +1,6 @@
 """Read windows and the range delete (archiver/reader.py, Selection.range_delete_query): small
 windows force every boundary case (days longer than a window, ties on the timestamp, the unfinished
-day read again), and a row written into an already exported range must never be deleted unseen."""
+day read again, windows that end on a day, gaps longer than a window), and a row written into an already exported range must never be deleted unseen."""
 from __future__ import annotations
 
 import logging
@@ -80,6 +80,55 @@ def test_a_day_longer_than_a_batch_switches_to_key_order(monkeypatch: pytest.Mon
     assert code == ExitCode.OK and sorted(m.rows for m in manifests(store)) == [2] + [3] * 8 + [5, 5]
     assert_invariant(original, table_ids(pg), archived_ids(store))
     assert_truthful_objects(store, batch_size=5)
+
+
+class RowsRead:
+    """Counts the rows every read window returns (the real reader runs underneath)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.rows, self._read = 0, reader.read_window
+        monkeypatch.setattr(reader, "read_window", self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        table, encodings = self._read(*args, **kwargs)
+        self.rows += table.num_rows
+        return table, encodings
+
+
+def six_rows_a_day(pg: psycopg.Connection[Any], first_day: int, last_day: int) -> None:
+    pg.execute("INSERT INTO audit_logs (created_at) SELECT '2024-01-01 00:00+00'::timestamptz + d * interval '1 day'"
+               " + h * interval '3 hours' FROM generate_series(%s::int, %s::int) d, generate_series(0, 5) h",
+               (first_day, last_day))
+
+
+def test_windows_after_the_first_end_on_a_day_and_read_no_row_twice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                  pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
+    # windows of 20 rows over days of 6: the first reads 3 days and 2 rows of the 4th again; then
+    # windows of 3 whole days (18 rows). One LIMIT alone re-read 2 rows of every window.
+    monkeypatch.setattr(reader, "WINDOW_ROWS", 20)
+    pg.execute("CREATE TABLE audit_logs (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL)")
+    six_rows_a_day(pg, 0, 39)
+    read = RowsRead(monkeypatch)
+    results, code = run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": 10})))
+    store = LocalStorage(tmp_path / "archive")
+    assert code == ExitCode.OK and results[0].rows == 240 and not table_ids(pg)
+    assert read.rows == 240 + 2
+    assert sorted(m.rows for m in manifests(store)) == [6] * 40
+
+
+def test_a_gap_longer_than_a_window_is_crossed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str,
+                                               pg: psycopg.Connection[Any]) -> None:
+    # windows of 3 days once the density is known; 30 days without a row, then 10 more days
+    monkeypatch.setattr(reader, "WINDOW_ROWS", 20)
+    pg.execute("CREATE TABLE audit_logs (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL)")
+    six_rows_a_day(pg, 0, 9)
+    six_rows_a_day(pg, 40, 49)
+    original = table_ids(pg)
+    results, code = run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": 10})))
+    store = LocalStorage(tmp_path / "archive")
+    assert code == ExitCode.OK and results[0].objects == 20
+    assert_invariant(original, table_ids(pg), archived_ids(store))
+    assert_truthful_objects(store, batch_size=10)
 
 
 PK_VALUES = {"bigint": "g", "text": "'k' || g", "uuid": "md5(g::text)::uuid"}
