@@ -58,14 +58,14 @@ def load_checked(opts: ArchiverOptions) -> Config:
 
 
 def make_controls(cfg: Config, opts: ArchiverOptions, *, env: Environment | None = None) -> RunControls:
-    d = cfg.defaults
+    d, env = cfg.defaults, env or Environment()
     return RunControls(
         stop_file=opts.stop_file or Path(cfg.checkpoint_dir) / "STOP",
         max_rows=opts.max_rows,
         max_runtime_seconds=d.max_runtime_minutes * 60 if d.max_runtime_minutes else None,
         wait_for_lock=opts.wait_for_lock,
         replica_dsns=[dsn for db in cfg.databases for dsn in db.replica_dsns],
-        show_progress=(env or Environment()).stderr_isatty,
+        progress_to=env.stderr if env.stderr_isatty else None,
     )
 
 

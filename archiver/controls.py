@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import psycopg
 
@@ -29,7 +28,8 @@ class RunControls:
     max_runtime_seconds: float | None = None
     wait_for_lock: float = 0.0
     replica_dsns: list[str] = field(default_factory=list)
-    show_progress: bool = False
+    #: Where the live progress line goes (the tool's stderr, when a terminal); None: a log line every 30 s.
+    progress_to: TextIO | None = None
     started: float = field(default_factory=time.monotonic)
     rows_this_run: int = 0
     signal_received: int | None = None
@@ -132,9 +132,9 @@ class RunControls:
     def progress(self, r: TableResult) -> None:
         now = time.monotonic()
         elapsed = max(now - self.started, 1e-6)
-        if self.show_progress:
-            sys.stderr.write(f"\r{r.database} {r.name}: {r.rows:,} rows, {r.objects} objects, {r.rows / elapsed:,.0f} rows/s   ")
-            sys.stderr.flush()
+        if self.progress_to is not None:
+            self.progress_to.write(f"\r{r.database} {r.name}: {r.rows:,} rows, {r.objects} objects, {r.rows / elapsed:,.0f} rows/s   ")
+            self.progress_to.flush()
         elif now - self._last_progress >= 30:
             self._last_progress = now
             log.info("progress: %d rows archived in %d objects (%.0f rows/s)", r.rows, r.objects, r.rows / elapsed,

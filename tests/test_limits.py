@@ -1,6 +1,7 @@
 """Sparing production (issue 3): max runtime, replica lag, parallel databases."""
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from archive_checks import archived_ids, assert_invariant, table_ids
 from archiver.app import ArchiverOptions, make_controls
 from archiver.runner import run_archive
 from archiver.pipeline import INFLIGHT_PER_UPLOAD
+from common.cli import Environment
 from common.config import load_config
 from common.exit_codes import ExitCode
 from common.s3client import make_client
@@ -93,3 +95,24 @@ def test_databases_run_in_parallel_up_to_max_workers(tmp_path: Path, pg_dsn: str
     assert all(r.rows > 0 for r in results)
     store = LocalStorage(tmp_path / "archive")
     assert {o.key.split("/")[0] for o in store.list("")} == {"production_db", "billing_db"}
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "not-a-terminal"])
+def test_progress_line_goes_to_the_tools_stderr_when_it_is_a_terminal(tmp_path: Path, pg_dsn: str, small_audit: Any,
+                                                                     terminal: bool) -> None:
+    path = make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": 50})
+    cfg = load_config(path)
+    stderr = Terminal() if terminal else io.StringIO()
+    controls = make_controls(cfg, ArchiverOptions(config_path=path), env=Environment(stderr=stderr))
+    results, code = run_archive(cfg, controls=controls)
+    assert code == ExitCode.OK and results[0].rows > 0
+    if terminal:
+        assert stderr.getvalue().rsplit("\r", 1)[-1].startswith(f"{results[0].database} {results[0].name}: "
+                                                                 f"{results[0].rows:,} rows, {results[0].objects} objects")
+    else:
+        assert stderr.getvalue() == ""
