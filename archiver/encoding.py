@@ -48,7 +48,9 @@ def encode_batch(batch: Batch, *, sel: Selection, prefix: str, database: str, op
     data = batch_writer.encode(rows, fmt=opts.format, level=opts.compression_level,
                                schema=sel.schema, encodings=batch.encodings, extra_meta=meta)
     digest = sha256_hex(data)
-    keys = pa.table({k: typed_column(rows, k, sel) for k in sel.keys})
+    # Copies (combine_chunks), not slices: a slice keeps the read window's buffers alive while its
+    # batch waits for upload and delete (2M-row bench: peak RSS 252-270 -> ~240 MB).
+    keys = pa.table({k: typed_column(rows, k, sel).combine_chunks() for k in sel.keys})
     min_pk, max_pk = key_range(keys)
     ts = pc.min_max(typed_column(rows, t.timestamp_column, sel))
     name = f"part-{batch.day:%Y%m%d}-{digest[:20]}{batch_writer.EXTENSIONS[opts.format]}"

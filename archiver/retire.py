@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 
 from archiver.encoding import Encoded
 from archiver.hooks import Hook
@@ -78,7 +79,7 @@ class Retirer:
                             retired += self._finish(current, stored.pop(current.oid))
                             stopped = self._stop_reading(pipe)
                         current = next(pending, None)
-                    enc.data = b""  # stored: the batch waits for its leaf's detach without its bytes
+                    _keep_manifest_only(enc)
                     stored[leaf.oid].append((enc, location))
             self.stopped = stopped or self.stopping()
         for leaf in todo:  # the leaves not finished above, in read order
@@ -183,3 +184,13 @@ def _leaf_of(enc: Encoded) -> tuple[str, str]:
     part = enc.manifest.partition
     assert part is not None
     return part["schema"], part["name"]
+
+
+def _keep_manifest_only(enc: Encoded) -> None:
+    """A stored batch waits for its leaf's detach with its manifest alone: nothing deletes its rows
+    (the leaf goes whole), so neither its bytes nor its keys and xmins are needed. With the keys
+    kept (then slices of the read windows), the 2M-row bench's peak RSS crept from ~280 to ~320 MB
+    over a run; without them, and with keys copied at encode time, it stays at ~242 MB."""
+    enc.data = b""
+    enc.keys = enc.keys.schema.empty_table()
+    enc.xmins = pa.array([], enc.xmins.type)
