@@ -70,6 +70,14 @@ class S3Unavailable(ServiceUnavailable):
     kind = ErrorKind.S3_UNREACHABLE
 
 
+class SessionLost(ArchiverError):
+    """A database session answered, then was lost mid-run, and the tool says what it left behind:
+    exit 3 and kind database, as classify() files a raw driver error of that sort."""
+
+    exit_code = ExitCode.UNAVAILABLE
+    kind = ErrorKind.DATABASE
+
+
 class DatabaseError(ArchiverError):
     """A statement failed or the session was lost mid-run (the server is otherwise reachable)."""
 

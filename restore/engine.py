@@ -12,7 +12,7 @@ import psycopg
 
 from common.config import Config
 from common.db import application_name, connect, conninfo, session_settings
-from common.errors import ArchiverError, UsageError
+from common.errors import ArchiverError, SessionLost, UsageError, first_line
 from common.hooks import Hook, env_hook, no_hook
 from common.pgtypes import TableSchema
 from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
@@ -246,7 +246,10 @@ class _Job:
                 self.conn.rollback()
             except psycopg.Error:
                 pass  # a broken connection rolls back on its own; keep the original error
-            raise self._explain(exc) from None
+            explained = self._explain(exc)
+            if explained is exc:
+                raise
+            raise explained from exc
 
     def _open_target(self, schema: str, table: str, *, creatable: bool) -> LiveTable:
         live = find_table(self.conn, schema, table)
@@ -306,20 +309,27 @@ class _Job:
         batch.commit()
 
     def _explain(self, exc: BaseException) -> BaseException:
-        """Say what state the run left behind, on top of what went wrong."""
+        """Say what state the run left behind, on top of what went wrong. A session lost mid-run
+        (psycopg's OperationalError) says it too: the objects committed before it stay restored."""
+        if isinstance(exc, psycopg.OperationalError):
+            again = "" if self.single_tx else "; once it is back, --conflict-strategy skip restores the rest"
+            return SessionLost(f"database unreachable: {first_line(exc)}; {self._left_behind()}{again}")
         if not isinstance(exc, ArchiverError) or isinstance(exc, UsageError):
             return exc
+        return type(exc)(f"{exc}; {self._left_behind()}")
+
+    def _left_behind(self) -> str:
         done = self.report.objects
         if self.single_tx:
             tail = "the run was rolled back: nothing was restored"
         elif done:
-            tail = (f"nothing from that object was restored; the {len(done)} object(s) before it "
-                    f"({sum(o.rows for o in done)} rows) stay restored")
+            tail = (f"the {len(done)} object(s) committed before it ({sum(o.rows for o in done)} rows) stay "
+                    "restored, nothing after them")
         else:
             tail = "nothing was restored"
         if self.report.recreated_partitions:
             tail += f"; the {len(self.report.recreated_partitions)} recreated partition(s) stay"
-        return type(exc)(f"{exc}; {tail}")
+        return tail
 
 
 class _CommitBatch:

@@ -1,6 +1,7 @@
 """kill -9 during a restore (restore/engine.py _CommitBatch): several objects share a commit, so a
 kill loses the objects loaded since the last commit, and never part of an object. A rerun with
---conflict-strategy skip restores exactly what is missing."""
+--conflict-strategy skip restores exactly what is missing. So does a cut connection, which exits 3
+and says which objects stay restored."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import classify
+from common.exit_codes import ExitCode
+from restore import engine
 from restore.engine import restore
 from restore_support import Archived, shared_archive
 
@@ -56,6 +60,40 @@ def test_kill_during_restore_leaves_whole_objects_and_the_rerun_completes(arch: 
     if kill_at.startswith("restore_committed"):
         assert present, "a commit came before the kill"
     assert len(present) < 16, "the kill came before the end"
+    report = restore(arch.cfg, database="production_db", table=arch.table, restore_all=True,
+                     conflict_strategy="skip", s3_client=arch.s3)
+    assert report.total("inserted") == 16 - len(present) and report.total("skipped") == len(present)
+    assert arch.dump() == arch.before
+
+
+class CutAfterFirstCommit:
+    """Terminates the restore's session the first time an object is loaded after a commit: the
+    connection goes with objects committed before it and one loaded, not committed, after it."""
+
+    def __init__(self, arch: Archived) -> None:
+        self.arch, self.done = arch, False
+
+    def __call__(self, point: str) -> None:
+        if point == "restore_loaded" and self.arch.ids() and not self.done:
+            self.done = True
+            self.arch.conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name"
+                                   " = 'pg-archiver restore' AND datname = current_database()")
+
+
+def test_connection_cut_mid_restore_exits_3_keeps_committed_objects_and_the_rerun_completes(
+        arch: Archived, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine._CommitBatch, "ROWS", 5)
+    cut = CutAfterFirstCommit(arch)
+    monkeypatch.setattr(engine, "env_hook", lambda: cut)
+    with pytest.raises(Exception) as raised:
+        restore(arch.cfg, database="production_db", table=arch.table, restore_all=True, conflict_strategy="skip",
+                s3_client=arch.s3)
+    code, kind, message = classify(raised.value)
+    present = set(arch.ids())
+    assert cut.done and (code, kind) == (ExitCode.UNAVAILABLE, "database"), message
+    assert "stay restored" in message and f"({len(present)} rows)" in message, message
+    assert 0 < len(present) < 16
+    monkeypatch.undo()
     report = restore(arch.cfg, database="production_db", table=arch.table, restore_all=True,
                      conflict_strategy="skip", s3_client=arch.s3)
     assert report.total("inserted") == 16 - len(present) and report.total("skipped") == len(present)
