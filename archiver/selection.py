@@ -73,13 +73,13 @@ class Selection(ExpiredRows):
                      upper: Any = None) -> tuple[sql.Composed, set[str]]:
         """SELECT of the next `limit` eligible rows from `lower` on: a day's start (ts, None), or a
         keyset position (ts, pk) to continue after; with `upper` (a day's start), only rows before
-        it (archiver/reader.py: a window that ends on a day boundary holds whole days). Ordered by the timestamp alone (`by_key` False:
-        the reader takes whole days, whose order inside does not matter; an index on the timestamp
-        delivers that order without the sort that (timestamp, pk) costs, ~0.45 s of server CPU on the
-        2M-row bench), or by (timestamp, pk). xmin first, so the delete can tell a row updated since
-        export. Values are inlined as literals (one self-contained statement for the ADBC reader).
-        Also returns the columns read in binary form; the others are read as `::text`
-        (common.pgtypes.read_natively)."""
+        it (archiver/reader.py: a window that ends on a day boundary holds whole days). Ordered by
+        the timestamp alone (`by_key` False: the reader takes whole days, whose order inside does
+        not matter; an index on the timestamp delivers that order without the sort that
+        (timestamp, pk) costs, ~0.45 s of server CPU on the 2M-row bench), or by (timestamp, pk).
+        xmin first, so the delete can tell a row updated since export. Values are inlined as
+        literals (one self-contained statement for the ADBC reader). Also returns the columns read
+        in binary form; the others are read as `::text` (common.pgtypes.read_natively)."""
         pred, _ = self.predicate(literal=True)
         if lower is not None:
             lo_ts, lo_pk = self._literals(lower)

@@ -1,6 +1,7 @@
 """Read windows and the range delete (archiver/reader.py, Selection.range_delete_query): small
 windows force every boundary case (days longer than a window, ties on the timestamp, the unfinished
-day read again, windows that end on a day, gaps longer than a window), and a row written into an already exported range must never be deleted unseen."""
+day read again, windows that end on a day, gaps longer than a window), and a row written into an
+already exported range must never be deleted unseen."""
 from __future__ import annotations
 
 import logging
