@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from archiver.selection import Bound, Selection, utc_day
 from common.pgtypes import EPOCH_ORDINAL, FALLIBLE, from_arrow_read, utc_days, xids
 
-#: Rows per window (at least batch_size): 2M-row bench, ~245 MB peak RSS at this size.
+#: Rows per window (at least batch_size): 2M-row bench, ~215-240 MB peak RSS of the run at this size.
 WINDOW_ROWS = 50_000
 
 
