@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 import pytest
 
 from common import batch_writer
@@ -89,3 +90,18 @@ def test_narrower_decimals_encode_like_decimal128(width: str) -> None:
     wide = encode(pa.array(values, pa.decimal128(6, 2)))
     narrow = encode(pa.array(values, getattr(pa, width)(6, 2)))
     assert narrow.to_pylist() == wide.to_pylist()
+
+
+INET = ["0.0.0.0/0", "255.255.255.255", "10.1.2.3/8", "192.168.0.0/16", "1.2.3.4/31", "127.0.0.1", "::1",
+        "::ffff:10.0.0.1", "2001:db8::/32", "99.0.0.0/7"]
+
+
+@pytest.mark.parametrize("value", INET)
+def test_inet_fields_are_what_inet_send_writes(pg: psycopg.Connection[Any], value: str) -> None:
+    # the archive holds inet_out's text; the field must be inet_send's bytes behind their length
+    row = pg.execute("SELECT v::text, inet_send(v) FROM (SELECT %s::inet AS v) s", (value,)).fetchone()
+    if row is None:
+        pytest.fail("no row")
+    text, sent = row
+    field = copybinary._inet(pa.array([text, None, text])).to_pylist()
+    assert field == [len(sent).to_bytes(4, "big") + bytes(sent), b"\xff\xff\xff\xff", len(sent).to_bytes(4, "big") + bytes(sent)]
