@@ -109,9 +109,10 @@ def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
                 return
             lower = out[-1].hi  # a window of >= batch_size rows always completes a batch
             continue
-        days, rest, big = _emit_days(table, cut, whole=whole)
+        groups = _split(table, sel.table.timestamp_column)
+        days, rest, big = _emit_days(table, groups, cut, whole=whole)
         yield from days
-        span = _span(table, sel, limit)
+        span = _span(groups, limit)
         if rest is None:
             if end is None:
                 return
@@ -129,21 +130,21 @@ def _window_end(lower: Bound | None, span: int) -> date | None:
     return utc_day(lower[0]) + timedelta(days=span)
 
 
-def _span(table: pa.Table, sel: Selection, limit: int) -> int:
+def _span(groups: list[tuple[int, int, date]], limit: int) -> int:
     """How many days the next window can ask for: as many of this window's densest day as fit in
     nine tenths of its row limit. The margin is for days denser than those seen: a window that
     fills its limit reads its last day again (on the bench, days of 5,000 rows exactly fill a
     50,000-row limit ten at a time)."""
-    days = utc_days(table.column(sel.table.timestamp_column))
-    densest = int(np.bincount(days - days.min()).max())
+    densest = max(end - start for start, end, _day in groups)
     return max(limit * 9 // 10 // densest, 1)
 
 
-def _emit_days(table: pa.Table, cut: _Cut, *, whole: bool) -> tuple[list[Batch], date | None, bool]:
-    """Whole days of a window read in timestamp order, one batch each. Also returns the first day
-    not handed out (None when all were) and whether it holds more rows than a batch."""
+def _emit_days(table: pa.Table, groups: list[tuple[int, int, date]], cut: _Cut, *,
+               whole: bool) -> tuple[list[Batch], date | None, bool]:
+    """Whole days of a window read in timestamp order (its day groups: _split), one batch each.
+    Also returns the first day not handed out (None when all were) and whether it holds more rows
+    than a batch."""
     out: list[Batch] = []
-    groups = _split(table, cut.sel.table.timestamp_column)
     for i, (start, end, day) in enumerate(groups):
         if end - start > cut.batch_size:
             return out, day, True
