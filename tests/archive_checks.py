@@ -56,13 +56,14 @@ def assert_invariant(original: set[Any], in_table: set[Any], archived: Counter[A
 
 
 class OnceAt:
-    """A hook (archiver/hooks.py) that runs `action` the first time any thread reaches `point`:
-    a change made between two steps of a move, once."""
+    """A hook (archiver/hooks.py, common/hooks.py) that runs `action` the first time any thread
+    reaches `point` (with `when`, the first time it does so while `when()` holds): a change made
+    between two steps of a move, once."""
 
-    def __init__(self, point: str, action: Callable[[], None]) -> None:
-        self.point, self.action, self.done = point, action, False
+    def __init__(self, point: str, action: Callable[[], None], *, when: Callable[[], bool] = lambda: True) -> None:
+        self.point, self.action, self.when, self.done = point, action, when, False
 
     def __call__(self, point: str) -> None:
-        if point == self.point and not self.done:
+        if point == self.point and not self.done and self.when():
             self.done = True
             self.action()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from archive_checks import OnceAt
 from common.errors import classify
 from common.exit_codes import ExitCode
 from restore import engine
@@ -66,24 +67,19 @@ def test_kill_during_restore_leaves_whole_objects_and_the_rerun_completes(arch: 
     assert arch.dump() == arch.before
 
 
-class CutAfterFirstCommit:
+def cut_after_first_commit(arch: Archived) -> OnceAt:
     """Terminates the restore's session the first time an object is loaded after a commit: the
     connection goes with objects committed before it and one loaded, not committed, after it."""
-
-    def __init__(self, arch: Archived) -> None:
-        self.arch, self.done = arch, False
-
-    def __call__(self, point: str) -> None:
-        if point == "restore_loaded" and self.arch.ids() and not self.done:
-            self.done = True
-            self.arch.conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name"
-                                   " = 'pg-archiver restore' AND datname = current_database()")
+    def cut() -> None:
+        arch.conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name"
+                          " = 'pg-archiver restore' AND datname = current_database()")
+    return OnceAt("restore_loaded", cut, when=lambda: bool(arch.ids()))
 
 
 def test_connection_cut_mid_restore_exits_3_keeps_committed_objects_and_the_rerun_completes(
         arch: Archived, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine._CommitBatch, "ROWS", 5)
-    cut = CutAfterFirstCommit(arch)
+    cut = cut_after_first_commit(arch)
     monkeypatch.setattr(engine, "env_hook", lambda: cut)
     with pytest.raises(Exception) as raised:
         restore(arch.cfg, database="production_db", table=arch.table, restore_all=True, conflict_strategy="skip",
