@@ -4,7 +4,6 @@ objects with a manifest count as archived (the archiver writes the manifest last
 archiver itself decides. Dates select UTC day partitions (--start-date/--end-date)."""
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable
@@ -19,7 +18,7 @@ from common import batch_writer, layout
 from common.config import Config
 from common.cli import ambiguous, match_tables
 from common.errors import ArchiverError, ConfigError, DataIntegrityError, S3Unavailable, UsageError
-from common.manifest import Manifest, sha256_hex
+from common.manifest import Manifest, replaces_of, sha256_hex
 from common.pgtypes import TableSchema
 from common.s3client import fallback_storage, primary_storage
 from common.storage import ObjectInfo, S3Storage, Storage
@@ -266,7 +265,7 @@ class Catalog:
         raw = self._manifest(store, minfo.key)
         if raw is not None:
             obj.manifest, obj.manifest_sha256 = Manifest.from_bytes(raw, key=minfo.key), sha256_hex(raw)
-            obj.replaces = _replaces(raw)
+            obj.replaces = replaces_of(raw)
         return obj
 
     def _manifest(self, store: Storage, mkey: str) -> bytes | None:
@@ -355,14 +354,6 @@ class Catalog:
                         raise  # InvalidObjectState: that one is not in an archive class
             issued.append(obj.key)
         return issued
-
-
-def _replaces(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw).get("replaces")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _head_manifest(store: Storage, key: str) -> ObjectInfo | None:

@@ -75,6 +75,17 @@ class Manifest:
             raise DataIntegrityError(f"{self.key}: checksum mismatch (sha256 {digest[:12]}… vs manifest {self.sha256[:12]}…)")
 
 
+def replaces_of(raw: bytes) -> dict[str, Any] | None:
+    """What an erasure's replacement manifest says it replaces ({key, manifest_sha256, ...},
+    erase/rewrite.py), or None for every other manifest. Read from the raw document: the field is
+    not part of the Manifest every archiver run writes."""
+    try:
+        value = json.loads(raw).get("replaces")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

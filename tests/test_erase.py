@@ -19,6 +19,7 @@ import pytest
 
 from archiver.runner import run_archive
 from common import batch_writer, layout
+from common.catalog import Catalog, resolve_table
 from common.cli import Environment
 from common.config import Config, load_config
 from common.exit_codes import ExitCode
@@ -71,6 +72,13 @@ def snapshot(s3_client: Any, bucket: str) -> dict[str, str]:
     return {f"{v['Key']}@{v['VersionId']}": v["ETag"]
             for page in s3_client.get_paginator("list_object_versions").paginate(Bucket=bucket)
             for v in page.get("Versions", [])}
+
+
+def kill_erase_at(config: Path, point: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "erase.main", "--config", str(config), "--database", "production_db",
+                           "--table", "audit_logs", "--where", WHERE], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "ARCHIVER_TEST_KILL_AT": point}, timeout=300)
+    assert proc.returncode == -9, proc.stderr
 
 
 @pytest.fixture()
@@ -133,10 +141,7 @@ def test_kill_mid_erase_leaves_rows_erased_or_intact_and_a_rerun_finishes(
     erased = to_erase(pg)
     cfg = load_config(archived)
     before = catalog_ids(cfg, s3_client)
-    proc = subprocess.run([sys.executable, "-m", "erase.main", "--config", str(archived), "--database", "production_db",
-                           "--table", "audit_logs", "--where", WHERE], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "ARCHIVER_TEST_KILL_AT": point}, timeout=300)
-    assert proc.returncode == -9, proc.stderr
+    kill_erase_at(archived, point)
     during = catalog_ids(cfg, s3_client)
     assert max(during.values()) == 1, "a row counted twice after the kill"
     assert set(before) - set(during) <= erased and set(during) <= set(before)  # each row erased or intact
@@ -148,6 +153,26 @@ def test_kill_mid_erase_leaves_rows_erased_or_intact_and_a_rerun_finishes(
     report = validate(cfg, s3_client=s3_client)
     assert report.ok, report.text_lines()
     assert sum(int(n.split(": ")[1].split(" rows")[0]) for n in report.notes if n.startswith("erasure at")) == len(erased)
+
+
+@pytest.mark.parametrize("point", ["after_replacement:2", "after_erase_digest:1"])
+def test_validate_after_a_killed_erase_names_each_replaced_object_and_counts_its_rows_once(
+        archived: Path, bucket: str, s3_client: Any, point: str) -> None:
+    cfg = load_config(archived)
+    kill_erase_at(archived, point)
+    catalog = Catalog(cfg, s3_client=s3_client)
+    counted = sum(o.rows or 0 for o in catalog.list_objects(resolve_table(cfg, "production_db", "audit_logs")))
+    replaced = {old.key: new.key for old, new in catalog.superseded}
+    assert replaced, "the kill point left no replaced object behind"
+    report = validate(cfg, s3_client=s3_client)
+    # Not overlapping_archives (its repair, "remove one copy", could remove the replacement) and,
+    # once the erasure's digest is written, not orphaned_file either.
+    assert {(p.type, p.key) for p in report.problems} == {("unfinished_erasure", k) for k in replaced}
+    assert all(replaced[p.key] in p.message and "run erase again" in p.message for p in report.problems)
+    assert report.summary.rows == counted
+    code, out = run_erase(archived)
+    assert code == 0 and f"finished {len(replaced)} interrupted erasures" in out
+    assert validate(cfg, s3_client=s3_client).ok
 
 
 def test_compliance_locked_objects_are_refused_and_nothing_changes(

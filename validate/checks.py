@@ -20,6 +20,7 @@ from common.errors import ConfigError, S3Unavailable, first_line
 from common.s3client import fallback_storage, primary_storage
 from common.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
+from validate.erasures import Supersessions
 from common.digest import secret as digest_secret
 from validate.digests import DigestAudit
 from validate.hidden import HiddenFolders
@@ -72,6 +73,7 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
         hidden = HiddenFolders(store)
         audit = DigestAudit(store, hidden, root=scope.root, key_secret=digest_secret(cfg), fallback=fallback_storage(cfg))
         finder = OverlapFinder()
+        supersessions = Supersessions()
         size_only = archived = 0
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="validate"))
         for checked in bounded_map(pool, checker.check, _entries(store, scope, since, hidden, audit), window=parallel * 2):
@@ -79,10 +81,13 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
             size_only += checked.size_only
             archived += checked.in_archive_class
             finder.add(checked)
+            supersessions.add(checked)
             audit.checked(checked)
             if on_object is not None:
                 on_object(checked)
-        audit.finish(report, complete=since is None)
+        superseded = supersessions.finish(report)
+        finder.discard(superseded)
+        audit.finish(report, complete=since is None, superseded=superseded)
         if (note := hidden.note()) is not None:
             report.notes.append(note)
         if size_only:

@@ -10,6 +10,7 @@ still going, or one killed before its digest: the next run's digest records it; 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -61,8 +62,10 @@ class DigestAudit:
         if c.manifest is not None and layout.parse_key(self.root, c.key) is not None:
             self.tables.setdefault(layout.table_root(c.key), _Table()).objects[c.key] = c
 
-    def finish(self, report: Report, *, complete: bool) -> None:
-        """complete: the whole listing was checked (no --since), so a recorded object not listed is gone."""
+    def finish(self, report: Report, *, complete: bool, superseded: AbstractSet[str] = frozenset()) -> None:
+        """complete: the whole listing was checked (no --since), so a recorded object not listed is gone.
+        superseded: objects an unfinished erasure replaced (validate/erasures.py), reported as that;
+        the erasure's digest no longer records them."""
         undigested, uncovered, predating, unsigned = 0, 0, 0, 0
         for root in sorted(set(self.tables) | set(self.hidden.digests)):
             t = self.tables.get(root, _Table())
@@ -76,6 +79,8 @@ class DigestAudit:
             report.problems.extend(chain.problems)
             report.notes.extend(_erasure_notes(chain))
             for key, c in sorted(t.objects.items()):
+                if key in superseded:
+                    continue
                 recorded = chain.live.get(key)
                 if recorded is not None:
                     if not c.problems:  # a damaged object is reported as such; this is for consistent rewrites

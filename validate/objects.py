@@ -18,7 +18,7 @@ from common import batch_writer, layout
 from common.config import ObjectLockConfig
 from common.errors import DataIntegrityError
 from common.lock import head_lock, shortfall
-from common.manifest import Manifest, hex_to_b64
+from common.manifest import Manifest, hex_to_b64, replaces_of, sha256_hex
 from common.pgtypes import EPOCH_ORDINAL, utc_days
 from common.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
@@ -47,6 +47,10 @@ class Checked:
     size_only: bool = False
     #: In GLACIER / DEEP_ARCHIVE: checked like --quick, since reading it needs an S3 restore.
     in_archive_class: bool = False
+    #: sha256 of the manifest's bytes, and what an erasure's replacement says it replaces
+    #: (validate/erasures.py).
+    manifest_sha256: str | None = None
+    replaces: dict[str, Any] | None = None
 
     def add(self, kind: str, what: str) -> None:
         self.problems.append(problem(kind, self.key, what, database=self.database, table=self.table))
@@ -119,7 +123,9 @@ class ObjectChecker:
                 out.add("orphaned_file", "archive object without a manifest")
             return None
         try:
-            return Manifest.from_bytes(raw, key=entry.manifest_key)
+            manifest = Manifest.from_bytes(raw, key=entry.manifest_key)
+            out.manifest_sha256, out.replaces = sha256_hex(raw), replaces_of(raw)
+            return manifest
         # Untrusted JSON (a list, wrong field types, ...): any failure to read it is the finding.
         except Exception as exc:  # noqa: BLE001
             reason = exc if isinstance(exc, DataIntegrityError) else f"manifest {entry.manifest_key} is unreadable: {exc}"

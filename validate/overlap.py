@@ -49,6 +49,11 @@ class OverlapFinder:
         self.spans.setdefault((c.database, c.table), []).append(
             Span(c.database, c.table, c.key, lo, hi, m.rows, m.sha256, tuple(m.key_columns)))
 
+    def discard(self, keys: set[str]) -> None:
+        """Forget these objects (replaced by an erasure: validate/erasures.py), before any comparison."""
+        if keys:
+            self.spans = {t: [s for s in spans if s.key not in keys] for t, spans in self.spans.items()}
+
     def identical(self) -> Iterator[Problem]:
         """Byte-identical copies of one object under two keys (needs no download: same sha256)."""
         for spans in self.spans.values():

@@ -25,6 +25,9 @@ PROBLEM_TYPES: dict[str, str] = {
                           "(with its manifest)",
     "overlapping_archives": "a restore would bring these rows back twice: keep one copy and remove the other object "
                             "with its manifest after comparing them",
+    "unfinished_erasure": "run erase again on this table (the same --where will do; its --dry-run says how many "
+                          "interrupted erasures it would finish): it records the erasure and removes the replaced "
+                          "object; do not remove either object by hand",
     "rows_still_in_database": "rerun the archiver to finish the move (if the rows were restored on purpose, "
                               "nothing is wrong)",
     "orphaned_file": "a file without a manifest is not an archive: if it is an interrupted upload, rerun the "
