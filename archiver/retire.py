@@ -163,7 +163,7 @@ class Retirer:
     def _still_retirable(self, leaf: Leaf, rows: int) -> bool:
         """Re-checked at detach time: the bound (from the catalog again) lies before the cutoff,
         and the leaf holds exactly the rows archived."""
-        now = next((x for x in leaves(self.conn, self.oid, self.sel.table.timestamp_column) if x.oid == leaf.oid), None)
+        now = next(iter(leaves(self.conn, self.oid, self.sel.table.timestamp_column, only=leaf.oid)), None)
         ok = now is not None and now.bound == leaf.bound and whole_before(self.conn, self.sel, now)
         self.conn.commit()
         n = count_leaf(self.conn, self.sel, leaf.relation)

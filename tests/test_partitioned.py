@@ -10,9 +10,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from archive_checks import archived_ids, assert_invariant, manifests, table_ids
 from archiver.controls import RunControls
+from archiver.partitions import leaves
 from archiver.runner import run_archive
 from common.config import load_config
 from common.exit_codes import ExitCode
@@ -151,3 +153,16 @@ def test_a_limit_reached_between_leaves_takes_back_the_leaf_being_read(tmp_path:
     assert code == ExitCode.OK and results[0].partitions_pending == 0
     assert_invariant(original, table_ids(pg), archived_ids(store))
     assert pg.execute(EXPIRED).fetchone() == (0,)
+
+
+@pytest.mark.parametrize("multi_level", [False, True], ids=["monthly", "quarters-of-halves"])
+def test_one_leaf_is_read_from_the_catalog_as_the_whole_tree_describes_it(pg: psycopg.Connection[Any],
+                                                                         multi_level: bool) -> None:
+    seed_partitioned(pg, multi_level=multi_level)
+    oid = pg.execute("SELECT 'audit_logs'::regclass::oid").fetchone()[0]  # type: ignore[index]
+    tree = leaves(pg, oid, "created_at")
+    assert len(tree) > 3
+    assert [leaves(pg, oid, "created_at", only=leaf.oid) for leaf in tree] == [[leaf] for leaf in tree]
+    first = tree[0]
+    pg.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(first.parent_relation, first.relation))
+    assert leaves(pg, oid, "created_at", only=first.oid) == []  # detached: no longer under the table
