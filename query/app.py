@@ -5,8 +5,8 @@ DEEP_ARCHIVE without a completed S3 restore) are reported on stderr and the exit
 answer is incomplete and must not look complete."""
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
+from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +14,13 @@ from typing import IO, Any
 
 import pyarrow as pa
 
-from common.catalog import Catalog, TableRef, parse_range, resolve_table
+from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
 from common.cli import Environment
 from common.config import load_config
 from common.errors import UsageError
 from common.exit_codes import ExitCode
 from common.logging_setup import setup_logging
+from common.readahead import in_order
 from common.archive_sql import Engine, Query, union_schema
 from query.output import make_writer, output_file
 from common.archive_plan import Plan, plan, scans
@@ -90,22 +91,27 @@ def _query(opts: QueryOptions, ref: TableRef, work: Plan) -> Query:
 def _loaded(engine: Engine, catalog: Catalog, work: Plan) -> Iterator[tuple[int, list[pa.Table]]]:
     """Each scan's tables, in order, with the next scans' downloads already under way (at most
     READ_AHEAD scans held beyond the one being answered: memory stays bounded by scans, not by
-    the archive)."""
-    pending: deque[list[Future[pa.Table]]] = deque()
+    the archive). A --limit reached or an error cancels the downloads not yet started."""
     with ThreadPoolExecutor(max_workers=DOWNLOADS, thread_name_prefix="query-read") as pool:
-        try:
-            for chunk in scans(work.groups):
-                pending.append([pool.submit(engine.load, catalog, obj) for obj in chunk])
-                if len(pending) > READ_AHEAD:
-                    futures = pending.popleft()
-                    yield len(futures), [f.result() for f in futures]
-            while pending:
-                futures = pending.popleft()
-                yield len(futures), [f.result() for f in futures]
-        finally:  # --limit reached or an error: downloads not yet started are not made
-            for futures in pending:
-                for f in futures:
-                    f.cancel()
+        def submit(chunk: list[ArchiveObject]) -> _Scan:
+            return _Scan([pool.submit(engine.load, catalog, obj) for obj in chunk])
+
+        with closing(in_order(scans(work.groups), submit, ahead=READ_AHEAD)) as loaded:
+            for tables in loaded:
+                yield len(tables), tables
+
+
+@dataclass
+class _Scan:
+    """The downloads of one scan's objects, waited for and cancelled together."""
+
+    futures: list[Future[pa.Table]]
+
+    def result(self) -> list[pa.Table]:
+        return [f.result() for f in self.futures]
+
+    def cancel(self) -> bool:
+        return all([f.cancel() for f in self.futures])
 
 
 def _stream(engine: Engine, catalog: Catalog, work: Plan, opts: QueryOptions, out: IO[Any], schema: Any,

@@ -13,11 +13,12 @@ import psycopg
 from common.config import Config
 from common.db import application_name, connect, conninfo, session_settings
 from common.errors import ArchiverError, SessionLost, UsageError, first_line
-from common.hooks import Hook, env_hook, no_hook
+from common.hooks import env_hook
 from common.pgtypes import TableSchema
 from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
+from restore.commits import CommitBatch, Progress
 from restore.drift import ColumnPlan, plan_columns
-from restore.loader import STRATEGIES, Loader, ObjectResult, Prepared, prefetched, prepare
+from restore.loader import STRATEGIES, Loader, ObjectResult, prefetched, prepare
 from restore.partitions import leaves_of, plan as partition_plan, recreate
 from restore.target import LiveTable, create_table, find_table, require_table, table_lock
 
@@ -292,9 +293,9 @@ class _Job:
     def _load(self, live: LiveTable, plan_for: Any) -> None:
         loader = Loader(self.conn, live, self.report.strategy)
         # fail: nothing is committed before the end, so the log must not say "restored" yet.
-        progress = _Progress(len(self.objects), sum(o.rows or 0 for o in self.objects),
+        progress = Progress(len(self.objects), sum(o.rows or 0 for o in self.objects),
                              verb="loaded (commit at the end)" if self.single_tx else "restored")
-        batch = _CommitBatch(self.conn, self.report, progress, single_tx=self.single_tx, hook=env_hook())
+        batch = CommitBatch(self.conn, self.report.objects, progress, single_tx=self.single_tx, hook=env_hook())
         with prefetched(self.objects, lambda o: prepare(self.catalog, o, self.ref, plan_for)) as items:
             it = iter(items)
             while True:
@@ -330,79 +331,3 @@ class _Job:
         if self.report.recreated_partitions:
             tail += f"; the {len(self.report.recreated_partitions)} recreated partition(s) stay"
         return tail
-
-
-class _CommitBatch:
-    """Objects loaded and not yet committed. Each object is loaded whole inside one transaction (a
-    savepoint around it), and several objects share one commit: a commit per object waited for
-    its WAL flush 311 times on the 2M-row bench (~1.5 s of a ~11 s restore). An object that fails
-    is rolled back to its savepoint and the objects loaded before it are committed, so they stay
-    restored, as the error message says. The report lists an object once it is committed."""
-
-    #: Commit once this many rows, or this many seconds, have been loaded since the last commit.
-    ROWS = 100_000
-    SECONDS = 2.0
-    _SAVEPOINT = "pg_archiver_restore_object"
-
-    def __init__(self, conn: psycopg.Connection[Any], report: RestoreReport, progress: _Progress, *,
-                 single_tx: bool, hook: Hook = no_hook) -> None:
-        self.conn, self.report, self.progress, self.single_tx = conn, report, progress, single_tx
-        #: Test points (common/hooks.py, ARCHIVER_TEST_KILL_AT): restore_loaded after an object's
-        #: rows are in (not yet committed), restore_committed after a commit.
-        self.hook = hook
-        self.loaded: list[ObjectResult] = []
-        self.since = time.monotonic()
-
-    def load(self, loader: Loader, item: Prepared) -> None:
-        if self.single_tx:  # fail: one transaction for the run, which rolls back whole on any error
-            self._done(loader.load(item))
-            return
-        self.conn.execute(f"SAVEPOINT {self._SAVEPOINT}")
-        try:
-            result = loader.load(item)
-        except psycopg.OperationalError:
-            raise  # the connection is gone, and with it everything not committed
-        except BaseException:
-            try:
-                self.conn.execute(f"ROLLBACK TO SAVEPOINT {self._SAVEPOINT}")
-                self.keep_loaded()
-            except psycopg.Error:
-                pass  # keep the original error; the objects not committed are rolled back with it
-            raise
-        self.conn.execute(f"RELEASE SAVEPOINT {self._SAVEPOINT}")
-        self.loaded.append(result)
-        self.hook("restore_loaded")
-        if sum(r.rows for r in self.loaded) >= self.ROWS or time.monotonic() - self.since >= self.SECONDS:
-            self.commit()
-
-    def keep_loaded(self) -> None:
-        """Before an error is raised: commit the objects already loaded (not in a fail run)."""
-        if not self.single_tx and self.loaded:
-            self.commit()
-
-    def commit(self) -> None:
-        self.conn.commit()
-        self.hook("restore_committed")
-        for result in self.loaded:
-            self._done(result)
-        self.loaded, self.since = [], time.monotonic()
-
-    def _done(self, result: ObjectResult) -> None:
-        self.report.objects.append(result)
-        self.progress.done(result)
-
-
-class _Progress:
-    def __init__(self, objects: int, rows: int, *, verb: str) -> None:
-        self.objects, self.rows, self.verb = objects, rows, verb
-        self.done_objects = self.done_rows = 0
-        self.started = time.monotonic()
-
-    def done(self, r: ObjectResult) -> None:
-        self.done_objects += 1
-        self.done_rows += r.rows
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = self.done_rows / elapsed
-        eta = (self.rows - self.done_rows) / rate if rate and self.rows > self.done_rows else 0.0
-        log.info("%s %d/%d %s: %d rows, %d inserted, %d skipped, %d overwritten (%.0f rows/s, ETA %.0fs)",
-                 self.verb, self.done_objects, self.objects, r.key, r.rows, r.inserted, r.skipped, r.overwritten, rate, eta)

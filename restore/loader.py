@@ -11,13 +11,11 @@ PostgreSQL loads: memory stays flat whatever the size of the objects."""
 from __future__ import annotations
 
 import io
-import itertools
 import queue
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +29,7 @@ from common import batch_writer
 from common.errors import ArchiverError, DataIntegrityError
 from common.manifest import Manifest
 from common.pgtypes import TableSchema, read_archive_metadata
+from common.readahead import in_order
 from common.catalog import ArchiveObject, Catalog, TableRef
 from restore import copybinary
 from restore.copytext import to_copy_text
@@ -161,8 +160,10 @@ def prefetched(objects: list[ArchiveObject], make: Callable[[ArchiveObject], Pre
     stop = threading.Event()
 
     def produce() -> None:
+        # Each object read ahead holds its verified compressed bytes: a few MB at most.
         with ThreadPoolExecutor(max_workers=_DOWNLOADS, thread_name_prefix="restore-get") as pool, \
-                closing(_in_order(pool, make, objects, stop)) as prepared:
+                closing(in_order(objects, lambda obj: pool.submit(_rendered_ahead, make, obj), ahead=_DOWNLOADS,
+                                 stop=stop)) as prepared:
             try:
                 for item in prepared:
                     if not _put(q, item, stop):
@@ -208,29 +209,12 @@ def prefetched(objects: list[ArchiveObject], make: Callable[[ArchiveObject], Pre
                 pass
 
 
-def _in_order(pool: ThreadPoolExecutor, make: Callable[[ArchiveObject], Prepared], objects: list[ArchiveObject],
-              stop: threading.Event) -> Generator[Prepared, None, None]:
-    """make(obj) of each object, up to _DOWNLOADS running ahead, in the objects' order. Each
-    holds one verified object (its compressed bytes): a few MB at most."""
-    def make_ahead(obj: ArchiveObject) -> Prepared:
-        item = make(obj)
-        if item.rows <= _RENDER_AHEAD_ROWS:  # rendering ahead here too: one thread could not keep up
-            item.rendered = list(item.render())
-        return item
-
-    ahead: deque[Future[Prepared]] = deque()
-    todo = iter(objects)
-    try:
-        for obj in itertools.islice(todo, _DOWNLOADS):
-            ahead.append(pool.submit(make_ahead, obj))
-        while ahead and not stop.is_set():
-            item = ahead.popleft().result()
-            if (following := next(todo, None)) is not None:
-                ahead.append(pool.submit(make_ahead, following))
-            yield item
-    finally:
-        for fut in ahead:
-            fut.cancel()
+def _rendered_ahead(make: Callable[[ArchiveObject], Prepared], obj: ArchiveObject) -> Prepared:
+    """make(obj), and for a small object its COPY input too: one render thread could not keep up."""
+    item = make(obj)
+    if item.rows <= _RENDER_AHEAD_ROWS:
+        item.rendered = list(item.render())
+    return item
 
 
 def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
@@ -325,7 +309,7 @@ class Loader:
             # was created in this transaction).
             self.conn.execute(sql.SQL("TRUNCATE {}").format(tmp))
         else:
-            # Several objects share a transaction (engine._CommitBatch), so the commit that empties
+            # Several objects share a transaction (restore/commits.py), so the commit that empties
             # it may not have come since the last object: a DELETE (a temporary table: no WAL, no
             # catalog change, unlike TRUNCATE of a table created in an earlier transaction).
             self.conn.execute(sql.SQL("DELETE FROM {}").format(tmp))

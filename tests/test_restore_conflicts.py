@@ -93,7 +93,7 @@ def test_restoring_twice_with_skip_changes_nothing_the_second_time(clash: Archiv
 
 
 def test_overwriting_every_row_counts_each_object_once(clash: Archived, s3_client: Any) -> None:
-    """Every object takes the staging path, several in one transaction (engine._CommitBatch): the
+    """Every object takes the staging path, several in one transaction (restore/commits.py CommitBatch): the
     staging table holds only the object being moved, so no object counts another's rows."""
     kwargs: dict[str, Any] = dict(database="production_db", table="audit_logs", restore_all=True,
                                   conflict_strategy="overwrite", s3_client=s3_client)

@@ -1,4 +1,4 @@
-"""kill -9 during a restore (restore/engine.py _CommitBatch): several objects share a commit, so a
+"""kill -9 during a restore (restore/commits.py CommitBatch): several objects share a commit, so a
 kill loses the objects loaded since the last commit, and never part of an object. A rerun with
 --conflict-strategy skip restores exactly what is missing. So does a cut connection, which exits 3
 and says which objects stay restored."""
@@ -16,14 +16,14 @@ import pytest
 from archive_checks import OnceAt
 from common.errors import classify
 from common.exit_codes import ExitCode
-from restore import engine
+from restore import commits, engine
 from restore.engine import restore
 from restore_support import Archived, shared_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The restore's CLI in a child process, its commit batches made small (a commit every 5 rows, so
 #: several commits in this archive's 16 rows): the rest is the real tool.
-CHILD = ("import sys; import restore.engine as e; e._CommitBatch.ROWS = 5; from restore.main import main; "
+CHILD = ("import sys; import restore.commits as c; c.CommitBatch.ROWS = 5; from restore.main import main; "
          "sys.argv[0] = 'restore'; main()")
 
 
@@ -78,7 +78,7 @@ def cut_after_first_commit(arch: Archived) -> OnceAt:
 
 def test_connection_cut_mid_restore_exits_3_keeps_committed_objects_and_the_rerun_completes(
         arch: Archived, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine._CommitBatch, "ROWS", 5)
+    monkeypatch.setattr(commits.CommitBatch, "ROWS", 5)
     cut = cut_after_first_commit(arch)
     monkeypatch.setattr(engine, "env_hook", lambda: cut)
     with pytest.raises(Exception) as raised:
