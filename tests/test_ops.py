@@ -258,26 +258,6 @@ def test_textfile_is_replaced_atomically_and_keeps_last_success_of_other_tables(
         assert f"# TYPE {name.removesuffix('_total')}" in text
 
 
-def test_metrics_are_pushed_to_the_pushgateway(httpserver: HTTPServer, pg_dsn: str, audit_table: Any,
-                                               tmp_path: Path) -> None:
-    httpserver.expect_request(f"/metrics/job/pg_archiver/instance/{socket.gethostname()}", method="PUT").respond_with_data("")
-    path = make_config(tmp_path, dsn=pg_dsn, monitoring={"enabled": True, "health_port": None, "metrics_port": None,
-                                                         "pushgateway_url": httpserver.url_for("/")})
-    assert run(ArchiverOptions(config_path=path)) == 0
-    (req, _resp), = httpserver.log
-    assert value(req.get_data().decode(), "archiver_rows_archived_total", database="production_db",
-                 table="public.audit_logs") > 0
-
-
-def test_a_pushgateway_failure_is_logged_and_does_not_fail_the_run(httpserver: HTTPServer, pg_dsn: str,
-                                                                   audit_table: Any, tmp_path: Path) -> None:
-    httpserver.expect_request("/metrics/job/pg_archiver/instance/" + socket.gethostname()).respond_with_data("no", status=500)
-    path = make_config(tmp_path, dsn=pg_dsn, monitoring={"enabled": True, "health_port": None, "metrics_port": None,
-                                                         "pushgateway_url": httpserver.url_for("/")})
-    assert run(ArchiverOptions(config_path=path)) == 0
-    assert "WARNING pushing metrics to the Pushgateway failed" in (tmp_path / "archiver.log").read_text()
-
-
 # -- notifications from a real run -------------------------------------------------------------
 @pytest.mark.parametrize("status", [200, 500])
 def test_a_failed_run_notifies_and_keeps_its_exit_code(status: int, httpserver: HTTPServer, pg_dsn: str,

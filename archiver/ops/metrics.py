@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -175,17 +176,32 @@ class ArchiverMetrics:
             text = Path(path).read_text(encoding="utf-8")
         except OSError:
             return 0
+        return self._seed(text, source=f"metrics textfile {path}")
+
+    def seed_from_pushgateway(self, url: str, *, timeout: float = 5.0) -> int:
+        """The same from what this host pushed last: a push replaces the whole group (job and
+        instance), so without this a table that failed this run would vanish from the Pushgateway,
+        and an alert on `time() - archiver_last_success_timestamp_seconds` would never fire for it.
+        Raises OSError (urllib's URLError) when the Pushgateway cannot be read."""
+        with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=timeout) as resp:  # noqa: S310 - the configured URL
+            text = resp.read().decode("utf-8")
+        return self._seed(text, source=f"Pushgateway {url}", group={"job": PUSH_JOB, "instance": socket.gethostname()})
+
+    def _seed(self, text: str, *, source: str, group: dict[str, str] | None = None) -> int:
         seeded = 0
         try:
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
-                    if sample.name == LAST_SUCCESS and set(LABELS) <= set(sample.labels):
-                        labels = {k: sample.labels[k] for k in LABELS}
-                        if sample.value > (self.registry.get_sample_value(LAST_SUCCESS, labels) or 0):  # the newest wins
-                            self.last_success.labels(**labels).set(sample.value)
-                        seeded += 1
+                    if sample.name != LAST_SUCCESS or not set(LABELS) <= set(sample.labels):
+                        continue
+                    if group and any(sample.labels.get(k) != v for k, v in group.items()):
+                        continue  # another host's or job's group on the same Pushgateway
+                    labels = {k: sample.labels[k] for k in LABELS}
+                    if sample.value > (self.registry.get_sample_value(LAST_SUCCESS, labels) or 0):  # the newest wins
+                        self.last_success.labels(**labels).set(sample.value)
+                    seeded += 1
         except ValueError as exc:
-            log.warning("ignoring unreadable metrics textfile %s: %s", path, exc)
+            log.warning("ignoring unreadable %s: %s", source, exc)
         return seeded
 
     def push(self, url: str, *, timeout: float = 5.0) -> None:

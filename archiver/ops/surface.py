@@ -98,6 +98,11 @@ class OpsSurface:
                 log.error("cannot write the metrics textfile %s: %s", m.textfile_path, exc.strerror or exc)
         if m.pushgateway_url:
             try:
+                self.metrics.seed_from_pushgateway(m.pushgateway_url)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read the last-success times this host pushed to the Pushgateway (%s); "
+                            "pushing without them", first_line(exc))
+            try:
                 self.metrics.push(m.pushgateway_url)
             except Exception as exc:  # noqa: BLE001 - monitoring must not fail archiving
                 log.warning("pushing metrics to the Pushgateway failed: %s", first_line(exc))
