@@ -295,6 +295,10 @@ def finish_detached(conn: psycopg.Connection[Any], sel: Selection, r: dict[str, 
 def describe(conn: psycopg.Connection[Any], sel: Selection, oid: int, *, mode: str) -> Iterable[str]:
     """Dry-run lines: which partitions a run would retire whole, and which go row by row."""
     all_leaves = leaves(conn, oid, sel.table.timestamp_column)
+    if not all_leaves:
+        if mode != "keep":
+            yield f"    {ignored(sel, mode)}"
+        return
     whole = {leaf.oid for leaf in retirable(conn, sel, oid)} if mode != "keep" else set()
     for leaf in all_leaves:
         if leaf.oid in whole:
@@ -303,6 +307,20 @@ def describe(conn: psycopg.Connection[Any], sel: Selection, oid: int, *, mode: s
             action = "expired rows archived and deleted row by row (expired_partitions: keep)"
         elif leaf.default:
             action = "default partition: expired rows archived and deleted row by row"
+        elif whole_before(conn, sel, leaf):  # retirable() refused the table: a `where` or a foreign key
+            action = (f"wholly before the cutoff, but {held_back(sel)} keeps it: expired rows archived and deleted "
+                      "row by row")
         else:
             action = "not wholly before the cutoff: expired rows archived and deleted row by row"
         yield f"    partition {leaf.qualified_name} ({leaf.bound}): {action}"
+
+
+def held_back(sel: Selection) -> str:
+    """What keeps a table's wholly expired leaves from being retired (retirable)."""
+    return "the table's `where`" if sel.table.where is not None else "a foreign key that references the table"
+
+
+def ignored(sel: Selection, mode: str) -> str:
+    """Said when expired_partitions asks for retirement on a table that is not partitioned."""
+    return (f"expired_partitions: {mode} has no effect: {sel.table.schema_}.{sel.table.name} is not partitioned, "
+            "so its expired rows are archived and deleted row by row")

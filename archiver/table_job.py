@@ -114,6 +114,8 @@ class TableJob:
         if mode == "keep" or not self.opts.delete_after_archive:
             return
         whole = partitions.retirable(self.conn, self.sel, oid)
+        if not whole and not partitions.leaves(self.conn, oid, self.t.timestamp_column):
+            log.warning("%s", partitions.ignored(self.sel, mode), extra=self.ctx)
         self.conn.commit()
         retirer = Retirer(conn=self.conn, sel=self.sel, oid=oid, ledger=self.ledger, sink=self.sink, hook=self.hook,
                           mode=mode, ctx=self.ctx, read=self._read, encode=self._encode_with, pipeline=self._pipeline,

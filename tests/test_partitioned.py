@@ -19,7 +19,7 @@ from archiver.runner import run_archive
 from common.config import load_config
 from common.exit_codes import ExitCode
 from common.storage import LocalStorage
-from conftest import make_config
+from conftest import make_config, seed_audit
 from restore.engine import restore
 from schema_support import partitions_of, seed_partitioned
 
@@ -111,6 +111,34 @@ def test_dry_run_shows_the_key_and_which_partitions_would_be_retired(tmp_path: P
     assert "partition public.audit_logs_default (DEFAULT): default partition" in out
     assert out.count("    partition public.") == len(leaves)
     assert table_ids(pg) == before and partitions_of(pg) == set(leaves)
+
+
+def test_a_where_that_keeps_whole_partitions_is_named_in_the_dry_run(tmp_path: Path, pg_dsn: str,
+                                                                     pg: psycopg.Connection[Any]) -> None:
+    from schema_support import archiver
+    seed_partitioned(pg)
+    tables = [{**TABLES[0], "where": "email NOT LIKE 'old%'"}]
+    proc = archiver(make_config(tmp_path, dsn=pg_dsn, tables=tables, defaults={"expired_partitions": "drop"}), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    held = [line for line in proc.stdout.splitlines() if "wholly before the cutoff, but the table's `where` keeps it" in line]
+    assert len(held) >= 2 and "would be archived whole" not in proc.stdout
+
+
+def test_expired_partitions_on_a_plain_table_says_it_has_no_effect(tmp_path: Path, pg_dsn: str,
+                                                                   pg: psycopg.Connection[Any],
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from schema_support import archiver
+    seed_audit(pg, rows=200, days=130)
+    original = table_ids(pg)
+    config = make_config(tmp_path, dsn=pg_dsn, tables=TABLES, defaults={"expired_partitions": "drop"})
+    said = "expired_partitions: drop has no effect: public.audit_logs is not partitioned"
+    proc = archiver(config, "--dry-run")
+    assert proc.returncode == 0 and said in proc.stdout, proc.stdout + proc.stderr
+    caplog.set_level(logging.WARNING, logger="archiver")
+    results, code = run_archive(load_config(config))
+    assert code == ExitCode.OK and results[0].status == "completed"
+    assert any(said in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert_invariant(original, table_ids(pg), archived_ids(LocalStorage(tmp_path / "archive")))  # row by row
 
 
 def test_a_stop_file_stops_retirement_and_the_leaves_wait(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
