@@ -115,7 +115,10 @@ class TableJob:
             return
         whole = partitions.retirable(self.conn, self.sel, oid)
         if not whole and not partitions.leaves(self.conn, oid, self.t.timestamp_column):
-            log.warning("%s", partitions.ignored(self.sel, mode), extra=self.ctx)
+            # A warning when the table itself asks for it; from `defaults` (meant for the
+            # partitioned tables) it is no mistake, and a warning every run would be noise.
+            level = logging.WARNING if self.t.expired_partitions is not None else logging.INFO
+            log.log(level, "%s", partitions.ignored(self.sel, mode), extra=self.ctx)
         self.conn.commit()
         retirer = Retirer(conn=self.conn, sel=self.sel, oid=oid, ledger=self.ledger, sink=self.sink, hook=self.hook,
                           mode=mode, ctx=self.ctx, read=self._read, encode=self._encode_with, pipeline=self._pipeline,
