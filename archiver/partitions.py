@@ -28,6 +28,7 @@ from psycopg import sql
 from archiver.checkpoint import Checkpoint
 from archiver.selection import Selection
 from common.db import qualified
+from common.errors import DatabaseError, first_line
 
 log = logging.getLogger("archiver")
 _UPPER = re.compile(r"\bTO \((.+)\)\s*$")
@@ -226,8 +227,37 @@ def detach(conn: psycopg.Connection[Any], leaf_doc: dict[str, Any]) -> None:
     # CONCURRENTLY (PostgreSQL 14+) takes no ACCESS EXCLUSIVE lock on the table, but is refused
     # next to a default partition.
     concurrently = conn.info.server_version >= 140000 and not has_default(conn, tuple(leaf_doc["parent"]))  # type: ignore[arg-type]
-    run_ddl(conn, sql.SQL("ALTER TABLE {} DETACH PARTITION {}{}").format(
-        parent, rel, sql.SQL(" CONCURRENTLY") if concurrently else sql.SQL("")))
+    try:
+        run_ddl(conn, sql.SQL("ALTER TABLE {} DETACH PARTITION {}{}").format(
+            parent, rel, sql.SQL(" CONCURRENTLY") if concurrently else sql.SQL("")))
+    except _WAITED as exc:
+        left = ("it is left detach-pending, its rows archived and counted once, and the next run finishes the "
+                "detach" if concurrently else "it stays attached, and the next run takes its batches back and "
+                "retires it again")
+        raise DatabaseError(waited(conn, f"DETACH PARTITION {_name(leaf_doc)}{' CONCURRENTLY' if concurrently else ''}",
+                                   exc, left)) from exc
+
+
+#: A DETACH waits for older transactions (CONCURRENTLY) or for the table's lock (plain), and
+#: statement_timeout or lock_timeout may end the wait: the database is fine, a transaction is old.
+_WAITED = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
+
+
+def waited(conn: psycopg.Connection[Any], what: str, exc: Exception, left: str) -> str:
+    """What to tell the operator when a DETACH gave up waiting: the statement, why, the oldest
+    transaction it may have waited for (the usual culprit: a long report or an idle session), and
+    the state it leaves."""
+    conn.rollback()
+    row = conn.execute("SELECT pid, extract(epoch FROM now() - xact_start)::bigint, state FROM pg_stat_activity"
+                       " WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+                       " ORDER BY xact_start LIMIT 1").fetchone()
+    conn.rollback()
+    oldest = f"; the oldest open transaction is pid {row[0]}, open {row[1]} s ({row[2]})" if row else ""
+    return f"{what} gave up waiting ({first_line(exc)}){oldest}: {left}; nothing is lost"
+
+
+def _name(doc: dict[str, Any]) -> str:
+    return f"{doc['schema']}.{doc['name']}"
 
 
 def attach(conn: psycopg.Connection[Any], leaf_doc: dict[str, Any]) -> None:
@@ -246,8 +276,12 @@ def settle(conn: psycopg.Connection[Any], sel: Selection, cp: Checkpoint, *, ctx
     name = f"{doc['schema']}.{doc['name']}"
     state = leaf_state(conn, doc)
     if state == "pending":
-        run_ddl(conn, sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
-            qualified(*doc["parent"]), qualified(doc["schema"], doc["name"])))
+        try:
+            run_ddl(conn, sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
+                qualified(*doc["parent"]), qualified(doc["schema"], doc["name"])))
+        except _WAITED as exc:
+            raise DatabaseError(waited(conn, f"DETACH PARTITION {name} FINALIZE (an interrupted detach)", exc,
+                                       "it stays detach-pending, and the next run tries again")) from exc
         log.info("finished the interrupted detach of partition %s", name, extra=ctx)
         state = "detached"
     cp.retiring = None

@@ -113,6 +113,9 @@ def classify(exc: BaseException) -> Classified:
     # A raw driver error escaped the wrappers that raise DatabaseUnavailable/S3Unavailable at
     # connect time, so the service answered once and was lost mid-run: kind database/s3 (a failed
     # table), while a tool ending on one still exits 3 as it always has.
+    if isinstance(exc, psycopg.OperationalError) and not session_lost(exc):
+        what = "transaction rolled back" if isinstance(exc, psycopg.errors.TransactionRollback) else "statement canceled"
+        return Classified(ExitCode.FAILURE, ErrorKind.DATABASE, f"{what} by the server: {first_line(exc)}")
     if isinstance(exc, psycopg.OperationalError):
         return Classified(ExitCode.UNAVAILABLE, ErrorKind.DATABASE, f"database unreachable: {first_line(exc)}")
     if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.NoCredentialsError)):
@@ -121,6 +124,17 @@ def classify(exc: BaseException) -> Classified:
         return Classified(ExitCode.FAILURE, ErrorKind.OTHER, f"{type(exc).__name__}: {exc}")
     return Classified(ExitCode.FAILURE, ErrorKind.OTHER,
                       f"unexpected error ({type(exc).__name__}): {first_line(exc)}; rerun with --verbose for details")
+
+
+def session_lost(exc: BaseException) -> bool:
+    """Whether a driver error means the session is gone (or never came). psycopg files under
+    OperationalError also what the server raises in a live session: a statement canceled
+    (statement_timeout, lock_timeout, a cancel) and a transaction rolled back (a deadlock, a
+    serialization failure). Those are a failed statement, not an unreachable database."""
+    import psycopg
+
+    answered = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback)
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, answered)
 
 
 def message_lines(exc: BaseException, *, skip: tuple[str, ...] = ()) -> list[str]:

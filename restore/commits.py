@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 
+from common.errors import session_lost
 from common.hooks import Hook, no_hook
 from restore.loader import Loader, ObjectResult, Prepared
 
@@ -43,9 +44,9 @@ class CommitBatch:
         self.conn.execute(f"SAVEPOINT {self._SAVEPOINT}")
         try:
             result = loader.load(item)
-        except psycopg.OperationalError:
-            raise  # the connection is gone, and with it everything not committed
-        except BaseException:
+        except BaseException as exc:
+            if session_lost(exc):
+                raise  # the connection is gone, and with it everything not committed
             try:
                 self.conn.execute(f"ROLLBACK TO SAVEPOINT {self._SAVEPOINT}")
                 self.keep_loaded()

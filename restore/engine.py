@@ -12,7 +12,7 @@ import psycopg
 
 from common.config import Config
 from common.db import application_name, connect, conninfo, session_settings
-from common.errors import ArchiverError, SessionLost, UsageError, first_line
+from common.errors import ArchiverError, SessionLost, UsageError, first_line, session_lost
 from common.hooks import env_hook
 from common.pgtypes import TableSchema
 from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
@@ -311,8 +311,8 @@ class _Job:
 
     def _explain(self, exc: BaseException) -> BaseException:
         """Say what state the run left behind, on top of what went wrong. A session lost mid-run
-        (psycopg's OperationalError) says it too: the objects committed before it stay restored."""
-        if isinstance(exc, psycopg.OperationalError):
+        (common.errors.session_lost) says it too: the objects committed before it stay restored."""
+        if session_lost(exc):
             again = "" if self.single_tx else "; once it is back, --conflict-strategy skip restores the rest"
             return SessionLost(f"database unreachable: {first_line(exc)}; {self._left_behind()}{again}")
         if not isinstance(exc, ArchiverError) or isinstance(exc, UsageError):

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from common import batch_writer
-from common.errors import ArchiverError, DataIntegrityError
+from common.errors import ArchiverError, DataIntegrityError, session_lost
 from common.manifest import Manifest
 from common.pgtypes import TableSchema, read_archive_metadata
 from common.readahead import in_order
@@ -254,9 +254,9 @@ class Loader:
                                       "(use skip to keep the existing rows, or overwrite to replace them)") from None
             raise ArchiverError(f"{item.obj.key}: restoring into {self.live.name} failed: {what} "
                                 f"({exc.diag.constraint_name or 'a unique constraint'})") from None
-        except psycopg.OperationalError:
-            raise  # connection trouble: mapped to exit 3 by the caller
         except psycopg.Error as exc:
+            if session_lost(exc):
+                raise  # connection trouble: mapped to exit 3 by the caller
             raise ArchiverError(f"{item.obj.key}: restoring into {self.live.name} failed: "
                                 f"{exc.diag.message_primary or exc}") from None
         result.skipped = item.rows - result.inserted - result.overwritten

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from common.catalog import ArchiveObject
 from common.db import qualified
-from common.errors import ArchiverError, DataIntegrityError
+from common.errors import ArchiverError, DataIntegrityError, session_lost
 
 log = logging.getLogger("restore")
 
@@ -137,9 +137,9 @@ def recreate(conn: psycopg.Connection[Any], leaf: Leaf) -> str | None:
     except _REFUSED as exc:
         conn.execute("ROLLBACK TO SAVEPOINT pg_archiver_partition")
         return exc.diag.message_primary or str(exc)
-    except psycopg.OperationalError:
-        raise  # connection trouble: mapped to exit 3 by the caller
     except psycopg.Error as exc:
+        if session_lost(exc):
+            raise  # connection trouble: mapped to exit 3 by the caller
         raise ArchiverError(f"cannot recreate partition {leaf.describe()}: {exc.diag.message_primary or exc}") from None
     conn.execute("RELEASE SAVEPOINT pg_archiver_partition")
     return None

@@ -21,7 +21,7 @@ from common.errors import (ArchiverError, ConfigError, DatabaseError, DatabaseUn
 from common.exit_codes import ExitCode
 from common.manifest import Manifest, sha256_hex
 
-from conftest import make_config
+from conftest import ADMIN_DSN, make_config
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbooks.md"
 
@@ -51,7 +51,18 @@ def refused_s3(port: int) -> BaseException:
     return raised(lambda: client.put_object(Bucket="b", Key="k", Body=b"x"))
 
 
+def from_server(statement: str) -> BaseException:
+    """What the server raises in a live session (psycopg files these under OperationalError)."""
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        return raised(lambda: conn.execute(statement))
+
+
 CASES: list[tuple[str, Callable[[int], BaseException], ExitCode, ErrorKind, str]] = [
+    # The server answered: a statement ran or waited too long, not an unreachable database.
+    ("statement_timeout", lambda _: from_server("SET statement_timeout = '10ms'; SELECT pg_sleep(5)"), ExitCode.FAILURE,
+     ErrorKind.DATABASE, r"^statement canceled by the server: canceling statement due to statement timeout$"),
+    ("session terminated", lambda _: from_server("SELECT pg_terminate_backend(pg_backend_pid())"), ExitCode.UNAVAILABLE,
+     ErrorKind.DATABASE, r"^database unreachable: terminating connection due to administrator command"),
     ("libpq refused (raw)", refused_pg, ExitCode.UNAVAILABLE, ErrorKind.DATABASE, r"^database unreachable: connection .*refused"),
     ("common.db.connect refused", lambda port: raised(lambda: connect(f"host=127.0.0.1 port={port} dbname=x user=x", {})),
      ExitCode.UNAVAILABLE, ErrorKind.DATABASE_UNREACHABLE, r"^cannot connect to database 127\.0\.0\.1:\d+/x: .*refused"),

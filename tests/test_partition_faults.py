@@ -13,6 +13,9 @@ import psycopg
 import pytest
 
 from archive_checks import archived_ids, assert_invariant, table_ids
+from archiver.runner import run_archive
+from common.config import load_config
+from common.exit_codes import ExitCode
 from common.storage import LocalStorage, S3Storage
 from conftest import make_config
 from schema_support import archiver, partitions_of, seed_partitioned
@@ -64,3 +67,39 @@ def test_kill_at_a_random_point_of_partition_retirement_loses_no_rows(tmp_path: 
     assert expired == (0,)
     log = (tmp_path / "archiver.log").read_text()
     assert "retired:" in log, log[-2000:]
+
+
+@pytest.mark.parametrize("default", [False, True], ids=["concurrently", "plain-detach"])
+def test_a_detach_that_waits_out_its_timeout_names_the_old_transaction_and_the_next_run_finishes(
+        tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], default: bool) -> None:
+    """An old transaction on the table (a long report) makes DETACH ... CONCURRENTLY wait for it to
+    end, and a plain DETACH (next to a default partition) wait for the table's lock, until
+    statement_timeout or lock_timeout ends the wait: the table fails with that said, not as an
+    unreachable database, and nothing is lost; once it ends, a run finishes the leaf."""
+    leaves = seed_partitioned(pg, default=default)
+    original = table_ids(pg)
+    report = psycopg.connect(pg_dsn)
+    report.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    report.execute("SELECT count(*) FROM audit_logs").fetchone()
+    pid = report.info.backend_pid
+    config = make_config(tmp_path, dsn=pg_dsn, tables=TABLES, defaults={
+        "batch_size": 50, "expired_partitions": "drop", "statement_timeout": "1s", "lock_timeout": "1s"})
+    cfg = load_config(config)
+    try:
+        results, code = run_archive(cfg)
+        assert code == ExitCode.FAILURE and results[0].error_kind == "database"
+        error = results[0].error or ""
+        assert "unreachable" not in error
+        assert f"DETACH PARTITION public.{leaves[0]}{'' if default else ' CONCURRENTLY'} gave up waiting" in error
+        assert f"the oldest open transaction is pid {pid}" in error and "nothing is lost" in error
+        # every row in the table or archived, none twice (a plain detach's leaf keeps its rows, and
+        # its stored batches wait in the checkpoint for the next run to take back)
+        archived = archived_ids(LocalStorage(tmp_path / "archive"))
+        assert max(archived.values()) == 1 and original <= table_ids(pg) | set(archived)
+    finally:
+        report.rollback()
+        report.close()
+    results, code = run_archive(cfg)
+    assert code == ExitCode.OK and results[0].status == "completed", results
+    assert not {leaves[0]} & partitions_of(pg) and leftover_tables(pg, leaves) == set()
+    assert_invariant(original, table_ids(pg), archived_ids(LocalStorage(tmp_path / "archive")))
