@@ -301,6 +301,10 @@ class Catalog:
                 if self._withdrawn_here(store, obj):
                     raise ArchiveNotFound(f"{key}: this batch was withdrawn (taken back under Object Lock, its rows "
                                           "archived again): it is not an archive")
+                if (new := self._replaced_by(store, obj)) is not None:
+                    raise ArchiveNotFound(f"{key}: replaced by {new}, which holds its rows but the erased ones (an "
+                                          "erasure that stopped before removing this object: run erase again on the "
+                                          "table to finish it); restore that object instead")
                 return obj
             if info:
                 log.warning("%s in %s has no manifest", key, store.location)
@@ -310,6 +314,19 @@ class Catalog:
         prefix = layout.table_root(obj.key) + layout.WITHDRAWN_DIR + obj.key.rpartition("/")[2]
         records = [i.key for i in store.list(prefix) if is_record(i.key)]
         return bool(records) and load_withdrawn(store, records).covers(obj.key, obj.manifest_sha256)
+
+    def _replaced_by(self, store: Storage, obj: ArchiveObject) -> str | None:
+        """The replacement an unfinished erasure stored for this object, as _current finds it over a
+        whole listing. Only the object's own folder is read: erase stores a replacement next to
+        the object it replaces (erase/rewrite.replacement_key), and a day holds few objects."""
+        folder = obj.key.rpartition("/")[0] + "/"
+        for info in store.list(folder):
+            if not layout.is_manifest(info.key) or layout.data_key(info.key) == obj.key:
+                continue
+            replaces = replaces_of(store.get(info.key)) or {}
+            if (replaces.get("key"), replaces.get("manifest_sha256")) == (obj.key, obj.manifest_sha256):
+                return layout.data_key(info.key)
+        return None
 
     def _normalise(self, key: str) -> str:
         key = key.strip()

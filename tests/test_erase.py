@@ -19,13 +19,14 @@ import pytest
 
 from archiver.runner import run_archive
 from common import batch_writer, layout
-from common.catalog import Catalog, resolve_table
+from common.catalog import ArchiveNotFound, Catalog, resolve_table
 from common.cli import Environment
 from common.config import Config, load_config
 from common.exit_codes import ExitCode
 from compliance_support import all_keys, catalog_ids, locked_bucket  # noqa: F401 - fixture
 from conftest import make_config
 from erase.app import EraseOptions, run as erase
+from restore.engine import restore as restore_engine
 from restore.app import RestoreOptions, run as restore
 from validate.checks import validate
 
@@ -173,6 +174,20 @@ def test_validate_after_a_killed_erase_names_each_replaced_object_and_counts_its
     code, out = run_erase(archived)
     assert code == 0 and f"finished {len(replaced)} interrupted erasures" in out
     assert validate(cfg, s3_client=s3_client).ok
+
+
+def test_restore_of_one_object_a_killed_erase_replaced_is_refused_and_names_the_replacement(
+        archived: Path, pg: psycopg.Connection[Any], s3_client: Any) -> None:
+    cfg = load_config(archived)
+    kill_erase_at(archived, "after_replacement:1")
+    catalog = Catalog(cfg, s3_client=s3_client)
+    catalog.list_objects(resolve_table(cfg, "production_db", "audit_logs"))
+    (old, new), = catalog.superseded
+    with pytest.raises(ArchiveNotFound, match=f"replaced by {new.key}.*run erase again"):
+        restore_engine(cfg, database="production_db", table="audit_logs", s3_key=old.key, s3_client=s3_client)
+    # the erased rows stay out of the table; the replacement restores what it holds
+    report = restore_engine(cfg, database="production_db", table="audit_logs", s3_key=new.key, s3_client=s3_client)
+    assert report.total("inserted") == new.rows and not to_erase(pg) & {r[0] for r in pg.execute("SELECT id FROM audit_logs")}
 
 
 def test_compliance_locked_objects_are_refused_and_nothing_changes(
