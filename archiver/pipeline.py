@@ -23,7 +23,7 @@ from archiver.budget import RowBudget
 from archiver.controls import RunControls
 from archiver.encoding import Encoded
 from archiver.hooks import Hook
-from archiver.reader import Batch
+from archiver.reader import WINDOW_BYTES, Batch
 from archiver.sink import FallbackFull
 from common.errors import ServiceUnavailable
 from common.manifest import Manifest
@@ -35,7 +35,7 @@ INFLIGHT_PER_UPLOAD = 4
 #: Batches read (and being encoded) ahead of the uploads: 8 kept the 2M-row bench as fast as 16,
 #: with ~15 MB less peak RSS.
 READ_AHEAD = 8
-#: Rows read but not yet encoded, in windows (archiver/budget.py).
+#: Rows read but not yet encoded, in windows (archiver/budget.py): their rows, and their bytes.
 UNENCODED_WINDOWS = 2
 #: Upload failures that store nothing of their batch: the batches already in flight may be stored
 #: and are still handed out (so table and archive agree), then the failure is raised.
@@ -60,7 +60,7 @@ class BatchPipeline:
         self._begin, self._call_off, self._upload_failed = begin, call_off, upload_failed
         self.controls, self._hook = controls, hook
         self._upload_workers, self._group_max, self._name = uploads, group_max, name
-        self._budget = RowBudget(UNENCODED_WINDOWS * window_rows)
+        self._budget = RowBudget(UNENCODED_WINDOWS * window_rows, max_bytes=UNENCODED_WINDOWS * WINDOW_BYTES)
         self._q: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
         self._stop = threading.Event()
         self._inflight: deque[tuple[Encoded, Future[str]]] = deque()
@@ -196,9 +196,10 @@ class BatchPipeline:
         try:
             for batch in self._read(self._stop):
                 self._hook("after_read")
-                if not self._budget.take(batch.count, self._stop):
+                if not self._budget.take(batch.count, self._stop, nbytes=batch.source_bytes):
                     break
-                self._q.put(self._budget.held_until_done(self._encoders.submit(self._encode, batch), batch.count))
+                self._q.put(self._budget.held_until_done(self._encoders.submit(self._encode, batch), batch.count,
+                                                         batch.source_bytes))
                 if self._stop.is_set():
                     break
         except BaseException as exc:  # noqa: BLE001 - handed to the mover thread

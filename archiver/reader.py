@@ -11,6 +11,10 @@ window that fills its limit all the same falls back to reading its last day agai
 rows than a batch is cut in (timestamp, pk) order instead; from the first such day on, windows are
 read in that order and continue after the last row handed out.
 
+A window also holds at most WINDOW_BYTES of Arrow data: its row limit comes from the row size of
+the window before it (of a few rows read first, for the first window), and its batches are no
+larger than it, so wide rows get more, smaller windows and objects.
+
 Every batch comes from one window, that is one statement and one snapshot: the delete relies on it
 (archiver/selection.py, range_delete_query)."""
 from __future__ import annotations
@@ -30,6 +34,13 @@ from common.pgtypes import EPOCH_ORDINAL, FALLIBLE, from_arrow_read, utc_days, x
 
 #: Rows per window (at least batch_size): 2M-row bench, ~215-240 MB peak RSS of the run at this size.
 WINDOW_ROWS = 50_000
+#: Arrow bytes a window may hold. Rows alone bound nothing on wide tables: 5,000 rows of ~190 kB
+#: documents peaked at 1.3 GB of RSS, and a 50,000-row window of them would be ~10 GB. Such rows
+#: get windows (and batches) of fewer rows; the bench's ~330-byte rows never reach it.
+WINDOW_BYTES = 64 << 20
+#: Rows read once more, before the first window, to size it (later windows are sized by the one
+#: before them).
+PROBE_ROWS = 16
 
 
 class Source(Protocol):
@@ -83,11 +94,15 @@ class _Cut:
 
 def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
             start_after: tuple[Any, Any] | None = None, stop: threading.Event | None = None) -> Iterator[Batch]:
-    """Yield batches of at most batch_size rows, each of one UTC day, day after day."""
-    limit = max(batch_size, WINDOW_ROWS)
+    """Yield batches of at most batch_size rows (fewer for wide rows: WINDOW_BYTES), each of one
+    UTC day, day after day."""
+    cap = max(batch_size, WINDOW_ROWS)
     lower: Bound | None = start_after
     # delete_after_archive: false continues after the last batch: a row's key, or a day's start
     by_key = start_after is not None and start_after[1] is not None
+    probe, _ = read_window(source, sel, limit=PROBE_ROWS, lower=lower, by_key=by_key, all_text=all_text)
+    limit = _fit(cap, probe)  # then sized again by each window's own rows
+    del probe
     window, span = 0, 0  # span: days a window asks for (0: as many as its limit holds)
     while not (stop and stop.is_set()):
         end = _window_end(lower, span) if not by_key else None
@@ -100,8 +115,10 @@ def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
             lower, span = (upper, None), 0  # a gap of more than a window's days: find the next row
             continue
         window += 1
-        cut = _Cut(sel, batch_size, encodings, window, narrow=not all_text)
+        # A window always completes a batch (the by-key path relies on it): batches no larger than it.
+        cut = _Cut(sel, min(batch_size, limit), encodings, window, narrow=not all_text)
         whole = table.num_rows < limit
+        limit = _fit(cap, table)
         if by_key:
             out = _emit_keys(table, cut, whole=whole)
             yield from out
@@ -119,6 +136,14 @@ def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
             lower = (upper, None)
             continue
         lower, by_key = (sel.day_start(rest), None), big
+
+
+def _fit(cap: int, table: pa.Table) -> int:
+    """The rows a window may ask for: `cap`, or fewer when this many of `table`'s rows would hold
+    more than WINDOW_BYTES."""
+    if table.num_rows == 0:
+        return cap
+    return max(min(cap, WINDOW_BYTES * table.num_rows // max(table.nbytes, 1)), 1)
 
 
 def _window_end(lower: Bound | None, span: int) -> date | None:

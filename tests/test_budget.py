@@ -79,6 +79,16 @@ def test_a_take_that_does_not_fit_waits_for_rows_given_back() -> None:
     assert budget.used == 5
 
 
+def test_a_take_whose_bytes_do_not_fit_waits_though_its_rows_would() -> None:
+    budget, stop = RowBudget(1000, max_bytes=100), WatchedStop()
+    assert budget.take(2, stop, nbytes=80)
+    taken = in_thread(budget.take, 2, stop, nbytes=40)  # 4 rows fit in 1000; 120 bytes not in 100
+    stop.wait_for_checks(2)
+    assert not taken.done() and budget.used_bytes == 80
+    budget.give(2, 80)
+    assert taken.result(timeout=TIMEOUT) is True and (budget.used, budget.used_bytes) == (2, 40)
+
+
 def test_a_take_that_fits_does_not_wait() -> None:
     budget, stop = RowBudget(10), WatchedStop()
     assert budget.take(4, stop) and budget.take(6, stop)
@@ -140,13 +150,13 @@ class BudgetWatch:
         self.first_wait: queue.Queue[Wait] = queue.Queue()
         real_take = RowBudget.take
 
-        def take(budget: RowBudget, rows: int, stop: threading.Event) -> bool:
+        def take(budget: RowBudget, rows: int, stop: threading.Event, *, nbytes: int = 0) -> bool:
             if budget not in self.budgets:
                 self.budgets.append(budget)
             # the reader is the only taker; gives come from encodings, held back by the gate
             if budget.used and budget.used + rows > budget.limit and self.first_wait.empty():
                 self.first_wait.put(Wait(budget.used, rows, list(self.taken)))
-            ok = real_take(budget, rows, stop)
+            ok = real_take(budget, rows, stop, nbytes=nbytes)
             if ok:
                 self.taken.append(rows)
                 self.peak = max(self.peak, budget.used)

@@ -105,7 +105,8 @@ def six_rows_a_day(pg: psycopg.Connection[Any], first_day: int, last_day: int) -
 def test_windows_after_the_first_end_on_a_day_and_read_no_row_twice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                                   pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
     # windows of 20 rows over days of 6: the first reads 3 days and 2 rows of the 4th again; then
-    # windows of 3 whole days (18 rows). One LIMIT alone re-read 2 rows of every window.
+    # windows of 3 whole days (18 rows). One LIMIT alone re-read 2 rows of every window. Before the
+    # first window, PROBE_ROWS rows are read once to size it (WINDOW_BYTES).
     monkeypatch.setattr(reader, "WINDOW_ROWS", 20)
     pg.execute("CREATE TABLE audit_logs (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL)")
     six_rows_a_day(pg, 0, 39)
@@ -113,7 +114,7 @@ def test_windows_after_the_first_end_on_a_day_and_read_no_row_twice(monkeypatch:
     results, code = run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": 10})))
     store = LocalStorage(tmp_path / "archive")
     assert code == ExitCode.OK and results[0].rows == 240 and not table_ids(pg)
-    assert read.rows == 240 + 2
+    assert read.rows == 240 + 2 + reader.PROBE_ROWS
     assert sorted(m.rows for m in manifests(store)) == [6] * 40
 
 
@@ -130,6 +131,42 @@ def test_a_gap_longer_than_a_window_is_crossed(monkeypatch: pytest.MonkeyPatch, 
     assert code == ExitCode.OK and results[0].objects == 20
     assert_invariant(original, table_ids(pg), archived_ids(store))
     assert_truthful_objects(store, batch_size=10)
+
+
+class WindowSizes:
+    """The rows and Arrow bytes of every window read (the real reader runs underneath)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.windows: list[tuple[int, int]] = []
+        self._read = reader.read_window
+        monkeypatch.setattr(reader, "read_window", self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        table, encodings = self._read(*args, **kwargs)
+        self.windows.append((table.num_rows, table.nbytes))
+        return table, encodings
+
+
+@pytest.mark.parametrize("batch_size", [1000, 7], ids=["bytes-bound", "rows-bound"])
+def test_wide_rows_get_windows_and_batches_of_fewer_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_dsn: str,
+                                                         pg: psycopg.Connection[Any], batch_size: int) -> None:
+    """Rows alone bound nothing on a table of large documents: a window stays within WINDOW_BYTES
+    (so memory does, whatever batch_size says), every row is still archived exactly once, and
+    each object still holds one day."""
+    monkeypatch.setattr(reader, "WINDOW_BYTES", 40_000)  # ~10 of these 4 kB rows
+    pg.execute("CREATE TABLE audit_logs (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL, doc text)")
+    six_rows_a_day(pg, 0, 19)  # 120 rows, 6 a day
+    pg.execute("UPDATE audit_logs SET doc = repeat(md5(id::text), 125)")  # 4,000 bytes each
+    original = table_ids(pg)
+    sizes = WindowSizes(monkeypatch)
+    results, code = run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, defaults={"batch_size": batch_size})))
+    store = LocalStorage(tmp_path / "archive")
+    assert code == ExitCode.OK and results[0].rows == 120
+    assert_invariant(original, table_ids(pg), archived_ids(store))
+    probe, *windows = sizes.windows
+    assert probe[0] == reader.PROBE_ROWS and len(windows) > 5
+    assert all(nbytes <= 2 * reader.WINDOW_BYTES for _rows, nbytes in windows), windows  # one row of slack
+    assert_truthful_objects(store, batch_size=min(batch_size, 10))
 
 
 PK_VALUES = {"bigint": "g", "text": "'k' || g", "uuid": "md5(g::text)::uuid"}
