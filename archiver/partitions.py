@@ -249,7 +249,9 @@ def waited(conn: psycopg.Connection[Any], what: str, exc: Exception, left: str) 
     the state it leaves."""
     conn.rollback()
     row = conn.execute("SELECT pid, extract(epoch FROM now() - xact_start)::bigint, state FROM pg_stat_activity"
-                       " WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+                       " WHERE datname = current_database() AND xact_start IS NOT NULL"
+                       # not the archiver's own sessions (one may be reading the next leaf): they end soon
+                       " AND application_name IS DISTINCT FROM current_setting('application_name')"
                        " ORDER BY xact_start LIMIT 1").fetchone()
     conn.rollback()
     oldest = f"; the oldest open transaction is pid {row[0]}, open {row[1]} s ({row[2]})" if row else ""

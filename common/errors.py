@@ -110,12 +110,14 @@ def classify(exc: BaseException) -> Classified:
     import botocore.exceptions as bex
     import psycopg
 
-    # A raw driver error escaped the wrappers that raise DatabaseUnavailable/S3Unavailable at
-    # connect time, so the service answered once and was lost mid-run: kind database/s3 (a failed
-    # table), while a tool ending on one still exits 3 as it always has.
+    # The server answered in a live session (statement_timeout, lock_timeout, a deadlock): a
+    # failed statement, whatever class psycopg files it under.
     if isinstance(exc, psycopg.OperationalError) and not session_lost(exc):
         what = "transaction rolled back" if isinstance(exc, psycopg.errors.TransactionRollback) else "statement canceled"
         return Classified(ExitCode.FAILURE, ErrorKind.DATABASE, f"{what} by the server: {first_line(exc)}")
+    # A raw driver error escaped the wrappers that raise DatabaseUnavailable/S3Unavailable at
+    # connect time, so the service answered once and was lost mid-run: kind database/s3 (a failed
+    # table), while a tool ending on one still exits 3 as it always has.
     if isinstance(exc, psycopg.OperationalError):
         return Classified(ExitCode.UNAVAILABLE, ErrorKind.DATABASE, f"database unreachable: {first_line(exc)}")
     if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.NoCredentialsError)):
