@@ -39,13 +39,18 @@ from restore.target import LiveTable
 STRATEGIES = ("skip", "overwrite", "fail")
 _TMP_PREFIX = "_pg_archiver_restore"
 _RENDER_ROWS = 8192
-_AHEAD = 4  # queued chunks (of _RENDER_ROWS rows) and objects
+_AHEAD = 4  # queued chunks (slices: Prepared.slice_rows) and objects
 _DOWNLOADS = 4  # objects read and checked ahead, in parallel
 #: Objects up to this many rows are also rendered whole by the thread that read them: the render
 #: thread alone kept PostgreSQL waiting ~1.9 s of a 10 s bench restore (py-spy); rendering ahead
 #: took the median of three S3 restores from 11.3 s to 9.9 s, interleaved runs. Bounds what that
 #: holds: _DOWNLOADS objects of ~7 MB of COPY input at most with the bench's rows.
 _RENDER_AHEAD_ROWS = 20_000
+#: ... and up to this many bytes of rows (the manifest's source_bytes): an object of wide rows
+#: (~190 kB documents, 64 MB an object) rendered whole by each of the _DOWNLOADS threads held
+#: ~0.5 GB. Slices are cut to about _SLICE_BYTES too, for the same rows.
+_RENDER_AHEAD_BYTES = 16 << 20
+_SLICE_BYTES = 4 << 20
 _DONE = object()
 _END = object()
 
@@ -74,17 +79,29 @@ class Prepared:
     #: The first pass's COPY input, rendered whole by a download thread (small objects only).
     rendered: list[pa.Buffer] | None = None
 
+    @property
+    def small(self) -> bool:
+        """Small enough to be rendered whole ahead of the load (_RENDER_AHEAD_ROWS and _BYTES)."""
+        return self.rows <= _RENDER_AHEAD_ROWS and self.manifest.source_bytes <= _RENDER_AHEAD_BYTES
+
+    def slice_rows(self) -> int:
+        """Rows per slice: _RENDER_ROWS, fewer when that many would be more than _SLICE_BYTES
+        (older manifests that do not record source_bytes: _RENDER_ROWS)."""
+        if not self.rows or self.manifest.source_bytes <= 0:
+            return _RENDER_ROWS
+        return max(min(_RENDER_ROWS, _SLICE_BYTES * self.rows // self.manifest.source_bytes), 1)
+
     def batches(self) -> Iterator[pa.Table]:
-        cols = list(self.plan.load)
+        cols, n = list(self.plan.load), self.slice_rows()
         if self.data is not None:
             pf = pq.ParquetFile(io.BytesIO(self.data))
-            for batch in pf.iter_batches(batch_size=_RENDER_ROWS, columns=cols):
+            for batch in pf.iter_batches(batch_size=n, columns=cols):
                 yield batch_writer.plain_json(pa.Table.from_batches([batch]).select(cols))
         else:
             assert self.decoded is not None
             table = self.decoded.select(cols)
-            for off in range(0, table.num_rows, _RENDER_ROWS):
-                yield table.slice(off, _RENDER_ROWS)
+            for off in range(0, table.num_rows, n):
+                yield table.slice(off, n)
 
     def render(self) -> Iterator[pa.Buffer]:
         if self.binary is not None:
@@ -212,7 +229,7 @@ def prefetched(objects: list[ArchiveObject], make: Callable[[ArchiveObject], Pre
 def _rendered_ahead(make: Callable[[ArchiveObject], Prepared], obj: ArchiveObject) -> Prepared:
     """make(obj), and for a small object its COPY input too: one render thread could not keep up."""
     item = make(obj)
-    if item.rows <= _RENDER_AHEAD_ROWS:
+    if item.small:
         item.rendered = list(item.render())
     return item
 
