@@ -121,13 +121,13 @@ def whole_before(conn: psycopg.Connection[Any], sel: Selection, leaf: Leaf) -> b
     return bool(row and row[0])
 
 
-def retirable(conn: psycopg.Connection[Any], sel: Selection, oid: int) -> list[Leaf]:
-    """The leaves a detach/drop run retires whole: every row before the cutoff by the bounds.
-    None when the table's `where` or a foreign key keeps some expired rows in the table (a whole
-    partition would take them along)."""
+def retirable(conn: psycopg.Connection[Any], sel: Selection, among: Iterable[Leaf]) -> list[Leaf]:
+    """The leaves (of `among`, the table's: leaves()) a detach/drop run retires whole: every row
+    before the cutoff by the bounds. None when the table's `where` or a foreign key keeps some
+    expired rows in the table (a whole partition would take them along)."""
     if sel.table.where is not None or sel.references:
         return []
-    return [leaf for leaf in leaves(conn, oid, sel.table.timestamp_column) if whole_before(conn, sel, leaf)]
+    return [leaf for leaf in among if whole_before(conn, sel, leaf)]
 
 
 def leaf_selection(sel: Selection, leaf: Leaf) -> Selection:
@@ -275,7 +275,7 @@ def settle(conn: psycopg.Connection[Any], sel: Selection, cp: Checkpoint, *, ctx
     r = cp.retiring
     assert r is not None
     doc = r["leaf"]
-    name = f"{doc['schema']}.{doc['name']}"
+    name = _name(doc)
     state = leaf_state(conn, doc)
     if state == "pending":
         try:
@@ -313,7 +313,7 @@ def finish_detached(conn: psycopg.Connection[Any], sel: Selection, r: dict[str, 
     """After the leaf's batches are finished: drop it (re-checked first) or report it kept.
     Returns whether it was dropped."""
     doc = r["leaf"]
-    name = f"{doc['schema']}.{doc['name']}"
+    name = _name(doc)
     if mode != "drop":
         log.info("partition %s retired: detached and kept as a table of its own (%s); the archiver no longer reads it",
                  name, doc["bound"], extra=ctx)
@@ -335,7 +335,7 @@ def describe(conn: psycopg.Connection[Any], sel: Selection, oid: int, *, mode: s
         if mode != "keep":
             yield f"    {ignored(sel, mode)}"
         return
-    whole = {leaf.oid for leaf in retirable(conn, sel, oid)} if mode != "keep" else set()
+    whole = {leaf.oid for leaf in retirable(conn, sel, all_leaves)} if mode != "keep" else set()
     for leaf in all_leaves:
         if leaf.oid in whole:
             action = "would be archived whole, detached" + (" and dropped" if mode == "drop" else " and kept as a table")

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from archiver.selection import Bound, Selection, utc_day
 from common.pgtypes import EPOCH_ORDINAL, FALLIBLE, from_arrow_read, utc_days, xids
+from common.units import rows_within
 
 #: Rows per window (at least batch_size): 2M-row bench, ~215-240 MB peak RSS of the run at this size.
 WINDOW_ROWS = 50_000
@@ -141,9 +142,7 @@ def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
 def _fit(cap: int, table: pa.Table) -> int:
     """The rows a window may ask for: `cap`, or fewer when this many of `table`'s rows would hold
     more than WINDOW_BYTES."""
-    if table.num_rows == 0:
-        return cap
-    return max(min(cap, WINDOW_BYTES * table.num_rows // max(table.nbytes, 1)), 1)
+    return rows_within(WINDOW_BYTES, rows=table.num_rows, nbytes=table.nbytes, most=cap)
 
 
 def _window_end(lower: Bound | None, span: int) -> date | None:

@@ -113,12 +113,13 @@ class TableJob:
         mode = self.opts.expired_partitions
         if mode == "keep" or not self.opts.delete_after_archive:
             return
-        whole = partitions.retirable(self.conn, self.sel, oid)
-        if not whole and not partitions.leaves(self.conn, oid, self.t.timestamp_column):
+        all_leaves = partitions.leaves(self.conn, oid, self.t.timestamp_column)
+        if not all_leaves:
             # A warning when the table itself asks for it; from `defaults` (meant for the
             # partitioned tables) it is no mistake, and a warning every run would be noise.
             level = logging.WARNING if self.t.expired_partitions is not None else logging.INFO
             log.log(level, "%s", partitions.ignored(self.sel, mode), extra=self.ctx)
+        whole = partitions.retirable(self.conn, self.sel, all_leaves)
         self.conn.commit()
         retirer = Retirer(conn=self.conn, sel=self.sel, oid=oid, ledger=self.ledger, sink=self.sink, hook=self.hook,
                           mode=mode, ctx=self.ctx, read=self._read, encode=self._encode_with, pipeline=self._pipeline,

@@ -18,7 +18,7 @@ from common import batch_writer, layout
 from common.config import Config
 from common.cli import ambiguous, match_tables
 from common.errors import ArchiverError, ConfigError, DataIntegrityError, S3Unavailable, UsageError
-from common.manifest import Manifest, replaces_of, sha256_hex
+from common.manifest import Manifest, read_manifest, replaces_of, sha256_hex
 from common.pgtypes import TableSchema
 from common.s3client import fallback_storage, primary_storage
 from common.storage import ObjectInfo, S3Storage, Storage
@@ -264,8 +264,7 @@ class Catalog:
             obj.restore_state = self._restore_state(info.key)
         raw = self._manifest(store, minfo.key)
         if raw is not None:
-            obj.manifest, obj.manifest_sha256 = Manifest.from_bytes(raw, key=minfo.key), sha256_hex(raw)
-            obj.replaces = replaces_of(raw)
+            (obj.manifest, obj.replaces), obj.manifest_sha256 = read_manifest(raw, key=minfo.key), sha256_hex(raw)
         return obj
 
     def _manifest(self, store: Storage, mkey: str) -> bytes | None:

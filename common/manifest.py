@@ -59,12 +59,7 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, key: str = "?") -> Manifest:
-        try:
-            doc = json.loads(data)
-            known = {f for f in cls.__dataclass_fields__}
-            return cls(**{k: v for k, v in doc.items() if k in known})
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise DataIntegrityError(f"manifest {key} is unreadable: {exc}") from None
+        return read_manifest(data, key=key)[0]
 
     def check(self, data: bytes) -> None:
         """Raise unless data is exactly the object this manifest describes."""
@@ -75,15 +70,26 @@ class Manifest:
             raise DataIntegrityError(f"{self.key}: checksum mismatch (sha256 {digest[:12]}… vs manifest {self.sha256[:12]}…)")
 
 
-def replaces_of(raw: bytes) -> dict[str, Any] | None:
-    """What an erasure's replacement manifest says it replaces ({key, manifest_sha256, ...},
-    erase/rewrite.py), or None for every other manifest. Read from the raw document: the field is
-    not part of the Manifest every archiver run writes."""
+def read_manifest(data: bytes, *, key: str = "?") -> tuple[Manifest, dict[str, Any] | None]:
+    """The manifest, and what it says it replaces when it is an erasure's replacement ({key,
+    manifest_sha256, ...}, erase/rewrite.py; None for every other manifest), from one parse of the
+    document: that field is not part of the Manifest every archiver run writes."""
     try:
-        value = json.loads(raw).get("replaces")
-    except (ValueError, AttributeError):
+        doc = json.loads(data)
+        known = {f for f in Manifest.__dataclass_fields__}
+        manifest = Manifest(**{k: v for k, v in doc.items() if k in known})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DataIntegrityError(f"manifest {key} is unreadable: {exc}") from None
+    replaces = doc.get("replaces")
+    return manifest, replaces if isinstance(replaces, dict) else None
+
+
+def replaces_of(raw: bytes) -> dict[str, Any] | None:
+    """What a manifest says it replaces (read_manifest), or None, also for an unreadable one."""
+    try:
+        return read_manifest(raw)[1]
+    except DataIntegrityError:
         return None
-    return value if isinstance(value, dict) else None
 
 
 def sha256_hex(data: bytes) -> str:

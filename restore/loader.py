@@ -30,6 +30,7 @@ from common.errors import ArchiverError, DataIntegrityError, session_lost
 from common.manifest import Manifest
 from common.pgtypes import TableSchema, read_archive_metadata
 from common.readahead import in_order
+from common.units import rows_within
 from common.catalog import ArchiveObject, Catalog, TableRef
 from restore import copybinary
 from restore.copytext import to_copy_text
@@ -87,9 +88,7 @@ class Prepared:
     def slice_rows(self) -> int:
         """Rows per slice: _RENDER_ROWS, fewer when that many would be more than _SLICE_BYTES
         (older manifests that do not record source_bytes: _RENDER_ROWS)."""
-        if not self.rows or self.manifest.source_bytes <= 0:
-            return _RENDER_ROWS
-        return max(min(_RENDER_ROWS, _SLICE_BYTES * self.rows // self.manifest.source_bytes), 1)
+        return rows_within(_SLICE_BYTES, rows=self.rows, nbytes=self.manifest.source_bytes, most=_RENDER_ROWS)
 
     def batches(self) -> Iterator[pa.Table]:
         cols, n = list(self.plan.load), self.slice_rows()

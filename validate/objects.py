@@ -18,7 +18,7 @@ from common import batch_writer, layout
 from common.config import ObjectLockConfig
 from common.errors import DataIntegrityError
 from common.lock import head_lock, shortfall
-from common.manifest import Manifest, hex_to_b64, replaces_of, sha256_hex
+from common.manifest import Manifest, hex_to_b64, read_manifest, sha256_hex
 from common.pgtypes import EPOCH_ORDINAL, utc_days
 from common.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
@@ -123,8 +123,8 @@ class ObjectChecker:
                 out.add("orphaned_file", "archive object without a manifest")
             return None
         try:
-            manifest = Manifest.from_bytes(raw, key=entry.manifest_key)
-            out.manifest_sha256, out.replaces = sha256_hex(raw), replaces_of(raw)
+            manifest, out.replaces = read_manifest(raw, key=entry.manifest_key)
+            out.manifest_sha256 = sha256_hex(raw)
             return manifest
         # Untrusted JSON (a list, wrong field types, ...): any failure to read it is the finding.
         except Exception as exc:  # noqa: BLE001
