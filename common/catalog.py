@@ -18,7 +18,7 @@ from common import batch_writer, layout
 from common.config import Config
 from common.cli import ambiguous, match_tables
 from common.errors import ArchiverError, ConfigError, DataIntegrityError, S3Unavailable, UsageError
-from common.manifest import Manifest, read_manifest, replaces_of, sha256_hex
+from common.manifest import Manifest, read_manifest, replaced, replaces_of, sha256_hex
 from common.pgtypes import TableSchema
 from common.s3client import fallback_storage, primary_storage
 from common.storage import ObjectInfo, S3Storage, Storage
@@ -209,11 +209,10 @@ class Catalog:
         """Without objects an erasure has replaced: the replacement's manifest (stored, verified)
         is the moment the erasure takes effect, so a crash before the old object is removed never
         counts its rows twice. `superseded` keeps (old, replacement) for erase to finish."""
-        replaced = {(o.replaces.get("key"), o.replaces.get("manifest_sha256")): o for o in objects if o.replaces}
-        self.superseded = [(o, replaced[(o.key, o.manifest_sha256)]) for o in objects
-                           if (o.key, o.manifest_sha256) in replaced]
-        gone = {id(old) for old, _new in self.superseded}
-        return [o for o in objects if id(o) not in gone]
+        by_key = {o.key: o for o in objects}
+        pairs = replaced((o.key, o.manifest_sha256, o.replaces) for o in objects)
+        self.superseded = [(by_key[old], by_key[new]) for old, new in pairs.items()]
+        return [o for o in objects if o.key not in pairs]
 
     def _counted(self, objects: list[ArchiveObject]) -> list[ArchiveObject]:
         """Without the batches taken back under Object Lock (common/withdrawals.py): never archived."""
@@ -319,13 +318,9 @@ class Catalog:
         whole listing. Only the object's own folder is read: erase stores a replacement next to
         the object it replaces (erase/rewrite.replacement_key), and a day holds few objects."""
         folder = obj.key.rpartition("/")[0] + "/"
-        for info in store.list(folder):
-            if not layout.is_manifest(info.key) or layout.data_key(info.key) == obj.key:
-                continue
-            replaces = replaces_of(store.get(info.key)) or {}
-            if (replaces.get("key"), replaces.get("manifest_sha256")) == (obj.key, obj.manifest_sha256):
-                return layout.data_key(info.key)
-        return None
+        others = [(layout.data_key(i.key), None, replaces_of(store.get(i.key))) for i in store.list(folder)
+                  if layout.is_manifest(i.key) and layout.data_key(i.key) != obj.key]
+        return replaced([(obj.key, obj.manifest_sha256, None), *others]).get(obj.key)
 
     def _normalise(self, key: str) -> str:
         key = key.strip()

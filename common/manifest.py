@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,6 +83,16 @@ def read_manifest(data: bytes, *, key: str = "?") -> tuple[Manifest, dict[str, A
         raise DataIntegrityError(f"manifest {key} is unreadable: {exc}") from None
     replaces = doc.get("replaces")
     return manifest, replaces if isinstance(replaces, dict) else None
+
+
+def replaced(objects: Iterable[tuple[str, str | None, dict[str, Any] | None]]) -> dict[str, str]:
+    """Which objects an erasure has replaced, from each object's (key, sha256 of its manifest's
+    bytes, what its manifest says it replaces): {old key: replacement key}. A replacement names
+    the old object and the exact manifest it replaced, so an object archived again under the same
+    key later is not taken for it (common/catalog.py, validate/erasures.py)."""
+    items = list(objects)
+    named = {(r.get("key"), r.get("manifest_sha256")): key for key, _sha, r in items if r}
+    return {key: named[(key, sha)] for key, sha, _r in items if sha is not None and (key, sha) in named}
 
 
 def replaces_of(raw: bytes) -> dict[str, Any] | None:

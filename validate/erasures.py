@@ -7,7 +7,9 @@ as `orphaned_file` once the erasure's digest no longer recorded it, and its rows
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from common.manifest import replaced
 from validate.objects import Checked
 from validate.report import Report, problem
 
@@ -15,6 +17,7 @@ from validate.report import Report, problem
 @dataclass(frozen=True)
 class _Seen:
     manifest_sha256: str | None
+    replaces: dict[str, Any] | None
     rows: int
     database: str | None
     table: str | None
@@ -24,26 +27,19 @@ class Supersessions:
     """Collects, per checked object, the few fields that pair a replacement with the object it names."""
 
     def __init__(self) -> None:
-        self._replaced: dict[tuple[str, str], str] = {}  # (old key, its manifest's sha256) -> replacement
         self._seen: dict[str, _Seen] = {}
 
     def add(self, c: Checked) -> None:
-        self._seen[c.key] = _Seen(c.manifest_sha256, c.rows, c.database, c.table)
-        old = c.replaces or {}
-        if isinstance(old.get("key"), str) and isinstance(old.get("manifest_sha256"), str):
-            self._replaced[(old["key"], old["manifest_sha256"])] = c.key
+        self._seen[c.key] = _Seen(c.manifest_sha256, c.replaces, c.rows, c.database, c.table)
 
     def finish(self, report: Report) -> set[str]:
         """Report each replaced object still stored; returns their keys, which the overlap and
         digest checks leave out. Its rows are counted once, in the replacement."""
-        superseded: set[str] = set()
-        for key, seen in sorted(self._seen.items()):
-            new = self._replaced.get((key, seen.manifest_sha256 or ""))
-            if new is None:
-                continue
-            superseded.add(key)
+        pairs = replaced((key, s.manifest_sha256, s.replaces) for key, s in self._seen.items())
+        for key, new in sorted(pairs.items()):
+            seen = self._seen[key]
             report.summary.rows -= seen.rows
             report.add(problem("unfinished_erasure", key, f"replaced by {new}, but an erasure stopped before "
                                "removing it (restore and query already count the replacement instead)",
                                database=seen.database, table=seen.table))
-        return superseded
+        return set(pairs)
