@@ -16,6 +16,10 @@ def iso(v: Any) -> str:
 def jsonable(v: Any) -> Any:
     if isinstance(v, (list, tuple)):  # a composite key
         return [jsonable(x) for x in v]
+    if isinstance(v, bytes):
+        # bytea's own text form, which casts back exactly: str() gave "b'm'", a different bytea
+        # (or no valid one), so a resumed run started from the wrong key.
+        return "\\x" + v.hex()
     return v if isinstance(v, (int, str, float)) or v is None else str(v)
 
 
