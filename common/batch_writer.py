@@ -81,7 +81,12 @@ def decode(data: bytes, *, fmt: str, columns: list[str] | None = None) -> tuple[
         return plain_json(pf.read(columns=columns)), schema, encodings, doc
     if fmt == "jsonl":
         text = zstandard.ZstdDecompressor().decompressobj().decompress(data).decode()
-        lines = text.splitlines()
+        # Lines end at "\n" alone (json.dumps escapes it inside values), not at every line
+        # boundary str.splitlines() knows: U+2028, U+2029 and U+0085 stay unescaped in a value
+        # (ensure_ascii=False) and split its row in two, so the whole object could not be read.
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
         doc = json.loads(lines[0])["pg_archiver"]
         meta = {b"pg_archiver": json.dumps(doc).encode()}
         schema, encodings, doc = read_archive_metadata(meta)

@@ -75,7 +75,7 @@ INSERT INTO type_matrix ({_MATRIX_COLUMNS}) VALUES
  ('2024-01-03 12:00:00+00', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
   NULL, NULL),
- ('2024-01-04 06:00:00+00', 0, 0, 0, 1e-45, 5e-324, 0, 0, 'NaN', true, '日本語 ''single'' "double"', 'x',
+ ('2024-01-04 06:00:00+00', 0, 0, 0, 1e-45, 5e-324, 0, 0, 'NaN', true, '日本語 ''single'' "double" \u2028 \u2029 \u0085', 'x',
   'abcde', 'ffffffff-ffff-ffff-ffff-ffffffffffff', '1970-01-01 00:00:00', '2024-03-31 01:00:00+00',
   '0001-01-01 BC', '12:34:56.789', '23:59:59.999999-15:59', '00:00:00', '10.1.2.3', '10.1.2.0/24',
   '01:23:45:67:89:ab', '{{"k":"v with \\"quote\\""}}', '{{"num": 1.000000000000000000001}}', '{{-1}}',
