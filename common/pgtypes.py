@@ -64,14 +64,20 @@ class Column:
     generated: bool = False
     identity: bool = False
 
+    @property
+    def decimal_fits(self) -> bool:
+        """A numeric(p, s) that Arrow's and Parquet's decimal can hold: p <= 38 and 0 <= s <= p.
+        PostgreSQL 15 also allows a negative scale and one above the precision (numeric(5,-2),
+        numeric(3,5)); those are kept in their text form."""
+        return self.precision is not None and self.precision <= 38 and 0 <= (self.scale or 0) <= self.precision
+
     def natural_type(self) -> pa.DataType | None:
         """The lossless Arrow type, or None when the text form is stored."""
         if self.typtype != "b":
             return None
         if self.typname == "numeric":
-            if self.precision is not None and self.precision <= 38:
-                return pa.decimal128(self.precision, self.scale or 0)
-            return None
+            fits = self.decimal_fits and self.precision is not None
+            return pa.decimal128(self.precision, self.scale or 0) if fits else None
         return _SIMPLE.get(self.typname)
 
 
@@ -105,7 +111,7 @@ class TableSchema:
 COLUMNS_SQL = """
 SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod), t.typtype,
        CASE WHEN t.typname = 'numeric' AND a.atttypmod >= 4 THEN ((a.atttypmod - 4) >> 16) & 65535 END,
-       CASE WHEN t.typname = 'numeric' AND a.atttypmod >= 4 THEN (a.atttypmod - 4) & 65535 END,
+       CASE WHEN t.typname = 'numeric' AND a.atttypmod >= 4 THEN (((a.atttypmod - 4) & 2047) # 1024) - 1024 END,
        a.attgenerated <> '', a.attidentity <> ''
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped

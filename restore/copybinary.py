@@ -63,7 +63,7 @@ def _encoder(col: Column, encoding: str) -> Encoder | None:
 
 def _int64_digits(col: Column) -> bool:
     """A numeric(p, s) whose values, padded to whole base-10000 fraction digits, fit an int64."""
-    return col.precision is not None and col.precision + (-(col.scale or 0)) % 4 <= 18
+    return col.decimal_fits and col.precision is not None and col.precision + (-(col.scale or 0)) % 4 <= 18
 
 
 def to_copy_binary(tables: Iterator[pa.Table], encoders: list[Encoder]) -> Iterator[pa.Buffer]:

@@ -21,7 +21,7 @@ from common.pgtypes import TableSchema
 # Checked because the type text comes from the archive and is spliced into CREATE TABLE.
 _NAME = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
 _TYPE_RE = re.compile(
-    rf"^{_NAME}(?:\.{_NAME})?(?: (?:varying|precision))?(?:\(\d+(?:,\d+)?\))?"
+    rf"^{_NAME}(?:\.{_NAME})?(?: (?:varying|precision))?(?:\(\d+(?:,-?\d+)?\))?"
     r"(?: with(?:out)? time zone)?"
     r"(?: (?:year|month|day|hour|minute|second)(?: to (?:month|hour|minute|second(?:\(\d+\))?))?)?"
     r"(?:\[\])*$"

@@ -36,7 +36,7 @@ def test_invalid_date_ranges_are_usage_errors(start: str | None, end: str | None
 
 
 @pytest.mark.parametrize("pg_type", [
-    "bigint", "numeric(12,2)", "character varying(20)", "character(5)", "timestamp(3) with time zone",
+    "bigint", "numeric(12,2)", "numeric(5,-2)", "numeric(3,5)", "character varying(20)", "character(5)", "timestamp(3) with time zone",
     "timestamp without time zone", "time with time zone", "double precision[]", "bit varying(16)", "integer[]",
     "interval", "interval day to second(3)", "interval year to month", 'myschema."My Type"', '"weird ""quoted"" type"[]',
 ])

@@ -118,3 +118,27 @@ def test_manifest_column_docs_equal_the_objects_own_schema(archived_matrix: tupl
         manifest = Manifest.from_bytes(store.get(layout.manifest_key(key)))
         assert manifest.columns == column_docs(schema, encodings)
         assert [c["name"] for c in manifest.columns] == schema.names and all(c["pg_type"] for c in manifest.columns)
+
+
+def test_numeric_scales_outside_a_decimal_come_back_exactly(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
+    # PostgreSQL 15 allows numeric(5,-2) (rounded to hundreds) and numeric(3,5) (below 0.01):
+    # neither fits a Parquet decimal, whose scale lies between 0 and the precision. The scale of
+    # the first was read as 2046 (its typmod's bits taken unsigned), and the second failed the
+    # Parquet writer for the whole table.
+    pg.execute("CREATE TABLE odd_num (id int PRIMARY KEY, created_at timestamptz NOT NULL,"
+               " hundreds numeric(5,-2), tiny numeric(3,5), plain numeric(6,2))")
+    pg.execute("INSERT INTO odd_num VALUES (1, '2024-01-01', 1234567, 0.00123, 12.5), (2, '2024-01-01', NULL, 0, NULL),"
+               " (3, '2024-01-02', 0, -0.00999, 0)")
+    before = dump(pg, "odd_num")
+    cfg = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "odd_num"}], defaults={"retention_days": 1})
+    _results, code = run_archive(load_config(cfg))
+    assert code == 0 and pg.execute("SELECT count(*) FROM odd_num").fetchone()[0] == 0
+    store = LocalStorage(tmp_path / "archive")
+    pg.execute("CREATE TABLE odd_back (LIKE odd_num INCLUDING ALL)")
+    for key in objects(store):
+        table, schema, encodings, _doc = batch_writer.decode(store.get(key), fmt="parquet")
+        assert schema.column("hundreds").scale == -2 and encodings["hundreds"] == "text"
+        assert table.schema.field("plain").type == pa.decimal128(6, 2)
+        with pg.cursor().copy("COPY odd_back FROM STDIN (FORMAT csv)") as cp:
+            cp.write(to_copy_csv(table, schema, encodings))
+    assert dump(pg, "odd_back") == before
