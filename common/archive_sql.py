@@ -44,10 +44,15 @@ def _column_type(col: Column, *, encoding: str, fmt: str) -> pa.DataType:
     return natural
 
 
+#: Field metadata marking a char(n) column, whose pad the engine drops (_conform).
+_PADDED = {b"pg_archiver": b"bpchar"}
+
+
 def union_schema(objects: list[ArchiveObject]) -> pa.Schema:
     """Every column any object holds, in the order they first appear, with the type they share
-    (text where objects disagree)."""
+    (text where objects disagree). char(n) columns are marked (_PADDED)."""
     types: dict[str, pa.DataType] = {}
+    padded: set[str] = set()
     for obj in objects:
         assert obj.manifest is not None
         fmt = batch_writer.format_of(obj.key)
@@ -55,7 +60,9 @@ def union_schema(objects: list[ArchiveObject]) -> pa.Schema:
             col = Column(**{k: v for k, v in doc.items() if k != "encoding"})
             t = _column_type(col, encoding=doc.get("encoding", "native"), fmt=fmt)
             types[col.name] = t if types.setdefault(col.name, t) == t else pa.string()
-    return pa.schema([(name, t) for name, t in types.items()])
+            if col.typname == "bpchar":
+                padded.add(col.name)
+    return pa.schema([pa.field(name, t, metadata=_PADDED if name in padded else None) for name, t in types.items()])
 
 
 def _as_text(arr: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -73,7 +80,12 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
             cols.append(pa.nulls(table.num_rows, f.type))
             continue
         arr = table.column(f.name)
-        if arr.type == f.type:
+        if f.metadata == _PADDED and pa.types.is_string(arr.type):
+            # char(n) without its pad, as PostgreSQL compares it and casts it to text, and as JSONL
+            # archives hold it: Parquet keeps 'ab   ', so `c = 'ab'` matched nothing there, and
+            # an erase by such a column found no row to remove.
+            cols.append(pc.utf8_rtrim(arr, characters=" "))
+        elif arr.type == f.type:
             cols.append(arr)
         elif pa.types.is_string(f.type):
             cols.append(_as_text(arr))
@@ -164,5 +176,9 @@ class Engine:
         try:
             reader = self.con.sql(text).to_arrow_reader(BATCH_ROWS)
             yield from reader
+        except duckdb.Error as exc:
+            # What check() cannot see on no rows: a value the --where cannot compare ('NaN' read
+            # as a number from a text column, say). The operator's condition, so a usage error.
+            raise UsageError(f"--where: {first_line(exc)}") from exc
         finally:
             self.con.unregister(VIEW)

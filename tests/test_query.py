@@ -238,3 +238,35 @@ def test_a_composite_key_table_answers_in_time_and_whole_key_order(tmp_path: Pat
                       " ORDER BY created_at, tenant_id, id").fetchall()
     got = [tuple(json.loads(line).values()) for line in out.splitlines()]
     assert want and got == [tuple(r) for r in want]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_char_n_values_compare_as_postgresql_compares_them(fmt: str, tmp_path: Path, pg_dsn: str,
+                                                           pg: psycopg.Connection[Any]) -> None:
+    # Parquet keeps char(5)'s pad ('ab   '), JSONL holds its text form ('ab'): the same --where
+    # matched no row of one and every row of the other. PostgreSQL ignores the pad.
+    pg.execute("CREATE TABLE coded (id int PRIMARY KEY, created_at timestamptz NOT NULL, code char(5))")
+    pg.execute("INSERT INTO coded SELECT g, timestamptz '2024-01-01' + g * interval '1 hour',"
+               " CASE WHEN g % 3 = 0 THEN 'ab' ELSE 'abc' END FROM generate_series(1, 60) g")
+    want = [r[0] for r in pg.execute("SELECT id FROM coded WHERE code = 'ab' ORDER BY created_at, id")]
+    path = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "coded"}], defaults={"retention_days": 1, "format": fmt})
+    assert run_archive(load_config(path))[1] == ExitCode.OK
+    out, err = io.StringIO(), io.StringIO()
+    code = run(QueryOptions(config_path=path, database="production_db", table="coded", where="code = 'ab'",
+                            output_format="jsonl"), env=Environment(stdout=out, stderr=err))
+    assert code == 0, err.getvalue()
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["id"] for r in rows] == want and len(want) == 20
+    assert {r["code"] for r in rows} == {"ab"}
+
+
+def test_a_where_that_fails_on_the_rows_is_a_usage_error(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
+    # JSONL archives hold float8 as text: comparing it with a number casts every value, and 'NaN'
+    # is no integer. Only the rows can show it, so check() on no rows passes.
+    pg.execute("CREATE TABLE coded (id int PRIMARY KEY, created_at timestamptz NOT NULL, f8 float8)")
+    pg.execute("INSERT INTO coded VALUES (1, '2024-01-01', 'NaN'), (2, '2024-01-01', 1.5)")
+    path = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "coded"}], defaults={"retention_days": 1, "format": "jsonl"})
+    assert run_archive(load_config(path))[1] == ExitCode.OK
+    with pytest.raises(UsageError, match="--where: Conversion Error"):
+        run(QueryOptions(config_path=path, database="production_db", table="coded", where="f8 = 0", output_format="jsonl"),
+            env=Environment(stdout=io.StringIO(), stderr=io.StringIO()))
