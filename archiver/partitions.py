@@ -139,17 +139,43 @@ def leaf_selection(sel: Selection, leaf: Leaf) -> Selection:
 class LeafCount:
     rows: int
     not_expired: int  # rows the expiry predicate leaves out: newer than the cutoff, or before year 1
+    written_since: int = 0  # rows the export's snapshot did not see (inserted or updated since)
+
+    def holds(self, rows: int) -> bool:
+        """Exactly the `rows` exported: as many, all expired, and none written since the export.
+        The count alone let through an update, or a delete and an insert in one transaction:
+        the leaf was dropped holding a row, or a row's new value, that no object held."""
+        return self.rows == rows and self.not_expired == 0 and self.written_since == 0
 
 
 def count_leaf(conn: psycopg.Connection[Any], sel: Selection, relation: sql.Composable, *,
-               commit: bool = True) -> LeafCount:
-    """All of a relation's rows, and those the predicate would not archive."""
+               commit: bool = True, snapshot: str | None = None) -> LeafCount:
+    """All of a relation's rows, those the predicate would not archive, and (given the snapshot
+    the leaf was exported in: ArrowSource.snapshot) those that snapshot did not see. A row the
+    export saw was written by a transaction committed before it; any row written since, by an
+    update, an insert, or a delete undone by an insert, has an xmin the snapshot does not see."""
     pred, _ = sel.predicate(literal=True)
-    row = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE NOT ({})) FROM {}").format(pred, relation)).fetchone()
+    since: sql.Composable = sql.SQL("0")
+    if snapshot is not None:
+        since = sql.SQL("count(*) FILTER (WHERE NOT txid_visible_in_snapshot({}, {}::txid_snapshot))").format(
+            _xmin_txid(conn), sql.Literal(snapshot))
+    row = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE NOT ({})), {} FROM {}").format(
+        pred, since, relation)).fetchone()
     if commit:
         conn.commit()
     assert row is not None
-    return LeafCount(int(row[0]), int(row[1]))
+    return LeafCount(int(row[0]), int(row[1]), int(row[2]))
+
+
+def _xmin_txid(conn: psycopg.Connection[Any]) -> sql.Composed:
+    """A row's xmin as a 64-bit txid (xmin is 32 bits; txid_visible_in_snapshot takes the epoch
+    too): the current epoch's, or the one before for an xmin above the next xid's low 32 bits.
+    Every live row's xmin lies within 2^31 transactions of the next one (wraparound protection)."""
+    row = conn.execute("SELECT txid_snapshot_xmax(txid_current_snapshot())").fetchone()
+    assert row is not None
+    nxt = int(row[0])
+    return sql.SQL("({} + xmin::text::bigint - CASE WHEN xmin::text::bigint > {} THEN 4294967296 ELSE 0 END)").format(
+        sql.Literal(nxt >> 32 << 32), sql.Literal(nxt & 0xFFFFFFFF))
 
 
 def holds_unarchivable(conn: psycopg.Connection[Any], sel: Selection, relation: sql.Composable) -> bool:
@@ -167,11 +193,12 @@ def holds_unarchivable(conn: psycopg.Connection[Any], sel: Selection, relation: 
 class Verified:
     ok: bool
     rows: int
+    written_since: int = 0
 
 
 @contextmanager
 def drop_verified(conn: psycopg.Connection[Any], sel: Selection, leaf_doc: dict[str, Any], *, rows: int,
-                  drop: bool) -> Iterator[Verified]:
+                  drop: bool, snapshot: str | None) -> Iterator[Verified]:
     """A detached leaf locked (ACCESS EXCLUSIVE: nothing can write into it any more) and counted
     in one transaction; the caller's block runs under the lock (it finishes the leaf's batches when
     the count is right), then with `drop` the leaf is dropped, and the transaction commits. One
@@ -179,8 +206,8 @@ def drop_verified(conn: psycopg.Connection[Any], sel: Selection, leaf_doc: dict[
     A block that raises is rolled back here; one that finds the count wrong rolls back itself."""
     rel = qualified(leaf_doc["schema"], leaf_doc["name"])
     conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(rel))
-    n = count_leaf(conn, sel, rel, commit=False)
-    verified = Verified(n.rows == rows and n.not_expired == 0, n.rows)
+    n = count_leaf(conn, sel, rel, commit=False, snapshot=snapshot)
+    verified = Verified(n.holds(rows), n.rows, n.written_since)
     try:
         yield verified
     except BaseException:
@@ -294,7 +321,7 @@ def settle(conn: psycopg.Connection[Any], sel: Selection, cp: Checkpoint, *, ctx
     if state == "gone":
         log.info("interrupted retirement of partition %s: already dropped", name, extra=ctx)
         return None
-    if r.get("rows") is None or not _verified(conn, sel, doc, rows=int(r["rows"])):
+    if r.get("rows") is None or not _verified(conn, sel, r):
         attach(conn, doc)
         log.warning("partition %s was detached holding rows that were not archived; attached again, its batches"
                     " are taken back and its rows archived again", name, extra=ctx)
@@ -302,10 +329,12 @@ def settle(conn: psycopg.Connection[Any], sel: Selection, cp: Checkpoint, *, ctx
     return r
 
 
-def _verified(conn: psycopg.Connection[Any], sel: Selection, doc: dict[str, Any], *, rows: int) -> bool:
-    """The detached leaf holds exactly the rows archived from it, all expired."""
-    n = count_leaf(conn, sel, qualified(doc["schema"], doc["name"]))
-    return n.rows == rows and n.not_expired == 0
+def _verified(conn: psycopg.Connection[Any], sel: Selection, r: dict[str, Any]) -> bool:
+    """The detached leaf of a retiring record holds exactly the rows archived from it (LeafCount.holds;
+    a checkpoint written before the snapshot was recorded is judged by the count)."""
+    doc = r["leaf"]
+    n = count_leaf(conn, sel, qualified(doc["schema"], doc["name"]), snapshot=r.get("snapshot"))
+    return n.holds(int(r["rows"]))
 
 
 def finish_detached(conn: psycopg.Connection[Any], sel: Selection, r: dict[str, Any], *, mode: str,
@@ -319,7 +348,7 @@ def finish_detached(conn: psycopg.Connection[Any], sel: Selection, r: dict[str, 
                  name, doc["bound"], extra=ctx)
         return False
     hook("before_drop")
-    if not _verified(conn, sel, doc, rows=int(r["rows"])):  # a row written into the detached table since
+    if not _verified(conn, sel, r):  # a row written into the detached table since
         log.warning("detached partition %s no longer holds exactly the %s rows archived from it; kept, not dropped",
                     name, r["rows"], extra=ctx)
         return False

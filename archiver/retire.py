@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -47,6 +48,8 @@ class Retirer:
     ctx: dict[str, str]
     #: (selection, stop) -> the leaf's batches
     read: Callable[[Selection, threading.Event], Iterable[Batch]]
+    #: the reader's session in one snapshot for a leaf's reads (ArrowSource.snapshot)
+    snapshot: Callable[[], AbstractContextManager[str]]
     encode: Callable[[Batch, Selection], Encoded]
     #: pipeline factory: (read, encode, begin) -> BatchPipeline
     pipeline: Callable[..., BatchPipeline]
@@ -56,6 +59,8 @@ class Retirer:
     should_stop: Callable[[], bool]
     #: whether retire_all() ended early for a stop (its incomplete leaves were taken back)
     stopped: bool = False
+    #: each leaf's export snapshot, by oid: its detach-time checks find any row written since
+    snapshots: dict[int, str] = field(default_factory=dict)
 
     def retire_all(self, whole: Sequence[Leaf]) -> int:
         """Archive, verify, detach (and drop) every leaf that allows it; returns how many were
@@ -103,9 +108,13 @@ class Retirer:
         for leaf in todo:
             if stop.is_set():
                 return
-            for batch in self.read(sels[leaf.oid], stop):
-                batch.origin = leaf
-                yield batch
+            # All of a leaf in one snapshot: windows read one after the other saw different rows,
+            # and a change between them could leave the count right over different rows.
+            with self.snapshot() as snap:
+                self.snapshots[leaf.oid] = snap
+                for batch in self.read(sels[leaf.oid], stop):
+                    batch.origin = leaf
+                    yield batch
 
     def _encoder(self, sels: dict[int, Selection]) -> Callable[[Batch], Encoded]:
         def encode(batch: Batch) -> Encoded:
@@ -131,20 +140,22 @@ class Retirer:
         """Every batch of the leaf is stored: re-check, detach, re-count, finish, drop."""
         rows = sum(enc.rows for enc, _ in stored)
         doc = leaf.doc()
-        self.ledger.cp.retiring = {"leaf": doc, "mode": self.mode, "step": "archived", "rows": rows}
+        snapshot = self.snapshots.pop(leaf.oid)
+        self.ledger.cp.retiring = {"leaf": doc, "mode": self.mode, "step": "archived", "rows": rows, "snapshot": snapshot}
         self.ledger.save()
-        if not self._still_retirable(leaf, rows):
-            return self._take_back(stored, "it changed before its detach", leaf)
+        if not self._still_retirable(leaf, rows, snapshot):
+            return self._take_back(stored, "rows were written to it since its export", leaf)
         self.hook("after_partition_archived")
         detach(self.conn, doc)
         self.hook("after_detach")
         # One count of the detached leaf under a lock that keeps it as counted until its drop
         # (partitions.drop_verified): no row can reach it through the table any more.
-        with drop_verified(self.conn, self.sel, doc, rows=rows, drop=self.mode == "drop") as verified:
+        with drop_verified(self.conn, self.sel, doc, rows=rows, drop=self.mode == "drop", snapshot=snapshot) as verified:
             if not verified.ok:
                 self.conn.rollback()
                 attach(self.conn, doc)
-                return self._take_back(stored, f"a row reached it during its detach ({verified.rows} rows, {rows} archived)", leaf)
+                return self._take_back(stored, f"rows were written to it during its detach ({verified.rows} rows,"
+                                       f" {rows} archived, {verified.written_since} written since the export)", leaf)
             for enc, location in stored:
                 self.done(enc, location)
             self.ledger.cp.retiring.update(step="detached")
@@ -160,14 +171,13 @@ class Retirer:
                      leaf.qualified_name, leaf.bound, extra=self.ctx)
         return True
 
-    def _still_retirable(self, leaf: Leaf, rows: int) -> bool:
+    def _still_retirable(self, leaf: Leaf, rows: int, snapshot: str) -> bool:
         """Re-checked at detach time: the bound (from the catalog again) lies before the cutoff,
-        and the leaf holds exactly the rows archived."""
+        and the leaf holds exactly the rows archived (LeafCount.holds)."""
         now = next(iter(leaves(self.conn, self.oid, self.sel.table.timestamp_column, only=leaf.oid)), None)
         ok = now is not None and now.bound == leaf.bound and whole_before(self.conn, self.sel, now)
         self.conn.commit()
-        n = count_leaf(self.conn, self.sel, leaf.relation)
-        return ok and n.rows == rows and n.not_expired == 0
+        return ok and count_leaf(self.conn, self.sel, leaf.relation, snapshot=snapshot).holds(rows)
 
     def _take_back(self, stored: list[Stored], why: str, leaf: Leaf) -> bool:
         for enc, location in stored:

@@ -122,7 +122,8 @@ class TableJob:
         whole = partitions.retirable(self.conn, self.sel, all_leaves)
         self.conn.commit()
         retirer = Retirer(conn=self.conn, sel=self.sel, oid=oid, ledger=self.ledger, sink=self.sink, hook=self.hook,
-                          mode=mode, ctx=self.ctx, read=self._read, encode=self._encode_with, pipeline=self._pipeline,
+                          mode=mode, ctx=self.ctx, read=self._read, snapshot=self.source.snapshot,
+                          encode=self._encode_with, pipeline=self._pipeline,
                           done=self._done, stopping=lambda: self.controls.stopping,
                           # the stop file, --max-rows and max runtime stop retirement too, not only a signal
                           should_stop=lambda: self.controls.should_stop(self.result))

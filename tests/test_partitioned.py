@@ -12,10 +12,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from archive_checks import archived_ids, assert_invariant, manifests, table_ids
+from archive_checks import OnceAt, archived_ids, assert_invariant, manifests, table_ids
 from archiver.controls import RunControls
 from archiver.partitions import leaves
 from archiver.runner import run_archive
+from common import batch_writer
 from common.config import load_config
 from common.exit_codes import ExitCode
 from common.storage import LocalStorage
@@ -199,3 +200,45 @@ def test_one_leaf_is_read_from_the_catalog_as_the_whole_tree_describes_it(pg: ps
     first = tree[0]
     pg.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(first.parent_relation, first.relation))
     assert leaves(pg, oid, "created_at", only=first.oid) == []  # detached: no longer under the table
+
+
+def _update_first_row(dsn: str) -> tuple[set[int], set[int]]:
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("UPDATE audit_logs SET email = 'changed' WHERE id = (SELECT min(id) FROM audit_logs_m00)")
+    return set(), set()
+
+
+def _replace_first_row(dsn: str) -> tuple[set[int], set[int]]:
+    """A delete and an insert in one transaction: the leaf's count stays the same."""
+    with psycopg.connect(dsn) as other:
+        gone = other.execute("DELETE FROM audit_logs WHERE id = (SELECT min(id) FROM audit_logs_m00) RETURNING id").fetchall()
+        new = other.execute("INSERT INTO audit_logs (created_at, email) SELECT min(created_at), 'changed'"
+                            " FROM audit_logs_m00 RETURNING id").fetchall()
+    return {r[0] for r in gone}, {r[0] for r in new}
+
+
+@pytest.mark.parametrize("change", [_update_first_row, _replace_first_row], ids=["update", "delete-and-insert"])
+@pytest.mark.parametrize("point", ["after_upload", "after_partition_archived"])
+@pytest.mark.parametrize("default", [False, True], ids=["concurrently", "next-to-a-default"])
+def test_a_row_written_to_a_leaf_after_its_export_is_archived_as_written(
+        tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], change: Any, point: str, default: bool) -> None:
+    # The leaf's count alone let both changes through: the leaf was dropped holding the new row (or
+    # the row's new value) while the archive held the old one.
+    seed_partitioned(pg, default=default)
+    original = table_ids(pg)
+    done: list[tuple[set[int], set[int]]] = []
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, tables=TABLES,
+                                  defaults={"batch_size": 50, "expired_partitions": "drop"}))
+    results, code = run_archive(cfg, hook=OnceAt(point, lambda: done.append(change(pg_dsn))))
+    assert code == ExitCode.OK and results[0].status == "completed", results
+    (gone, new), = done
+    store = LocalStorage(tmp_path / "archive")
+    assert_invariant(original - gone | new, table_ids(pg), archived_ids(store))
+    assert not [m for m in manifests(store) if m.partition and m.partition["name"] == "audit_logs_m00"]
+    assert "audit_logs_m00" in partitions_of(pg)  # changed since its export: emptied row by row, not dropped
+    emails: Counter[str] = Counter()
+    for info in store.list(""):
+        if info.key.endswith(".parquet"):
+            emails.update(batch_writer.decode(store.get(info.key), fmt="parquet", columns=["email"])[0]
+                          .column("email").to_pylist())
+    assert emails["changed"] == 1  # the row as written, archived once
