@@ -23,10 +23,12 @@ ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "
 CHANGING = frozenset("cnd")
 
 # Top-level constraints only (conparentid = 0): PostgreSQL clones a partitioned referencing table's
-# constraint onto each partition, and the parent's covers them all. The table itself or, when it is
-# a partition, any of its ancestors may be the one referenced (pg_partition_ancestors lists the
-# table and its ancestors; no rows for a table that is not partitioned). Column names come from the
-# referenced relation's attributes, which a partition shares by name, not necessarily by number.
+# constraint onto each partition, and the parent's covers them all. The table itself, when it is a
+# partition any of its ancestors (pg_partition_ancestors), and when it is partitioned any partition
+# below it (pg_partition_tree: a foreign key may name one leaf; deleting through the parent fires
+# it all the same) may be the one referenced; both list the table itself too, and nothing for a
+# table that is not partitioned. Column names come from the referenced relation's attributes, which
+# a partition shares by name, not necessarily by number.
 REFERENCES_SQL = """
 SELECT c.conname, n.nspname, r.relname, c.confdeltype, c.condeferrable,
        array(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(num, i)
@@ -37,7 +39,8 @@ FROM pg_constraint c
 JOIN pg_class r ON r.oid = c.conrelid
 JOIN pg_namespace n ON n.oid = r.relnamespace
 WHERE c.contype = 'f' AND c.conparentid = 0
-  AND (c.confrelid = %(oid)s OR c.confrelid IN (SELECT relid FROM pg_partition_ancestors(%(oid)s)))
+  AND (c.confrelid = %(oid)s OR c.confrelid IN (SELECT relid FROM pg_partition_ancestors(%(oid)s))
+       OR c.confrelid IN (SELECT relid FROM pg_partition_tree(%(oid)s)))
 ORDER BY n.nspname, r.relname, c.conname
 """
 

@@ -26,6 +26,7 @@ from common.config import load_config
 from common.exit_codes import ExitCode
 from common.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
+from schema_support import seed_partitioned
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPIRED = "created_at < now() - interval '90 days'"
@@ -225,6 +226,34 @@ def test_references_to_a_partitioned_table_are_found_from_the_table_and_its_part
     (ref,) = read_references(pg, oid)
     assert (ref.constraint, ref.name, ref.action_name) == ("part_refs_part_ts_part_id_fkey", "public.part_refs", "RESTRICT")
     assert (ref.columns, ref.referenced) == (("part_ts", "part_id"), ("created_at", "id"))
+
+
+def test_a_reference_to_one_leaf_is_found_from_the_partitioned_table(pg: psycopg.Connection[Any]) -> None:
+    pg.execute("CREATE TABLE audit_parts (id bigint, created_at timestamptz, PRIMARY KEY (id, created_at))"
+               " PARTITION BY RANGE (created_at)")
+    pg.execute("CREATE TABLE audit_parts_2024 PARTITION OF audit_parts FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')")
+    pg.execute("CREATE TABLE leaf_refs (part_id bigint, part_ts timestamptz, FOREIGN KEY (part_id, part_ts)"
+               " REFERENCES audit_parts_2024 (id, created_at) ON DELETE CASCADE)")
+    (ref,) = read_references(pg, pg.execute("SELECT 'audit_parts'::regclass::oid").fetchone()[0])
+    assert (ref.name, ref.action_name, ref.referenced) == ("public.leaf_refs", "CASCADE", ("id", "created_at"))
+
+
+@pytest.mark.parametrize("mode", ["keep", "drop"])
+def test_a_cascade_to_one_leaf_refuses_the_partitioned_table(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
+                                                            mode: str) -> None:
+    # Only the parent and its ancestors were read: the cascade deleted every referencing row (keep),
+    # or the DROP failed on the dependency and left the leaf detached (drop).
+    seed_partitioned(pg)
+    pg.execute("CREATE TABLE notes (ev_id bigint, ev_ts timestamptz, FOREIGN KEY (ev_id, ev_ts)"
+               " REFERENCES audit_logs_m00 (id, created_at) ON DELETE CASCADE)")
+    pg.execute("INSERT INTO notes SELECT id, created_at FROM audit_logs_m00 ORDER BY id LIMIT 5")
+    original = table_ids(pg)
+    cfg = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "audit_logs", "timestamp_column": "created_at"}],
+                      defaults={"expired_partitions": mode})
+    results, code = run_archive(load_config(cfg))
+    assert code == ExitCode.FAILURE and "notes_ev_id_ev_ts_fkey of public.notes (ON DELETE CASCADE)" in str(results[0].error)
+    assert table_ids(pg) == original and pg.execute("SELECT count(*) FROM notes").fetchone() == (5,)
+    assert list(LocalStorage(tmp_path / "archive").list("")) == []
 
 
 # -- the dry run --------------------------------------------------------------------------------
