@@ -3,6 +3,7 @@ deleted) and how far archiving got. Written atomically: temp file, fsync, rename
 corrupt file is reported and set aside, never trusted."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -42,13 +43,29 @@ class Checkpoint:
                 "updated_at": self.updated_at, "retiring": self.retiring}
 
 
+#: Longest file name a checkpoint's own name may take: file systems allow 255 bytes, and
+#: ".undigested", ".corrupt-<time>" and atomic_write's temporary suffix come on top.
+NAME_BYTES = 160
+
+
+def _short(quoted: str, *names: str) -> str:
+    """A percent-quoted name, or when longer than NAME_BYTES its start and a hash of the names:
+    PostgreSQL allows 63-byte schema and table names, and quoted non-ASCII ones (three bytes per
+    byte) made a file name too long for the file system, failing every run of such a table.
+    Names that fit keep the file they always had."""
+    if len(quoted) <= NAME_BYTES:
+        return quoted
+    digest = hashlib.sha256("\0".join(names).encode()).hexdigest()[:32]
+    return f"{quoted[:NAME_BYTES - 33]}~{digest}"
+
+
 class CheckpointStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
 
     def path(self, database: str, schema: str, table: str) -> Path:
         q = lambda s: quote(s, safe="-_.")  # noqa: E731 - hostile names stay inside the directory
-        return self.directory / q(database) / f"{q(schema)}.{q(table)}.json"
+        return self.directory / _short(q(database), database) / f"{_short(f'{q(schema)}.{q(table)}', schema, table)}.json"
 
     def load(self, database: str, schema: str, table: str) -> Checkpoint | None:
         """The saved checkpoint, None when there is none; raises CorruptCheckpoint (after moving the

@@ -181,6 +181,29 @@ def test_hostile_table_name_is_quoted_not_executed(tmp_path: Path, pg_dsn: str, 
                         if not layout.is_control_key(k))  # the run digest: <table>/_digests/
 
 
+#: PostgreSQL's longest names (63 bytes), non-ASCII: percent-quoted, 189 bytes each.
+LONG_SCHEMA = "Ü \"q\" " + "ü" * 28
+LONG_TABLE = "Täble \"x\" " + "é" * 26
+
+
+def test_longest_non_ascii_names_are_archived(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
+                                              bucket: str, moto_server: str, s3_client: Any) -> None:
+    # The checkpoint's file name was the quoted schema and table: ~380 bytes, and every run failed
+    # with "File name too long" (S3 keys may be 1,024 bytes: the archive itself was never the limit).
+    assert len(LONG_SCHEMA.encode()) == 63 and len(LONG_TABLE.encode()) == 63
+    rel = sql.SQL("{}.{}").format(sql.Identifier(LONG_SCHEMA), sql.Identifier(LONG_TABLE))
+    pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(LONG_SCHEMA)))
+    pg.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, created_at timestamptz NOT NULL)").format(rel))
+    pg.execute(sql.SQL("INSERT INTO {} SELECT g, now() - g * interval '1 day' + interval '1 hour'"
+                       " FROM generate_series(1, 120) g").format(rel))
+    cfg = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
+                      tables=[{"name": LONG_TABLE, "schema": LONG_SCHEMA, "timestamp_column": "created_at"}])
+    results, code = run_archive(load_config(cfg))
+    assert code == ExitCode.OK and results[0].rows == 30, results
+    assert pg.execute(sql.SQL("SELECT count(*) FROM {}").format(rel)).fetchone() == (90,)
+    assert all(len(p.name.encode()) <= 200 for p in (tmp_path / "checkpoints").rglob("*"))
+
+
 def test_one_failing_table_does_not_stop_the_others(tmp_path: Path, pg_dsn: str, small_audit: Any) -> None:
     cfg = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "no_such_table"}, {"name": "audit_logs"}])
     result = CliRunner().invoke(cli, ["--config", str(cfg)])
