@@ -220,9 +220,7 @@ def drop_verified(conn: psycopg.Connection[Any], sel: Selection, leaf_doc: dict[
 
 
 def has_default(conn: psycopg.Connection[Any], parent: tuple[str, str]) -> bool:
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = %s::regclass"
-                       " AND partdefid <> 0)", (qualified(*parent).as_string(conn),)).fetchone()
-    return bool(row and row[0])
+    return default_partition(conn, parent) is not None
 
 
 def leaf_state(conn: psycopg.Connection[Any], doc: dict[str, Any]) -> str:
@@ -289,10 +287,56 @@ def _name(doc: dict[str, Any]) -> str:
     return f"{doc['schema']}.{doc['name']}"
 
 
-def attach(conn: psycopg.Connection[Any], leaf_doc: dict[str, Any]) -> None:
-    """Put a detached leaf back (its bound from the catalog, recorded in the checkpoint)."""
-    run_ddl(conn, sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
-        qualified(*leaf_doc["parent"]), qualified(leaf_doc["schema"], leaf_doc["name"]), sql.SQL(leaf_doc["bound"])))
+def attach(conn: psycopg.Connection[Any], leaf_doc: dict[str, Any], *, constraint: str | None = None,
+           ctx: dict[str, str] | None = None) -> None:
+    """Put a detached leaf back (its bound from the catalog, recorded in the checkpoint). Rows
+    written to its range through the table while it was detached went to the parent's default
+    partition, and the ATTACH refuses a default holding rows of the range: with the leaf's
+    partition constraint (recorded before its detach), they are moved into the leaf and the leaf
+    attached in one transaction. Without that, the leaf stayed detached, holding rows that had
+    not been archived, and every later run failed the same way."""
+    parent, rel = qualified(*leaf_doc["parent"]), qualified(leaf_doc["schema"], leaf_doc["name"])
+    statement = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(parent, rel, sql.SQL(leaf_doc["bound"]))
+    try:
+        run_ddl(conn, statement)
+        return
+    except psycopg.errors.CheckViolation:
+        default = default_partition(conn, tuple(leaf_doc["parent"]))  # type: ignore[arg-type]
+        if constraint is None or default is None:
+            raise
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in _stored_columns(conn, rel))
+    with conn.transaction():
+        # From the catalog (pg_get_partition_constraintdef), not user input.
+        moved = conn.execute(sql.SQL(
+            "WITH moved AS (DELETE FROM {d} WHERE {c} RETURNING {cols})"
+            " INSERT INTO {rel} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved").format(
+            d=default, c=sql.SQL(constraint), cols=cols, rel=rel)).rowcount  # type: ignore[arg-type]
+        conn.execute(statement)
+    log.warning("%d rows written to the range of partition %s while it was detached went to the default partition;"
+                " moved into it, and it is attached again", moved, _name(leaf_doc), extra=ctx or {})
+
+
+def default_partition(conn: psycopg.Connection[Any], parent: tuple[str, str]) -> sql.Composed | None:
+    row = conn.execute("SELECT n.nspname, c.relname FROM pg_partitioned_table pt JOIN pg_class c ON c.oid = pt.partdefid"
+                       " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE pt.partrelid = %s::regclass",
+                       (qualified(*parent).as_string(conn),)).fetchone()
+    conn.commit()
+    return qualified(row[0], row[1]) if row else None
+
+
+def _stored_columns(conn: psycopg.Connection[Any], rel: sql.Composed) -> list[str]:
+    """The columns an INSERT may write (not dropped, not generated), in order."""
+    rows = conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+                        " AND NOT attisdropped AND attgenerated = '' ORDER BY attnum", (rel.as_string(conn),)).fetchall()
+    conn.commit()
+    return [r[0] for r in rows]
+
+
+def partition_constraint(conn: psycopg.Connection[Any], oid: int) -> str | None:
+    """The leaf's partition constraint as SQL (with its ancestors'), while it is attached."""
+    row = conn.execute("SELECT pg_get_partition_constraintdef(%s)", (oid,)).fetchone()
+    conn.commit()
+    return row[0] if row else None
 
 
 def settle(conn: psycopg.Connection[Any], sel: Selection, cp: Checkpoint, *, ctx: dict[str, str]) -> dict[str, Any] | None:
@@ -322,7 +366,7 @@ def settle(conn: psycopg.Connection[Any], sel: Selection, cp: Checkpoint, *, ctx
         log.info("interrupted retirement of partition %s: already dropped", name, extra=ctx)
         return None
     if r.get("rows") is None or not _verified(conn, sel, r):
-        attach(conn, doc)
+        attach(conn, doc, constraint=r.get("constraint"), ctx=ctx)
         log.warning("partition %s was detached holding rows that were not archived; attached again, its batches"
                     " are taken back and its rows archived again", name, extra=ctx)
         return None

@@ -25,7 +25,7 @@ from archiver.encoding import Encoded
 from archiver.hooks import Hook
 from archiver.ledger import MoveLedger
 from archiver.partitions import (Leaf, attach, count_leaf, detach, drop_verified, holds_unarchivable, leaf_selection,
-                                 leaves, whole_before)
+                                 leaves, partition_constraint, whole_before)
 from archiver.pipeline import BatchPipeline, Stored
 from archiver.reader import Batch
 from archiver.selection import Selection
@@ -141,7 +141,9 @@ class Retirer:
         rows = sum(enc.rows for enc, _ in stored)
         doc = leaf.doc()
         snapshot = self.snapshots.pop(leaf.oid)
-        self.ledger.cp.retiring = {"leaf": doc, "mode": self.mode, "step": "archived", "rows": rows, "snapshot": snapshot}
+        constraint = partition_constraint(self.conn, leaf.oid)  # to attach it again next to a default partition
+        self.ledger.cp.retiring = {"leaf": doc, "mode": self.mode, "step": "archived", "rows": rows, "snapshot": snapshot,
+                                   "constraint": constraint}
         self.ledger.save()
         if not self._still_retirable(leaf, rows, snapshot):
             return self._take_back(stored, "rows were written to it since its export", leaf)
@@ -153,7 +155,7 @@ class Retirer:
         with drop_verified(self.conn, self.sel, doc, rows=rows, drop=self.mode == "drop", snapshot=snapshot) as verified:
             if not verified.ok:
                 self.conn.rollback()
-                attach(self.conn, doc)
+                attach(self.conn, doc, constraint=constraint, ctx=self.ctx)
                 return self._take_back(stored, f"rows were written to it during its detach ({verified.rows} rows,"
                                        f" {rows} archived, {verified.written_since} written since the export)", leaf)
             for enc, location in stored:

@@ -242,3 +242,33 @@ def test_a_row_written_to_a_leaf_after_its_export_is_archived_as_written(
             emails.update(batch_writer.decode(store.get(info.key), fmt="parquet", columns=["email"])[0]
                           .column("email").to_pylist())
     assert emails["changed"] == 1  # the row as written, archived once
+
+
+def test_a_leaf_attached_again_takes_back_the_rows_its_range_sent_to_the_default(
+        tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture) -> None:
+    # After the plain DETACH (next to a default partition), a row written into the detached table
+    # fails its check, and a row written to its range through the table lands in the default: the
+    # ATTACH refused that default, the leaf stayed detached with a row never archived, and every
+    # later run failed the same way.
+    caplog.set_level(logging.INFO, logger="archiver")
+    seed_partitioned(pg, default=True)
+    original = table_ids(pg)
+    new: set[int] = set()
+
+    def write_twice() -> None:
+        with psycopg.connect(pg_dsn, autocommit=True) as other:
+            ts = other.execute("SELECT min(created_at) FROM audit_logs_m00").fetchone()[0]
+            # the detached table has no identity of its own: the id is given
+            new.add(other.execute("INSERT INTO audit_logs_m00 (id, created_at, email) VALUES (9000001, %s, 'late')"
+                                  " RETURNING id", (ts,)).fetchone()[0])
+            new.add(other.execute("INSERT INTO audit_logs (created_at, email) VALUES (%s, 'late') RETURNING id",
+                                  (ts,)).fetchone()[0])
+
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, tables=TABLES,
+                                  defaults={"batch_size": 50, "expired_partitions": "drop"}))
+    results, code = run_archive(cfg, hook=OnceAt("after_detach", write_twice))
+    assert code == ExitCode.OK and results[0].status == "completed", results
+    assert len(new) == 2 and "moved into it, and it is attached again" in caplog.text
+    assert "audit_logs_m00" in partitions_of(pg)
+    assert_invariant(original | new, table_ids(pg), archived_ids(LocalStorage(tmp_path / "archive")))
+    assert pg.execute(EXPIRED).fetchone() == (0,)
