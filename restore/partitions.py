@@ -28,10 +28,12 @@ log = logging.getLogger("restore")
 # The bound is catalog text the archiver recorded, but a manifest is only as trustworthy as the
 # bucket that holds it and the text is spliced into DDL, so only the shape pg_get_expr prints is
 # accepted: the keywords of a bound, single-quoted literals, numbers, parentheses and commas. No
-# semicolon, comment, identifier, cast, dollar or E'' quote can pass, and a backslash is refused
-# anywhere (with standard_conforming_strings off it could end a literal early): the worst a forged
-# bound can do is give the recreated partition a wrong range.
-_TOKEN = re.compile(r"'(?:[^'\\]|'')*'|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|[(),]|[A-Za-z]+|\s+")
+# semicolon, comment, identifier, cast, dollar or E'' quote can pass: the worst a forged bound can
+# do is give the recreated partition a wrong range. A backslash inside a literal is a character
+# like any other, as pg_get_expr printed it: recreate() sets standard_conforming_strings for its
+# statement, so it cannot end a literal early ('ACME\Corp' of a LIST leaf was refused, and with
+# it every restore of the table).
+_TOKEN = re.compile(r"'(?:[^']|'')*'|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|[(),]|[A-Za-z]+|\s+")
 _WORDS = frozenset({"FOR", "VALUES", "FROM", "TO", "IN", "WITH", "MODULUS", "REMAINDER", "MINVALUE", "MAXVALUE",
                     "NULL", "TRUE", "FALSE"})
 #: What PostgreSQL raises when the bound collides with the table as it is now: an existing
@@ -74,7 +76,7 @@ class PartitionPlan:
 
 def check_bound(bound: str, *, key: str) -> str:
     """The bound, if it has the shape pg_get_expr prints for a partition bound; raises otherwise."""
-    pos, ok = 0, bound.startswith("FOR VALUES ") and "\\" not in bound
+    pos, ok = 0, bound.startswith("FOR VALUES ")
     while ok and pos < len(bound):
         m = _TOKEN.match(bound, pos)
         ok = m is not None and (not m.group()[0].isalpha() or m.group().upper() in _WORDS)
@@ -133,6 +135,8 @@ def recreate(conn: psycopg.Connection[Any], leaf: Leaf) -> str | None:
         qualified(leaf.schema, leaf.name), qualified(*leaf.parent), sql.SQL(leaf.bound))  # type: ignore[arg-type]
     conn.execute("SAVEPOINT pg_archiver_partition")
     try:
+        # check_bound's guarantee rests on it (a backslash in a literal stays a character)
+        conn.execute("SET LOCAL standard_conforming_strings = on")
         conn.execute(statement)
     except _REFUSED as exc:
         conn.execute("ROLLBACK TO SAVEPOINT pg_archiver_partition")

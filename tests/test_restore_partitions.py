@@ -17,7 +17,7 @@ from common.exit_codes import ExitCode
 from conftest import make_config
 from restore import render
 from restore.engine import restore
-from restore.partitions import check_bound
+from restore.partitions import Leaf, check_bound, recreate
 from restore_support import dump
 from schema_support import partitions_of, seed_partitioned
 
@@ -145,6 +145,9 @@ def test_a_detached_leaf_kept_as_a_table_is_not_recreated(
     "FOR VALUES FROM (-5, 10) TO (7.5e3, MAXVALUE)",
     "FOR VALUES IN ('a', NULL, true)",
     "FOR VALUES WITH (modulus 4, remainder 1)",
+    "FOR VALUES IN ('ACME\\Corp', 'O''Brien; DROP')",
+    # with standard_conforming_strings (recreate sets it): the two values `x\` and `);DROP TABLE t;--`
+    "FOR VALUES IN ('x\\', ');DROP TABLE t;--')",
 ])
 def test_bounds_as_pg_get_expr_prints_them_are_accepted(bound: str) -> None:
     assert check_bound(bound, key="k") == bound
@@ -153,7 +156,6 @@ def test_bounds_as_pg_get_expr_prints_them_are_accepted(bound: str) -> None:
 @pytest.mark.parametrize("bound", [
     "DEFAULT",
     "FOR VALUES FROM ('2025-01-01') TO ('2025-02-01'); DROP TABLE audit_logs",
-    "FOR VALUES IN ('x\\', ');DROP TABLE t;--')",  # a backslash could end the literal early
     "FOR VALUES FROM (now()) TO (MAXVALUE)",
     "FOR VALUES IN ('a') -- comment",
     "FOR VALUES IN (E'a')",
@@ -164,3 +166,15 @@ def test_bounds_as_pg_get_expr_prints_them_are_accepted(bound: str) -> None:
 def test_anything_else_in_a_manifest_bound_is_refused(bound: str) -> None:
     with pytest.raises(DataIntegrityError, match="not a partition bound"):
         check_bound(bound, key="k")
+
+
+def test_a_list_bound_with_a_backslash_is_recreated_with_its_values(pg: psycopg.Connection[Any]) -> None:
+    pg.execute("CREATE TABLE tenants (id int, tenant text, PRIMARY KEY (id, tenant)) PARTITION BY LIST (tenant)")
+    pg.execute("SET standard_conforming_strings = off")  # a session where a backslash would escape
+    bound = "FOR VALUES IN ('ACME\\Corp', 'O''Brien; DROP')"
+    with pg.transaction():
+        assert recreate(pg, Leaf("public", "tenants_acme", ("public", "tenants"), check_bound(bound, key="k"))) is None
+    pg.execute("RESET standard_conforming_strings")
+    pg.execute("INSERT INTO tenants VALUES (1, 'ACME\\Corp'), (2, 'O''Brien; DROP')")
+    got = pg.execute("SELECT tenant FROM tenants_acme ORDER BY id").fetchall()
+    assert got == [("ACME\\Corp",), ("O'Brien; DROP",)]
