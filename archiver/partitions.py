@@ -419,6 +419,9 @@ def describe(conn: psycopg.Connection[Any], sel: Selection, oid: int, *, mode: s
         elif whole_before(conn, sel, leaf):  # retirable() refused the table: a `where` or a foreign key
             action = (f"wholly before the cutoff, but {held_back(sel)} keeps it: expired rows archived and deleted "
                       "row by row")
+        elif not leaf.uppers:  # no level above it is a range on the timestamp column alone
+            action = (f"its bounds are not a range of {sel.table.timestamp_column} alone, so they cannot show it wholly"
+                      " before the cutoff: expired rows archived and deleted row by row")
         else:
             action = "not wholly before the cutoff: expired rows archived and deleted row by row"
         yield f"    partition {leaf.qualified_name} ({leaf.bound}): {action}"

@@ -272,3 +272,16 @@ def test_a_leaf_attached_again_takes_back_the_rows_its_range_sent_to_the_default
     assert "audit_logs_m00" in partitions_of(pg)
     assert_invariant(original | new, table_ids(pg), archived_ids(LocalStorage(tmp_path / "archive")))
     assert pg.execute(EXPIRED).fetchone() == (0,)
+
+
+def test_dry_run_says_why_leaves_partitioned_by_another_column_go_row_by_row(tmp_path: Path, pg_dsn: str,
+                                                                              pg: psycopg.Connection[Any]) -> None:
+    from schema_support import archiver
+    pg.execute("CREATE TABLE audit_logs (id bigint, created_at timestamptz NOT NULL, PRIMARY KEY (id))"
+               " PARTITION BY RANGE (id)")
+    pg.execute("CREATE TABLE audit_logs_low PARTITION OF audit_logs FOR VALUES FROM (0) TO (1000)")
+    pg.execute("INSERT INTO audit_logs SELECT g, now() - interval '200 days' FROM generate_series(1, 10) g")
+    proc = archiver(make_config(tmp_path, dsn=pg_dsn, tables=TABLES, defaults={"expired_partitions": "drop"}), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert ("partition public.audit_logs_low (FOR VALUES FROM ('0') TO ('1000')): its bounds are not a range of"
+            " created_at alone" in proc.stdout), proc.stdout
