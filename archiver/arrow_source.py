@@ -7,8 +7,6 @@ it halved the archiver's client CPU for reading and cut the server's COPY time b
 it only reads, in autocommit, so every query is one statement with one snapshot."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import TracebackType
 
 import adbc_driver_manager
@@ -66,19 +64,13 @@ class ArrowSource:
         """The whole result of one query (callers bound it with LIMIT)."""
         return self._run(query)
 
-    @contextmanager
-    def snapshot(self) -> Iterator[str]:
-        """The queries inside read in one REPEATABLE READ transaction, so they all see the same
-        rows; yields that snapshot (txid_current_snapshot() as text), against which a later
-        statement can tell a row written since (archiver/partitions.py count_leaf)."""
-        self._run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        try:
-            yield str(self._run("SELECT txid_current_snapshot()::text").column(0)[0].as_py())
-        finally:
-            try:
-                self._run("COMMIT")  # read only: nothing to keep; after a failed read it ends the aborted block
-            except DatabaseError:
-                pass  # a connection the server dropped: its transaction ended with it
+    def snapshot(self) -> str:
+        """The database's snapshot now (txid_current_snapshot() as text): taken before a leaf's
+        first read, it sees no row written after any of the leaf's reads began, so a later count
+        can tell such a row (archiver/partitions.py count_leaf). Not one transaction around all the
+        reads: that kept one snapshot open for as long as a leaf took to read, waits on the
+        pipeline included, holding back vacuum's horizon for the whole database meanwhile."""
+        return str(self._run("SELECT txid_current_snapshot()::text AS snapshot").column(0)[0].as_py())
 
     def _run(self, query: str) -> pa.Table:
         try:

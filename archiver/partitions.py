@@ -150,10 +150,13 @@ class LeafCount:
 
 def count_leaf(conn: psycopg.Connection[Any], sel: Selection, relation: sql.Composable, *,
                commit: bool = True, snapshot: str | None = None) -> LeafCount:
-    """All of a relation's rows, those the predicate would not archive, and (given the snapshot
-    the leaf was exported in: ArrowSource.snapshot) those that snapshot did not see. A row the
-    export saw was written by a transaction committed before it; any row written since, by an
-    update, an insert, or a delete undone by an insert, has an xmin the snapshot does not see."""
+    """All of a relation's rows, those the predicate would not archive, and (given a snapshot
+    taken before the leaf's first read: ArrowSource.snapshot) those that snapshot does not see.
+    Any row written since, by an update, an insert, or a delete undone by an insert, has an xmin
+    it does not see. So when none is unseen, every row now in the leaf existed before each read
+    and was exported by the read of its range; with the count equal, the leaf holds exactly the
+    rows exported. A row committed between the snapshot and the read of its range is unseen too,
+    though exported: the leaf then goes row by row, which is safe."""
     pred, _ = sel.predicate(literal=True)
     since: sql.Composable = sql.SQL("0")
     if snapshot is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +47,8 @@ class Retirer:
     ctx: dict[str, str]
     #: (selection, stop) -> the leaf's batches
     read: Callable[[Selection, threading.Event], Iterable[Batch]]
-    #: the reader's session in one snapshot for a leaf's reads (ArrowSource.snapshot)
-    snapshot: Callable[[], AbstractContextManager[str]]
+    #: the database's snapshot, taken before a leaf's first read (ArrowSource.snapshot)
+    snapshot: Callable[[], str]
     encode: Callable[[Batch, Selection], Encoded]
     #: pipeline factory: (read, encode, begin) -> BatchPipeline
     pipeline: Callable[..., BatchPipeline]
@@ -108,13 +107,13 @@ class Retirer:
         for leaf in todo:
             if stop.is_set():
                 return
-            # All of a leaf in one snapshot: windows read one after the other saw different rows,
-            # and a change between them could leave the count right over different rows.
-            with self.snapshot() as snap:
-                self.snapshots[leaf.oid] = snap
-                for batch in self.read(sels[leaf.oid], stop):
-                    batch.origin = leaf
-                    yield batch
+            # Every row the leaf's reads saw was committed by then, or later: a row the detach-time
+            # count finds that this snapshot does not see was written since, or read (when
+            # committed between the snapshot and its window) and the leaf goes row by row anyway.
+            self.snapshots[leaf.oid] = self.snapshot()
+            for batch in self.read(sels[leaf.oid], stop):
+                batch.origin = leaf
+                yield batch
 
     def _encoder(self, sels: dict[int, Selection]) -> Callable[[Batch], Encoded]:
         def encode(batch: Batch) -> Encoded:
