@@ -43,20 +43,23 @@ class Checkpoint:
                 "updated_at": self.updated_at, "retiring": self.retiring}
 
 
-#: Longest file name a checkpoint's own name may take: file systems allow 255 bytes, and
-#: ".undigested", ".corrupt-<time>" and atomic_write's temporary suffix come on top.
-NAME_BYTES = 160
+#: Longest `<schema>.<table>` part of a checkpoint's file name: file systems allow 255 bytes, and
+#: ".json" (5) and atomic_write's temporary ".tmp-<name>.<8>.part" (19) or ".corrupt-<time>" (19)
+#: come on top. Every name up to it could always be saved, and keeps its file; a longer one never
+#: could (every run failed), so it alone is shortened: no checkpoint is lost to an upgrade.
+NAME_BYTES = 255 - 5 - 19
+#: A database's folder, with no suffix.
+FOLDER_BYTES = 255
 
 
-def _short(quoted: str, *names: str) -> str:
-    """A percent-quoted name, or when longer than NAME_BYTES its start and a hash of the names:
+def _short(quoted: str, *names: str, limit: int) -> str:
+    """A percent-quoted name, or when longer than `limit` its start and a hash of the names:
     PostgreSQL allows 63-byte schema and table names, and quoted non-ASCII ones (three bytes per
-    byte) made a file name too long for the file system, failing every run of such a table.
-    Names that fit keep the file they always had."""
-    if len(quoted) <= NAME_BYTES:
+    byte) made a file name too long for the file system, failing every run of such a table."""
+    if len(quoted) <= limit:
         return quoted
     digest = hashlib.sha256("\0".join(names).encode()).hexdigest()[:32]
-    return f"{quoted[:NAME_BYTES - 33]}~{digest}"
+    return f"{quoted[:limit - 33]}~{digest}"
 
 
 class CheckpointStore:
@@ -65,7 +68,8 @@ class CheckpointStore:
 
     def path(self, database: str, schema: str, table: str) -> Path:
         q = lambda s: quote(s, safe="-_.")  # noqa: E731 - hostile names stay inside the directory
-        return self.directory / _short(q(database), database) / f"{_short(f'{q(schema)}.{q(table)}', schema, table)}.json"
+        folder = _short(q(database), database, limit=FOLDER_BYTES)
+        return self.directory / folder / f"{_short(f'{q(schema)}.{q(table)}', schema, table, limit=NAME_BYTES)}.json"
 
     def load(self, database: str, schema: str, table: str) -> Checkpoint | None:
         """The saved checkpoint, None when there is none; raises CorruptCheckpoint (after moving the

@@ -201,7 +201,23 @@ def test_longest_non_ascii_names_are_archived(tmp_path: Path, pg_dsn: str, pg: p
     results, code = run_archive(load_config(cfg))
     assert code == ExitCode.OK and results[0].rows == 30, results
     assert pg.execute(sql.SQL("SELECT count(*) FROM {}").format(rel)).fetchone() == (90,)
-    assert all(len(p.name.encode()) <= 200 for p in (tmp_path / "checkpoints").rglob("*"))
+    assert all(len(p.name.encode()) <= 255 for p in (tmp_path / "checkpoints").rglob("*"))
+
+
+@pytest.mark.parametrize(("schema", "table", "same"), [
+    ("public", "audit_logs", True),
+    ("s" * 63, "t" * 63, True),  # 127 bytes quoted
+    ("Ü" * 31, "é" * 7, True),  # 229 bytes quoted: saved before, keeps its file
+    ("Ü" * 31, "é" * 8, False),  # 235 bytes: its temporary file's name was too long, every run failed
+])
+def test_checkpoint_names_that_could_be_saved_keep_their_file(tmp_path: Path, schema: str, table: str, same: bool) -> None:
+    from urllib.parse import quote
+    from archiver.checkpoint import Checkpoint, CheckpointStore
+    store = CheckpointStore(tmp_path)
+    legacy = f"{quote(schema, safe='-_.')}.{quote(table, safe='-_.')}.json"
+    assert (store.path("db", schema, table).name == legacy) is same
+    store.save(Checkpoint("db", schema, table))
+    assert store.load("db", schema, table) is not None
 
 
 def test_one_failing_table_does_not_stop_the_others(tmp_path: Path, pg_dsn: str, small_audit: Any) -> None:
