@@ -26,6 +26,10 @@ SESSION_SETTINGS = {
     "extra_float_digits": "1",
     "bytea_output": "hex",
     "client_encoding": "UTF8",
+    # How string literals read and print (pg_get_expr of a partition bound, which restore turns
+    # back into CREATE TABLE ... PARTITION OF): a backslash is a character, as by default since
+    # PostgreSQL 9.1, even where a database or role turned it off.
+    "standard_conforming_strings": "on",
 }
 
 METADATA_KEY = b"pg_archiver"

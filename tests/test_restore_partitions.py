@@ -178,3 +178,21 @@ def test_a_list_bound_with_a_backslash_is_recreated_with_its_values(pg: psycopg.
     pg.execute("INSERT INTO tenants VALUES (1, 'ACME\\Corp'), (2, 'O''Brien; DROP')")
     got = pg.execute("SELECT tenant FROM tenants_acme ORDER BY id").fetchall()
     assert got == [("ACME\\Corp",), ("O'Brien; DROP",)]
+
+
+def test_a_bound_is_recorded_as_it_reads_back_where_the_database_turns_standard_strings_off(
+        pg: psycopg.Connection[Any], pg_dsn: str) -> None:
+    # There pg_get_expr doubles a backslash ('ACME\\Corp'); restore reads bounds with the setting on,
+    # so it would have created a partition for the value `ACME\\Corp`, and no row would fit it.
+    from archiver.partitions import leaves
+    from common.db import apply_settings
+    from common.pgtypes import SESSION_SETTINGS
+    dbname = pg.execute("SELECT current_database()").fetchone()[0]
+    pg.execute(f'ALTER DATABASE "{dbname}" SET standard_conforming_strings = off')
+    pg.execute("CREATE TABLE tenants (id int, tenant text, created_at timestamptz, PRIMARY KEY (id, tenant))"
+               " PARTITION BY LIST (tenant)")
+    pg.execute("CREATE TABLE tenants_acme PARTITION OF tenants FOR VALUES IN (E'ACME\\\\Corp')")
+    with psycopg.connect(pg_dsn) as conn:
+        apply_settings(conn, SESSION_SETTINGS)
+        (leaf,) = leaves(conn, conn.execute("SELECT 'tenants'::regclass::oid").fetchone()[0], "created_at")
+    assert leaf.bound == "FOR VALUES IN ('ACME\\Corp')"
