@@ -152,33 +152,30 @@ def count_leaf(conn: psycopg.Connection[Any], sel: Selection, relation: sql.Comp
                commit: bool = True, snapshot: str | None = None) -> LeafCount:
     """All of a relation's rows, those the predicate would not archive, and (given a snapshot
     taken before the leaf's first read: ArrowSource.snapshot) those that snapshot does not see.
-    Any row written since, by an update, an insert, or a delete undone by an insert, has an xmin
-    it does not see. So when none is unseen, every row now in the leaf existed before each read
-    and was exported by the read of its range; with the count equal, the leaf holds exactly the
-    rows exported. A row committed between the snapshot and the read of its range is unseen too,
-    though exported: the leaf then goes row by row, which is safe."""
+    A row it sees was committed before every read of the leaf began, so the read of its range
+    exported it; any row written since, by an update, an insert, or a delete undone by an insert,
+    is unseen. So when none is unseen and the count is equal, the leaf holds exactly the rows
+    exported. A row committed between the snapshot and the read of its range is unseen too,
+    though exported: the leaf then goes row by row, which is safe.
+
+    Rows older than the snapshot's xmin (the oldest transaction running then) are seen: age()
+    tells those first, cheaply and across wraparound, and only younger rows take the exact test
+    (txid_visible_in_snapshot on xmin's 64-bit form: ~140 ms per 1.2M rows, against ~40 for age()).
+    The age test alone would refuse every leaf written after some long transaction began, in any
+    database of the cluster."""
     pred, _ = sel.predicate(literal=True)
     since: sql.Composable = sql.SQL("0")
     if snapshot is not None:
-        since = sql.SQL("count(*) FILTER (WHERE NOT txid_visible_in_snapshot({}, {}::txid_snapshot))").format(
-            _xmin_txid(conn), sql.Literal(snapshot))
+        oldest = int(snapshot.split(":")[0]) & 0xFFFFFFFF  # txid_snapshot text: xmin:xmax:xip,...
+        since = sql.SQL("count(*) FILTER (WHERE age(xmin) <= age({}::xid)"
+                        " AND NOT txid_visible_in_snapshot({}, {}::txid_snapshot))").format(
+            sql.Literal(str(oldest)), _xmin_txid(conn), sql.Literal(snapshot))
     row = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE NOT ({})), {} FROM {}").format(
         pred, since, relation)).fetchone()
     if commit:
         conn.commit()
     assert row is not None
     return LeafCount(int(row[0]), int(row[1]), int(row[2]))
-
-
-def _xmin_txid(conn: psycopg.Connection[Any]) -> sql.Composed:
-    """A row's xmin as a 64-bit txid (xmin is 32 bits; txid_visible_in_snapshot takes the epoch
-    too): the current epoch's, or the one before for an xmin above the next xid's low 32 bits.
-    Every live row's xmin lies within 2^31 transactions of the next one (wraparound protection)."""
-    row = conn.execute("SELECT txid_snapshot_xmax(txid_current_snapshot())").fetchone()
-    assert row is not None
-    nxt = int(row[0])
-    return sql.SQL("({} + xmin::text::bigint - CASE WHEN xmin::text::bigint > {} THEN 4294967296 ELSE 0 END)").format(
-        sql.Literal(nxt >> 32 << 32), sql.Literal(nxt & 0xFFFFFFFF))
 
 
 def holds_unarchivable(conn: psycopg.Connection[Any], sel: Selection, relation: sql.Composable) -> bool:
@@ -190,6 +187,17 @@ def holds_unarchivable(conn: psycopg.Connection[Any], sel: Selection, relation: 
     row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE NOT ({}))").format(relation, pred)).fetchone()
     conn.commit()
     return bool(row and row[0])
+
+
+def _xmin_txid(conn: psycopg.Connection[Any]) -> sql.Composed:
+    """A row's xmin as a 64-bit txid (xmin is 32 bits; txid_visible_in_snapshot takes the epoch
+    too): the current epoch's, or the one before for an xmin above the next xid's low 32 bits.
+    Every live row's xmin lies within 2^31 transactions of the next one (wraparound protection)."""
+    row = conn.execute("SELECT txid_snapshot_xmax(txid_current_snapshot())").fetchone()
+    assert row is not None
+    nxt = int(row[0])
+    return sql.SQL("({} + xmin::text::bigint - CASE WHEN xmin::text::bigint > {} THEN 4294967296 ELSE 0 END)").format(
+        sql.Literal(nxt >> 32 << 32), sql.Literal(nxt & 0xFFFFFFFF))
 
 
 @dataclass
