@@ -298,7 +298,7 @@ def _name(doc: dict[str, Any]) -> str:
     return f"{doc['schema']}.{doc['name']}"
 
 
-def attach(conn: psycopg.Connection[Any], leaf_doc: dict[str, Any], *, constraint: str | None = None,
+def attach(conn: psycopg.Connection[Any], sel: Selection, leaf_doc: dict[str, Any], *, constraint: str | None = None,
            ctx: dict[str, str] | None = None) -> None:
     """Put a detached leaf back (its bound from the catalog, recorded in the checkpoint). Rows
     written to its range through the table while it was detached went to the parent's default
@@ -315,7 +315,8 @@ def attach(conn: psycopg.Connection[Any], leaf_doc: dict[str, Any], *, constrain
         default = default_partition(conn, tuple(leaf_doc["parent"]))  # type: ignore[arg-type]
         if constraint is None or default is None:
             raise
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in _stored_columns(conn, rel))
+    # The table's columns an INSERT may write (a partition has the same, by name): not generated ones.
+    cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in sel.schema.columns if not c.generated)
     with conn.transaction():
         # From the catalog (pg_get_partition_constraintdef), not user input.
         moved = conn.execute(sql.SQL(
@@ -333,14 +334,6 @@ def default_partition(conn: psycopg.Connection[Any], parent: tuple[str, str]) ->
                        (qualified(*parent).as_string(conn),)).fetchone()
     conn.commit()
     return qualified(row[0], row[1]) if row else None
-
-
-def _stored_columns(conn: psycopg.Connection[Any], rel: sql.Composed) -> list[str]:
-    """The columns an INSERT may write (not dropped, not generated), in order."""
-    rows = conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
-                        " AND NOT attisdropped AND attgenerated = '' ORDER BY attnum", (rel.as_string(conn),)).fetchall()
-    conn.commit()
-    return [r[0] for r in rows]
 
 
 def partition_constraint(conn: psycopg.Connection[Any], oid: int) -> str | None:
@@ -377,7 +370,7 @@ def settle(conn: psycopg.Connection[Any], sel: Selection, cp: Checkpoint, *, ctx
         log.info("interrupted retirement of partition %s: already dropped", name, extra=ctx)
         return None
     if r.get("rows") is None or not _verified(conn, sel, r):
-        attach(conn, doc, constraint=r.get("constraint"), ctx=ctx)
+        attach(conn, sel, doc, constraint=r.get("constraint"), ctx=ctx)
         log.warning("partition %s was detached holding rows that were not archived; attached again, its batches"
                     " are taken back and its rows archived again", name, extra=ctx)
         return None

@@ -154,7 +154,7 @@ class Retirer:
         with drop_verified(self.conn, self.sel, doc, rows=rows, drop=self.mode == "drop", snapshot=snapshot) as verified:
             if not verified.ok:
                 self.conn.rollback()
-                attach(self.conn, doc, constraint=constraint, ctx=self.ctx)
+                attach(self.conn, self.sel, doc, constraint=constraint, ctx=self.ctx)
                 return self._take_back(stored, f"rows were written to it during its detach ({verified.rows} rows,"
                                        f" {rows} archived, {verified.written_since} written since the export)", leaf)
             for enc, location in stored:

@@ -20,7 +20,7 @@ from psycopg import sql
 from common import batch_writer
 from common.catalog import ArchiveObject, Catalog
 from common.errors import UsageError, first_line
-from common.pgtypes import Column
+from common.pgtypes import Column, bytea_texts
 
 VIEW = "archive"
 #: The row number erase's matching() adds to judge rows one object at a time.
@@ -68,7 +68,7 @@ def union_schema(objects: list[ArchiveObject]) -> pa.Schema:
 def _as_text(arr: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
         # bytea in PostgreSQL's text form, as JSONL archives hold it
-        return pa.chunked_array([pa.array([None if v is None else "\\x" + v.hex() for v in arr.to_pylist()], pa.string())])
+        return pa.chunked_array([bytea_texts(arr)])
     return pc.cast(arr, pa.string())
 
 

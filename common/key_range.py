@@ -8,6 +8,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common.pgtypes import bytea_text
+
 
 def iso(v: Any) -> str:
     return v.isoformat() if hasattr(v, "isoformat") else str(v)
@@ -19,7 +21,7 @@ def jsonable(v: Any) -> Any:
     if isinstance(v, bytes):
         # bytea's own text form, which casts back exactly: str() gave "b'm'", a different bytea
         # (or no valid one), so a resumed run started from the wrong key.
-        return "\\x" + v.hex()
+        return bytea_text(v)
     return v if isinstance(v, (int, str, float)) or v is None else str(v)
 
 

@@ -245,8 +245,14 @@ def from_arrow_read(table: pa.Table, schema: TableSchema, *, native: set[str], e
     return pa.table(arrays, names=extra + schema.names), encodings
 
 
-def _encode_bytea(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return pa.array([None if v is None else "\\x" + v.hex() for v in arr.to_pylist()], pa.string())
+def bytea_text(value: bytes) -> str:
+    """A bytea in PostgreSQL's hex text form (bytea_output = hex), which casts back exactly."""
+    return "\\x" + value.hex()
+
+
+def bytea_texts(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """bytea_text of every value of a binary array, NULLs kept."""
+    return pa.array([None if v is None else bytea_text(v) for v in arr.to_pylist()], pa.string())
 
 
 def to_copy_csv(table: pa.Table, schema: TableSchema, encodings: dict[str, str]) -> bytes:
@@ -256,7 +262,7 @@ def to_copy_csv(table: pa.Table, schema: TableSchema, encodings: dict[str, str])
         arr = table.column(name)
         col = schema.column(name)
         if encodings.get(name) == "native" and col.typname == "bytea":
-            arr = _encode_bytea(arr)
+            arr = bytea_texts(arr)
         cols.append(arr)
     out = io.BytesIO()
     pacsv.write_csv(pa.table(cols, names=table.column_names), out,

@@ -19,6 +19,8 @@ from typing import IO, Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.pgtypes import bytea_text
+
 FORMATS = ("table", "csv", "jsonl", "parquet")
 #: Rows the table format sizes its columns on (later, longer values are cut with an ellipsis).
 TABLE_SAMPLE = 200
@@ -38,7 +40,7 @@ def text_value(value: Any) -> str:
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, bytes):
-        return "\\x" + value.hex()
+        return bytea_text(value)
     return str(value)
 
 

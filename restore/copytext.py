@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common.pgtypes import bytea_texts
+
 #: Characters the text format needs escaped inside a value, backslash first.
 _ESCAPES = (("\\", "\\\\"), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 _NULL = "\\N"
@@ -31,8 +33,7 @@ def to_copy_text(table: pa.Table) -> Iterator[pa.Buffer]:
 
 def _column(arr: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_binary(arr.type):  # bytea in its natural form: PostgreSQL's hex text form
-        arr = pa.chunked_array([pa.array([None if v is None else "\\x" + v.hex() for v in arr.to_pylist()],
-                                         pa.string())], pa.string())
+        arr = pa.chunked_array([bytea_texts(arr)], pa.string())
     if pa.types.is_timestamp(arr.type) and arr.type.tz is not None:
         # The instant as naive UTC: printed ~20x faster than a zoned value, same value in a UTC session.
         arr = arr.cast(pa.timestamp(arr.type.unit))
