@@ -9,18 +9,26 @@ the rows get archived again, by the normal path). A resumed batch's rows are nev
 the checkpoint does not hold the exported rows' xmins, so a row updated between the export and the
 rerun could not be told apart, and deleting it would lose the update. Archiving the batch again
 costs one upload. A corrupt checkpoint is set aside and the table's manifests are scanned instead,
-so an unfinished move is never forgotten."""
+so an unfinished move is never forgotten.
+
+With rows kept (delete_after_archive: false) reading resumes from a position, not from what the
+table holds, so the position moves only past batches that are archived, in read order: the first
+one that is not holds it, and the stored batches after it are taken back (their rows are read
+again). Uploads run in parallel, so a kill can leave a later batch stored and an earlier not."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from decimal import Decimal
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from archiver.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint
-from common.key_range import iso, jsonable
+from common.key_range import iso, jsonable, natural_column
 from archiver.selection import Bound
 from archiver.sink import ArchiveSink
 from common import batch_writer, layout
@@ -110,17 +118,49 @@ class MoveLedger:
                 log.info("Resuming from checkpoint: %s after position %s", self.name, self.cp.position, extra=self.ctx)
             return 0
         resumed = 0
+        gap: str | None = None  # rows kept: the first batch in read order that is not archived
         for entry in list(self.cp.pending):
             manifest = Manifest(**{k: v for k, v in entry.items() if k in Manifest.__dataclass_fields__})
             log.info("Resuming from checkpoint: %s position %s, interrupted batch %s", self.name,
                      self.cp.position or "start", manifest.key, extra=self.ctx)
-            self._finish_interrupted(manifest, sink=sink, keys=keys, count_present=count_present)
+            if gap is not None:
+                self._behind_gap(manifest, gap, sink=sink, keys=keys, count_present=count_present)
+            elif (data := self._finish_interrupted(manifest, sink=sink, keys=keys, count_present=count_present)) is not None:
+                if not self.delete_after_archive:
+                    self.cp.position = entry.get("position_after") or last_row_position(data, manifest, keys)
+            elif not self.delete_after_archive:
+                # Reading goes on from the position, so it must not pass rows no object holds.
+                gap = manifest.key
             self.cp.pending.remove(entry)
-            if not self.delete_after_archive:
-                self.cp.position = entry.get("position_after") or {"ts": manifest.max_ts, "pk": manifest.max_pk}
             self.save()
             resumed += 1
         return resumed
+
+    def _behind_gap(self, m: Manifest, gap: str, *, sink: ArchiveSink, keys: Sequence[str],
+                    count_present: CountPresent) -> None:
+        """Rows kept, and an earlier batch was not archived: reading resumes before it and will
+        reach this batch's rows again. Taken back when all of them are still in the table, so
+        they are archived once; kept when some are gone (the archive is their only copy), at the
+        price of the others being archived twice."""
+        for store in _stores(sink):
+            if store.head(m.key) is None:
+                continue
+            data = store.get(m.key)
+            try:
+                m.check(data)
+            except DataIntegrityError:
+                sink.remove(m.key, store.location)
+                continue
+            if _rows_present(data, m, keys, count_present) == m.rows:
+                sink.withdraw(m.key, store.location)
+                log.info("interrupted batch %s taken back: the earlier batch %s was not archived, and the run"
+                         " resumes before it", m.key, gap, extra=self.ctx)
+                return
+            self._write_manifest(store, m)
+            log.warning("interrupted batch %s kept (some of its rows are no longer in the table); the earlier"
+                        " batch %s was not archived, so the rest of its rows will be archived a second time",
+                        m.key, gap, extra=self.ctx)
+            return
 
     def _load(self, sink: ArchiveSink, prefix: str) -> Checkpoint:
         try:
@@ -128,7 +168,8 @@ class MoveLedger:
         except CorruptCheckpoint as exc:
             log.error("%s; scanning this table's archives for unfinished moves", exc, extra=self.ctx)
             cp = Checkpoint(self.database, self.schema, self.table)
-            cp.pending = sorted(self._scan_manifests(_stores(sink), prefix), key=lambda m: (m["max_ts"], str(m["max_pk"])))
+            # In read order, so that a resumed run (rows kept) starts after the last one.
+            cp.pending = sorted(self._scan_manifests(_stores(sink), prefix), key=lambda m: (m["max_ts"], _ordered(m["max_pk"])))
         return cp or Checkpoint(self.database, self.schema, self.table)
 
     def _scan_manifests(self, stores: list[Storage], prefix: str) -> list[dict[str, Any]]:
@@ -143,7 +184,8 @@ class MoveLedger:
         return list(found.values())
 
     def _finish_interrupted(self, m: Manifest, *, sink: ArchiveSink, keys: Sequence[str],
-                            count_present: CountPresent) -> None:
+                            count_present: CountPresent) -> bytes | None:
+        """Finish the move (returns the archived object's bytes) or take it back (None)."""
         for store in _stores(sink):
             if store.head(m.key) is None:
                 continue
@@ -158,18 +200,52 @@ class MoveLedger:
                 sink.withdraw(m.key, store.location)
                 log.info("interrupted move of %s taken back: %d of its %d rows are still in the table and will be archived again",
                          m.key, present, m.rows, extra=self.ctx)
-                return
-            if all(store.head(k) is None for k in layout.manifest_keys(m.key)):
-                mb = m.to_bytes()
-                store.put(layout.manifest_key(m.key), mb, sha256=sha256_hex(mb))
+                return None
+            self._write_manifest(store, m)
             if self.delete_after_archive:
                 log.info("finished the interrupted move of %s: its %d rows were already deleted", m.key, m.rows, extra=self.ctx)
-            return
+            return data
         log.info("interrupted batch %s never reached storage; its rows stay in the table and will be archived again", m.key, extra=self.ctx)
+        return None
+
+    @staticmethod
+    def _write_manifest(store: Storage, m: Manifest) -> None:
+        if all(store.head(k) is None for k in layout.manifest_keys(m.key)):
+            mb = m.to_bytes()
+            store.put(layout.manifest_key(m.key), mb, sha256=sha256_hex(mb))
 
 
 def _stores(sink: ArchiveSink) -> list[Storage]:
     return [s for s in (sink.primary, sink.fallback) if s is not None]
+
+
+def last_row_position(data: bytes, m: Manifest, keys: Sequence[str]) -> dict[str, Any]:
+    """position_after() of a stored batch that names none (a checkpoint older than
+    position_after, or manifests scanned after a corrupt one): its last row in read order,
+    (timestamp, key). Not (max_ts, max_pk), which may come from two rows: resuming there passed
+    the rows of max_ts with a key between the two. Text keys are compared bytewise here, where
+    PostgreSQL uses the column's collation: only rows sharing the last timestamp can differ."""
+    rows, schema, _, _ = batch_writer.decode(data, fmt=m.format, columns=[m.timestamp_column, *keys])
+    natural = pa.table({n: natural_column(rows, n, schema) for n in (m.timestamp_column, *keys)})
+    last = pc.sort_indices(natural, sort_keys=[(n, "descending") for n in natural.column_names])[0].as_py()
+    values = [natural.column(k)[last].as_py() for k in keys]
+    return {"ts": iso(natural.column(0)[last].as_py()), "pk": jsonable(values[0] if len(values) == 1 else values)}
+
+
+def _ordered(pk: Any) -> Any:
+    """A manifest key (JSON) in its natural order, for manifests sharing their max_ts: numbers as
+    numbers (str() put "99" after "100"; numeric keys are written as text, NaN after every
+    number as in PostgreSQL), the rest as text, a composite key column by column."""
+    if isinstance(pk, list):
+        return tuple(_ordered(v) for v in pk)
+    if isinstance(pk, (int, float)) and not isinstance(pk, bool):
+        return (0, Decimal(pk))
+    if isinstance(pk, str) and _NUMBER.fullmatch(pk):
+        return (0, Decimal(pk))
+    return (2, "") if pk == "NaN" else (1, str(pk))
+
+
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
 def _rows_present(data: bytes, m: Manifest, keys: Sequence[str], count_present: CountPresent) -> int:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,29 @@ def test_kill_at_random_moments_loses_and_duplicates_no_rows(tmp_path: Path, pg_
     final = archiver(sc.config)
     assert final.returncode == 0, final.stderr
     sc.check()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_rows_kept_killed_at_random_moments_every_expired_row_is_archived_once(
+        tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str, moto_server: str,
+        seed: int) -> None:
+    """delete_after_archive: false resumes from a position: a kill while later uploads had landed
+    and an earlier one had not moved it past rows that no object held (archived never)."""
+    kept = {"batch_size": 2, "delete_after_archive": False}
+    sc = Scenario(tmp_path, pg_dsn, pg, s3_client, bucket, moto_server, defaults={**kept, "sleep_seconds": 0.03})
+    expired = {r[0] for r in pg.execute("SELECT id FROM audit_logs WHERE created_at < now() - interval '90 days'")}
+    rng = random.Random(seed)
+    for _attempt in range(2):
+        target = len(stored_manifests(sc.s3)) + rng.randint(1, 15)
+        proc = start_archiver(sc.config)
+        wait_until(lambda: len(stored_manifests(sc.s3)) >= target, f"{target} stored objects", proc=proc)
+        proc.kill()
+        proc.communicate(timeout=30)
+    sc.reconfigure(defaults=kept)
+    final = archiver(sc.config)
+    assert final.returncode == 0, final.stderr
+    assert table_ids(pg) == sc.original
+    assert archived_ids(sc.s3, sc.fallback) == Counter(expired)
 
 
 def test_corrupt_checkpoint_is_reported_and_the_move_still_finishes(scenario: Scenario) -> None:

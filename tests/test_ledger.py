@@ -239,3 +239,86 @@ def test_a_pending_entry_without_position_after_falls_back_to_the_manifest_range
     ledger = world.ledger(delete_after_archive=False)
     world.recover(ledger)
     assert world.saved().position == {"ts": move.manifest.max_ts, "pk": move.manifest.max_pk}
+
+
+# -- rows kept (delete_after_archive: false): the position never passes a batch not archived --
+
+def test_rows_kept_a_batch_that_never_reached_storage_holds_the_position_before_it(world: World) -> None:
+    """Uploads run in parallel: a kill can leave a later batch stored and an earlier one not. The
+    rerun reads on from the position, so moving it past the missing batch would leave its rows
+    out of the archive for good; the later batch, whose rows stay in the table, is taken back so
+    that they are archived once, in order, not twice."""
+    first, lost, later = make_move([1, 2]), make_move([3, 4]), make_move([5, 6])
+    world.ledger(delete_after_archive=False).begin([first, lost, later])
+    store_object(world.primary, first)
+    store_object(world.primary, later)
+    world.in_table = {1, 2, 3, 4, 5, 6}
+    ledger = world.ledger(delete_after_archive=False)
+    assert world.recover(ledger) == 3
+    saved = world.saved()
+    assert saved.pending == [] and saved.position == position_after(first.hi)
+    assert {o.key for o in world.primary.list("")} == {first.manifest.key, layout.manifest_key(first.manifest.key)}
+
+
+def test_rows_kept_an_incomplete_upload_holds_the_position_before_it(world: World) -> None:
+    first, torn = make_move([1, 2]), make_move([3, 4])
+    world.ledger(delete_after_archive=False).begin([first, torn])
+    store_object(world.primary, first)
+    world.primary.put(torn.manifest.key, torn.data[:-7], sha256=sha256_hex(torn.data[:-7]))
+    world.in_table = {1, 2, 3, 4}
+    world.recover(world.ledger(delete_after_archive=False))
+    assert world.saved().position == position_after(first.hi)
+    assert world.primary.head(torn.manifest.key) is None
+
+
+def test_rows_kept_a_later_batch_whose_rows_are_gone_is_kept_not_taken_back(world: World) -> None:
+    """The application deleted its rows since: the archive is their only copy."""
+    first, lost, later = make_move([1, 2]), make_move([3, 4]), make_move([5, 6])
+    world.ledger(delete_after_archive=False).begin([first, lost, later])
+    store_object(world.primary, first)
+    store_object(world.primary, later)
+    world.in_table = {1, 2, 3, 4, 5}
+    world.recover(world.ledger(delete_after_archive=False))
+    assert world.saved().position == position_after(first.hi)
+    assert world.primary.get(later.manifest.key) == later.data
+    assert world.primary.head(layout.manifest_key(later.manifest.key)) is not None
+
+
+def make_rows_move(rows: list[tuple[int, int]]) -> Move:
+    """A batch of (id, hour) rows, in read order (timestamp, then id)."""
+    start = datetime(DAY.year, DAY.month, DAY.day, tzinfo=timezone.utc)
+    ids, stamps = [i for i, _ in rows], [start + timedelta(hours=h) for _, h in rows]
+    move = make_move(ids)
+    table = pa.table({"id": pa.array(ids, pa.int64()), "created_at": pa.array(stamps, pa.timestamp("us", tz="UTC"))})
+    data = batch_writer.encode(table, fmt="parquet", level=3, schema=ARCHIVE_SCHEMA,
+                               encodings={"id": "native", "created_at": "native"}, extra_meta={})
+    digest = sha256_hex(data)
+    m = move.manifest
+    m.key = layout.object_key("", DB, SCHEMA, TABLE, DAY, f"part-{DAY:%Y%m%d}-{digest[:20]}.parquet")
+    m.sha256, m.size, m.min_ts, m.max_ts = digest, len(data), min(stamps).isoformat(), max(stamps).isoformat()
+    return Move(m, data, (stamps[-1], ids[-1]))
+
+
+def corrupt_and_recover_kept(world: World, *moves: Move) -> Checkpoint:
+    for move in moves:
+        store_object(world.primary, move)
+    world.in_table = {i for move in moves for i in range(move.manifest.min_pk, move.manifest.max_pk + 1)}
+    world.checkpoints.save(Checkpoint(DB, SCHEMA, TABLE))
+    path = world.checkpoints.path(DB, SCHEMA, TABLE)
+    path.write_text(path.read_text()[:20])
+    world.recover(world.ledger(delete_after_archive=False))
+    return world.saved()
+
+
+def test_rows_kept_after_a_corrupt_checkpoint_the_position_follows_numeric_key_order(world: World) -> None:
+    """Two batches of one timestamp (a bulk insert cut by the batch size): the scan ordered them by
+    str(max_pk), "99" after "100", and the rerun archived ids 100 and 101 a second time."""
+    first, second = make_rows_move([(98, 5), (99, 5)]), make_rows_move([(100, 5), (101, 5)])
+    assert corrupt_and_recover_kept(world, second, first).position == position_after(second.hi)
+
+
+def test_rows_kept_after_a_corrupt_checkpoint_the_position_is_the_last_row_not_max_ts_and_max_pk(world: World) -> None:
+    """max_pk (9) comes from an earlier row than max_ts: resuming after (hour 5, 9) skipped the
+    rows of hour 5 with ids 6 to 9 (the batch ended at (hour 5, 5))."""
+    move = make_rows_move([(9, 4), (5, 5)])
+    assert corrupt_and_recover_kept(world, move).position == {"ts": "2024-01-01T05:00:00+00:00", "pk": 5}
