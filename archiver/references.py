@@ -76,13 +76,18 @@ class Reference:
     def describe(self) -> str:
         return f"foreign key {self.constraint} of {self.name} (ON DELETE {self.action_name})"
 
-    def exists(self, outer: sql.Composable) -> sql.Composed:
+    def exists(self, outer: sql.Composable, *, other_rows: bool = False) -> sql.Composed:
         """EXISTS a row of the referencing table that points at the row of `outer` (the archived
         table's qualified name). A NULL in a referencing column matches nothing, as for the
-        constraint itself (MATCH SIMPLE: such a row references nothing)."""
+        constraint itself (MATCH SIMPLE: such a row references nothing). With `other_rows` (a
+        reference from the table to itself) the row itself does not count: PostgreSQL deletes a
+        row that references itself, even under RESTRICT, and such a row was kept forever."""
         cond = sql.SQL(" AND ").join(
             sql.SQL("{a}.{col} = {outer}.{ref}").format(a=ALIAS, col=sql.Identifier(col), outer=outer, ref=sql.Identifier(ref))
             for col, ref in zip(self.columns, self.referenced))
+        if other_rows:  # tableoid too: two partitions' rows may share a ctid
+            cond = sql.SQL("{cond} AND ({a}.tableoid, {a}.ctid) <> ({outer}.tableoid, {outer}.ctid)").format(
+                cond=cond, a=ALIAS, outer=outer)
         return sql.SQL("EXISTS (SELECT 1 FROM {rel} AS {a} WHERE {cond})").format(
             rel=qualified(self.schema, self.table), a=ALIAS, cond=cond)
 

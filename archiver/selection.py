@@ -59,15 +59,20 @@ class Selection(ExpiredRows):
         pred, params = super().predicate(literal=literal)
         if not self.references:
             return pred, params
-        free = [sql.SQL("NOT ") + r.exists(self.relation) for r in self.references]
+        free = [sql.SQL("NOT ") + self._referenced(r) for r in self.references]
         return sql.SQL(" AND ").join([pred, *free]), params
 
     def kept_query(self) -> sql.Composed:
         """How many expired rows stay because a foreign key references them: the expiry predicate
         with the references' part negated (one statement per table run)."""
         pred, _ = super().predicate(literal=True)
-        held = sql.SQL(" OR ").join(r.exists(self.relation) for r in self.references)
+        held = sql.SQL(" OR ").join(self._referenced(r) for r in self.references)
         return sql.SQL("SELECT count(*) FROM {rel} WHERE {pred} AND ({held})").format(rel=self.relation, pred=pred, held=held)
+
+    def _referenced(self, ref: Reference) -> sql.Composed:
+        """The row is referenced (by a row other than itself, when the table references itself)."""
+        own = (ref.schema, ref.table) == (self.table.schema_, self.table.name)
+        return ref.exists(self.relation, other_rows=own)
 
     def export_query(self, *, limit: int, lower: Bound | None, by_key: bool, all_text: bool,
                      upper: Any = None) -> tuple[sql.Composed, set[str]]:

@@ -194,6 +194,24 @@ def test_self_reference_moves_children_first_and_parents_once_free(world: World)
     world.check()
 
 
+def test_a_row_that_references_itself_is_archived_not_kept_forever(world: World) -> None:
+    """A thread's root pointing at itself (parent_id = id): PostgreSQL deletes such a row even
+    under RESTRICT, so nothing but the row itself holds it."""
+    c = world.conn
+    c.execute("ALTER TABLE audit_logs ADD COLUMN parent_id bigint REFERENCES audit_logs (id) ON DELETE RESTRICT")
+    old = sorted(expired_ids(c))
+    root, child = old[10], old[40]
+    c.execute("UPDATE audit_logs SET parent_id = id WHERE id = ANY(%s)", ([root, old[20]],))
+    c.execute("UPDATE audit_logs SET parent_id = %s WHERE id = %s", (root, child))
+    first = archiver(world.config)
+    assert first.returncode == ExitCode.OK, first.stderr
+    assert expired_ids(c) == {root} and old[20] in world.archived()
+    second = archiver(world.config)
+    assert second.returncode == ExitCode.OK, second.stderr
+    assert expired_ids(c) == set()
+    world.check()
+
+
 def test_reference_to_a_unique_column_that_is_not_the_key_keeps_its_rows(tmp_path: Path, pg_dsn: str,
                                                                          pg: psycopg.Connection[Any]) -> None:
     seed_audit(pg, rows=200, days=130)
