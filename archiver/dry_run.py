@@ -13,6 +13,7 @@ from typing import Any
 from psycopg import sql
 
 from archiver import partitions
+from archiver.delete_guard import DeletesRefused, check_deletes
 from archiver.references import Reference, kept_message, read_references, refusal
 from archiver.selection import Selection
 from archiver.table_check import inspect_table
@@ -75,6 +76,11 @@ def _table_lines(conn: Any, cfg: Config, t: Any, now: datetime) -> tuple[list[st
         conn.rollback()
         return [f"  {t.schema_}.{t.name}: key {key_words(keys)}, refused: {refusal(refs)}",
                 *(f"    {r.describe()}: {'refused' if r.changes_rows else 'the rows it references would be kept'}" for r in refs)], True
+    if deletes:
+        try:
+            check_deletes(conn, oid, f"{t.schema_}.{t.name}", retire=opts.expired_partitions != "keep")
+        except DeletesRefused as exc:
+            return [f"  {t.schema_}.{t.name}: key {key_words(keys)}, {exc}"], True
     sel = Selection(t, schema, cutoff_for(opts.retention_days, db_now), keys, tuple(refs) if deletes else ())
     lines = [_table_line(conn, sel, opts)]
     # a partitioned table: which leaves a run would retire whole (expired_partitions), which go row by row

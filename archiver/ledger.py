@@ -117,12 +117,19 @@ class MoveLedger:
             if self.cp.position and not self.delete_after_archive:
                 log.info("Resuming from checkpoint: %s after position %s", self.name, self.cp.position, extra=self.ctx)
             return 0
+        return self.finish_pending(sink=sink, keys=keys, count_present=count_present)
+
+    def finish_pending(self, *, sink: ArchiveSink, keys: Sequence[str], count_present: CountPresent,
+                       resuming: bool = True) -> int:
+        """Finish or take back every pending move, as after a crash (recover()); also called by
+        a run that must stop moving rows at once (archiver/delete_guard.py), with `resuming` off."""
         resumed = 0
         gap: str | None = None  # rows kept: the first batch in read order that is not archived
         for entry in list(self.cp.pending):
             manifest = Manifest(**{k: v for k, v in entry.items() if k in Manifest.__dataclass_fields__})
-            log.info("Resuming from checkpoint: %s position %s, interrupted batch %s", self.name,
-                     self.cp.position or "start", manifest.key, extra=self.ctx)
+            if resuming:
+                log.info("Resuming from checkpoint: %s position %s, interrupted batch %s", self.name,
+                         self.cp.position or "start", manifest.key, extra=self.ctx)
             if gap is not None:
                 self._behind_gap(manifest, gap, sink=sink, keys=keys, count_present=count_present)
             elif (data := self._finish_interrupted(manifest, sink=sink, keys=keys, count_present=count_present)) is not None:

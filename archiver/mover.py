@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
+from archiver.delete_guard import refused_by_database
 from archiver.encoding import Encoded, key_lists, typed_column
 from archiver.selection import Selection
 from common.errors import ArchiverError
@@ -24,18 +25,27 @@ DELETE_ATTEMPTS = 4
 class RowMover:
     def __init__(self, conn: psycopg.Connection[Any], sel: Selection, *, log_extra: dict[str, str]) -> None:
         self.conn, self.sel, self.ctx = conn, sel, log_extra
+        self.table = f"{sel.table.schema_}.{sel.table.name}"
 
     def delete_batch(self, enc: Encoded) -> int:
         """Delete the rows of one batch by their keys; how many went."""
-        return self._delete(self.sel.delete_query(key_lists(enc.keys), enc.xmins))
+        return self._delete(self.sel.delete_query(key_lists(enc.keys), enc.xmins), enc.manifest.key)
+
+    def count_unchanged(self, enc: Encoded) -> int:
+        """How many of the batch's rows are still in the table as exported (after a rollback)."""
+        query = self.sel.unchanged_query(key_lists(enc.keys), enc.xmins).as_bytes(self.conn)
+        row = self.conn.execute(query, prepare=False).fetchone()
+        self.conn.commit()
+        return int(row[0]) if row else 0
 
     def delete_group(self, group: Sequence[Encoded]) -> int:
         """Delete the rows of several batches of ONE read window in one statement: by key range
         where that is exact (Selection.range_delete_query), by their keys otherwise."""
         xmins = pa.chunked_array([enc.xmins for enc in group])
+        what = group[0].manifest.key + (f" and {len(group) - 1} more batches" if len(group) > 1 else "")
         if self.sel.range_delete_ok:
-            return self._delete(self.sel.range_delete_query(group[0].lo, group[-1].hi, xmins))
-        return self._delete(self.sel.delete_query(key_lists(pa.concat_tables([enc.keys for enc in group])), xmins))
+            return self._delete(self.sel.range_delete_query(group[0].lo, group[-1].hi, xmins), what)
+        return self._delete(self.sel.delete_query(key_lists(pa.concat_tables([enc.keys for enc in group])), xmins), what)
 
     def count_present(self, keys: pa.Table) -> int:
         """How many of these keys (the key columns of an archive object) are in the table."""
@@ -57,7 +67,9 @@ class RowMover:
     def rollback(self) -> None:
         self.conn.rollback()
 
-    def _delete(self, statement: Any) -> int:
+    def _delete(self, statement: Any, what: str) -> int:
+        """Run one DELETE (`what`: the batches it is for); a failure that will recur on every try
+        (a trigger that raises, a missing right) is DeletesRefused."""
         query = statement.as_bytes(self.conn)
         for attempt in range(DELETE_ATTEMPTS):
             try:
@@ -82,4 +94,10 @@ class RowMover:
                                         "the batch stays archived and its rows will be deleted on the next run") from None
                 log.warning("delete hit a lock timeout; retrying in %ds", 2 ** attempt, extra=self.ctx)
                 time.sleep(2 ** attempt)
+            except psycopg.Error as exc:
+                refused = refused_by_database(exc, self.table, what)
+                if refused is None:
+                    raise
+                self.conn.rollback()
+                raise refused from exc
         raise AssertionError("unreachable")

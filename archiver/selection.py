@@ -181,6 +181,14 @@ class Selection(ExpiredRows):
         (14+), and for integer keys the added range lets it walk one index range (measured on 5,000
         rows: 13-17 ms, vs 22-29 ms for a (pk, xmin) unnest join and 35+ ms for a generic plan).
         A composite key matches its row values against the unnest of one array per column."""
+        return sql.SQL("DELETE FROM {rel} WHERE {cond}").format(rel=self.relation, cond=self._exported(keys, xmins))
+
+    def unchanged_query(self, keys: KeyLists, xmins: pa.Array | pa.ChunkedArray) -> sql.Composed:
+        """How many rows delete_query would delete, read instead: after a delete removed fewer,
+        whether the rows changed since the export or something kept them (archiver/delete_guard.py)."""
+        return sql.SQL("SELECT count(*) FROM {rel} WHERE {cond}").format(rel=self.relation, cond=self._exported(keys, xmins))
+
+    def _exported(self, keys: KeyLists, xmins: pa.Array | pa.ChunkedArray | None) -> sql.Composed:
         pred, _ = self.predicate(literal=True)  # no parameters: a '%' in a key must stay a '%'
         parts: list[sql.Composable] = [self._key_match(keys)]
         if self.integer_pk and keys[0]:
@@ -188,7 +196,7 @@ class Selection(ExpiredRows):
         if xmins is not None:
             parts.append(self._xmin_check(xmins))
         parts.append(pred)
-        return sql.SQL("DELETE FROM {rel} WHERE {cond}").format(rel=self.relation, cond=sql.SQL(" AND ").join(parts))
+        return sql.SQL(" AND ").join(parts)
 
     @staticmethod
     def _xmin_check(xmins: pa.Array | pa.ChunkedArray) -> sql.Composable:

@@ -18,6 +18,7 @@ from archiver import partitions, reader
 from archiver.arrow_source import ArrowSource
 from archiver.checkpoint import Checkpoint, CheckpointStore
 from archiver.controls import RunControls
+from archiver.delete_guard import DeletesRefused, check_deletes, suppressed
 from archiver.digest import RunDigest
 from archiver.encoding import Encoded, encode_batch
 from archiver.hooks import Hook, no_hook
@@ -75,6 +76,8 @@ class TableJob:
         oid, schema, keys = inspect_table(self.conn, self.t)
         # Before anything is exported: a CASCADE / SET NULL / SET DEFAULT reference refuses the table.
         refs = blocking_references(self.conn, oid, self.result.name, deletes=self.opts.delete_after_archive)
+        if self.opts.delete_after_archive:  # so is a table whose rows the run could not delete
+            check_deletes(self.conn, oid, self.result.name, retire=self.opts.expired_partitions != "keep")
         self.now, self.result.clock_skew_seconds = database_now(self.conn, host_now=self.host_now, log=log, extra=self.ctx)
         self.conn.commit()
         self._apply_table_settings()
@@ -209,6 +212,14 @@ class TableJob:
                         pipe.stop_reading()
                     elif pipe.busy:
                         self.controls.pause_between_batches(self.opts, self.conn)
+        except DeletesRefused:
+            # Every delete would fail or keep the rows: the batches stored ahead of this one,
+            # pending, are taken back now (their rows are all in the table), not left in the
+            # archive until the next run.
+            self.ledger.save()
+            self.ledger.finish_pending(sink=self.sink, keys=self.sel.keys, count_present=self.mover.count_present,
+                                       resuming=False)
+            raise
         finally:
             # After the pipeline's exit: no upload is running any more. pending still names every
             # batch whose move did not finish (upload or delete failed, or a stop came first):
@@ -284,6 +295,8 @@ class TableJob:
             deleted = self.mover.delete_batch(enc)
             if deleted != m.rows:
                 self.mover.rollback()
+                if self.mover.count_unchanged(enc) == m.rows:
+                    raise suppressed(self.result.name, m.key, rows=m.rows, deleted=deleted)
                 self.sink.withdraw(m.key, location)
                 self.ledger.call_off(m)
                 self.result.rolled_back_batches += 1
