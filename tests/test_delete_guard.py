@@ -135,4 +135,4 @@ def test_retiring_partitions_needs_the_owner_and_says_so(
     keep = make_config(tmp_path, dsn=as_role(pg_dsn, role), bucket=bucket, endpoint=moto_server,
                        tables=[{**table, "expired_partitions": "keep"}])
     assert archiver(keep).returncode == ExitCode.OK
-    assert pg.execute(f"SELECT count(*) FROM audit_logs WHERE {EXPIRED}").fetchone()[0] == 0
+    assert pg.execute(f"SELECT count(*) FROM audit_logs WHERE {EXPIRED}").fetchone() == (0,)
