@@ -112,6 +112,9 @@ def classify(exc: BaseException) -> Classified:
 
     # The server answered in a live session (statement_timeout, lock_timeout, a deadlock): a
     # failed statement, whatever class psycopg files it under.
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return Classified(ExitCode.FAILURE, ErrorKind.CONFIG,
+                          f"the database role lacks a right: {first_line(exc)} (docs/runbooks.md: Database Roles)")
     if isinstance(exc, psycopg.OperationalError) and not session_lost(exc):
         what = "transaction rolled back" if isinstance(exc, psycopg.errors.TransactionRollback) else "statement canceled"
         return Classified(ExitCode.FAILURE, ErrorKind.DATABASE, f"{what} by the server: {first_line(exc)}")

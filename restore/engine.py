@@ -21,6 +21,7 @@ from restore.drift import ColumnPlan, plan_columns
 from restore.loader import STRATEGIES, Loader, ObjectResult, prefetched, prepare
 from restore.partitions import leaves_of, plan as partition_plan, recreate
 from restore.target import LiveTable, create_table, find_table, require_table, table_lock
+from restore.writers import check_writers
 
 log = logging.getLogger("restore")
 #: Room for one object's temporary table in memory (PostgreSQL's default is 8MB).
@@ -205,6 +206,7 @@ def _dry_run(conn: psycopg.Connection[Any], report: RestoreReport, ref: TableRef
         report.notes.append(f"{report.target} does not exist: it would be created from the archived schema")
     else:
         live = require_table(conn, *target)
+        check_writers(conn, live, strategy=report.strategy)
         plan_for, plans = _planner(live, allow_drop)
         _precheck(objects, plan_for)
         _record_plans(report, plans)
@@ -236,6 +238,7 @@ class _Job:
     def run(self, schema: str, table: str, *, creatable: bool) -> None:
         try:
             live = self._open_target(schema, table, creatable=creatable)
+            check_writers(self.conn, live, strategy=self.report.strategy)
             with table_lock(self.conn, live):
                 plan_for, plans = _planner(live, self.allow_drop)
                 _precheck(self.objects, plan_for)  # a drifted archive stops the run before any DDL

@@ -63,6 +63,8 @@ CASES: list[tuple[str, Callable[[int], BaseException], ExitCode, ErrorKind, str]
      ErrorKind.DATABASE, r"^statement canceled by the server: canceling statement due to statement timeout$"),
     ("session terminated", lambda _: from_server("SELECT pg_terminate_backend(pg_backend_pid())"), ExitCode.UNAVAILABLE,
      ErrorKind.DATABASE, r"^database unreachable: terminating connection due to administrator command"),
+    ("a right the role lacks", lambda _: from_server("SET ROLE pg_read_all_stats; SELECT * FROM pg_authid"), ExitCode.FAILURE,
+     ErrorKind.CONFIG, r"^the database role lacks a right: permission denied for table pg_authid \(docs/runbooks\.md"),
     ("libpq refused (raw)", refused_pg, ExitCode.UNAVAILABLE, ErrorKind.DATABASE, r"^database unreachable: connection .*refused"),
     ("common.db.connect refused", lambda port: raised(lambda: connect(f"host=127.0.0.1 port={port} dbname=x user=x", {})),
      ExitCode.UNAVAILABLE, ErrorKind.DATABASE_UNREACHABLE, r"^cannot connect to database 127\.0\.0\.1:\d+/x: .*refused"),

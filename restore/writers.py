@@ -1,0 +1,55 @@
+"""What would change the restored rows on their way into the target: BEFORE row triggers (on the
+table or the partitions the rows are routed to) and rules. Restore puts back what was archived,
+evidence included, so it refuses such a target before writing anything.
+
+Tried as production has it: a trigger stamping `created_at := now()` (forgery protection)
+restored every row with a new timestamp, exit 0; one returning NULL kept every row out and the
+report called them "skipped" (already present). Disabling the trigger on a live table would
+disable it for the application too, hence the first remedy: a new table (--target-table)."""
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from common.errors import ArchiverError, ErrorKind
+from restore.target import LiveTable
+
+#: pg_trigger.tgtype bits (PostgreSQL's trigger.h).
+ROW, BEFORE, INSERT, UPDATE, INSTEAD = 1, 2, 4, 16, 64
+
+# tgenabled 'O' and 'A' fire in a normal session ('R' only under session_replication_role =
+# replica, 'D' never); a trigger a partition inherits (tgparentid) is named once, on its table. A
+# rule applies to the table named in the statement only.
+WRITERS_SQL = """
+SELECT 'trigger ' || quote_ident(t.tgname) || ' on ' || t.tgrelid::regclass::text, t.tgtype
+FROM pg_trigger t
+WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgenabled IN ('O', 'A')
+  AND (t.tgrelid = %(oid)s OR t.tgrelid IN (SELECT relid FROM pg_partition_tree(%(oid)s)))
+UNION ALL
+SELECT 'rule ' || quote_ident(r.rulename), CASE r.ev_type WHEN '3' THEN %(insert)s ELSE %(update)s END
+FROM pg_rewrite r WHERE r.ev_class = %(oid)s AND r.ev_type IN ('2', '3')
+ORDER BY 1
+"""
+
+
+class TargetRewrites(ArchiverError):
+    """The target would change or drop restored rows: nothing is restored (exit 1)."""
+
+    kind = ErrorKind.CONFIG
+
+
+def check_writers(conn: psycopg.Connection[Any], live: LiveTable, *, strategy: str) -> None:
+    """Raise TargetRewrites when a BEFORE row trigger or a rule on INSERT (and, for overwrite, on
+    UPDATE) would see the restored rows."""
+    events = INSERT | (UPDATE if strategy == "overwrite" else 0)
+    rows = conn.execute(WRITERS_SQL, {"oid": live.oid, "insert": ROW | BEFORE | INSERT,
+                                      "update": ROW | BEFORE | UPDATE}).fetchall()
+    found = [name for name, tgtype in rows
+             if tgtype & ROW and tgtype & BEFORE and not tgtype & INSTEAD and tgtype & events]
+    if found:
+        raise TargetRewrites(
+            f"{live.name}: {', '.join(found)} would see every restored row before it is stored and may change or drop"
+            " it, so the table would not hold what was archived. Restore into a new table (--target-table), or"
+            " disable it for the restore (ALTER TABLE ... DISABLE TRIGGER; it then stops firing for the application"
+            " too)")
