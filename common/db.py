@@ -167,9 +167,19 @@ def find_table_oid(conn: psycopg.Connection[Any], schema: str, table: str) -> in
     return None if row is None else int(row[0])
 
 
+#: pg_class.relkind of relations that hold no rows of their own to archive or restore into.
+NOT_TABLES = {"v": "a view", "m": "a materialized view", "f": "a foreign table", "S": "a sequence", "i": "an index",
+              "I": "a partitioned index", "c": "a composite type", "t": "a TOAST table"}
+
+
 def table_oid(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
     oid = find_table_oid(conn, schema, table)
     if oid is None:
+        row = conn.execute("SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                           " WHERE n.nspname = %s AND c.relname = %s", (schema, table)).fetchone()
+        if row is not None:
+            what = NOT_TABLES.get(row[0], f"a relation of kind {row[0]!r}")
+            raise UsageError(f"{schema}.{table} is {what}, not a table: name the table its rows are stored in")
         raise UsageError(f"table {schema}.{table} does not exist")
     return oid
 

@@ -229,6 +229,20 @@ def test_one_failing_table_does_not_stop_the_others(tmp_path: Path, pg_dsn: str,
     assert "table public.audit_logs completed" in log
 
 
+@pytest.mark.parametrize(("ddl", "what"), [
+    ("CREATE VIEW audit_recent AS SELECT * FROM audit_logs", "a view"),
+    ("CREATE MATERIALIZED VIEW audit_recent AS SELECT * FROM audit_logs", "a materialized view"),
+])
+def test_a_view_in_the_config_is_named_as_such(tmp_path: Path, pg_dsn: str, small_audit: Any, ddl: str, what: str) -> None:
+    """Not "does not exist": it does, and the fix is to name the table the rows are stored in."""
+    small_audit.execute(ddl)
+    cfg = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "audit_recent"}])
+    result = CliRunner().invoke(cli, ["--config", str(cfg)])
+    assert result.exit_code == ExitCode.FAILURE
+    assert (f"table public.audit_recent failed: public.audit_recent is {what}, not a table: name the table its rows"
+            " are stored in") in (tmp_path / "archiver.log").read_text()
+
+
 def test_unreachable_database_exits_3_naming_host_not_password(tmp_path: Path, free_tcp_port: int,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARCHIVER_DB_PASSWORD", "hunter2-secret")
