@@ -149,25 +149,19 @@ class MoveLedger:
         reach this batch's rows again. Taken back when all of them are still in the table, so
         they are archived once; kept when some are gone (the archive is their only copy), at the
         price of the others being archived twice."""
-        for store in _stores(sink):
-            if store.head(m.key) is None:
-                continue
-            data = store.get(m.key)
-            try:
-                m.check(data)
-            except DataIntegrityError:
-                sink.remove(m.key, store.location)
-                continue
-            if _rows_present(data, m, keys, count_present) == m.rows:
-                sink.withdraw(m.key, store.location)
-                log.info("interrupted batch %s taken back: the earlier batch %s was not archived, and the run"
-                         " resumes before it", m.key, gap, extra=self.ctx)
-                return
-            self._write_manifest(store, m)
-            log.warning("interrupted batch %s kept (some of its rows are no longer in the table); the earlier"
-                        " batch %s was not archived, so the rest of its rows will be archived a second time",
-                        m.key, gap, extra=self.ctx)
+        found = self._verified_copy(m, sink)
+        if found is None:
             return
+        store, data = found
+        if _rows_present(data, m, keys, count_present) == m.rows:
+            sink.withdraw(m.key, store.location)
+            log.info("interrupted batch %s taken back: the earlier batch %s was not archived, and the run"
+                     " resumes before it", m.key, gap, extra=self.ctx)
+            return
+        self._write_manifest(store, m)
+        log.warning("interrupted batch %s kept (some of its rows are no longer in the table); the earlier"
+                    " batch %s was not archived, so the rest of its rows will be archived a second time",
+                    m.key, gap, extra=self.ctx)
 
     def _load(self, sink: ArchiveSink, prefix: str) -> Checkpoint:
         try:
@@ -193,6 +187,24 @@ class MoveLedger:
     def _finish_interrupted(self, m: Manifest, *, sink: ArchiveSink, keys: Sequence[str],
                             count_present: CountPresent) -> bytes | None:
         """Finish the move (returns the archived object's bytes) or take it back (None)."""
+        found = self._verified_copy(m, sink)
+        if found is None:
+            log.info("interrupted batch %s never reached storage; its rows stay in the table and will be archived again", m.key, extra=self.ctx)
+            return None
+        store, data = found
+        if self.delete_after_archive and (present := _rows_present(data, m, keys, count_present)):
+            sink.withdraw(m.key, store.location)
+            log.info("interrupted move of %s taken back: %d of its %d rows are still in the table and will be archived again",
+                     m.key, present, m.rows, extra=self.ctx)
+            return None
+        self._write_manifest(store, m)
+        if self.delete_after_archive:
+            log.info("finished the interrupted move of %s: its %d rows were already deleted", m.key, m.rows, extra=self.ctx)
+        return data
+
+    def _verified_copy(self, m: Manifest, sink: ArchiveSink) -> tuple[Storage, bytes] | None:
+        """The batch's first complete stored copy (primary, then fallback); an incomplete one is
+        removed on the way (its rows are still in the table)."""
         for store in _stores(sink):
             if store.head(m.key) is None:
                 continue
@@ -203,16 +215,7 @@ class MoveLedger:
                 log.warning("interrupted upload %s is incomplete (%s); removed, its rows stay in the table", m.key, exc, extra=self.ctx)
                 sink.remove(m.key, store.location)
                 continue
-            if self.delete_after_archive and (present := _rows_present(data, m, keys, count_present)):
-                sink.withdraw(m.key, store.location)
-                log.info("interrupted move of %s taken back: %d of its %d rows are still in the table and will be archived again",
-                         m.key, present, m.rows, extra=self.ctx)
-                return None
-            self._write_manifest(store, m)
-            if self.delete_after_archive:
-                log.info("finished the interrupted move of %s: its %d rows were already deleted", m.key, m.rows, extra=self.ctx)
-            return data
-        log.info("interrupted batch %s never reached storage; its rows stay in the table and will be archived again", m.key, extra=self.ctx)
+            return store, data
         return None
 
     @staticmethod

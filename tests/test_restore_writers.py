@@ -10,17 +10,12 @@ import pytest
 
 from restore.engine import restore
 from restore.writers import TargetRewrites
-from restore_support import Archived, shared_archive
+from restore_support import Archived, shared  # noqa: F401 - the module's archive fixture
 
 STAMP = "CREATE FUNCTION probe_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.created_at := now(); RETURN NEW; END $$"
 DROP_ROW = "CREATE FUNCTION probe_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$"
 PASS = "CREATE FUNCTION probe_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
 TRIGGER = "CREATE TRIGGER probe_trigger {} ON audit_logs FOR EACH ROW EXECUTE FUNCTION probe_fn()"
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[Archived]:
-    yield from shared_archive(tmp_path_factory, moto_server)
 
 
 @pytest.fixture()
