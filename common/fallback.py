@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO
 
 from common.layout import is_manifest
-from common.storage import LocalStorage
+from common.storage import LocalStorage, key_path
 
 #: Set aside inside the fallback directory; LocalStorage.list skips dot-directories, so a
 #: quarantined batch is never drained or counted as pending.
@@ -73,8 +73,8 @@ class FallbackDir(LocalStorage):
     def quarantine(self, *keys: str) -> None:
         """Move these keys (a batch's object and manifest) under `.quarantine/`, same relative path."""
         for key in keys:
-            src = self.root / key
+            src = key_path(self.root, key)
             if src.exists():
-                dst = self.quarantine_root / key
+                dst = key_path(self.quarantine_root, key)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, dst)

@@ -139,6 +139,49 @@ class S3Storage:
         self.client.head_bucket(Bucket=self.bucket)
 
 
+#: A filesystem name holds 255 bytes, an S3 key 1,024: the longest schema.table (63 bytes each of
+#: non-ASCII) is a 379-byte folder once percent-quoted, and every write to a local archive or the
+#: fallback directory failed with "File name too long". Such a key component is kept as folders
+#: of at most _PIECE_BYTES, each but the last ending in _CONTINUED, which no quoted name holds
+#: (common/layout.py quotes "!"). Shorter components, so every key written before, keep their path.
+_NAME_BYTES = 255
+_PIECE_BYTES = 200
+_CONTINUED = "!~"
+
+
+def _pieces(component: str) -> list[str]:
+    if len(component.encode()) <= _NAME_BYTES:
+        return [component]
+    out, piece = [], ""
+    for ch in component:
+        if len((piece + ch).encode()) > _PIECE_BYTES:
+            out.append(piece + _CONTINUED)
+            piece = ""
+        piece += ch
+    return [*out, piece]
+
+
+def key_path(root: Path, key: str) -> Path:
+    """Where a key lies under a directory store's root (a ValueError if it would climb out)."""
+    path = root.joinpath(*(p for part in key.split("/") for p in _pieces(part))).resolve()
+    if not str(path).startswith(str(root.resolve()) + os.sep):
+        raise ValueError(f"key {key!r} escapes {root}")
+    return path
+
+
+def path_key(relative: Path) -> str:
+    """The key of a file under a directory store's root: key_path() undone."""
+    parts: list[str] = []
+    carry = ""
+    for part in relative.parts:
+        if part.endswith(_CONTINUED):
+            carry += part[:-len(_CONTINUED)]
+            continue
+        parts.append(carry + part)
+        carry = ""
+    return "/".join(parts)
+
+
 class LocalStorage:
     """A directory holding keys as relative paths. Writes are atomic and durable: temp file, fsync,
     rename, fsync of the directory; a partial file never carries a final name."""
@@ -148,10 +191,7 @@ class LocalStorage:
         self.location = location
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not str(path).startswith(str(self.root.resolve()) + os.sep):
-            raise ValueError(f"key {key!r} escapes {self.root}")
-        return path
+        return key_path(self.root, key)
 
     def put(self, key: str, data: bytes, *, sha256: str, verify: bool = True) -> None:
         """The bytes are checked against their checksum in memory, before anything is written. That
@@ -182,7 +222,7 @@ class LocalStorage:
                 if f.startswith(TEMP_PREFIX):
                     continue
                 full = Path(dirpath) / f
-                key = full.relative_to(self.root).as_posix()
+                key = path_key(full.relative_to(self.root))
                 if key.startswith(prefix):
                     st = full.stat()
                     yield ObjectInfo(key, st.st_size, "LOCAL", datetime.fromtimestamp(st.st_mtime, timezone.utc))

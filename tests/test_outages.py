@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import psycopg
 import pytest
+from psycopg import sql
 from click.testing import CliRunner
 
 from archive_checks import OnceAt, archived_ids, assert_invariant, table_ids
@@ -215,3 +216,32 @@ def test_sessions_identify_themselves(tmp_path: Path, pg_dsn: str, bucket: str, 
 
     run_archive(load_config(config(tmp_path, pg_dsn, bucket, proxy)), hook=watch)
     assert len(seen) >= 2  # the mover's and the reader's sessions
+
+
+#: PostgreSQL's longest names (63 bytes), non-ASCII: percent-quoted, 189 bytes each.
+LONG_SCHEMA = "Ü \"q\" " + "ü" * 28
+LONG_TABLE = "Täble \"x\" " + "é" * 26
+
+
+def test_longest_non_ascii_names_go_to_a_local_archive_and_the_fallback_directory(
+        tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], proxy: TcpProxy, bucket: str, s3_client: Any) -> None:
+    """A 379-byte table folder is more than a filesystem name may hold: the local archive and, with
+    S3 down, the fallback directory failed every write; then the drain uploads under the S3 key."""
+    rel = sql.SQL("{}.{}").format(sql.Identifier(LONG_SCHEMA), sql.Identifier(LONG_TABLE))
+    pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(LONG_SCHEMA)))
+    pg.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, created_at timestamptz NOT NULL)").format(rel))
+    pg.execute(sql.SQL("INSERT INTO {} SELECT g, now() - g * interval '1 day' + interval '1 hour'"
+                       " FROM generate_series(1, 120) g").format(rel))
+    table = [{"name": LONG_TABLE, "schema": LONG_SCHEMA, "timestamp_column": "created_at"}]
+    proxy.cut()  # S3 down: every batch goes to the fallback directory
+    results, code = run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=proxy.url,
+                                                        tables=table)))
+    assert code == ExitCode.OK and (results[0].rows, results[0].fallback_objects) == (30, 30), results
+    fallback = LocalStorage(tmp_path / "fallback")
+    assert sum(archived_ids(fallback, prefix="production_db/").values()) == 30
+    assert all(len(p.name.encode()) <= 255 for p in (tmp_path / "fallback").rglob("*"))
+    proxy.restore()  # S3 back: the next run drains the fallback directory under the same keys
+    results, code = run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=proxy.url,
+                                                        tables=table)))
+    assert code == ExitCode.OK, results
+    assert sum(archived_ids(S3Storage(s3_client, bucket)).values()) == 30 and list(fallback.list("")) == []
