@@ -16,11 +16,14 @@ import psycopg
 
 from common.errors import ArchiverError, ErrorKind
 
-#: The archiver's own rights on the table, and the rules that rewrite a DELETE on it (a rule on the
-#: table named in the statement is the only one that applies; PostgreSQL checks privileges on it
-#: alone too, not on the partitions a DELETE through it reaches).
+#: Whether the session can write at all (a standby, or default_transaction_read_only: not
+#: transaction_read_only, since the dry run reads in read-only transactions of its own); the
+#: archiver's own rights on the table; the rules that rewrite a DELETE on it. A rule on the table
+#: named in the statement is the only one that applies, and PostgreSQL checks privileges on it
+#: alone too, not on the partitions a DELETE through it reaches.
 GUARD_SQL = """
-SELECT current_user, has_table_privilege(c.oid, 'SELECT'), has_table_privilege(c.oid, 'DELETE'),
+SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on',
+       current_user, has_table_privilege(c.oid, 'SELECT'), has_table_privilege(c.oid, 'DELETE'),
        pg_has_role(c.relowner, 'MEMBER'), pg_get_userbyid(c.relowner), c.relkind = 'p',
        array(SELECT r.rulename FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.ev_type = '4' AND r.is_instead
              ORDER BY r.rulename)
@@ -43,14 +46,18 @@ class DeletesRefused(ArchiverError):
 
 
 def check_deletes(conn: psycopg.Connection[Any], oid: int, table: str, *, retire: bool) -> None:
-    """Raise DeletesRefused when the run could not delete what it archives: no SELECT or DELETE
-    right, a DO INSTEAD rule on DELETE, or (retiring whole partitions) not the table's owner,
-    whom PostgreSQL asks for to detach and drop a partition."""
+    """Raise DeletesRefused when the run could not delete what it archives: a standby or a
+    read-only session, no SELECT or DELETE right, a DO INSTEAD rule on DELETE, or (retiring whole
+    partitions) not the table's owner, whom PostgreSQL asks for to detach and drop a partition."""
     row = conn.execute(GUARD_SQL, {"oid": oid}).fetchone()
     conn.commit()
     if row is None:
         return
-    user, can_select, can_delete, owner, owner_name, partitioned, rules = row
+    standby, read_only, user, can_select, can_delete, owner, owner_name, partitioned, rules = row
+    if standby or read_only:
+        why = "a standby in recovery" if standby else "read-only (default_transaction_read_only)"
+        raise DeletesRefused(f"{table} refused: the database session is {why}, so no archived row could be deleted;"
+                             " point the database's dsn at the primary; nothing was exported or deleted")
     missing = [right for right, ok in (("SELECT", can_select), ("DELETE", can_delete)) if not ok]
     if missing:
         rights = " and ".join(missing)

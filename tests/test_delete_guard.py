@@ -118,6 +118,18 @@ def test_a_role_without_delete_is_refused_before_anything_is_exported(
     assert dry.returncode == ExitCode.FAILURE and "has no DELETE right" in dry.stdout, dry.stdout + dry.stderr
 
 
+def test_a_read_only_session_is_refused_before_anything_is_exported(
+        tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str, moto_server: str) -> None:
+    """A dsn pointing at a read-only endpoint (here: default_transaction_read_only, as a standby's)."""
+    seed_audit(pg, rows=300, days=130)
+    original = table_ids(pg)
+    read_only = make_conninfo(pg_dsn, options="-c default_transaction_read_only=on")
+    done = archiver(make_config(tmp_path, dsn=read_only, bucket=bucket, endpoint=moto_server))
+    assert done.returncode == ExitCode.FAILURE, done.stderr
+    assert "the database session is read-only (default_transaction_read_only)" in done.stderr
+    assert_nothing_moved(pg, original, s3_client, bucket)
+
+
 @pytest.mark.parametrize("mode", ["detach", "drop"])
 def test_retiring_partitions_needs_the_owner_and_says_so(
         tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str, moto_server: str,
