@@ -116,8 +116,7 @@ def plan(conn: psycopg.Connection[Any], target_oid: int, target: str, leaves: li
         if row is not None and row[0]:
             continue  # still a partition: nothing to do
         if row is not None:
-            out.notes.append(f"partition {leaf.qualified_name} exists as a table of its own (detached and kept?): "
-                             f"not recreated; its rows go where PostgreSQL routes them in {target}")
+            out.notes.append(_detached_note(conn, leaf, target))
         elif leaf.parent not in tree:
             out.notes.append(f"partition {leaf.qualified_name} not recreated: its parent {parent} is not part of {target}")
         elif tree[leaf.parent]:
@@ -126,6 +125,17 @@ def plan(conn: psycopg.Connection[Any], target_oid: int, target: str, leaves: li
         else:
             out.create.append(leaf)
     return out
+
+
+def _detached_note(conn: psycopg.Connection[Any], leaf: Leaf, target: str) -> str:
+    """A leaf retired with expired_partitions: detach is still a table of its own, most likely
+    holding the very rows archived from it: attaching it again is the restore (a partition of the
+    same name cannot be created beside it)."""
+    attach = sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
+        qualified(*leaf.parent), qualified(leaf.schema, leaf.name), sql.SQL(leaf.bound))  # type: ignore[arg-type]
+    return (f"partition {leaf.qualified_name} exists as a table of its own (detached and kept, as expired_partitions:"
+            f" detach leaves it): not recreated; its rows go where PostgreSQL routes them in {target}. It may still hold"
+            f" them: attach it again ({attach.as_string(conn)}), or restore into a new table with --target-table")
 
 
 def recreate(conn: psycopg.Connection[Any], leaf: Leaf) -> str | None:
