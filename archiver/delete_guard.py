@@ -82,7 +82,7 @@ def refused_by_database(exc: psycopg.Error, table: str, key: str) -> DeletesRefu
     diag = exc.diag
     where = f" ({diag.context.splitlines()[0]})" if diag.context else ""
     return DeletesRefused(f"{table}: the database refused to delete the archived rows of {key}: {diag.message_primary}"
-                          f"{where}; the run's stored batches were taken back, their rows stay in the table")
+                          f"{where}; the batches stored and not yet deleted were taken back, their rows stay in the table")
 
 
 def suppressed(table: str, key: str, *, rows: int, deleted: int) -> DeletesRefused:
@@ -91,5 +91,5 @@ def suppressed(table: str, key: str, *, rows: int, deleted: int) -> DeletesRefus
     policy), and every run would archive and take the batch back again."""
     return DeletesRefused(f"{table}: deleting the {rows} rows of {key} removed {deleted}, though none of them changed"
                           " since the export: a BEFORE DELETE trigger that returns NULL or a row-level security policy"
-                          " keeps them (leave such rows out with the table's `where`); the run's stored batches"
-                          " were taken back, their rows stay in the table")
+                          " keeps them (leave such rows out with the table's `where`); the batches stored and not yet"
+                          " deleted were taken back, their rows stay in the table")
