@@ -25,10 +25,9 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from archiver.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint
-from common.key_range import iso, jsonable, natural_column
+from common.key_range import iso, jsonable, natural_column, ordered_ends
 from archiver.selection import Bound
 from archiver.sink import ArchiveSink
 from common import batch_writer, layout
@@ -237,7 +236,7 @@ def last_row_position(data: bytes, m: Manifest, keys: Sequence[str]) -> dict[str
     PostgreSQL uses the column's collation: only rows sharing the last timestamp can differ."""
     rows, schema, _, _ = batch_writer.decode(data, fmt=m.format, columns=[m.timestamp_column, *keys])
     natural = pa.table({n: natural_column(rows, n, schema) for n in (m.timestamp_column, *keys)})
-    last = pc.sort_indices(natural, sort_keys=[(n, "descending") for n in natural.column_names])[0].as_py()
+    _, last = ordered_ends(natural)
     values = [natural.column(k)[last].as_py() for k in keys]
     return {"ts": iso(natural.column(0)[last].as_py()), "pk": jsonable(values[0] if len(values) == 1 else values)}
 

@@ -157,31 +157,34 @@ def table_unlock(conn: psycopg.Connection[Any], oid: int) -> None:
         pass  # the lock ends with the session anyway
 
 
-def find_table_oid(conn: psycopg.Connection[Any], schema: str, table: str) -> int | None:
-    """The oid of a table (plain or partitioned), None when there is none: names are parameters."""
-    row = conn.execute(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-        (schema, table),
-    ).fetchone()
-    return None if row is None else int(row[0])
-
-
+#: What the tools take a (schema, name) for: a table, plain or partitioned.
+TABLE_KINDS = ("r", "p")
 #: pg_class.relkind of relations that hold no rows of their own to archive or restore into.
 NOT_TABLES = {"v": "a view", "m": "a materialized view", "f": "a foreign table", "S": "a sequence", "i": "an index",
               "I": "a partitioned index", "c": "a composite type", "t": "a TOAST table"}
 
 
+def _relation(conn: psycopg.Connection[Any], schema: str, table: str) -> tuple[int, str] | None:
+    """(oid, relkind) of the relation of that name, if any: names are parameters."""
+    row = conn.execute("SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                       " WHERE n.nspname = %s AND c.relname = %s", (schema, table)).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def find_table_oid(conn: psycopg.Connection[Any], schema: str, table: str) -> int | None:
+    """The oid of a table (plain or partitioned), None when there is none."""
+    rel = _relation(conn, schema, table)
+    return rel[0] if rel is not None and rel[1] in TABLE_KINDS else None
+
+
 def table_oid(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
-    oid = find_table_oid(conn, schema, table)
-    if oid is None:
-        row = conn.execute("SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                           " WHERE n.nspname = %s AND c.relname = %s", (schema, table)).fetchone()
-        if row is not None:
-            what = NOT_TABLES.get(row[0], f"a relation of kind {row[0]!r}")
-            raise UsageError(f"{schema}.{table} is {what}, not a table: name the table its rows are stored in")
+    rel = _relation(conn, schema, table)
+    if rel is None:
         raise UsageError(f"table {schema}.{table} does not exist")
-    return oid
+    if rel[1] not in TABLE_KINDS:
+        what = NOT_TABLES.get(rel[1], f"a relation of kind {rel[1]!r}")
+        raise UsageError(f"{schema}.{table} is {what}, not a table: name the table its rows are stored in")
+    return rel[0]
 
 
 def table_schema(conn: psycopg.Connection[Any], oid: int) -> TableSchema:

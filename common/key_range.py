@@ -44,7 +44,12 @@ def key_range(keys: pa.Table) -> tuple[Any, Any]:
     if keys.num_columns == 1:
         mm = pc.min_max(keys.column(0))
         return jsonable(mm["min"].as_py()), jsonable(mm["max"].as_py())
-    order = pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in keys.column_names])
-    first, last = order[0].as_py(), order[len(order) - 1].as_py()
+    first, last = ordered_ends(keys)
     return ([jsonable(keys.column(i)[first].as_py()) for i in range(keys.num_columns)],
             [jsonable(keys.column(i)[last].as_py()) for i in range(keys.num_columns)])
+
+
+def ordered_ends(table: pa.Table) -> tuple[int, int]:
+    """The indexes of the lexicographically first and last rows, column by column."""
+    order = pc.sort_indices(table, sort_keys=[(name, "ascending") for name in table.column_names])
+    return order[0].as_py(), order[len(order) - 1].as_py()

@@ -18,18 +18,23 @@ from restore.target import LiveTable
 #: pg_trigger.tgtype bits (PostgreSQL's trigger.h).
 ROW, BEFORE, INSERT, UPDATE, INSTEAD = 1, 2, 4, 16, 64
 
-# tgenabled 'O' and 'A' fire in a normal session ('R' only under session_replication_role =
-# replica, 'D' never); a trigger a partition inherits (tgparentid) is named once, on its table. A
-# rule applies to the table named in the statement only.
-WRITERS_SQL = """
-SELECT 'trigger ' || quote_ident(t.tgname) || ' on ' || t.tgrelid::regclass::text, t.tgtype
+# BEFORE row triggers on the events (tgtype bits) a restore's statements fire. tgenabled 'O' and
+# 'A' fire in a normal session ('R' only under session_replication_role = replica, 'D' never); a
+# trigger a partition inherits (tgparentid) is named once, on its table.
+TRIGGERS_SQL = """
+SELECT 'trigger ' || quote_ident(t.tgname) || ' on ' || t.tgrelid::regclass::text
 FROM pg_trigger t
 WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgenabled IN ('O', 'A')
   AND (t.tgrelid = %(oid)s OR t.tgrelid IN (SELECT relid FROM pg_partition_tree(%(oid)s)))
-UNION ALL
-SELECT 'rule ' || quote_ident(r.rulename), CASE r.ev_type WHEN '3' THEN %(insert)s ELSE %(update)s END
-FROM pg_rewrite r WHERE r.ev_class = %(oid)s AND r.ev_type IN ('2', '3')
+  AND t.tgtype & %(row_before)s = %(row_before)s AND t.tgtype & %(instead)s = 0 AND t.tgtype & %(events)s <> 0
 ORDER BY 1
+"""
+# Any rule on INSERT (on UPDATE too for an overwrite), DO ALSO too: INSERT ... ON CONFLICT
+# refuses such a table outright, and a DO INSTEAD rule would keep the rows out. A rule applies to
+# the table named in the statement only.
+RULES_SQL = """
+SELECT 'rule ' || quote_ident(r.rulename) FROM pg_rewrite r
+WHERE r.ev_class = %(oid)s AND (r.ev_type = '3' OR (r.ev_type = '2' AND %(updates)s)) ORDER BY 1
 """
 
 
@@ -43,10 +48,10 @@ def check_writers(conn: psycopg.Connection[Any], live: LiveTable, *, strategy: s
     """Raise TargetRewrites when a BEFORE row trigger or a rule on INSERT (and, for overwrite, on
     UPDATE) would see the restored rows."""
     events = INSERT | (UPDATE if strategy == "overwrite" else 0)
-    rows = conn.execute(WRITERS_SQL, {"oid": live.oid, "insert": ROW | BEFORE | INSERT,
-                                      "update": ROW | BEFORE | UPDATE}).fetchall()
-    found = [name for name, tgtype in rows
-             if tgtype & ROW and tgtype & BEFORE and not tgtype & INSTEAD and tgtype & events]
+    params = {"oid": live.oid, "row_before": ROW | BEFORE, "instead": INSTEAD, "events": events,
+              "updates": strategy == "overwrite"}
+    found = [r[0] for r in conn.execute(TRIGGERS_SQL, params).fetchall()]
+    found += [r[0] for r in conn.execute(RULES_SQL, params).fetchall()]
     if found:
         raise TargetRewrites(
             f"{live.name}: {', '.join(found)} would see every restored row before it is stored and may change or drop"

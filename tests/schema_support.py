@@ -56,6 +56,11 @@ def archiver(config: Path, *extra: str, env: dict[str, str] | None = None, timeo
                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
+#: PostgreSQL's longest names (63 bytes), non-ASCII: percent-quoted, 189 bytes each.
+LONG_SCHEMA = "Ü \"q\" " + "ü" * 28
+LONG_TABLE = "Täble \"x\" " + "é" * 26
+
+
 def month_start(months_ago: int) -> str:
     """The first day of the month `months_ago` months before this one, as SQL text."""
     return f"date_trunc('month', now()) - interval '{months_ago} months'"

@@ -26,6 +26,7 @@ from common.exit_codes import ExitCode
 from common.s3client import make_client
 from common.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
+from schema_support import LONG_SCHEMA, LONG_TABLE
 from s3_events import once_after
 
 
@@ -181,9 +182,6 @@ def test_hostile_table_name_is_quoted_not_executed(tmp_path: Path, pg_dsn: str, 
                         if not layout.is_control_key(k))  # the run digest: <table>/_digests/
 
 
-#: PostgreSQL's longest names (63 bytes), non-ASCII: percent-quoted, 189 bytes each.
-LONG_SCHEMA = "Ü \"q\" " + "ü" * 28
-LONG_TABLE = "Täble \"x\" " + "é" * 26
 
 
 def test_longest_non_ascii_names_are_archived(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],

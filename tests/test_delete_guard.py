@@ -4,9 +4,6 @@ exit 1, a message that names the cause, every row still in the table and no obje
 (an object whose rows stay behind is what a move must never leave)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,15 +18,9 @@ from archive_checks import archived_ids, assert_invariant, table_ids
 from common.exit_codes import ExitCode
 from common.storage import S3Storage
 from conftest import make_config, seed_audit
-from schema_support import seed_partitioned
+from schema_support import archiver, seed_partitioned
 
-ROOT = Path(__file__).resolve().parent.parent
 EXPIRED = "created_at < now() - interval '90 days'"
-
-
-def archiver(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "archiver.main", "--config", str(config), *extra], cwd=ROOT,
-                          env=dict(os.environ), capture_output=True, text=True, timeout=120)
 
 
 RAISE = """CREATE FUNCTION no_delete() RETURNS trigger LANGUAGE plpgsql AS

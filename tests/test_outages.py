@@ -23,6 +23,7 @@ from common.exit_codes import ExitCode
 from common.s3client import make_client
 from common.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
+from schema_support import LONG_SCHEMA, LONG_TABLE
 from tcp_proxy import TcpProxy
 
 
@@ -218,9 +219,6 @@ def test_sessions_identify_themselves(tmp_path: Path, pg_dsn: str, bucket: str, 
     assert len(seen) >= 2  # the mover's and the reader's sessions
 
 
-#: PostgreSQL's longest names (63 bytes), non-ASCII: percent-quoted, 189 bytes each.
-LONG_SCHEMA = "Ü \"q\" " + "ü" * 28
-LONG_TABLE = "Täble \"x\" " + "é" * 26
 
 
 def test_longest_non_ascii_names_go_to_a_local_archive_and_the_fallback_directory(
