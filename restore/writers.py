@@ -29,8 +29,8 @@ WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgenabled IN ('O', 'A')
   AND t.tgtype & %(row_before)s = %(row_before)s AND t.tgtype & %(instead)s = 0 AND t.tgtype & %(events)s <> 0
 ORDER BY 1
 """
-# Any rule on INSERT (on UPDATE too for an overwrite), DO ALSO too: INSERT ... ON CONFLICT
-# refuses such a table outright, and a DO INSTEAD rule would keep the rows out. A rule applies to
+# Any rule on INSERT, and on UPDATE too for skip and overwrite, DO ALSO too: their INSERT ... ON
+# CONFLICT is refused outright on a table with either, and a DO INSTEAD rule would keep the rows out. A rule applies to
 # the table named in the statement only.
 RULES_SQL = """
 SELECT 'rule ' || quote_ident(r.rulename) FROM pg_rewrite r
@@ -49,7 +49,7 @@ def check_writers(conn: psycopg.Connection[Any], live: LiveTable, *, strategy: s
     UPDATE) would see the restored rows."""
     events = INSERT | (UPDATE if strategy == "overwrite" else 0)
     params = {"oid": live.oid, "row_before": ROW | BEFORE, "instead": INSTEAD, "events": events,
-              "updates": strategy == "overwrite"}
+              "updates": strategy in ("skip", "overwrite")}
     found = [r[0] for r in conn.execute(TRIGGERS_SQL, params).fetchall()]
     found += [r[0] for r in conn.execute(RULES_SQL, params).fetchall()]
     if found:

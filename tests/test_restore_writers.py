@@ -46,10 +46,17 @@ def test_a_target_whose_trigger_could_change_restored_rows_is_refused_before_any
     assert arch.ids() == []
 
 
-def test_a_rule_on_insert_is_refused(arch: Archived, s3_client: Any) -> None:
-    arch.conn.execute("CREATE RULE probe_rule AS ON INSERT TO audit_logs DO INSTEAD NOTHING")
+@pytest.mark.parametrize(("rule", "strategy"), [
+    ("ON INSERT TO audit_logs DO INSTEAD NOTHING", "skip"),
+    # INSERT ... ON CONFLICT (skip, overwrite) refuses a table with any INSERT or UPDATE rule
+    ("ON UPDATE TO audit_logs DO ALSO NOTHING", "skip"),
+    ("ON UPDATE TO audit_logs DO ALSO NOTHING", "overwrite"),
+])
+def test_a_rule_the_restore_would_meet_is_refused(arch: Archived, s3_client: Any, rule: str, strategy: str) -> None:
+    arch.conn.execute(f"CREATE RULE probe_rule AS {rule}")
     with pytest.raises(TargetRewrites, match="rule probe_rule"):
-        restore_all(arch, s3_client, conflict_strategy="skip")
+        restore_all(arch, s3_client, conflict_strategy=strategy)
+    assert arch.ids() == []
 
 
 def test_the_dry_run_says_so_too(arch: Archived, s3_client: Any) -> None:
