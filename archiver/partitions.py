@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from archiver.checkpoint import Checkpoint
+from archiver.delete_guard import delete_triggers
 from archiver.selection import Selection
 from common.db import qualified
 from common.errors import DatabaseError, first_line
@@ -121,13 +122,15 @@ def whole_before(conn: psycopg.Connection[Any], sel: Selection, leaf: Leaf) -> b
     return bool(row and row[0])
 
 
-def retirable(conn: psycopg.Connection[Any], sel: Selection, among: Iterable[Leaf]) -> list[Leaf]:
+def retirable(conn: psycopg.Connection[Any], sel: Selection, among: Iterable[Leaf],
+              triggered: Mapping[int, str]) -> list[Leaf]:
     """The leaves (of `among`, the table's: leaves()) a detach/drop run retires whole: every row
-    before the cutoff by the bounds. None when the table's `where` or a foreign key keeps some
+    before the cutoff by the bounds, and no DELETE trigger to pass over (`triggered`:
+    delete_guard.delete_triggers). None when the table's `where` or a foreign key keeps some
     expired rows in the table (a whole partition would take them along)."""
     if sel.table.where is not None or sel.references:
         return []
-    return [leaf for leaf in among if whole_before(conn, sel, leaf)]
+    return [leaf for leaf in among if leaf.oid not in triggered and whole_before(conn, sel, leaf)]
 
 
 def leaf_selection(sel: Selection, leaf: Leaf) -> Selection:
@@ -412,7 +415,8 @@ def describe(conn: psycopg.Connection[Any], sel: Selection, oid: int, *, mode: s
         if mode != "keep":
             yield f"    {ignored(sel, mode)}"
         return
-    whole = {leaf.oid for leaf in retirable(conn, sel, all_leaves)} if mode != "keep" else set()
+    triggered = delete_triggers(conn, [leaf.oid for leaf in all_leaves]) if mode != "keep" else {}
+    whole = {leaf.oid for leaf in retirable(conn, sel, all_leaves, triggered)} if mode != "keep" else set()
     for leaf in all_leaves:
         if leaf.oid in whole:
             action = "would be archived whole, detached" + (" and dropped" if mode == "drop" else " and kept as a table")
@@ -420,6 +424,9 @@ def describe(conn: psycopg.Connection[Any], sel: Selection, oid: int, *, mode: s
             action = "expired rows archived and deleted row by row (expired_partitions: keep)"
         elif leaf.default:
             action = "default partition: expired rows archived and deleted row by row"
+        elif leaf.oid in triggered:
+            action = (f"its DELETE trigger {triggered[leaf.oid]} would not fire for a partition retired whole:"
+                      " expired rows archived and deleted row by row")
         elif whole_before(conn, sel, leaf):  # retirable() refused the table: a `where` or a foreign key
             action = (f"wholly before the cutoff, but {held_back(sel)} keeps it: expired rows archived and deleted "
                       "row by row")

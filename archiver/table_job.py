@@ -18,7 +18,7 @@ from archiver import partitions, reader
 from archiver.arrow_source import ArrowSource
 from archiver.checkpoint import Checkpoint, CheckpointStore
 from archiver.controls import RunControls
-from archiver.delete_guard import DeletesRefused, check_deletes, suppressed
+from archiver.delete_guard import DeletesRefused, check_deletes, delete_triggers, suppressed
 from archiver.digest import RunDigest
 from archiver.encoding import Encoded, encode_batch
 from archiver.hooks import Hook, no_hook
@@ -122,7 +122,11 @@ class TableJob:
             # partitioned tables) it is no mistake, and a warning every run would be noise.
             level = logging.WARNING if self.t.expired_partitions is not None else logging.INFO
             log.log(level, "%s", partitions.ignored(self.sel, mode), extra=self.ctx)
-        whole = partitions.retirable(self.conn, self.sel, all_leaves)
+        triggered = delete_triggers(self.conn, [leaf.oid for leaf in all_leaves])
+        if triggered:
+            log.info("partitions with DELETE triggers (%s) are archived row by row, so that the triggers fire: %d of %d",
+                     ", ".join(sorted(set(triggered.values()))), len(triggered), len(all_leaves), extra=self.ctx)
+        whole = partitions.retirable(self.conn, self.sel, all_leaves, triggered)
         self.conn.commit()
         retirer = Retirer(conn=self.conn, sel=self.sel, oid=oid, ledger=self.ledger, sink=self.sink, hook=self.hook,
                           mode=mode, ctx=self.ctx, read=self._read, snapshot=self.source.snapshot,
