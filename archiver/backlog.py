@@ -49,7 +49,7 @@ def measure_backlog(conn: psycopg.Connection[Any], expired: ExpiredRows, result:
         log.warning("cannot measure the backlog: %s", first_line(exc), extra=log_extra or {})
         return
     result.backlog_rows = rows
-    result.backlog_oldest_seconds = _age(oldest[0] if oldest else None, now)
+    result.backlog_oldest_seconds = _age(expired.time_of(oldest[0]) if oldest else None, now)
 
 
 def _count(conn: psycopg.Connection[Any], expired: ExpiredRows, pred: sql.Composable) -> int:
@@ -68,7 +68,8 @@ def _estimate(conn: psycopg.Connection[Any], expired: ExpiredRows, pred: sql.Com
 
 
 def _age(oldest: Any, now: datetime) -> float:
-    """Seconds from the oldest expired row's timestamp to `now` (the database's clock); 0 for none."""
+    """Seconds from the oldest expired row's time (ExpiredRows.time_of: Unix time converted) to
+    `now` (the database's clock); 0 for none."""
     if oldest is None:
         return 0.0
     if isinstance(oldest, datetime):

@@ -20,7 +20,8 @@ from archiver.table_check import inspect_table
 from common.config import Config
 from common.db import application_name, connect, conninfo, describe_target, session_settings
 from common.digest import secret as digest_secret
-from common.expiry import cutoff_for, database_now
+from common.epoch import day_sql
+from common.expiry import count_untimed, cutoff_for, database_now, untimed_message
 from common.errors import ServiceUnavailable, first_line
 from common.exit_codes import ExitCode
 from common.s3client import check_object_lock, primary_storage
@@ -104,7 +105,8 @@ def _count(conn: Any, query: sql.Composed) -> int:
 def _table_line(conn: Any, sel: Selection, opts: Any) -> str:
     t = sel.table
     pred, params = sel.predicate()
-    day = sql.SQL("date_trunc('day', {ts}::timestamptz AT TIME ZONE 'UTC')").format(ts=sel.ts)
+    unit = t.timestamp_unit
+    day = day_sql(sel.ts, unit) if unit else sql.SQL("date_trunc('day', {}::timestamptz AT TIME ZONE 'UTC')").format(sel.ts)
     query = sql.SQL(
         "SELECT coalesce(sum(n), 0), coalesce(sum(ceil(n::numeric / %(bs)s)), 0), min(d), max(d)"
         " FROM (SELECT {day} AS d, count(*) AS n FROM {rel} WHERE {pred} GROUP BY 1) per_day"
@@ -116,6 +118,10 @@ def _table_line(conn: Any, sel: Selection, opts: Any) -> str:
     ).fetchone()[0]
     span = f", days {first:%Y-%m-%d}..{last:%Y-%m-%d}" if first else ""
     note = f"; {skipped} rows before year 1 or -infinity stay in the table" if skipped else ""
+    if untimed := count_untimed(conn, sel):
+        note += f"; {untimed_message(untimed, t.timestamp_column)}"
+    if unit:  # the cutoff as the column holds it, to check against the table's own values
+        note += f"; expired: {t.timestamp_column} < {params['cutoff']} (Unix time in {unit})"
     return (f"  {t.schema_}.{t.name}: cutoff {sel.cutoff:%Y-%m-%dT%H:%M:%SZ} (retention {opts.retention_days} days),"
             f" eligible rows {rows}, estimated objects {objects}{span}, key {key_words(sel.keys)}, format {opts.format},"
             f" delete after archive {'yes' if opts.delete_after_archive else 'no'}{note}")

@@ -15,7 +15,8 @@ from archiver.reader import Batch
 from archiver.selection import Bound, Selection
 from common import batch_writer, layout
 from common.config import ResolvedOptions
-from common.key_range import iso, jsonable, key_range, natural_column
+from common.epoch import time_iso
+from common.key_range import key_range, natural_column
 from common.manifest import Manifest, sha256_hex
 from common.pgtypes import column_docs
 
@@ -44,7 +45,8 @@ def encode_batch(batch: Batch, *, sel: Selection, prefix: str, database: str, op
     t = sel.table
     rows = batch.rows
     meta = {"archiver_version": archiver.__version__, "database": database, "schema": t.schema_,
-            "table": t.name, "timestamp_column": t.timestamp_column, "primary_key": ",".join(sel.keys)}
+            "table": t.name, "timestamp_column": t.timestamp_column, "primary_key": ",".join(sel.keys),
+            **({"timestamp_unit": t.timestamp_unit} if t.timestamp_unit else {})}
     data = batch_writer.encode(rows, fmt=opts.format, level=opts.compression_level,
                                schema=sel.schema, encodings=batch.encodings, extra_meta=meta)
     digest = sha256_hex(data)
@@ -58,7 +60,9 @@ def encode_batch(batch: Batch, *, sel: Selection, prefix: str, database: str, op
     manifest = Manifest(
         key=key, sha256=digest, size=len(data), rows=rows.num_rows, database=database,
         schema=t.schema_, table=t.name, primary_key=manifest_key(sel.keys),
-        timestamp_column=t.timestamp_column, min_pk=min_pk, max_pk=max_pk, min_ts=iso(ts["min"].as_py()), max_ts=iso(ts["max"].as_py()),
+        timestamp_column=t.timestamp_column, min_pk=min_pk, max_pk=max_pk,
+        min_ts=time_iso(ts["min"].as_py(), t.timestamp_unit), max_ts=time_iso(ts["max"].as_py(), t.timestamp_unit),
+        timestamp_unit=t.timestamp_unit,
         schema_fingerprint=sel.schema.fingerprint(), format=opts.format,
         format_version=1, archiver_version=archiver.__version__,
         created_at=datetime.now(timezone.utc).isoformat(), source_bytes=batch.source_bytes,

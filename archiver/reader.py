@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from archiver.selection import Bound, Selection, utc_day
-from common.pgtypes import EPOCH_ORDINAL, FALLIBLE, from_arrow_read, utc_days, xids
+from archiver.selection import Bound, Selection
+from common.pgtypes import EPOCH_ORDINAL, FALLIBLE, from_arrow_read, xids
 from common.units import rows_within
 
 #: Rows per window (at least batch_size): 2M-row bench, ~215-240 MB peak RSS of the run at this size.
@@ -106,7 +106,7 @@ def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
     del probe
     window, span = 0, 0  # span: days a window asks for (0: as many as its limit holds)
     while not (stop and stop.is_set()):
-        end = _window_end(lower, span) if not by_key else None
+        end = _window_end(sel, lower, span) if not by_key else None
         upper = None if end is None else sel.day_start(end)
         table, encodings = read_window(source, sel, limit=limit, lower=lower, by_key=by_key, all_text=all_text,
                                        upper=upper)
@@ -127,7 +127,7 @@ def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
                 return
             lower = out[-1].hi  # a window of >= batch_size rows always completes a batch
             continue
-        groups = _split(table, sel.table.timestamp_column)
+        groups = _split(table, sel)
         days, rest, big = _emit_days(table, groups, cut, whole=whole)
         yield from days
         span = _span(groups, limit)
@@ -145,13 +145,12 @@ def _fit(cap: int, table: pa.Table) -> int:
     return rows_within(WINDOW_BYTES, rows=table.num_rows, nbytes=table.nbytes, most=cap)
 
 
-def _window_end(lower: Bound | None, span: int) -> date | None:
+def _window_end(sel: Selection, lower: Bound | None, span: int) -> date | None:
     """The day a window ends before: `span` days after its first, once a window has shown how
     many rows a day holds; None (the row limit alone) before that."""
     # A resumed position (delete_after_archive: false) is the checkpoint's ISO text: the limit alone.
-    if lower is None or span == 0 or not isinstance(lower[0], date):
-        return None
-    return utc_day(lower[0]) + timedelta(days=span)
+    day = None if lower is None or span == 0 else sel.day_of(lower[0])
+    return None if day is None else day + timedelta(days=span)
 
 
 def _span(groups: list[tuple[int, int, date]], limit: int) -> int:
@@ -191,7 +190,7 @@ def _emit_keys(table: pa.Table, cut: _Cut, *, whole: bool) -> list[Batch]:
     day. Unless the window is the last one (`whole`), its last day may continue past it: that
     day's remainder (< batch_size rows) is left to be read again by the next window instead of
     becoming a small object."""
-    groups = _split(table, cut.sel.table.timestamp_column)
+    groups = _split(table, cut.sel)
     out: list[Batch] = []
     for i, (start, end, day) in enumerate(groups):
         for off in range(start, end, cut.batch_size):
@@ -222,8 +221,8 @@ def _narrow(table: pa.Table, encodings: dict[str, str], sel: Selection) -> tuple
     return table, encodings
 
 
-def _split(chunk: pa.Table, ts_col: str) -> list[tuple[int, int, date]]:
-    days = utc_days(chunk.column(ts_col))
+def _split(chunk: pa.Table, sel: Selection) -> list[tuple[int, int, date]]:
+    days = sel.utc_days(chunk.column(sel.table.timestamp_column))
     cuts = np.flatnonzero(np.diff(days)) + 1
     bounds = [0, *cuts.tolist(), chunk.num_rows]
     return [(bounds[i], bounds[i + 1], date.fromordinal(EPOCH_ORDINAL + int(days[bounds[i]]))) for i in range(len(bounds) - 1)]

@@ -21,6 +21,7 @@ from common.config import Config, DatabaseConfig
 from common.digest import secret as digest_secret
 from common.db import conninfo, pool, session_settings
 from common.errors import UNREACHABLE, ConfigError, ErrorKind, ServiceUnavailable, classify
+from common.expiry import untimed_message
 from archiver.ops.events import NullObserver, Observer, TableResult, run_stop_reason
 from common.exit_codes import ExitCode
 from common.s3client import check_object_lock, fallback_storage, primary_storage
@@ -162,6 +163,7 @@ def _run_table(job: TableJob) -> TableResult:
 def _summary(results: list[TableResult]) -> None:
     for r in results:
         kept = f", {kept_message(r.kept_referenced, r.referenced_by)}" if r.kept_referenced else ""
+        kept += f", {untimed_message(r.untimed_rows, r.time_column)}" if r.untimed_rows else ""
         status = f"{r.status} ({r.stop_reason})" if r.stop_reason else r.status
         log.info("summary %s.%s: %s, %d rows, %d objects (%d in fallback), %s, compression %.1fx, %.1fs%s%s%s",
                  r.database, r.name, status, r.rows, r.objects, r.fallback_objects, human_bytes(r.bytes), r.ratio,

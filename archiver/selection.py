@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
 from archiver.references import Reference
 from common.db import qualified
+from common.epoch import day_numbers
 from common.expiry import ExpiredRows
 from common.pgtypes import read_natively
 
@@ -113,7 +115,7 @@ class Selection(ExpiredRows):
 
     def _literals(self, bound: Bound) -> tuple[sql.Composable, sql.Composable | None]:
         """The bound's timestamp, and its key values comma-separated (None for a day's start)."""
-        ts = sql.SQL("{}::{}").format(sql.Literal(bound[0]), sql.SQL(self.ts_type))  # type: ignore[arg-type]
+        ts = sql.SQL("{}::{}").format(sql.Literal(bound[0]), sql.SQL(self.bound_type))  # type: ignore[arg-type]
         if bound[1] is None:
             return ts, None
         values = [sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(self.key_type(k)))  # type: ignore[arg-type]
@@ -128,9 +130,27 @@ class Selection(ExpiredRows):
         """Midnight UTC of a day, as a value of the timestamp column's type."""
         return self._bound(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
 
+    def day_of(self, value: Any) -> date | None:
+        """The UTC day of a bound's timestamp; None for a resumed position (the checkpoint's text)."""
+        return None if isinstance(value, str) else utc_day(self.time_of(value))
+
+    def utc_days(self, column: pa.ChunkedArray) -> np.ndarray:
+        """Days since the epoch (UTC) of the timestamp column's values (common.epoch.day_numbers)."""
+        return day_numbers(column, self.table.timestamp_unit)
+
     @property
     def ts_type(self) -> str:
         return self.schema.column(self.table.timestamp_column).pg_type
+
+    @property
+    def bound_type(self) -> str:
+        """The type read and delete bounds on the timestamp are cast to: the column's own, but for
+        Unix time bigint or numeric, since the next day's start may lie past a smallint's, an
+        integer's (2038) or a numeric(p,0)'s range. PostgreSQL compares integers of any width with
+        the column's index, as a numeric does a numeric(p,0)."""
+        if self.table.timestamp_unit is None:
+            return self.ts_type
+        return "numeric" if self.schema.column(self.table.timestamp_column).typname == "numeric" else "bigint"
 
     @property
     def range_delete_ok(self) -> bool:

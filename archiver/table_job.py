@@ -38,7 +38,7 @@ from common.db import apply_settings, table_unlock, try_table_lock
 from common import layout
 from common.digest import secret as digest_secret
 from common.errors import ArchiverError, first_line
-from common.expiry import cutoff_for, database_now
+from common.expiry import count_untimed, cutoff_for, database_now, untimed_message
 
 log = logging.getLogger("archiver")
 #: Stored batches whose rows one DELETE removes together.
@@ -93,6 +93,7 @@ class TableJob:
                 self._retire_partitions(oid)
                 self._archive()
                 self._count_kept()
+                self._count_untimed()
                 if not self.controls.signal_received:  # a signal asks to exit now, not to measure
                     measure_backlog(self.conn, self.sel, self.result, now=self.now,
                                     exact=self.cfg.monitoring.backlog_exact_count, log_extra=self.ctx)
@@ -167,6 +168,21 @@ class TableJob:
         r.kept_referenced, r.referenced_by = self.mover.count_kept(), sorted({ref.name for ref in self.sel.references})
         if r.kept_referenced:
             log.warning("%s", kept_message(r.kept_referenced, r.referenced_by), extra=self.ctx)
+
+    def _count_untimed(self) -> None:
+        """Rows with no time (NULL in the timestamp column) never expire: counted once per run, so
+        the summary says how many stay in the table."""
+        r = self.result
+        r.time_column = self.t.timestamp_column
+        try:
+            r.untimed_rows = count_untimed(self.conn, self.sel)
+            self.conn.commit()
+        except psycopg.Error as exc:  # the moves are done; a count must not fail the table
+            self.conn.rollback()
+            log.warning("cannot count the rows with no %s: %s", r.time_column, first_line(exc), extra=self.ctx)
+            return
+        if r.untimed_rows:
+            log.info("%s", untimed_message(r.untimed_rows, r.time_column), extra=self.ctx)
 
     def _apply_table_settings(self) -> None:
         """statement_timeout / lock_timeout may be overridden per table; pooled connections carry

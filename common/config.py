@@ -14,6 +14,7 @@ from common.errors import ConfigError
 
 Format = Literal["parquet", "jsonl"]
 ExpiredPartitions = Literal["keep", "detach", "drop"]
+TimestampUnit = Literal["s", "ms", "us"]
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -99,6 +100,9 @@ class TableConfig(TableOptions):
     name: str
     schema_: str = Field(default="public", alias="schema")
     timestamp_column: str = "created_at"
+    #: Required when timestamp_column is an integer column holding Unix time (common/epoch.py):
+    #: seconds, milliseconds or microseconds; refused on a timestamp or date column.
+    timestamp_unit: TimestampUnit | None = None
     #: A column or a list of columns; omitted: the table's own primary key, whatever its width.
     #: A table without one may name the columns of a unique index whose columns are all NOT NULL.
     primary_key: str | list[str] | None = None

@@ -11,6 +11,7 @@ from psycopg import sql
 
 from common.config import TableConfig
 from common.db import qualified
+from common.epoch import from_epoch, to_epoch
 from common.pgtypes import TableSchema
 
 #: Rows older than this (or -infinity / BC) have no truthful day partition; they stay in the table
@@ -63,12 +64,24 @@ class ExpiredRows:
         return sql.Identifier(self.table.timestamp_column)
 
     def _bound(self, value: datetime) -> Any:
+        """An instant as a value of the timestamp column's type, to compare the column with as it
+        is (never the column converted: its index would go unused). An integer column of Unix time
+        gets the first whole unit at or after the instant (common.epoch.to_epoch), so `ts < bound`
+        holds exactly for the rows before it."""
+        if self.table.timestamp_unit is not None:
+            return to_epoch(value, self.table.timestamp_unit)
         kind = self.schema.column(self.table.timestamp_column).typname
         if kind == "timestamptz":
             return value
         if kind == "date":
             return value.date()
         return value.replace(tzinfo=None)  # timestamp without time zone: values are read as UTC
+
+    def time_of(self, value: Any) -> Any:
+        """A value of the timestamp column as the time it stands for: an integer column's as an
+        aware UTC datetime, a timestamp's or a date's as it is (None stays None)."""
+        unit = self.table.timestamp_unit
+        return value if unit is None or value is None else from_epoch(value, unit)
 
     def predicate(self, *, literal: bool = False) -> tuple[sql.Composable, dict[str, Any]]:
         """Rows eligible now: older than the cutoff, not before year 1, and the optional `where`.
@@ -92,3 +105,20 @@ class ExpiredRows:
         pred, params = self.predicate()
         q = sql.SQL("SELECT count(*), min({ts}), max({ts}) FROM {rel} WHERE {pred}").format(ts=self.ts, rel=self.relation, pred=pred)
         return q, params
+
+
+def count_untimed(conn: Any, rows: ExpiredRows) -> int:
+    """Rows whose timestamp column is NULL: they have no time, so they never expire and stay in the
+    table (the dry run and the run's summary say how many: untimed_message). No count at all for a
+    NOT NULL column; otherwise `IS NULL`, which the column's index answers."""
+    ts = rows.table.timestamp_column
+    row = conn.execute("SELECT NOT attnotnull FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s",
+                       (rows.relation.as_string(conn), ts)).fetchone()
+    if not (row and row[0]):
+        return 0
+    found = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(rows.relation, rows.ts)).fetchone()
+    return int(found[0]) if found else 0
+
+
+def untimed_message(count: int, column: str) -> str:
+    return f"{count} {'row has' if count == 1 else 'rows have'} no {column} and stay{'s' if count == 1 else ''} in the table"

@@ -42,6 +42,10 @@ class Manifest:
     columns: list[dict[str, Any]] = field(default_factory=list)
     manifest_version: int = MANIFEST_VERSION
 
+    #: The unit of an integer timestamp_column's Unix time (s, ms, us; issue 28), None for a
+    #: timestamp or date column. min_ts and max_ts are ISO timestamps either way.
+    timestamp_unit: str | None = None
+
     #: The leaf partition the rows were retired with, {"name", "schema", "bound"} (issue 15;
     #: archiver/partitions.py): restore recreates it from the bound when it is gone.
     partition: dict[str, Any] | None = None

@@ -27,7 +27,8 @@ from common.catalog import ArchiveObject, Catalog
 from common.digest import DigestEntry, Erasure
 from common.errors import DataIntegrityError
 from common.hooks import Hook
-from common.key_range import iso, key_range, natural_column
+from common.epoch import time_iso
+from common.key_range import key_range, natural_column
 from common.manifest import Manifest, sha256_hex
 from common.storage import Storage
 
@@ -99,15 +100,15 @@ def manifest_bytes(old: Manifest, *, key: str, data: bytes, rows: pa.Table, sche
     # Recomputed, never kept from the old manifest: an erased row may have been the first or last.
     doc["min_pk"], doc["max_pk"] = (key_range(pa.table({k: natural_column(rows, k, schema) for k in old.key_columns}))
                                     if rows.num_rows else (None, None))
-    doc["min_ts"], doc["max_ts"] = _ts_range(rows, old.timestamp_column, schema)
+    doc["min_ts"], doc["max_ts"] = _ts_range(rows, old.timestamp_column, schema, old.timestamp_unit)
     return json.dumps(doc, indent=1, sort_keys=True, default=str).encode()
 
 
-def _ts_range(rows: pa.Table, name: str, schema: Any) -> tuple[Any, Any]:
+def _ts_range(rows: pa.Table, name: str, schema: Any, unit: str | None) -> tuple[Any, Any]:
     if rows.num_rows == 0:
         return None, None
     mm = pc.min_max(natural_column(rows, name, schema))
-    return iso(mm["min"].as_py()), iso(mm["max"].as_py())
+    return time_iso(mm["min"].as_py(), unit), time_iso(mm["max"].as_py(), unit)
 
 
 def remove_old(catalog: Catalog, obj: ArchiveObject, *, bypass_governance: bool, hook: Hook) -> None:

@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from common import batch_writer, layout
 from common.config import ObjectLockConfig
+from common.epoch import day_numbers
 from common.errors import DataIntegrityError
 from common.lock import head_lock, shortfall
 from common.manifest import Manifest, hex_to_b64, read_manifest, sha256_hex
@@ -167,7 +168,7 @@ class ObjectChecker:
         if table.num_rows != m.rows:
             out.add("row_count_mismatch", f"object holds {table.num_rows} rows, its manifest says {m.rows}")
         if day is not None:
-            self._partition(table.column(m.timestamp_column), day, out)
+            self._partition(table.column(m.timestamp_column), day, out, unit=m.timestamp_unit)
         out.interval = _typed_interval(key_array(table, m.key_columns))
         self._still_live(m, table, out)
 
@@ -187,9 +188,9 @@ class ObjectChecker:
             return None
 
     @staticmethod
-    def _partition(ts: pa.ChunkedArray, day: int, out: Checked) -> None:
+    def _partition(ts: pa.ChunkedArray, day: int, out: Checked, *, unit: str | None = None) -> None:
         try:
-            days = utc_days(pc.drop_null(ts))
+            days = day_numbers(pc.drop_null(ts), unit)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
             out.add("partition_mismatch", f"timestamps cannot be read as dates ({exc})")
             return

@@ -30,6 +30,10 @@ class TableResult:
     #: referencing tables (archiver/references.py).
     kept_referenced: int = 0
     referenced_by: list[str] = field(default_factory=list)
+    #: Rows whose timestamp column (`time_column`) is NULL: never expired, they stay in the table
+    #: (common.expiry.count_untimed).
+    untimed_rows: int = 0
+    time_column: str = ""
     #: Expired rows still in the table after the run, and the age of the oldest (archiver/backlog.py);
     #: None when the run did not measure them (a failed, skipped or signalled table).
     backlog_rows: int | None = None
