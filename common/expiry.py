@@ -121,4 +121,6 @@ def count_untimed(conn: Any, rows: ExpiredRows) -> int:
 
 
 def untimed_message(count: int, column: str) -> str:
-    return f"{count} {'row has' if count == 1 else 'rows have'} no {column} and stay{'s' if count == 1 else ''} in the table"
+    if count == 1:
+        return f"1 row has no {column} and stays in the table"
+    return f"{count} rows have no {column} and stay in the table"

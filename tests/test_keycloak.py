@@ -23,8 +23,11 @@ from click.testing import CliRunner, Result
 
 from archive_checks import archived_ids, assert_invariant, manifests, table_ids
 from archiver.main import cli as archiver_cli
+from common import layout
+from common.manifest import read_manifest
 from common.storage import S3Storage
 from conftest import make_config, throwaway_database
+from erase.main import cli as erase_cli
 from query.main import cli as query_cli
 from restore.main import cli as restore_cli
 from schema_support import archiver
@@ -204,6 +207,26 @@ def test_validate_finds_every_object_intact_and_on_its_day(keycloak: Keycloak) -
     assert proc.exit_code == 0, proc.output
     report = json.loads(proc.stdout)
     assert report["problems"] == [] and report["summary"]["objects"] >= 40
+
+
+def test_an_erasure_keeps_the_replacements_times_utc_and_validate_clean(keycloak: Keycloak) -> None:
+    days = [(date.today() - timedelta(days=n) - date(1970, 1, 1)).days for n in (101, 110)]
+    latest = ("SELECT DISTINCT ON (event_time / 86400000) id FROM orig_events WHERE event_time / 86400000 = ANY(%s)"
+              " ORDER BY event_time / 86400000, event_time DESC")  # each the last row of its object: max_ts moves
+    erased = {r[0] for r in keycloak.pg.execute(latest, (days,))}
+    where = f"id IN ({', '.join(repr(i) for i in sorted(erased))})"
+    proc = tool(erase_cli, keycloak.config, "--database", "production_db", "--table", "event_entity", "--where", where)
+    assert proc.exit_code == 0 and f"erased {len(erased)} rows" in proc.stdout, proc.output
+    docs = [read_manifest(keycloak.store.get(o.key)) for o in keycloak.store.list("production_db/public.event_entity/")
+            if layout.is_manifest(o.key)]
+    replacements = [m for m, replaces in docs if replaces]
+    assert len(erased) == len(replacements) == 2 and all(m.timestamp_unit == "ms" and m.rows > 0 for m in replacements)
+    for m in replacements:
+        rows = pq.read_table(pa.BufferReader(keycloak.store.get(m.key)), columns=["event_time"]).column(0).to_pylist()
+        assert (m.min_ts, m.max_ts) == tuple((EPOCH + timedelta(milliseconds=t)).isoformat() for t in (min(rows), max(rows)))
+    assert not set(archived_ids(keycloak.store, prefix="production_db/public.event_entity/")) & erased
+    validated = tool(validate_cli, keycloak.config, "--output-format", "json", "--table", "event_entity")
+    assert validated.exit_code == 0 and json.loads(validated.stdout)["problems"] == [], validated.output
 
 
 def test_a_missing_unit_is_a_config_error_naming_it(keycloak: Keycloak, tmp_path: Path) -> None:
