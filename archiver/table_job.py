@@ -93,8 +93,8 @@ class TableJob:
                 self._retire_partitions(oid)
                 self._archive()
                 self._count_kept()
-                self._count_untimed()
                 if not self.controls.signal_received:  # a signal asks to exit now, not to measure
+                    self._count_untimed()
                     measure_backlog(self.conn, self.sel, self.result, now=self.now,
                                     exact=self.cfg.monitoring.backlog_exact_count, log_extra=self.ctx)
             finally:
