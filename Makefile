@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# S3=1: archive to an in-memory S3 endpoint (stopped with the demo) instead of demo-data/archive/.
 demo: $(STAMP)
-	$(VPY) scripts/demo.py
+	$(VPY) scripts/demo.py $(if $(S3),--s3)
 
 # One test worker per CPU (pytest-xdist); a test file stays on one worker, so its module-scoped
 # fixtures are built once. PYTEST_WORKERS=0 runs serially.
@@ -29,7 +30,7 @@ bench: $(STAMP)
 	$(VPY) bench/run.py
 
 typecheck: $(STAMP)
-	$(VPY) -m mypy common archiver restore validate cost wizard query erase bench scripts/demo.py
+	$(VPY) -m mypy common archiver restore validate cost wizard query erase bench scripts
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache

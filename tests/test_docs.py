@@ -51,6 +51,7 @@ from archiver.ops.notify import NEXT_STEPS
 from conftest import ADMIN_DSN, AUDIT_DDL, free_port, make_config, seed_audit
 from cost.app import CostOptions, parse_request
 from query.app import parse_columns
+from demo_support import DEMO_CONFIG, demo_config
 from docs_support import (DEPLOY, EXAMPLE, LOG_PATH, README, REPO, RUNBOOK, SOURCES, Command, Grep, all_key_paths,
                           backticked, example_keys, extract_commands, fenced_blocks, field_for, headings, package_strings,
                           rel, runbook_greps, section, slug, table_rows, uncommented_example)
@@ -111,8 +112,9 @@ def test_documented_command_parses_with_the_tools_real_flags(command: Command) -
 
 
 def check_meaning(tool: str, params: dict[str, Any]) -> None:
-    """What each tool checks about its arguments before touching a service, against the example config."""
-    example = load_config(EXAMPLE)
+    """What each tool checks about its arguments before touching a service, against the example
+    config (the README's commands after the demo: the config the demo writes)."""
+    example = demo_config() if params.get("config_path") == DEMO_CONFIG else load_config(EXAMPLE)
     if tool == "archiver":
         check_filters(example, ArchiverOptions(config_path=EXAMPLE, databases=params["databases"], tables=params["tables"]))
     elif tool == "validate":

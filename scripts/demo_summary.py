@@ -1,0 +1,58 @@
+"""What the demo left in the archive, each kind of object by its own name, and the summary it prints."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from common import layout, withdrawals
+from common.manifest import Manifest
+from common.storage import Storage
+
+
+@dataclass(frozen=True)
+class ArchiveCounts:
+    data_objects: int
+    rows: int  # as the manifests record them
+    bytes: int  # of the data objects
+    manifests: int
+    digests: int
+    withdrawal_records: int
+    other: int  # keys outside the layout
+
+
+def count_archive(store: Storage, prefix: str) -> ArchiveCounts:
+    """Classify every key under `prefix` with the layout's predicates (never by its look), and
+    count. Rows come from the manifests, the record every tool trusts."""
+    kinds: Counter[str] = Counter()
+    size = rows = 0
+    for info in store.list(layout.join(prefix, "")):
+        if layout.is_manifest(info.key):
+            kinds["manifest"] += 1
+            rows += Manifest.from_bytes(store.get(info.key), key=info.key).rows
+        elif layout.is_control_key(info.key):
+            kinds["withdrawal" if withdrawals.is_record(info.key) else "digest"] += 1
+        elif layout.parse_key(prefix, info.key) is not None:
+            kinds["data"] += 1
+            size += info.size
+        else:
+            kinds["other"] += 1
+    return ArchiveCounts(data_objects=kinds["data"], rows=rows, bytes=size, manifests=kinds["manifest"],
+                         digests=kinds["digest"], withdrawal_records=kinds["withdrawal"], other=kinds["other"])
+
+
+def print_summary(store: Storage, *, prefix: str, where: str, retention_days: int, eligible: int, archived: int,
+                  left: int, expired_left: int, elapsed: float, work: str) -> None:
+    c = count_archive(store, prefix)
+    extra = "".join(f", {n:,} {name}" for n, name in ((c.withdrawal_records, "withdrawal records"),
+                                                      (c.other, "other objects (not in the layout)")) if n)
+    lines = [(f"rows eligible (older than {retention_days} days)", f"{eligible:,}"),
+             ("rows archived and deleted", f"{archived:,} in {elapsed:.1f}s ({archived / max(elapsed, 1e-9):,.0f} rows/s)"),
+             ("rows left in the table", f"{left:,} (expired rows left: {expired_left:,})"),
+             ("archive", where),
+             ("  data objects (Parquet)", f"{c.data_objects:,} holding {c.rows:,} rows, {c.bytes / 1e6:.1f} MB"),
+             ("  manifests", f"{c.manifests:,}"),
+             ("  run digests", f"{c.digests:,}{extra}"),
+             ("config and logs", work)]
+    print("\n=== demo summary ===")
+    for label, value in lines:
+        print(f"{label + ':':<36}{value}")
