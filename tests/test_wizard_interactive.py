@@ -133,6 +133,19 @@ def test_an_unwritable_bucket_offers_to_continue_or_ask_again(shop_dsn: str, mot
     assert load_config(tmp_path / "c.yaml").s3.bucket == "missing-bucket"
 
 
+def test_enter_for_no_bucket_keeps_the_archives_in_a_directory_beside_the_config(shop_dsn: str, tmp_path: Path) -> None:
+    argv = ["--output", str(tmp_path / "c.yaml"), "--dsn", shop_dsn, "--password-env", "PGX", "--database-name", "db",
+            "--table", "audit_logs", "--retention-days", "90"]
+    result = answer(argv, "", "", "", "",  # password, column, key; no bucket
+                    "", "", "", "", "", "n")  # the directory, checkpoints, log, ports: the defaults; no notifications
+    assert result.exit_code == 0, result.output
+    assert f"Directory for the archives (storage: local) [{tmp_path / 'archive'}]" in result.output
+    assert "Storage class" not in result.output and "fallback" not in result.output  # S3's questions are not asked
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.storage, cfg.local_dir, cfg.checkpoint_dir) == ("local", str(tmp_path / "archive"), str(tmp_path / "checkpoints"))
+    assert f"aws s3 sync {tmp_path / 'archive'} s3://BUCKET/" in result.output
+
+
 @pytest.mark.parametrize("reply, code", [("n", 2), ("y", 0)])
 def test_overwriting_needs_a_confirmation(shop_dsn: str, moto_server: str, bucket: str, tmp_path: Path,
                                           reply: str, code: int) -> None:

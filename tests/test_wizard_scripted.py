@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,7 +18,8 @@ import yaml
 from click.testing import CliRunner, Result
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from archiver.runner import dry_run
+import validate.main
+from archiver.runner import dry_run, run_archive
 from common.config import load_config
 from conftest import free_port, seed_audit, throwaway_database
 from wizard.main import cli
@@ -82,12 +84,13 @@ def test_scripted_config_is_accepted_by_the_archiver_dry_run(shop_dsn: str, moto
     assert re.search(r"public\.audit_logs: cutoff .* \(retention 120 days\), eligible rows \d+", proc.stdout)
 
 
-def test_every_section_has_a_comment_above_it(shop_dsn: str, tmp_path: Path) -> None:
-    assert run(args(tmp_path, shop_dsn, endpoint=None, bucket=None) + ["--skip-bucket-check"]).exit_code == 0
+@pytest.mark.parametrize("bucket, where", [("audit-archives", {"s3"}), (None, {"local_dir"})], ids=["s3", "local"])
+def test_every_section_has_a_comment_above_it(shop_dsn: str, tmp_path: Path, bucket: str | None, where: set[str]) -> None:
+    assert run(args(tmp_path, shop_dsn, endpoint=None, bucket=bucket) + ["--skip-bucket-check"]).exit_code == 0
     lines = (tmp_path / "config.yaml").read_text().splitlines()
     tops = [i for i, line in enumerate(lines) if re.match(r"^[a-z_0-9]+:", line)]
-    assert {lines[i].split(":")[0] for i in tops} >= {"s3", "storage", "defaults", "databases", "logging",
-                                                      "checkpoint_dir", "monitoring", "schedule"}
+    assert {lines[i].split(":")[0] for i in tops} == where | {"storage", "defaults", "databases", "logging",
+                                                              "checkpoint_dir", "monitoring", "schedule"}
     assert all(lines[i - 1].startswith("# ") for i in tops), lines
 
 
@@ -155,7 +158,10 @@ def test_a_table_without_primary_key_is_refused(shop_dsn: str, tmp_path: Path) -
     (["--retention-days", "events=30"], "events is not one of the chosen tables"),
     (["--retention-days", "soon"], "--retention-days soon: 'soon' is not a valid value"),
     (["--table", "nope"], "table nope not found"),
-    (["--storage-class", "COLD"], "--storage-class COLD: one of STANDARD"),
+    (["--bucket", "audit-archives", "--storage-class", "COLD"], "--storage-class COLD: one of STANDARD"),
+    (["--storage-class", "GLACIER", "--region", "eu-west-1"],
+     "--region, --storage-class: S3 answers without a bucket; give --bucket too"),
+    (["--bucket", "audit-archives", "--local-dir", "archive"], "--bucket and --local-dir: archives go to S3 or"),
 ])
 def test_wrong_answers_are_usage_errors(shop_dsn: str, tmp_path: Path, extra: list[str], message: str) -> None:
     result = run(args(tmp_path, shop_dsn, endpoint=None, bucket=None) + ["--skip-bucket-check"] + extra)
@@ -198,6 +204,34 @@ def test_unreachable_database_is_exit_3(tmp_path: Path) -> None:
     assert not (tmp_path / "config.yaml").exists()
 
 
+def test_without_a_bucket_the_archives_go_to_a_local_directory_that_moves_to_s3_as_it_is(
+        moto_server: str, s3_client: Any, bucket: str, tmp_path: Path) -> None:
+    """A first try on a laptop: everything beside the config, writable by this user; later the
+    archive moves to a bucket as the wizard says (`aws s3 sync`: each file to the key of its path)."""
+    out, archive = tmp_path / "config.yaml", tmp_path / "archive"
+    with throwaway_database("wizard_local") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as pg:
+            seed_audit(pg, rows=12, days=3, end_days_ago=100)
+        result = run(["--output", str(out), "--non-interactive", "--dsn", dsn, "--table", "audit_logs"])
+        assert result.exit_code == 0, result.output
+        cfg = load_config(out)
+        assert (cfg.storage, cfg.local_dir, cfg.checkpoint_dir, cfg.logging.file) == \
+            ("local", str(archive), str(tmp_path / "checkpoints"), str(tmp_path / "archiver.log"))
+        assert "s3" not in yaml.safe_load(out.read_text())
+        assert f"aws s3 sync {archive} s3://BUCKET/" in result.stdout
+        assert run_archive(cfg)[1] == 0
+
+        for path in (p for p in archive.rglob("*") if p.is_file()):
+            s3_client.put_object(Bucket=bucket, Key=path.relative_to(archive).as_posix(), Body=path.read_bytes())
+        doc = yaml.safe_load(out.read_text())  # then storage: s3 and the bucket, as the wizard says
+        doc.update(storage="s3", s3={"bucket": bucket, "endpoint_url": moto_server})
+        out.write_text(yaml.safe_dump(doc))
+        checked = CliRunner().invoke(validate.main.cli, ["--config", str(out)], catch_exceptions=False)
+    objects = len(list(archive.rglob("*.parquet")))
+    assert checked.exit_code == 0, checked.output
+    assert f"{objects} objects, 12 rows" in checked.stdout and "OK, no problems found" in checked.stdout
+
+
 def test_unwritable_bucket_stops_a_scripted_run(shop_dsn: str, moto_server: str, tmp_path: Path) -> None:
     result = run(args(tmp_path, shop_dsn, endpoint=moto_server, bucket="missing-bucket"))
     assert result.exit_code == 3
@@ -220,7 +254,7 @@ def test_notifications_from_flags(shop_dsn: str, tmp_path: Path) -> None:
 
 def test_storage_classes_are_priced_by_the_cost_tool(shop_dsn: str, tmp_path: Path) -> None:
     pytest.importorskip("cost.estimate")
-    result = run(args(tmp_path, shop_dsn, endpoint=None, bucket=None) + ["--skip-bucket-check", "--region", "us-east-2"])
+    result = run(args(tmp_path, shop_dsn, endpoint=None, bucket="audit-archives") + ["--skip-bucket-check", "--region", "us-east-2"])
     assert result.exit_code == 0, result.output
     shown = dict(re.findall(r"^  ([A-Z_]+) +\$([\d,.]+)/month", result.stdout, re.M))
     assert set(shown) == {"STANDARD", "INTELLIGENT_TIERING", "STANDARD_IA", "ONEZONE_IA", "GLACIER_IR", "GLACIER",
@@ -241,7 +275,7 @@ def test_cost_column_shows_the_cost_tools_figures(capsys: pytest.CaptureFixture[
 def test_without_the_cost_tool_the_cost_column_is_skipped(shop_dsn: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cost.estimate", None)  # as if the cost tool were not installed
-    result = run(args(tmp_path, shop_dsn, endpoint=None, bucket=None) + ["--skip-bucket-check"])
+    result = run(args(tmp_path, shop_dsn, endpoint=None, bucket="audit-archives") + ["--skip-bucket-check"])
     assert result.exit_code == 0, result.output
     assert "(no cost column: the cost tool's estimator (cost.estimate) is not available)" in result.stdout
     assert "$" not in result.stdout.split("Storage classes")[1].split("Wrote")[0]

@@ -14,6 +14,7 @@ from common.config import load_config
 from common.errors import ArchiverError, Interrupted, UsageError
 from wizard.database import database_step
 from wizard.extras import extras_step, fallback_dir
+from wizard.local import local_dir_step, move_to_s3
 from wizard.model import Answers, Flags
 from wizard.prompts import Prompter, human_bytes
 from wizard.render import render_yaml, write_config
@@ -46,10 +47,15 @@ def gather(p: Prompter, flags: Flags, *, now: datetime, prober: Prober) -> Answe
         tf.check_used([d.info for d in details])
         tables = tuple(configure_table(p, conn, d, tf, now=now) for d in details)
     p.info("")
-    s3 = storage_step(p, flags, eligible_bytes=sum(t.eligible_bytes for t in tables), prober=prober)
+    s3 = None if flags.local_dir else storage_step(p, flags, eligible_bytes=sum(t.eligible_bytes for t in tables),
+                                                   prober=prober)
+    if s3 is None:
+        beside = flags.output.absolute().parent
+        local_dir = local_dir_step(p, flags, beside=beside)
+        return Answers(database=db, tables=tables, s3=None, local_dir=local_dir,
+                       extras=extras_step(p, flags, beside=beside))
     s3 = s3.model_copy(update={"local_fallback_dir": fallback_dir(p, flags)})
-    extras = extras_step(p, flags)
-    return Answers(database=db, tables=tables, s3=s3, extras=extras)
+    return Answers(database=db, tables=tables, s3=s3, extras=extras_step(p, flags))
 
 
 def run(flags: Flags, *, now: datetime | None = None, prober: Prober = default_prober,
@@ -88,4 +94,6 @@ def next_steps(a: Answers, output: Path) -> list[str]:
               f"    0 * * * *  cd {shlex.quote(str(Path.cwd()))} && {shlex.quote(sys.executable)} -m archiver.main"
               f" --config {shlex.quote(str(output.resolve()))}",
               "  or a systemd timer (OnCalendar=hourly) running the same command."]
+    if a.local_dir:
+        lines += move_to_s3(a.local_dir, output)
     return lines

@@ -20,17 +20,20 @@ def fallback_dir(p: Prompter, flags: Flags) -> str | None:
     value = p.ask("Local fallback directory for archives while S3 is unreachable ('none' to disable)",
                   flag="--fallback-dir", given=flags.fallback_dir, default=DEFAULT_FALLBACK_DIR)
     path = path_or_none(value)
-    _note_dir(p, path)
+    note_dir(p, path)
     return path
 
 
-def extras_step(p: Prompter, flags: Flags) -> Extras:
+def extras_step(p: Prompter, flags: Flags, *, beside: Path | None = None) -> Extras:
+    """`beside` (a first try with storage: local): checkpoints and log default to that directory,
+    which this user can write, instead of the server paths of the runbook."""
     checkpoint = p.ask("Checkpoint directory (resume points of interrupted runs)", flag="--checkpoint-dir",
-                       given=flags.checkpoint_dir, default=DEFAULT_CHECKPOINT_DIR, check=nonempty_check)
-    _note_dir(p, checkpoint)
+                       given=flags.checkpoint_dir, check=nonempty_check,
+                       default=str(beside / "checkpoints") if beside else DEFAULT_CHECKPOINT_DIR)
+    note_dir(p, checkpoint)
     log_file = path_or_none(p.ask("Log file ('none' for stderr only)", flag="--log-file", given=flags.log_file,
-                                  default=DEFAULT_LOG_FILE))
-    _note_dir(p, str(Path(log_file).parent) if log_file else None)
+                                  default=str(beside / "archiver.log") if beside else DEFAULT_LOG_FILE))
+    note_dir(p, str(Path(log_file).parent) if log_file else None)
     port = click.IntRange(0, 65535)
     health = p.ask("Health check port (/health)", flag="--health-port", given=flags.health_port,
                    default=DEFAULT_HEALTH_PORT, type=port)
@@ -41,7 +44,7 @@ def extras_step(p: Prompter, flags: Flags) -> Extras:
                   notifications=notifications, secret_envs=envs)
 
 
-def _note_dir(p: Prompter, path: str | None) -> None:
+def note_dir(p: Prompter, path: str | None) -> None:
     """The archiver creates missing directories; say so when this user could not."""
     if not path:
         return

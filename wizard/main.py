@@ -31,7 +31,9 @@ _PORT = click.IntRange(0, 65535)
                    " [default: the primary key from the catalog].")
 @click.option("--retention-days", multiple=True, metavar="[TABLE=]DAYS",
               help="Days rows stay in the table, for all tables or one (repeatable) [default: 90].")
-@click.option("--bucket", help="S3 bucket [default: audit-archives].")
+@click.option("--bucket", help="S3 bucket [default: none, the archives go to --local-dir].")
+@click.option("--local-dir", help="Keep the archives in this directory (storage: local), not S3"
+                                  " [default without --bucket: archive/ beside --output].")
 @click.option("--prefix", help="Key prefix inside the bucket [default: none].")
 @click.option("--region", help="AWS region [default: us-east-1].")
 @click.option("--endpoint-url", help="S3 endpoint URL for S3-compatible stores [default: AWS].")

@@ -42,6 +42,7 @@ class Flags:
     primary_keys: tuple[str, ...] = ()
     retention_days: tuple[str, ...] = ()
     bucket: str | None = None
+    local_dir: str | None = None
     prefix: str | None = None
     region: str | None = None
     endpoint_url: str | None = None
@@ -100,8 +101,9 @@ class Extras:
 class Answers:
     database: DatabaseAnswer
     tables: tuple[TableAnswer, ...]
-    s3: S3Config
+    s3: S3Config | None  # None: storage: local, in local_dir
     extras: Extras
+    local_dir: str | None = None
 
 
 class PerTable(Generic[T]):

@@ -24,9 +24,10 @@ def config_document(a: Answers) -> dict[str, Any]:
     defaults.update({k: getattr(base, k) for k in _DEFAULT_KEYS})
     logging: dict[str, Any] = {"file": a.extras.log_file} if a.extras.log_file else {}
     logging.update(level="INFO", format="text")
+    where: dict[str, Any] = ({"s3": a.s3.model_dump(exclude_none=True, exclude=_s3_tuning()), "storage": "s3"}
+                             if a.s3 is not None else {"storage": "local", "local_dir": a.local_dir})
     doc: dict[str, Any] = {
-        "s3": a.s3.model_dump(exclude_none=True, exclude=_s3_tuning()),
-        "storage": "s3",
+        **where,
         "defaults": defaults,
         "databases": [_database(a.database, a.tables)],
         "logging": logging,
@@ -63,7 +64,10 @@ def _comments(a: Answers) -> dict[str, str]:
         "s3": "Where archives go: s3://<bucket>/<prefix>/<database>/<schema>.<table>/year=/month=/day=/.\n"
               "AWS credentials come from the environment, a profile or an instance role, never from this file.\n"
               "local_fallback_dir keeps archives while S3 is unreachable; they are uploaded later.",
-        "storage": "s3, or local (archives in local_dir instead of S3).",
+        "storage": "s3, or local (archives in local_dir instead of S3)." if a.local_dir is None else
+                   "local: the archives stay in local_dir, in the same key layout as on S3. To move them to S3 later:\n"
+                   f"aws s3 sync {a.local_dir} s3://<bucket>/, then set storage: s3 and s3: {{bucket: <bucket>}}.",
+        "local_dir": "Where the archives are (storage: local); absolute, so any working directory finds them.",
         "defaults": "Settings every table inherits unless the table sets its own.",
         "databases": f"Databases and tables to archive. The password is read from ${a.database.password_env}\n"
                      "(password_env); it is never written here.",

@@ -1,5 +1,6 @@
 """Step 4: bucket, prefix, region, endpoint, storage class (with the monthly cost of the eligible
-data per class, from the cost tool) and encryption; then a put+delete probe of the bucket."""
+data per class, from the cost tool) and encryption; then a put+delete probe of the bucket. No
+bucket: storage: local instead (wizard/local.py)."""
 from __future__ import annotations
 
 import re
@@ -66,11 +67,15 @@ def show_costs(p: Prompter, size_bytes: int, region: str) -> None:
         p.info(f"  {cls:<20} {price:>16}{thaw}")
 
 
-def storage_step(p: Prompter, flags: Flags, *, eligible_bytes: int, prober: Prober = default_prober) -> S3Config:
+def storage_step(p: Prompter, flags: Flags, *, eligible_bytes: int,
+                 prober: Prober = default_prober) -> S3Config | None:
+    """The S3 answers, checked; None when no bucket is given (storage: local)."""
     prev: dict[str, Any] = {}
     given = flags
     while True:
         s3 = _ask_storage(p, given, prev, eligible_bytes)
+        if s3 is None:
+            return None
         if flags.skip_bucket_check:
             p.warn(f"bucket s3://{s3.bucket} not checked (--skip-bucket-check)")
             return s3
@@ -88,9 +93,11 @@ def storage_step(p: Prompter, flags: Flags, *, eligible_bytes: int, prober: Prob
         given = Flags(output=flags.output)  # ask everything again, previous answers as defaults
 
 
-def _ask_storage(p: Prompter, flags: Flags, prev: dict[str, Any], eligible_bytes: int) -> S3Config:
-    bucket = p.ask("S3 bucket", flag="--bucket", given=flags.bucket, default=prev.get("bucket", "audit-archives"),
-                   check=bucket_check)
+def _ask_storage(p: Prompter, flags: Flags, prev: dict[str, Any], eligible_bytes: int) -> S3Config | None:
+    bucket = p.ask("S3 bucket (Enter for none: the archives go to a local directory, for a first try)",
+                   flag="--bucket", given=flags.bucket, default=prev.get("bucket"), optional=True, check=bucket_check)
+    if bucket is None:
+        return None
     prefix = p.ask("Key prefix inside the bucket (optional)", flag="--prefix", given=flags.prefix,
                    default=prev.get("prefix") or None, optional=True) or ""
     region = p.ask("AWS region", flag="--region", given=flags.region, default=prev.get("region", "us-east-1"),
