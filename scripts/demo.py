@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rows = int(os.environ.get("ARCHIVER_DEMO_ROWS", "1000000"))
     demo_dsn = fresh_database(admin_dsn(), os.environ.get("ARCHIVER_DEMO_DATABASE", "archiver_demo"))
-    eligible, examples = seed(demo_dsn, rows)
+    examples = seed(demo_dsn, rows)
     if WORK.exists():  # an earlier run's archive and checkpoints belong to the database just dropped
         shutil.rmtree(WORK)
     with storage(s3=args.s3) as store_config:
         CONFIG.parent.mkdir(parents=True, exist_ok=True)
         CONFIG.write_text(yaml.safe_dump(config_document(demo_dsn, store_config), sort_keys=False))
-        archive(demo_dsn, eligible)
+        archive(demo_dsn, rows)
         steps = next_steps(shown(CONFIG, ROOT), examples, python=shown(Path(sys.executable), ROOT))
         for step in steps:
             print(f"\ndemo: {step.why}", flush=True)
@@ -115,8 +115,8 @@ def fresh_database(dsn: str, name: str) -> str:
     return make_conninfo(dsn, dbname=name)
 
 
-def seed(dsn: str, rows: int) -> tuple[int, Examples]:
-    """Seed the table; return how many rows are expired and what the next steps will look at."""
+def seed(dsn: str, rows: int) -> Examples:
+    """Seed the table; return what the next steps will look at."""
     print(f"demo: seeding {rows:,} audit rows spanning 400 days ...", flush=True)
     t0 = time.monotonic()
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -127,7 +127,7 @@ def seed(dsn: str, rows: int) -> tuple[int, Examples]:
                                    (RETENTION_DAYS,)).fetchall()[0]
         examples = choose_examples(conn, retention_days=RETENTION_DAYS)
     print(f"demo: seeded in {time.monotonic() - t0:.1f}s; {eligible:,} rows are older than {RETENTION_DAYS} days", flush=True)
-    return int(eligible), examples
+    return examples
 
 
 @contextmanager
@@ -166,7 +166,7 @@ def config_document(dsn: str, store: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def archive(dsn: str, eligible: int) -> None:
+def archive(dsn: str, seeded: int) -> None:
     from common.config import load_config
     from common.s3client import primary_storage
 
@@ -181,7 +181,7 @@ def archive(dsn: str, eligible: int) -> None:
                                  " FROM audit_logs", (RETENTION_DAYS,)).fetchall()[0]
     where = shown(Path(cfg.local_dir), ROOT) + "/" if cfg.local_dir else f"s3://{cfg.s3.bucket}/ at {cfg.s3.endpoint_url}"
     print_summary(primary_storage(cfg), prefix=cfg.s3.prefix, where=where, retention_days=RETENTION_DAYS,
-                  eligible=eligible, archived=eligible - old, left=left, expired_left=old, elapsed=elapsed,
+                  seeded=seeded, left=left, expired_left=old, elapsed=elapsed,
                   work=shown(WORK, ROOT) + "/")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ QUERY_COLUMNS = "id,created_at,actor_email,client_ip,payload,success"
 class Examples:
     first_day: date  # of the last whole calendar month the archiver moves (UTC)
     last_day: date
-    user_id: int  # the busiest user of that month
+    user_id: int  # the busiest user of that month (the README's 42 on a tie)
     day: date  # that user's first day in the month
 
 
@@ -32,11 +32,20 @@ class Step:
 
     @property
     def command(self) -> str:
-        return shlex.join(self.argv)
+        return " ".join(_quote(word) for word in self.argv)
+
+
+def _quote(word: str) -> str:
+    """As a person would type it: SQL with 'literals' inside double quotes (where nothing of it
+    is special to the shell), anything else as shlex quotes it."""
+    if "'" in word and not set(word) & set('"$`\\!'):
+        return f'"{word}"'
+    return shlex.quote(word)
 
 
 #: With the database's clock, as the archiver's cutoff: the month before the cutoff's month is
-#: archived whole. The busiest user of that month (lowest id on a tie) and their first day in it.
+#: archived whole. The busiest user of that month (the one nearest 42 on a tie, as in the README)
+#: and their first day in it.
 _EXAMPLES = """
 WITH month AS (
     SELECT date_trunc('month', (now() - make_interval(days => %(retention)s)) AT TIME ZONE 'UTC') - interval '1 month' AS first
@@ -44,7 +53,7 @@ WITH month AS (
     SELECT user_id, min(created_at AT TIME ZONE 'UTC') AS first_seen
     FROM audit_logs, month
     WHERE created_at >= month.first AT TIME ZONE 'UTC' AND created_at < (month.first + interval '1 month') AT TIME ZONE 'UTC'
-    GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1
+    GROUP BY user_id ORDER BY count(*) DESC, abs(user_id - 42), user_id LIMIT 1
 )
 SELECT month.first::date, (month.first + interval '1 month - 1 day')::date, busiest.user_id, busiest.first_seen::date
 FROM month LEFT JOIN busiest ON true
@@ -69,6 +78,10 @@ def next_steps(config: str, ex: Examples, *, python: str) -> list[Step]:
     month = ("--start-date", ex.first_day.isoformat(), "--end-date", ex.last_day.isoformat())
     user = ("--where", f"user_id = {ex.user_id}")
     query = (*table, *month, *user, "--columns", QUERY_COLUMNS)
+    # erase takes no dates: the month goes into its condition (all of a user's rows would list
+    # nearly every object of the archive), with the UTC offset spelled out
+    in_month = (f"user_id = {ex.user_id} AND created_at >= '{ex.first_day} 00:00:00+00'"
+                f" AND created_at < '{ex.last_day + timedelta(days=1)} 00:00:00+00'")
     day = ex.day.isoformat()
     return [
         Step("check every archived object against its manifest, the run digest and the database", tool("validate")),
@@ -77,8 +90,8 @@ def next_steps(config: str, ex: Examples, *, python: str) -> list[Step]:
         Step(f"restore {day} into a new table, {RESTORED_TABLE} (skip: a rerun restores nothing twice)",
              tool("restore", *table, "--restore-all", "--start-date", day, "--end-date", day,
                   "--target-table", RESTORED_TABLE, "--conflict-strategy", "skip")),
-        Step(f"what erasing user {ex.user_id}'s archived rows would rewrite (--dry-run changes nothing)",
-             tool("erase", *table, *user, "--dry-run")),
+        Step(f"what erasing user {ex.user_id}'s rows of {ex.first_day:%B %Y} would rewrite (--dry-run changes nothing)",
+             tool("erase", *table, "--where", in_month, "--dry-run")),
         Step("what this archive would cost on S3, measured from the archive itself", tool("cost")),
     ]
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from common import layout, withdrawals
 from common.manifest import Manifest
 from common.storage import Storage
+from common.units import human_bytes
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,18 @@ def count_archive(store: Storage, prefix: str) -> ArchiveCounts:
                          digests=kinds["digest"], withdrawal_records=kinds["withdrawal"], other=kinds["other"])
 
 
-def print_summary(store: Storage, *, prefix: str, where: str, retention_days: int, eligible: int, archived: int,
-                  left: int, expired_left: int, elapsed: float, work: str) -> None:
+def print_summary(store: Storage, *, prefix: str, where: str, retention_days: int, seeded: int, left: int,
+                  expired_left: int, elapsed: float, work: str) -> None:
+    """`seeded - left` rows left the table; the archive's own count (its manifests) stands beside it."""
     c = count_archive(store, prefix)
     extra = "".join(f", {n:,} {name}" for n, name in ((c.withdrawal_records, "withdrawal records"),
                                                       (c.other, "other objects (not in the layout)")) if n)
-    lines = [(f"rows eligible (older than {retention_days} days)", f"{eligible:,}"),
-             ("rows archived and deleted", f"{archived:,} in {elapsed:.1f}s ({archived / max(elapsed, 1e-9):,.0f} rows/s)"),
-             ("rows left in the table", f"{left:,} (expired rows left: {expired_left:,})"),
+    deleted = seeded - left
+    lines = [("rows seeded", f"{seeded:,}"),
+             ("rows archived and deleted", f"{deleted:,} in {elapsed:.1f}s ({deleted / max(elapsed, 1e-9):,.0f} rows/s)"),
+             ("rows left in the table", f"{left:,} (older than {retention_days} days: {expired_left:,})"),
              ("archive", where),
-             ("  data objects (Parquet)", f"{c.data_objects:,} holding {c.rows:,} rows, {c.bytes / 1e6:.1f} MB"),
+             ("  data objects (Parquet)", f"{c.data_objects:,} holding {c.rows:,} rows, {human_bytes(c.bytes)}"),
              ("  manifests", f"{c.manifests:,}"),
              ("  run digests", f"{c.digests:,}{extra}"),
              ("config and logs", work)]

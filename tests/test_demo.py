@@ -105,7 +105,8 @@ def archived_rows(demo: Demo, where: str, days: str) -> int:
 
 def test_the_summary_names_each_kind_of_object_and_counts_it_right(demo: Demo) -> None:
     archived = number(summary_value(demo.output, "rows archived and deleted").split()[0])
-    objects = re.fullmatch(r"([\d,]+) holding ([\d,]+) rows, [\d.]+ MB", summary_value(demo.output, "  data objects (Parquet)"))
+    assert number(summary_value(demo.output, "rows seeded")) == ROWS
+    objects = re.fullmatch(r"([\d,]+) holding ([\d,]+) rows, [\d.]+ [KM]B", summary_value(demo.output, "  data objects (Parquet)"))
     assert objects, demo.output
     parquet_files = len(list(Path(demo.archive()).rglob("*.parquet")))
     assert (number(objects.group(1)), number(objects.group(2))) == (parquet_files, archived)
@@ -170,12 +171,15 @@ def test_printed_restore_fills_the_new_table_with_that_day_once(demo: Demo) -> N
     assert restored == (expected, expected, day, day) and f"0 inserted, {expected} skipped" in proc.stdout
 
 
-def test_printed_erase_dry_run_names_the_objects_and_changes_nothing(demo: Demo) -> None:
+def test_printed_erase_dry_run_finds_the_users_month_and_changes_nothing(demo: Demo) -> None:
     [command] = printed(demo, "erase")
     assert "--dry-run" in shlex.split(command)
+    where = option(command, "--where")
     before = sorted((p, p.stat().st_mtime_ns) for p in Path(demo.archive()).rglob("*"))
     proc = demo.run(command)
-    assert proc.returncode == 0 and "would erase" in proc.stdout and "nothing was changed" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "nothing was changed" in proc.stdout, proc.stderr
+    expected = archived_rows(demo, where, "year=*/month=*/day=*")
+    assert expected >= 1 and f" {expected} matching rows in " in proc.stdout and proc.stdout.count("would erase") >= 1
     assert sorted((p, p.stat().st_mtime_ns) for p in Path(demo.archive()).rglob("*")) == before
 
 
