@@ -17,17 +17,22 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
+import boto3
 import duckdb
 import psycopg
 import pytest
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import EndpointConnectionError
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from common import digest, layout, withdrawals
+from common.config import parse_config
 from common.manifest import sha256_hex
 from common.storage import LocalStorage
 from conftest import ADMIN_DSN
 from demo_support import REPO, demo_steps, demo_summary
+from demo_support import demo as demo_script
 from docs_support import README, fenced_blocks, section
 from test_cost_measure import manifest_for
 
@@ -202,6 +207,19 @@ def readme_commands() -> list[str]:
 def test_readme_command_runs_after_the_demo(demo: Demo, command: str) -> None:
     proc = demo.run(command)
     assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+
+
+def test_the_s3_flag_archives_to_a_live_endpoint_that_stops_with_the_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, "testing")  # the demo sets its own; these come back afterwards
+    assert demo_script.parse_args(["--s3"]).s3 and not demo_script.parse_args([]).s3
+    with demo_script.storage(s3=True) as keys:
+        cfg = parse_config(demo_script.config_document("host=127.0.0.1 dbname=x", keys))
+        client = boto3.client("s3", endpoint_url=cfg.s3.endpoint_url, region_name="us-east-1")
+        assert (cfg.storage, client.list_objects_v2(Bucket=cfg.s3.bucket)["KeyCount"]) == ("s3", 0)
+    with pytest.raises(EndpointConnectionError):
+        boto3.client("s3", endpoint_url=cfg.s3.endpoint_url, region_name="us-east-1",
+                     config=BotoConfig(retries={"max_attempts": 1})).list_objects_v2(Bucket=cfg.s3.bucket)
 
 
 def test_count_archive_tells_each_kind_by_the_layouts_predicates(tmp_path: Path) -> None:
