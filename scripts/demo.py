@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     examples = seed(demo_dsn, rows)
     if WORK.exists():  # an earlier run's archive and checkpoints belong to the database just dropped
         shutil.rmtree(WORK)
+        print(f"demo: removed {shown(WORK, ROOT)}/ of an earlier run (its database was just recreated)", flush=True)
     with storage(s3=args.s3) as store_config:
         CONFIG.parent.mkdir(parents=True, exist_ok=True)
         CONFIG.write_text(yaml.safe_dump(config_document(demo_dsn, store_config), sort_keys=False))
