@@ -50,7 +50,8 @@ def print_summary(store: Storage, *, prefix: str, where: str, retention_days: in
     deleted = seeded - left
     lines = [("rows seeded", f"{seeded:,}"),
              ("rows archived and deleted", f"{deleted:,} in {elapsed:.1f}s ({deleted / max(elapsed, 1e-9):,.0f} rows/s)"),
-             ("rows left in the table", f"{left:,} (older than {retention_days} days: {expired_left:,})"),
+             ("rows left in the table",
+              f"{left:,} (older than {retention_days} days when the run began: {expired_left:,})"),
              ("archive", where),
              ("  data objects (Parquet)", f"{c.data_objects:,} holding {c.rows:,} rows, {human_bytes(c.bytes)}"),
              ("  manifests", f"{c.manifests:,}"),
