@@ -52,9 +52,9 @@ _SIMPLE: dict[str, pa.DataType] = {
     "date": pa.date32(),
     "bytea": pa.binary(),
 }
-#: Types whose text form can fail Arrow parsing (infinity, BC dates, NaN numerics): per batch such a
-#: column falls back to the text encoding.
-FALLIBLE = {"timestamptz", "timestamp", "date", "numeric"}
+#: Base types (a domain's too) stored as their natural Arrow type, whatever the values: infinities
+#: and BC dates included (common/arrow_types.py). Every other type is stored as its text form.
+_TEMPORAL: dict[str, pa.DataType] = {"time": pa.time64("us")}
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,19 @@ class Column:
     scale: int | None = None
     generated: bool = False
     identity: bool = False
+    #: A domain's base type (nested domains resolved): pg_type.typname, typtype and format_type().
+    #: None for other columns, and in archives written before format version 2 (whose domains
+    #: were stored as text).
+    base_typname: str | None = None
+    base_typtype: str | None = None
+    base_type: str | None = None
+
+    @property
+    def kind(self) -> tuple[str, str]:
+        """(typname, typtype) of the type the values are stored as: a domain's base type."""
+        if self.typtype == "d" and self.base_typname is not None and self.base_typtype is not None:
+            return self.base_typname, self.base_typtype
+        return self.typname, self.typtype
 
     @property
     def decimal_fits(self) -> bool:
@@ -76,13 +89,15 @@ class Column:
         return self.precision is not None and self.precision <= 38 and 0 <= (self.scale or 0) <= self.precision
 
     def natural_type(self) -> pa.DataType | None:
-        """The lossless Arrow type, or None when the text form is stored."""
-        if self.typtype != "b":
+        """The column's Arrow (and Parquet) type, from its PostgreSQL type alone, never from the
+        values (issue 27: one schema per table); None when the text form is stored."""
+        typname, typtype = self.kind
+        if typtype != "b":
             return None
-        if self.typname == "numeric":
+        if typname == "numeric":
             fits = self.decimal_fits and self.precision is not None
             return pa.decimal128(self.precision, self.scale or 0) if fits else None
-        return _SIMPLE.get(self.typname)
+        return _SIMPLE.get(typname) or _TEMPORAL.get(typname)
 
 
 @dataclass(frozen=True)
@@ -109,15 +124,37 @@ class TableSchema:
 
     @classmethod
     def from_json(cls, data: list[dict[str, Any]]) -> TableSchema:
-        return cls(tuple(Column(**c) for c in data))
+        return cls(tuple(column_from_json(c) for c in data))
 
 
+_COLUMN_FIELDS = set(Column.__dataclass_fields__)
+
+
+def column_from_json(doc: dict[str, Any]) -> Column:
+    """A Column from an archive's or manifest's column document (its `encoding` and any field a
+    later version adds are not Column fields)."""
+    return Column(**{k: v for k, v in doc.items() if k in _COLUMN_FIELDS})
+
+
+# A domain's base type is found through every level of a domain over a domain; its typmod (a
+# numeric's precision and scale) is the one the innermost domain over a base type declared.
 COLUMNS_SQL = """
 SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod), t.typtype,
-       CASE WHEN t.typname = 'numeric' AND a.atttypmod >= 4 THEN ((a.atttypmod - 4) >> 16) & 65535 END,
-       CASE WHEN t.typname = 'numeric' AND a.atttypmod >= 4 THEN (((a.atttypmod - 4) & 2047) # 1024) - 1024 END,
-       a.attgenerated <> '', a.attidentity <> ''
+       CASE WHEN b.typname = 'numeric' AND base.typmod >= 4 THEN ((base.typmod - 4) >> 16) & 65535 END,
+       CASE WHEN b.typname = 'numeric' AND base.typmod >= 4 THEN (((base.typmod - 4) & 2047) # 1024) - 1024 END,
+       a.attgenerated <> '', a.attidentity <> '',
+       b.typname, b.typtype, format_type(base.oid, base.typmod)
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+CROSS JOIN LATERAL (
+    WITH RECURSIVE d(oid, typmod, typtype) AS (
+        SELECT a.atttypid, a.atttypmod, t.typtype
+        UNION ALL
+        SELECT dt.typbasetype, CASE WHEN d.typmod = -1 THEN dt.typtypmod ELSE d.typmod END, bt.typtype
+        FROM d JOIN pg_type dt ON dt.oid = d.oid JOIN pg_type bt ON bt.oid = dt.typbasetype
+        WHERE d.typtype = 'd')
+    SELECT oid, typmod FROM d WHERE typtype <> 'd'
+) base
+JOIN pg_type b ON b.oid = base.oid
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
@@ -127,7 +164,8 @@ def schema_from_rows(rows: list[tuple[Any, ...]]) -> TableSchema:
     return TableSchema(
         tuple(
             Column(name=r[0], typname=r[1], pg_type=r[2], typtype=r[3], precision=r[4], scale=r[5],
-                   generated=bool(r[6]), identity=bool(r[7]))
+                   generated=bool(r[6]), identity=bool(r[7]),
+                   **({"base_typname": r[8], "base_typtype": r[9], "base_type": r[10]} if r[3] == "d" else {}))
             for r in rows
         )
     )
