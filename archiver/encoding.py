@@ -48,7 +48,8 @@ def encode_batch(batch: Batch, *, sel: Selection, prefix: str, database: str, op
             "table": t.name, "timestamp_column": t.timestamp_column, "primary_key": ",".join(sel.keys),
             **({"timestamp_unit": t.timestamp_unit} if t.timestamp_unit else {})}
     data = batch_writer.encode(rows, fmt=opts.format, level=opts.compression_level,
-                               schema=sel.schema, encodings=batch.encodings, extra_meta=meta)
+                               schema=sel.schema, encodings=batch.encodings, extra_meta=meta,
+                               exceptions=batch.exceptions)
     digest = sha256_hex(data)
     # Copies (combine_chunks), not slices: a slice keeps the read window's buffers alive while its
     # batch waits for upload and delete (2M-row bench: peak RSS 252-270 -> ~240 MB).

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Protocol
 
@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from archiver.selection import Bound, Selection
-from common.pgtypes import EPOCH_ORDINAL, FALLIBLE, from_arrow_read, xids
+from common.arrow_types import Exceptions
+from common.pgtypes import EPOCH_ORDINAL, from_arrow_read, split_exceptions, xids
 from common.units import rows_within
 
 #: Rows per window (at least batch_size): 2M-row bench, ~215-240 MB peak RSS of the run at this size.
@@ -62,6 +63,8 @@ class Batch:
     hi: Bound  # ... to hi: a row's (timestamp, pk), inclusive, or the next day's (start, None)
     #: Which relation the rows came from, where one pipeline reads several (archiver/retire.py).
     origin: Any = None
+    #: Values the columns' types cannot hold, by column: NULL in `rows` (common/arrow_types.py).
+    exceptions: dict[str, Exceptions] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -84,13 +87,11 @@ class _Cut:
     batch_size: int
     encodings: dict[str, str]
     window: int
-    narrow: bool
 
     def batch(self, table: pa.Table, day: date, lo: Bound, hi: Bound) -> Batch:
-        rows, enc = table.drop_columns(["__xmin"]), self.encodings
-        if self.narrow:
-            rows, enc = _narrow(rows, enc, self.sel)
-        return Batch(day, rows, table.column("__xmin").combine_chunks(), enc, rows.nbytes, self.window, lo, hi)
+        rows, exceptions = split_exceptions(table.drop_columns(["__xmin"]))
+        return Batch(day, rows, table.column("__xmin").combine_chunks(), self.encodings, rows.nbytes, self.window, lo, hi,
+                     exceptions=exceptions)
 
 
 def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
@@ -117,7 +118,7 @@ def batches(source: Source, sel: Selection, *, batch_size: int, all_text: bool,
             continue
         window += 1
         # A window always completes a batch (the by-key path relies on it): batches no larger than it.
-        cut = _Cut(sel, min(batch_size, limit), encodings, window, narrow=not all_text)
+        cut = _Cut(sel, min(batch_size, limit), encodings, window)
         whole = table.num_rows < limit
         limit = _fit(cap, table)
         if by_key:
@@ -200,25 +201,6 @@ def _emit_keys(table: pa.Table, cut: _Cut, *, whole: bool) -> list[Batch]:
             piece = table.slice(off, n)
             out.append(cut.batch(piece, day, _key(piece, 0, cut.sel), _key(piece, n - 1, cut.sel)))
     return out
-
-
-def _narrow(table: pa.Table, encodings: dict[str, str], sel: Selection) -> tuple[pa.Table, dict[str, str]]:
-    """A window falls back to text for a column when any of its rows needs it (e.g. 'infinity');
-    give each batch back the natural type where its own rows allow."""
-    if all(v == "native" for v in encodings.values()):
-        return table, encodings
-    encodings = dict(encodings)
-    for col in sel.schema.columns:
-        natural = col.natural_type()
-        if encodings[col.name] != "text" or natural is None or col.typname not in FALLIBLE:
-            continue
-        idx = table.schema.get_field_index(col.name)
-        try:
-            table = table.set_column(idx, col.name, pc.cast(table.column(idx), natural))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            continue
-        encodings[col.name] = "native"
-    return table, encodings
 
 
 def _split(chunk: pa.Table, sel: Selection) -> list[tuple[int, int, date]]:

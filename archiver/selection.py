@@ -17,7 +17,7 @@ from archiver.references import Reference
 from common.db import qualified
 from common.epoch import day_numbers
 from common.expiry import ExpiredRows
-from common.pgtypes import read_natively
+from common.pgtypes import Column, read_natively
 
 #: A read or delete bound: (timestamp, key) of a row, or (a day's start, None). The key is the
 #: value of a one-column key, or a tuple (list, after JSON) of a composite key's values in order.
@@ -95,11 +95,8 @@ class Selection(ExpiredRows):
                 pred = sql.SQL("{} AND ({ts}, {pk}) > ({lo_ts}, {lo_pk})").format(pred, ts=self.ts, pk=self.pk, lo_ts=lo_ts, lo_pk=lo_pk)
         if upper is not None:
             pred = sql.SQL("{} AND {ts} < {hi_ts}").format(pred, ts=self.ts, hi_ts=self._literals((upper, None))[0])
-        native = set() if all_text else {
-            c.name for c in self.schema.columns if read_natively(c, finite=c.name == self.table.timestamp_column)}
-        cols = sql.SQL(", ").join(
-            sql.Identifier(c.name) if c.name in native else sql.SQL("{}::text").format(sql.Identifier(c.name))
-            for c in self.schema.columns)
+        native = set() if all_text else {c.name for c in self.schema.columns if read_natively(c)}
+        cols = sql.SQL(", ").join(_read_as(c, native=c.name in native) for c in self.schema.columns)
         ordered = (self.table.timestamp_column, *self.keys) if by_key else (self.table.timestamp_column,)
         order = sql.SQL(", ").join(self._column(c) for c in ordered)
         query = sql.SQL("SELECT xmin, {cols} FROM {rel} WHERE {pred} ORDER BY {order} LIMIT {limit}").format(
@@ -248,6 +245,18 @@ class Selection(ExpiredRows):
     def integer_pk(self) -> bool:
         """A one-column integer key: deletes add a BETWEEN that walks one index range."""
         return not self.composite and self.schema.column(self.keys[0]).typname in _INTEGERS
+
+
+def _read_as(col: Column, *, native: bool) -> sql.Composable:
+    """A column in the export's SELECT list: itself, a domain as its base type (the driver reads
+    the base type's binary form), or its text form."""
+    if not native:
+        return sql.SQL("{}::text").format(sql.Identifier(col.name))
+    if col.typtype == "d" and col.base_type:
+        # format_type() of the base type, from the catalog (not user input); the name stays the column's
+        return sql.SQL("{}::{} AS {}").format(sql.Identifier(col.name), sql.SQL(col.base_type),  # type: ignore[arg-type]
+                                              sql.Identifier(col.name))
+    return sql.Identifier(col.name)
 
 
 def utc_day(value: Any) -> date:

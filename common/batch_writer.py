@@ -11,15 +11,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
 
-from common.pgtypes import TableSchema, archive_metadata, read_archive_metadata
+from common.arrow_types import Exceptions
+from common.pgtypes import TableSchema, archive_metadata, arrow_schema, read_archive_metadata
 
 EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl.zst"}
 
 
 def encode(table: pa.Table, *, fmt: str, level: int, schema: TableSchema, encodings: dict[str, str],
-           extra_meta: dict[str, Any]) -> bytes:
-    meta = archive_metadata(schema=schema, encodings=encodings, extra=extra_meta)
+           extra_meta: dict[str, Any], exceptions: dict[str, Exceptions] | None = None) -> bytes:
+    """`exceptions`: values the columns' types cannot hold (NULL in `table`), by column and row."""
+    meta = archive_metadata(schema=schema, encodings=encodings, extra=extra_meta, exceptions=exceptions)
     if fmt == "parquet":
+        table = _stored_schema(table, schema, encodings)
         buf = io.BytesIO()
         pq.write_table(_json_annotated(table, schema).replace_schema_metadata(meta), buf, compression="zstd", compression_level=level,
                        row_group_size=max(table.num_rows, 1), use_dictionary=_dictionary_columns(table))
@@ -34,6 +37,16 @@ def encode(table: pa.Table, *, fmt: str, level: int, schema: TableSchema, encodi
     raise ValueError(f"unknown format {fmt!r}")
 
 
+def _stored_schema(table: pa.Table, schema: TableSchema, encodings: dict[str, str]) -> pa.Table:
+    """The rows in the table's one Arrow schema (pgtypes.arrow_schema: nullable fields whatever the
+    rows hold). Columns kept in an older encoding (a rewrite of an object written before format
+    version 2: erase) keep their type."""
+    target = arrow_schema(schema)
+    if any(encodings.get(f.name) == "text" and f.type != pa.string() for f in target):
+        return table
+    return table if table.schema.equals(target) else table.cast(target)
+
+
 #: Column types whose text Parquet marks with its JSON logical type, so engines that read the files
 #: as they lie (DuckDB, Spark, Trino, Athena) see JSON, not just text.
 JSON_TYPES = {"json", "jsonb"}
@@ -41,7 +54,7 @@ JSON_TYPES = {"json", "jsonb"}
 
 def _json_annotated(table: pa.Table, schema: TableSchema) -> pa.Table:
     for i, name in enumerate(table.column_names):
-        if schema.column(name).typname in JSON_TYPES and pa.types.is_string(table.schema.field(i).type):
+        if schema.column(name).kind[0] in JSON_TYPES and pa.types.is_string(table.schema.field(i).type):
             table = table.set_column(i, name, pa.chunked_array(
                 [pa.ExtensionArray.from_storage(pa.json_(), c) for c in table.column(i).chunks], type=pa.json_()))
     return table

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 
@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv  # restore renders rows back as COPY CSV
+
+from common import arrow_types
 
 #: Session settings that make PostgreSQL's text output canonical; restore uses the same ones.
 SESSION_SETTINGS = {
@@ -33,7 +35,11 @@ SESSION_SETTINGS = {
 }
 
 METADATA_KEY = b"pg_archiver"
-FORMAT_VERSION = 1
+#: 2: every object of a table with the same columns has the same Arrow schema (natural types by
+#: PostgreSQL type alone; infinities as the type's extremes; values the type cannot hold in the
+#: metadata's `exceptions`). 1: a fallible column (timestamps, numeric) was text in the objects
+#: where one of its values did not convert.
+FORMAT_VERSION = 2
 
 _SIMPLE: dict[str, pa.DataType] = {
     "int2": pa.int16(),
@@ -120,7 +126,7 @@ class TableSchema:
         return "sha256:" + sha256(text.encode()).hexdigest()[:32]
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [asdict(c) for c in self.columns]
+        return [_doc(c) for c in self.columns]
 
     @classmethod
     def from_json(cls, data: list[dict[str, Any]]) -> TableSchema:
@@ -128,6 +134,13 @@ class TableSchema:
 
 
 _COLUMN_FIELDS = set(Column.__dataclass_fields__)
+
+
+def arrow_schema(schema: TableSchema) -> pa.Schema:
+    """The Arrow (Parquet) schema of a table's objects: each column's type follows from its
+    PostgreSQL type alone, and every field is nullable, so that every object of a table whose
+    columns did not change has this very schema, whatever its values (an all-NULL batch too)."""
+    return pa.schema([pa.field(c.name, c.natural_type() or pa.string()) for c in schema.columns])
 
 
 def column_from_json(doc: dict[str, Any]) -> Column:
@@ -172,10 +185,13 @@ def schema_from_rows(rows: list[tuple[Any, ...]]) -> TableSchema:
 
 
 #: Types whose binary COPY form the ADBC reader decodes into exactly their natural Arrow type.
-_BINARY_EXACT = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar", "name", "bytea"}
-#: Read in binary only when every value is finite and AD (the partition column, by the selection's
-#: predicate): the driver turns 'infinity' into a silent extreme instead of failing.
-_BINARY_FINITE = {"timestamptz", "timestamp", "date"}
+_BINARY_EXACT = {"int2", "int4", "int8", "float4", "float8", "bool", "text", "varchar", "bpchar", "name", "bytea",
+                 "time"}
+#: Read in binary and mapped here: the driver adds the 1970-2000 offset with wrap-around, so
+#: 'infinity' and the last years PostgreSQL allows arrive as other values, which
+#: common.arrow_types.from_driver maps back exactly (no `::text`: the server's timestamp_out was
+#: the costliest part of reading such a column).
+_BINARY_TEMPORAL = {"timestamptz", "timestamp", "date"}
 
 
 #: Read in binary and turned into exactly their text form here, which costs less than the server's
@@ -183,12 +199,12 @@ _BINARY_FINITE = {"timestamptz", "timestamp", "date"}
 _BINARY_AS_TEXT = {"uuid", "json", "jsonb"}
 
 
-def read_natively(col: Column, *, finite: bool = False) -> bool:
-    """Whether a column is read in its binary form; every other column is read as `col::text`,
-    PostgreSQL's own text output, and cast to its natural type here when that is lossless."""
-    if col.typtype != "b":
-        return False
-    return col.typname in _BINARY_EXACT | _BINARY_AS_TEXT or (finite and col.typname in _BINARY_FINITE)
+def read_natively(col: Column) -> bool:
+    """Whether a column is read in its binary form (a domain's: as its base type); every other
+    column is read as `col::text`, PostgreSQL's own text output, and cast to its natural type here
+    where it has one (numeric)."""
+    typname, typtype = col.kind
+    return typtype == "b" and typname in _BINARY_EXACT | _BINARY_AS_TEXT | _BINARY_TEMPORAL
 
 
 def _storage(chunk: pa.Array) -> pa.Array:
@@ -259,28 +275,67 @@ def _binary_as_text(column: pa.ChunkedArray, typname: str) -> pa.ChunkedArray:
     return pa.chunked_array([pc.cast(convert(c), pa.string()) for c in column.chunks], pa.string())
 
 
+#: Prefix of the columns that carry a read window's exceptions (common.arrow_types) alongside its
+#: rows, so that slicing the window into batches slices them too (split_exceptions).
+EXCEPTION_PREFIX = "__pg_archiver_exception__"
+
+
 def from_arrow_read(table: pa.Table, schema: TableSchema, *, native: set[str], extra: list[str] | None = None,
                     all_text: bool = False) -> tuple[pa.Table, dict[str, str]]:
     """Rows as the ADBC reader returned them (helper columns `extra` first, then the table's
     columns, the ones in `native` in binary form, the rest as text) -> the archived Arrow table and
-    each column's encoding (`native` or `text`). `all_text` keeps PostgreSQL's text form for every
-    column (the JSONL format). Per window, a fallible column (timestamps, numeric) whose text has a
-    value with no natural form ('infinity', NaN, BC) stays text; reader._narrow retries per batch."""
+    each column's encoding (`native` or `text`), which depends on the column's type alone.
+    `all_text` keeps PostgreSQL's text form for every column (the JSONL format). A value the
+    column's type cannot hold (numeric NaN, a timestamp past 294247) is NULL in the column and
+    its text is in an EXCEPTION_PREFIX column after the table's columns."""
     extra = extra or []
     arrays: list[pa.ChunkedArray] = list(table.columns)  # new table below: drops the driver's field metadata
     encodings: dict[str, str] = {}
+    carried: dict[str, pa.ChunkedArray] = {}
     for i, c in enumerate(schema.columns, start=len(extra)):
         natural = None if all_text else c.natural_type()
         encodings[c.name] = "native" if natural is not None else "text"
-        if c.name in native and c.typname in _BINARY_AS_TEXT:
-            arrays[i] = _binary_as_text(arrays[i], c.typname)
-        if natural is None or c.name in native or arrays[i].type == natural:
+        typname = c.kind[0]
+        if c.name in native and typname in _BINARY_AS_TEXT:
+            arrays[i] = _binary_as_text(arrays[i], typname)
+        if natural is not None and c.name in native and typname in _BINARY_TEMPORAL:
+            arrays[i], exceptions = arrow_types.from_driver(arrays[i], natural)
+        elif natural is None or arrays[i].type == natural:
             continue
-        try:
-            arrays[i] = pc.cast(arrays[i], natural)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            encodings[c.name] = "text"
-    return pa.table(arrays, names=extra + schema.names), encodings
+        else:
+            arrays[i], exceptions = arrow_types.parse_text(arrays[i], natural)
+        if exceptions:
+            carried[EXCEPTION_PREFIX + c.name] = _exception_column(exceptions, len(table))
+    return pa.table(arrays + list(carried.values()), names=extra + schema.names + list(carried)), encodings
+
+
+def _exception_column(exceptions: arrow_types.Exceptions, rows: int) -> pa.ChunkedArray:
+    texts: list[str | None] = [None] * rows
+    for row, text in exceptions:
+        texts[row] = text
+    return pa.chunked_array([pa.array(texts, pa.string())])
+
+
+def split_exceptions(table: pa.Table) -> tuple[pa.Table, dict[str, arrow_types.Exceptions]]:
+    """The rows without their EXCEPTION_PREFIX columns, and those columns' values by row."""
+    names = [n for n in table.column_names if n.startswith(EXCEPTION_PREFIX)]
+    if not names:
+        return table, {}
+    out: dict[str, arrow_types.Exceptions] = {}
+    for name in names:
+        col = table.column(name)
+        rows = pc.indices_nonzero(pc.is_valid(col)).to_pylist()
+        if rows:
+            out[name[len(EXCEPTION_PREFIX):]] = [(r, col[r].as_py()) for r in rows]
+    return table.drop_columns(names), out
+
+
+def with_exceptions(table: pa.Table, exceptions: dict[str, arrow_types.Exceptions]) -> pa.Table:
+    """split_exceptions' inverse: the exceptions as columns that follow the rows through filters
+    and slices (erase's rewrite)."""
+    for name, values in exceptions.items():
+        table = table.append_column(EXCEPTION_PREFIX + name, _exception_column(values, table.num_rows))
+    return table
 
 
 def bytea_text(value: bytes) -> str:
@@ -293,14 +348,17 @@ def bytea_texts(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pa.array([None if v is None else bytea_text(v) for v in arr.to_pylist()], pa.string())
 
 
-def to_copy_csv(table: pa.Table, schema: TableSchema, encodings: dict[str, str]) -> bytes:
+def to_copy_csv(table: pa.Table, schema: TableSchema, encodings: dict[str, str],
+                exceptions: dict[str, arrow_types.Exceptions] | None = None) -> bytes:
     """Render archived rows as CSV that `COPY ... FROM STDIN (FORMAT csv)` reads back exactly."""
     cols = []
     for name in table.column_names:
         arr = table.column(name)
         col = schema.column(name)
-        if encodings.get(name) == "native" and col.typname == "bytea":
+        if encodings.get(name) == "native" and col.kind[0] == "bytea":
             arr = bytea_texts(arr)
+        elif arrow_types.is_temporal(arr.type) or pa.types.is_time(arr.type) or name in (exceptions or {}):
+            arr = pg_texts(arr, (exceptions or {}).get(name, []))
         cols.append(arr)
     out = io.BytesIO()
     pacsv.write_csv(pa.table(cols, names=table.column_names), out,
@@ -308,20 +366,49 @@ def to_copy_csv(table: pa.Table, schema: TableSchema, encodings: dict[str, str])
     return out.getvalue()
 
 
+def pg_texts(column: pa.ChunkedArray | pa.Array, exceptions: arrow_types.Exceptions, *, offset: int = 0) -> pa.ChunkedArray:
+    """A natural-typed column (rows offset.. of its object) as text PostgreSQL reads back to the
+    same values, with the object's exceptions for those rows in place."""
+    text = arrow_types.pg_text(column)
+    rows = [(row - offset, value) for row, value in exceptions if offset <= row < offset + len(column)]
+    if not rows:
+        return text
+    values = text.to_pylist()
+    for row, value in rows:
+        values[row] = value
+    return pa.chunked_array([pa.array(values, pa.string())])
+
+
 def column_docs(schema: TableSchema, encodings: dict[str, str]) -> list[dict[str, Any]]:
     """Each column with its encoding: in the Parquet metadata and in the manifest. A Column's
     fields are all scalars, so a shallow copy is asdict()'s answer without its deep copy: 4 against
     77 us a call on the bench's 11 columns, twice per archived object, all of it holding the GIL."""
-    return [dict(vars(c), encoding=encodings[c.name]) for c in schema.columns]
+    return [dict(_doc(c), encoding=encodings[c.name]) for c in schema.columns]
 
 
-def archive_metadata(*, schema: TableSchema, encodings: dict[str, str], extra: dict[str, Any]) -> dict[bytes, bytes]:
+_BASE_FIELDS = ("base_typname", "base_typtype", "base_type")
+
+
+def _doc(c: Column) -> dict[str, Any]:
+    """A column's fields; a domain's base type only for domains (the documents of other columns
+    stay as they were before format version 2)."""
+    doc = dict(vars(c))
+    if c.base_typname is None:
+        for name in _BASE_FIELDS:
+            doc.pop(name)
+    return doc
+
+
+def archive_metadata(*, schema: TableSchema, encodings: dict[str, str], extra: dict[str, Any],
+                     exceptions: dict[str, arrow_types.Exceptions] | None = None) -> dict[bytes, bytes]:
     doc = {
         "format_version": FORMAT_VERSION,
         "schema_fingerprint": schema.fingerprint(),
         "columns": column_docs(schema, encodings),
         **extra,
     }
+    if exceptions:
+        doc["exceptions"] = {name: [list(e) for e in values] for name, values in exceptions.items()}
     return {METADATA_KEY: json.dumps(doc, separators=(",", ":")).encode()}
 
 
@@ -332,3 +419,8 @@ def read_archive_metadata(meta: dict[bytes, bytes] | None) -> tuple[TableSchema,
     cols = doc["columns"]
     encodings = {c["name"]: c.pop("encoding") for c in cols}
     return TableSchema.from_json(cols), encodings, doc
+
+
+def exceptions_of(doc: dict[str, Any]) -> dict[str, arrow_types.Exceptions]:
+    """The values an object's column types could not hold (archive_metadata), by column."""
+    return {name: [(int(row), str(text)) for row, text in values] for name, values in (doc.get("exceptions") or {}).items()}

@@ -9,8 +9,9 @@ restore's time goes. Values stay exact: each field is what the type's own send f
 reads back to the very same value.
 
 `plan()` returns None for an object with any column outside these types or archived in its text
-form for a reason other than the type (an infinite timestamp, a NaN numeric: common/pgtypes.py
-FALLIBLE); such an object is restored through the text format (restore/copytext.py)."""
+form for a reason other than the type (objects written before format version 2: an infinite
+timestamp, a NaN numeric), or with values its column types could not hold (common/arrow_types.py:
+exceptions); such an object is restored through the text format (restore/copytext.py)."""
 from __future__ import annotations
 
 import ipaddress
@@ -20,13 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common.arrow_types import DATE_INF, DATE_NINF, PG_EPOCH_DAYS, PG_EPOCH_US, TS_INF, TS_NINF
 from common.pgtypes import Column
 from restore.copytext import value_bytes
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
 TRAILER = b"\xff\xff"
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-01
-_PG_EPOCH_DAYS = 10_957
+_PG_TS_INF, _PG_TS_NINF = 2**63 - 1, -(2**63)  # timestamp 'infinity' and '-infinity' (DT_NOEND, DT_NOBEGIN)
+_PG_DATE_INF, _PG_DATE_NINF = 2**31 - 1, -(2**31)
 _FIXED: dict[str, tuple[str, int]] = {"int2": (">i2", 2), "int4": (">i4", 4), "int8": (">i8", 8),
                                       "float4": (">f4", 4), "float8": (">f8", 8)}
 _TEXTLIKE = {"text", "varchar", "bpchar", "name", "json"}
@@ -47,9 +49,9 @@ def plan(columns: Sequence[Column], encodings: dict[str, str]) -> list[Encoder] 
 
 
 def _encoder(col: Column, encoding: str) -> Encoder | None:
-    if col.typtype != "b":
+    t, typtype = col.kind  # a domain's values go in as its base type's (domain_recv)
+    if typtype != "b":
         return None
-    t = col.typname
     if encoding == "text":  # the text form of the value: only where it is the binary form too
         return {"json": _raw, "jsonb": _jsonb, "inet": _inet}.get(t)
     if t in _FIXED:
@@ -57,7 +59,7 @@ def _encoder(col: Column, encoding: str) -> Encoder | None:
         return lambda a: _fixed(_numbers(a).astype(dtype), width, a)
     if t in _TEXTLIKE or t == "bytea":
         return _raw
-    return {"bool": _bool, "timestamptz": _timestamp, "timestamp": _timestamp, "date": _date, "uuid": _uuid,
+    return {"bool": _bool, "timestamptz": _timestamp, "timestamp": _timestamp, "date": _date, "time": _time, "uuid": _uuid,
             "numeric": _numeric if _int64_digits(col) else None, "jsonb": _jsonb}.get(t)
 
 
@@ -143,14 +145,22 @@ def _bool(a: pa.Array) -> pa.Array:
 
 
 def _timestamp(a: pa.Array) -> pa.Array:
-    """int64 microseconds since 2000-01-01 (the archive's timestamps are microseconds, UTC)."""
+    """int64 microseconds since 2000-01-01 (the archive's timestamps are microseconds, UTC); the
+    archive's infinities (common/arrow_types.py) as PostgreSQL's, INT64_MAX and INT64_MIN."""
     us = _numbers(a.cast(pa.timestamp("us", tz=a.type.tz)).cast(pa.int64()))
-    return _fixed((us - _PG_EPOCH_US).astype(">i8"), 8, a)
+    pg = np.where(us == TS_INF, _PG_TS_INF, np.where(us == TS_NINF, _PG_TS_NINF, us - PG_EPOCH_US))
+    return _fixed(pg.astype(">i8"), 8, a)
 
 
 def _date(a: pa.Array) -> pa.Array:
     days = _numbers(a.cast(pa.int32()))
-    return _fixed((days - _PG_EPOCH_DAYS).astype(">i4"), 4, a)
+    pg = np.where(days == DATE_INF, _PG_DATE_INF, np.where(days == DATE_NINF, _PG_DATE_NINF, days - PG_EPOCH_DAYS))
+    return _fixed(pg.astype(">i4"), 4, a)
+
+
+def _time(a: pa.Array) -> pa.Array:
+    """time_send: int64 microseconds since midnight (24:00:00 included)."""
+    return _fixed(_numbers(a.cast(pa.int64())).astype(">i8"), 8, a)
 
 
 def _uuid(a: pa.Array) -> pa.Array:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from common.arrow_types import is_temporal, pg_text
 from common.pgtypes import bytea_texts
 
 #: Characters the text format needs escaped inside a value, backslash first.
@@ -34,9 +35,9 @@ def to_copy_text(table: pa.Table) -> Iterator[pa.Buffer]:
 def _column(arr: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_binary(arr.type):  # bytea in its natural form: PostgreSQL's hex text form
         arr = pa.chunked_array([bytea_texts(arr)], pa.string())
-    if pa.types.is_timestamp(arr.type) and arr.type.tz is not None:
-        # The instant as naive UTC: printed ~20x faster than a zoned value, same value in a UTC session.
-        arr = arr.cast(pa.timestamp(arr.type.unit))
+    if is_temporal(arr.type) or pa.types.is_time(arr.type):
+        # infinity, BC and years past 9999 as PostgreSQL writes them (Arrow's own form otherwise)
+        return pc.fill_null(pg_text(arr), _NULL)
     escape = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
     if not escape:
         arr = pc.cast(arr, pa.string())  # numbers, bool, dates, timestamps: never a special character

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -28,7 +28,8 @@ from psycopg import sql
 from common import batch_writer
 from common.errors import ArchiverError, DataIntegrityError, session_lost
 from common.manifest import Manifest
-from common.pgtypes import TableSchema, read_archive_metadata
+from common.arrow_types import Exceptions
+from common.pgtypes import TableSchema, exceptions_of, pg_texts, read_archive_metadata
 from common.readahead import in_order
 from common.units import rows_within
 from common.catalog import ArchiveObject, Catalog, TableRef
@@ -79,6 +80,9 @@ class Prepared:
     binary: list[copybinary.Encoder] | None = None
     #: The first pass's COPY input, rendered whole by a download thread (small objects only).
     rendered: list[pa.Buffer] | None = None
+    #: Values the columns' types could not hold, by column (common/arrow_types.py): rendered as
+    #: their text in place of the column's NULL.
+    exceptions: dict[str, Exceptions] = field(default_factory=dict)
 
     @property
     def small(self) -> bool:
@@ -94,13 +98,25 @@ class Prepared:
         cols, n = list(self.plan.load), self.slice_rows()
         if self.data is not None:
             pf = pq.ParquetFile(io.BytesIO(self.data))
+            offset = 0
             for batch in pf.iter_batches(batch_size=n, columns=cols):
-                yield batch_writer.plain_json(pa.Table.from_batches([batch]).select(cols))
+                table = batch_writer.plain_json(pa.Table.from_batches([batch]).select(cols))
+                yield self._with_exceptions(table, offset)
+                offset += table.num_rows
         else:
             assert self.decoded is not None
             table = self.decoded.select(cols)
             for off in range(0, table.num_rows, n):
                 yield table.slice(off, n)
+
+    def _with_exceptions(self, table: pa.Table, offset: int) -> pa.Table:
+        """Rows `offset`.. of the object with its exceptions' text in place (such a column is
+        rendered as text: copybinary is not used for such an object)."""
+        for name, values in self.exceptions.items():
+            if name in table.column_names:
+                i = table.column_names.index(name)
+                table = table.set_column(i, name, pg_texts(table.column(i), values, offset=offset))
+        return table
 
     def render(self) -> Iterator[pa.Buffer]:
         if self.binary is not None:
@@ -148,10 +164,10 @@ def prepare(catalog: Catalog, obj: ArchiveObject, ref: TableRef, plan_for: PlanF
     try:
         if m.format == "parquet":
             pf = pq.ParquetFile(io.BytesIO(data))
-            schema, encodings, _doc = read_archive_metadata(pf.schema_arrow.metadata)
+            schema, encodings, doc = read_archive_metadata(pf.schema_arrow.metadata)
             rows = pf.metadata.num_rows
         else:
-            decoded, schema, encodings, _doc = batch_writer.decode(data, fmt=m.format)
+            decoded, schema, encodings, doc = batch_writer.decode(data, fmt=m.format)
             rows = decoded.num_rows
     except Exception as exc:  # noqa: BLE001 - any decoder failure means the same thing here
         raise DataIntegrityError(f"{obj.key}: cannot decode the {m.format} object: {exc}") from None
@@ -160,8 +176,10 @@ def prepare(catalog: Catalog, obj: ArchiveObject, ref: TableRef, plan_for: PlanF
     if schema.fingerprint() != m.schema_fingerprint:
         raise DataIntegrityError(f"{obj.key}: its schema fingerprint differs from its manifest's")
     plan = plan_for(schema, obj.key)
-    binary = copybinary.plan([schema.column(c) for c in plan.load], encodings) if decoded is None else None
-    return Prepared(obj, m, plan, rows, schema, encodings, data if decoded is None else None, decoded, binary=binary)
+    exceptions = exceptions_of(doc)
+    binary = None if decoded is not None or exceptions else copybinary.plan([schema.column(c) for c in plan.load], encodings)
+    return Prepared(obj, m, plan, rows, schema, encodings, data if decoded is None else None, decoded, binary=binary,
+                    exceptions=exceptions)
 
 
 @contextmanager

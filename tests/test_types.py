@@ -16,7 +16,7 @@ from archiver.runner import run_archive
 from common import batch_writer
 from common.config import load_config
 from common.db import apply_settings
-from common.pgtypes import SESSION_SETTINGS, to_copy_csv
+from common.pgtypes import SESSION_SETTINGS, exceptions_of, to_copy_csv
 from common.storage import LocalStorage
 from conftest import make_config
 
@@ -48,9 +48,9 @@ def test_every_type_comes_back_byte_for_byte(archived_matrix: tuple[LocalStorage
     store, before = archived_matrix
     pg.execute("CREATE TABLE typed_back (LIKE typed INCLUDING ALL)")
     for key in objects(store):
-        table, schema, encodings, _doc = batch_writer.decode(store.get(key), fmt="parquet")
+        table, schema, encodings, doc = batch_writer.decode(store.get(key), fmt="parquet")
         with pg.cursor().copy("COPY typed_back FROM STDIN (FORMAT csv)") as cp:
-            cp.write(to_copy_csv(table, schema, encodings))
+            cp.write(to_copy_csv(table, schema, encodings, exceptions_of(doc)))
     assert dump(pg, "typed_back") == before
 
 
@@ -136,9 +136,9 @@ def test_numeric_scales_outside_a_decimal_come_back_exactly(tmp_path: Path, pg_d
     store = LocalStorage(tmp_path / "archive")
     pg.execute("CREATE TABLE odd_back (LIKE odd_num INCLUDING ALL)")
     for key in objects(store):
-        table, schema, encodings, _doc = batch_writer.decode(store.get(key), fmt="parquet")
+        table, schema, encodings, doc = batch_writer.decode(store.get(key), fmt="parquet")
         assert schema.column("hundreds").scale == -2 and encodings["hundreds"] == "text"
         assert table.schema.field("plain").type == pa.decimal128(6, 2)
         with pg.cursor().copy("COPY odd_back FROM STDIN (FORMAT csv)") as cp:
-            cp.write(to_copy_csv(table, schema, encodings))
+            cp.write(to_copy_csv(table, schema, encodings, exceptions_of(doc)))
     assert dump(pg, "odd_back") == before
