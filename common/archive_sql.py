@@ -1,9 +1,9 @@
 """The archive SQL engine: DuckDB over the archived rows of one day at a time (issue 16), shared by
 the query tool (rows out) and the erase tool (which rows of each object match, issue 17).
 
-The archive's objects are read into Arrow, brought to one schema (the union of the columns every
-selected object's manifest records: a column a day lacks is NULL there; a column whose type differs
-between days is read as text everywhere), and registered in an in-memory DuckDB session as the view
+The archive's objects are read into Arrow, brought to one schema (the table's schema over every
+version the selected objects' manifests record, common/conform.py: a column a day lacks is NULL
+there; a widened one is read in its widest type), and registered in an in-memory DuckDB session as the view
 `archive`. The operator's --where runs as DuckDB SQL inside parentheses, in a session that may not
 touch files or change its own settings, and must be one expression: it is checked against an empty
 table of the same schema before anything is downloaded, so a typo costs no S3 reads."""
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -20,15 +21,15 @@ from psycopg import sql
 from common import batch_writer
 from common.catalog import ArchiveObject, Catalog
 from common.errors import UsageError, first_line
-from common.pgtypes import Column, bytea_texts
+from common.arrow_types import Exceptions
+from common.conform import conform, reader_schema
+from common.pgtypes import TableSchema, exceptions_of
 
 VIEW = "archive"
 #: The row number erase's matching() adds to judge rows one object at a time.
 ROW_COLUMN = "__pg_archiver_row"
 #: Rows handed to the output at a time.
 BATCH_ROWS = 10_000
-#: Text forms that JSONL archives (all values as PostgreSQL text) turn back into their type losslessly.
-_JSONL_TYPED = {"int2", "int4", "int8", "bool", "text", "varchar", "bpchar", "name"}
 
 
 def quote(name: str) -> str:
@@ -37,63 +38,36 @@ def quote(name: str) -> str:
     return sql.Identifier(name).as_string(None)
 
 
-def _column_type(col: Column, *, encoding: str, fmt: str) -> pa.DataType:
-    natural = col.natural_type()
-    if natural is None or (fmt == "parquet" and encoding != "native") or (fmt == "jsonl" and col.typname not in _JSONL_TYPED):
-        return pa.string()
-    return natural
-
-
-#: Field metadata marking a char(n) column, whose pad the engine drops (_conform).
+#: Field metadata marking a char(n) column, whose pad the engine drops (_view).
 _PADDED = {b"pg_archiver": b"bpchar"}
 
 
 def union_schema(objects: list[ArchiveObject]) -> pa.Schema:
-    """Every column any object holds, in the order they first appear, with the type they share
-    (text where objects disagree). char(n) columns are marked (_PADDED)."""
-    types: dict[str, pa.DataType] = {}
-    padded: set[str] = set()
-    for obj in objects:
-        assert obj.manifest is not None
-        fmt = batch_writer.format_of(obj.key)
-        for doc in obj.manifest.columns:
-            col = Column(**{k: v for k, v in doc.items() if k != "encoding"})
-            t = _column_type(col, encoding=doc.get("encoding", "native"), fmt=fmt)
-            types[col.name] = t if types.setdefault(col.name, t) == t else pa.string()
-            if col.typname == "bpchar":
-                padded.add(col.name)
-    return pa.schema([pa.field(name, t, metadata=_PADDED if name in padded else None) for name, t in types.items()])
+    """The table's schema over every schema version the objects' manifests record
+    (common.conform.reader_schema: a column a version lacks is NULL there, a widened one is read
+    in its widest type, one whose type changed otherwise as text). char(n) columns are marked
+    (_PADDED)."""
+    versions: dict[str, TableSchema] = {}
+    for obj in sorted(objects, key=lambda o: (o.manifest.created_at if o.manifest else "") or ""):
+        archived = obj.archived_schema
+        if archived is not None:
+            versions.pop(archived.fingerprint(), None)  # ordered by each version's newest object
+            versions[archived.fingerprint()] = archived
+    ordered = list(versions.values())
+    padded = {c.name for v in ordered for c in v.columns if c.kind[0] == "bpchar"}
+    return pa.schema([f.with_metadata(_PADDED) if f.name in padded else f for f in reader_schema(ordered)])
 
 
-def _as_text(arr: pa.ChunkedArray) -> pa.ChunkedArray:
-    if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
-        # bytea in PostgreSQL's text form, as JSONL archives hold it
-        return pa.chunked_array([bytea_texts(arr)])
-    return pc.cast(arr, pa.string())
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """The object's rows with exactly `schema`'s columns, in its order and types."""
-    cols = []
-    for f in schema:
-        if f.name not in table.column_names:
-            cols.append(pa.nulls(table.num_rows, f.type))
-            continue
-        arr = table.column(f.name)
-        if f.metadata == _PADDED and pa.types.is_string(arr.type):
+def _view(table: pa.Table, schema: pa.Schema, exceptions: dict[str, Exceptions] | None = None) -> pa.Table:
+    """An object's rows with exactly `schema`'s columns, in its order and types."""
+    table = conform(table, schema, exceptions=exceptions).table
+    for i, f in enumerate(schema):
+        if f.metadata == _PADDED and pa.types.is_string(f.type):
             # char(n) without its pad, as PostgreSQL compares it and casts it to text, and as JSONL
             # archives hold it: Parquet keeps 'ab   ', so `c = 'ab'` matched nothing there, and
             # an erase by such a column found no row to remove.
-            cols.append(pc.utf8_rtrim(arr, characters=" "))
-        elif arr.type == f.type:
-            cols.append(arr)
-        elif pa.types.is_string(f.type):
-            cols.append(_as_text(arr))
-        elif pa.types.is_boolean(f.type) and pa.types.is_string(arr.type):
-            cols.append(pc.equal(arr, "t"))  # PostgreSQL's text form of a boolean: t / f
-        else:
-            cols.append(pc.cast(arr, f.type))
-    return pa.table(cols, schema=schema)
+            table = table.set_column(i, f, pc.utf8_rtrim(table.column(i), characters=" "))
+    return table
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,12 +117,14 @@ class Engine:
     def load(self, catalog: Catalog, obj: ArchiveObject) -> pa.Table:
         """One object's rows in the query's schema, verified against its manifest first. Safe to
         call from several threads (downloads overlap; DuckDB runs in the caller's thread only)."""
-        return _conform(self.read(catalog, obj), self.schema)
+        rows, doc = self.read(catalog, obj)
+        return _view(rows, self.schema, exceptions_of(doc))
 
-    def matching(self, rows: pa.Table) -> pa.Array:
-        """Which of one object's rows (as decoded, in their order) the --where selects: a boolean
-        mask, for erase. The rows are brought to the engine's schema only to be judged."""
-        conformed = _conform(rows, self.schema).append_column(ROW_COLUMN, pa.array(range(rows.num_rows), pa.int64()))
+    def matching(self, rows: pa.Table, exceptions: dict[str, Exceptions] | None = None) -> pa.Array:
+        """Which of one object's rows (as decoded, in their order; `exceptions` its metadata's)
+        the --where selects: a boolean mask, for erase. The rows are brought to the engine's
+        schema only to be judged."""
+        conformed = _view(rows, self.schema, exceptions).append_column(ROW_COLUMN, pa.array(range(rows.num_rows), pa.int64()))
         text = f"SELECT {quote(ROW_COLUMN)} FROM {VIEW}" + (f" WHERE (\n{self.query.where}\n)" if self.query.where else "")
         self.con.register(VIEW, conformed)
         try:
@@ -159,12 +135,13 @@ class Engine:
             self.con.unregister(VIEW)
         return pc.is_in(pa.array(range(rows.num_rows), pa.int64()), value_set=pa.array(hits.to_pylist(), pa.int64()))
 
-    def read(self, catalog: Catalog, obj: ArchiveObject) -> pa.Table:
-        """One object's rows as stored, verified against its manifest first."""
+    def read(self, catalog: Catalog, obj: ArchiveObject) -> tuple[pa.Table, dict[str, Any]]:
+        """One object's rows as stored and its metadata document, verified against its manifest first."""
         data = catalog.read(obj)
         assert obj.manifest is not None
         obj.manifest.check(data)  # evidence: a tampered or damaged object is an error, never silently read
-        return batch_writer.decode(data, fmt=batch_writer.format_of(obj.key))[0]
+        rows, _schema, _encodings, doc = batch_writer.decode(data, fmt=batch_writer.format_of(obj.key))
+        return rows, doc
 
     def scan(self, tables: list[pa.Table], *, limit: int | None) -> Iterator[pa.RecordBatch]:
         """The matching rows of whole consecutive days (query.plan.scans), in (timestamp, key) order."""

@@ -275,6 +275,11 @@ def _binary_as_text(column: pa.ChunkedArray, typname: str) -> pa.ChunkedArray:
     return pa.chunked_array([pc.cast(convert(c), pa.string()) for c in column.chunks], pa.string())
 
 
+def encodings_of(schema: TableSchema, *, all_text: bool = False) -> dict[str, str]:
+    """Each column's encoding, from its type alone: `native` (its natural type) or `text`."""
+    return {c.name: "native" if not all_text and c.natural_type() is not None else "text" for c in schema.columns}
+
+
 #: Prefix of the columns that carry a read window's exceptions (common.arrow_types) alongside its
 #: rows, so that slicing the window into batches slices them too (split_exceptions).
 EXCEPTION_PREFIX = "__pg_archiver_exception__"

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 from common.archive_plan import plan
 from common.archive_sql import Engine, Query, union_schema
 from common.catalog import ArchiveObject, Catalog, TableRef
+from common.pgtypes import exceptions_of
 
 
 @dataclass
@@ -53,7 +54,8 @@ def find(catalog: Catalog, ref: TableRef, where: str) -> tuple[Found, Engine | N
     try:
         engine.check()  # a bad --where is a usage error before anything is downloaded
         for obj in objects:
-            n = count(engine.matching(engine.read(catalog, obj)))
+            rows, doc = engine.read(catalog, obj)
+            n = count(engine.matching(rows, exceptions_of(doc)))
             if n:
                 found.matches.append(Match(obj, obj.rows or 0, n))
     except BaseException:

@@ -30,9 +30,11 @@ from common.hooks import Hook
 from common.epoch import time_iso
 from common.key_range import key_range, natural_column
 from common.manifest import Manifest, sha256_hex
+from common.conform import conform
+from common.pgtypes import arrow_schema, column_docs, encodings_of, exceptions_of, split_exceptions, with_exceptions
 from common.storage import Storage
 
-_META_KEYS = ("format_version", "schema_fingerprint", "columns")
+_META_KEYS = ("format_version", "schema_fingerprint", "columns", "exceptions")
 
 
 @dataclass(frozen=True)
@@ -51,14 +53,26 @@ def rewrite(catalog: Catalog, engine: Engine, obj: ArchiveObject, *, predicate_s
     obj.manifest.check(data)
     fmt = batch_writer.format_of(obj.key)
     rows, schema, encodings, doc = batch_writer.decode(data, fmt=fmt)
-    keep = rows.filter(pc.invert(engine.matching(rows)))
+    exceptions = exceptions_of(doc)
+    stays = pc.invert(engine.matching(rows, exceptions))
+    if fmt == "parquet":
+        # The replacement in the table's one schema (common/conform.py), whatever version wrote the
+        # object (a column kept as text before format version 2 is typed again); the exceptions
+        # follow the rows kept.
+        conformed = conform(rows, arrow_schema(schema), exceptions=exceptions, fill_missing=False)
+        keep, exceptions = split_exceptions(with_exceptions(conformed.table, conformed.exceptions).filter(stays))
+        encodings = encodings_of(schema)
+    else:
+        keep = rows.filter(stays)
     new_data = batch_writer.encode(keep, fmt=fmt, level=level, schema=schema, encodings=encodings,
-                                   extra_meta={k: v for k, v in doc.items() if k not in _META_KEYS})
+                                   extra_meta={k: v for k, v in doc.items() if k not in _META_KEYS},
+                                   exceptions=exceptions)
     new_key = replacement_key(obj.key, new_data, fmt)
     removed = rows.num_rows - keep.num_rows
     replaces = {"key": obj.key, "sha256": obj.manifest.sha256, "manifest_sha256": obj.manifest_sha256,
                 "rows_removed": removed, "erased_at": erased_at, "predicate_sha256": predicate_sha256}
-    mbytes = manifest_bytes(obj.manifest, key=new_key, data=new_data, rows=keep, schema=schema, replaces=replaces)
+    mbytes = manifest_bytes(obj.manifest, key=new_key, data=new_data, rows=keep, schema=schema, replaces=replaces,
+                            encodings=encodings)
     store = catalog.store_for(obj)
     store.put(new_key, new_data, sha256=sha256_hex(new_data))
     verify(store, engine, new_key, new_data, fmt=fmt, rows=keep.num_rows)
@@ -91,8 +105,9 @@ def verify(store: Storage, engine: Engine, key: str, data: bytes, *, fmt: str, r
 
 
 def manifest_bytes(old: Manifest, *, key: str, data: bytes, rows: pa.Table, schema: Any,
-                   replaces: dict[str, Any]) -> bytes:
+                   replaces: dict[str, Any], encodings: dict[str, str]) -> bytes:
     doc = asdict(old)
+    doc["columns"] = column_docs(schema, encodings)  # as the replacement stores them
     ratio = rows.num_rows / old.rows if old.rows else 0
     doc.update(key=key, sha256=sha256_hex(data), size=len(data), rows=rows.num_rows,
                created_at=datetime.now(timezone.utc).isoformat(), source_bytes=int(old.source_bytes * ratio),

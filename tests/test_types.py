@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import psycopg
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from archiver.runner import run_archive
@@ -67,13 +68,17 @@ def test_lossless_types_are_natural_arrow_types(archived_matrix: tuple[LocalStor
     assert row["created_at"] == datetime(2026, 1, 5, 10, tzinfo=timezone.utc)
 
 
-def test_infinity_falls_back_to_text_only_in_its_own_batch(archived_matrix: tuple[LocalStorage, bytes]) -> None:
+def test_every_object_has_the_same_schema_infinity_and_bc_included(archived_matrix: tuple[LocalStorage, bytes]) -> None:
+    """Day 05 holds 'infinity' and NaN, day 06 BC dates and 24:00, day 07 neither: one schema."""
     store, _ = archived_matrix
-    by_day = {k.split("/day=")[1][:2]: batch_writer.decode(store.get(k), fmt="parquet") for k in objects(store)}
-    # day 05 holds 'infinity' timestamps: text there; day 07 has none: natural type there
-    assert by_day["05"][2]["tstz"] == "text"
-    assert by_day["07"][2]["tstz"] == "native"
-    assert by_day["07"][0].schema.field("tstz").type == pa.timestamp("us", tz="UTC")
+    schemas = {k: pq.read_schema(store.root / k) for k in objects(store)}
+    first = next(iter(schemas.values()))
+    assert all(s.equals(first) for s in schemas.values()), schemas
+    types = {f.name: f.type for f in first}
+    assert types["ts"] == pa.timestamp("us") and types["tstz"] == pa.timestamp("us", tz="UTC")
+    assert types["d"] == pa.date32() and types["tm"] == pa.time64("us") and types["dom"] == pa.int32()
+    assert types["nfree"] == pa.string() and types["iv"] == pa.string() and types["e"] == pa.string()
+    assert all(f.nullable for f in first)
 
 
 def test_duckdb_reads_the_hive_partitioned_archive(archived_matrix: tuple[LocalStorage, bytes]) -> None:
