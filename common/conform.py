@@ -69,6 +69,31 @@ def widens(old: pa.DataType, new: pa.DataType) -> bool:
     return False
 
 
+def pg_widens(old: Column, new: Column) -> bool:
+    """Whether every value of an archived column's type goes into the live column's type unchanged
+    (restore: a column widened since it was archived is no drift): the natural types widen, or
+    the values are text and the new type takes any text the old one held (varchar(n) to a longer
+    varchar or text, numeric(p,s) to numeric)."""
+    if old.pg_type == new.pg_type:
+        return True
+    o, n = old.natural_type(), new.natural_type()
+    if o is not None and n is not None:
+        return widens(o, n)
+    (ot, _), (nt, _) = old.kind, new.kind
+    if ot in _TEXTS and nt in _TEXTS:
+        return _length(new) is None or (_length(old) or 1 << 31) <= (_length(new) or 0)
+    return ot == nt == "numeric" and (new.base_type or new.pg_type) == "numeric"
+
+
+_TEXTS = ("text", "varchar")
+
+
+def _length(col: Column) -> int | None:
+    """varchar(n)'s n; None: unlimited."""
+    typ = col.base_type or col.pg_type
+    return int(typ[typ.index("(") + 1:typ.index(")")]) if "(" in typ else None
+
+
 def mixed_columns(stored: pa.Schema, canonical: pa.Schema) -> list[str]:
     """The columns an object holds whose type (or nullability) differs from the table's schema.
     Columns it lacks (added since) are no difference: they read as NULL. The JSON logical type

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.errors import ArchiverError
-from common.pgtypes import TableSchema
+from common.conform import pg_widens
+from common.pgtypes import Column, TableSchema
 
 
 class SchemaDrift(ArchiverError):
@@ -22,6 +23,10 @@ class ColumnPlan:
     defaulted: tuple[str, ...] = ()
     #: Live generated columns: PostgreSQL recomputes them.
     recomputed: tuple[str, ...] = ()
+    #: Loaded columns whose live type is wider than the archived one (int to bigint, varchar(n) to
+    #: text...: common.conform.pg_widens), as the live table declares them: the values go in as
+    #: that type.
+    widened: tuple[Column, ...] = ()
 
 
 def plan_columns(archived: TableSchema, live: TableSchema, *, primary_key: list[str], allow_drop: bool,
@@ -31,16 +36,20 @@ def plan_columns(archived: TableSchema, live: TableSchema, *, primary_key: list[
     load: list[str] = []
     lost: list[str] = []
     retyped: list[tuple[str, str, str]] = []  # (name, archived type, live type)
+    widened: list[Column] = []
     for col in archived.columns:
         now = live_by_name.get(col.name)
         if now is None:
             lost.append(col.name)
         elif now.generated:
             continue
-        elif now.pg_type != col.pg_type:
-            retyped.append((col.name, col.pg_type, now.pg_type))
-        else:
+        elif now.pg_type == col.pg_type:
             load.append(col.name)
+        elif pg_widens(col, now):
+            load.append(col.name)
+            widened.append(now)
+        else:
+            retyped.append((col.name, col.pg_type, now.pg_type))
     missing_pk = [c for c in primary_key if c not in load]
     if missing_pk:
         raise SchemaDrift(f"{key}: primary key column(s) {', '.join(missing_pk)} of {target} cannot be restored "
@@ -58,4 +67,5 @@ def plan_columns(archived: TableSchema, live: TableSchema, *, primary_key: list[
         dropped=tuple(lost + [n for n, _, _ in retyped]),
         defaulted=tuple(c.name for c in live.columns if c.name not in archived_names and not c.generated),
         recomputed=tuple(c.name for c in live.columns if c.generated),
+        widened=tuple(widened),
     )

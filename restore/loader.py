@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import sql
 
@@ -101,7 +102,7 @@ class Prepared:
             offset = 0
             for batch in pf.iter_batches(batch_size=n, columns=cols):
                 table = batch_writer.plain_json(pa.Table.from_batches([batch]).select(cols))
-                yield self._with_exceptions(table, offset)
+                yield self._as_loaded(table, offset)
                 offset += table.num_rows
         else:
             assert self.decoded is not None
@@ -109,9 +110,15 @@ class Prepared:
             for off in range(0, table.num_rows, n):
                 yield table.slice(off, n)
 
-    def _with_exceptions(self, table: pa.Table, offset: int) -> pa.Table:
+    def _as_loaded(self, table: pa.Table, offset: int) -> pa.Table:
         """Rows `offset`.. of the object with its exceptions' text in place (such a column is
-        rendered as text: copybinary is not used for such an object)."""
+        rendered as text: copybinary is not used for such an object), and widened columns in the
+        live column's type (as PostgreSQL's ALTER TABLE ... TYPE turned the live rows: a real
+        0.1 becomes the double 0.10000000149011612, not 0.1)."""
+        for col in self.plan.widened:
+            natural, i = col.natural_type(), table.column_names.index(col.name)
+            if natural is not None and table.column(i).type != natural and self.encodings.get(col.name) == "native":
+                table = table.set_column(i, col.name, pc.cast(table.column(i), natural))
         for name, values in self.exceptions.items():
             if name in table.column_names:
                 i = table.column_names.index(name)
@@ -177,7 +184,9 @@ def prepare(catalog: Catalog, obj: ArchiveObject, ref: TableRef, plan_for: PlanF
         raise DataIntegrityError(f"{obj.key}: its schema fingerprint differs from its manifest's")
     plan = plan_for(schema, obj.key)
     exceptions = exceptions_of(doc)
-    binary = None if decoded is not None or exceptions else copybinary.plan([schema.column(c) for c in plan.load], encodings)
+    live = {c.name: c for c in plan.widened}
+    binary = None if decoded is not None or exceptions else copybinary.plan(
+        [live.get(c) or schema.column(c) for c in plan.load], encodings)
     return Prepared(obj, m, plan, rows, schema, encodings, data if decoded is None else None, decoded, binary=binary,
                     exceptions=exceptions)
 

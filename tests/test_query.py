@@ -261,12 +261,13 @@ def test_char_n_values_compare_as_postgresql_compares_them(fmt: str, tmp_path: P
 
 
 def test_a_where_that_fails_on_the_rows_is_a_usage_error(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> None:
-    # JSONL archives hold float8 as text: comparing it with a number casts every value, and 'NaN'
-    # is no integer. Only the rows can show it, so check() on no rows passes.
-    pg.execute("CREATE TABLE coded (id int PRIMARY KEY, created_at timestamptz NOT NULL, f8 float8)")
-    pg.execute("INSERT INTO coded VALUES (1, '2024-01-01', 'NaN'), (2, '2024-01-01', 1.5)")
+    # A cast of a text column: 'n/a' is no integer. Only the rows can show it, so check() on no
+    # rows passes.
+    pg.execute("CREATE TABLE coded (id int PRIMARY KEY, created_at timestamptz NOT NULL, code text)")
+    pg.execute("INSERT INTO coded VALUES (1, '2024-01-01', 'n/a'), (2, '2024-01-01', '15')")
     path = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "coded"}], defaults={"retention_days": 1, "format": "jsonl"})
     assert run_archive(load_config(path))[1] == ExitCode.OK
     with pytest.raises(UsageError, match="--where: Conversion Error"):
-        run(QueryOptions(config_path=path, database="production_db", table="coded", where="f8 = 0", output_format="jsonl"),
+        run(QueryOptions(config_path=path, database="production_db", table="coded", where="code::INTEGER = 0",
+                         output_format="jsonl"),
             env=Environment(stdout=io.StringIO(), stderr=io.StringIO()))
