@@ -5,6 +5,7 @@ for a bad object (only for an unreachable service)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,15 +13,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
-from common import batch_writer, layout
+from common import batch_writer, conform, layout
 from common.config import ObjectLockConfig
 from common.epoch import day_numbers
 from common.errors import DataIntegrityError
 from common.lock import head_lock, shortfall
 from common.manifest import Manifest, hex_to_b64, read_manifest, sha256_hex
-from common.pgtypes import EPOCH_ORDINAL, utc_days
+from common.pgtypes import EPOCH_ORDINAL, TableSchema, arrow_schema, utc_days
 from common.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
 from validate.inventory import Entry
@@ -94,6 +96,8 @@ class ObjectChecker:
             return out
         self._check_lock(entry, out)
         if self.quick:
+            self._mixed(manifest, None, out)  # the manifest records how each column is stored
+        if self.quick:
             self._quick(entry, manifest, out)
         else:
             self._full(entry, manifest, out, parsed.day.toordinal() if parsed else None)
@@ -161,9 +165,11 @@ class ObjectChecker:
             out.add("checksum_mismatch", f"sha256 {digest[:16]}… differs from the manifest's {m.sha256[:16]}…")
             return
         table = self._decode(entry.key, data, m, out)
+        stored = _stored_schema(data) if table is not None and m.format == "parquet" else None
         del data
         if table is None:
             return
+        self._mixed(m, stored, out)
         out.rows = table.num_rows
         if table.num_rows != m.rows:
             out.add("row_count_mismatch", f"object holds {table.num_rows} rows, its manifest says {m.rows}")
@@ -188,6 +194,20 @@ class ObjectChecker:
             return None
 
     @staticmethod
+    def _mixed(m: Manifest, stored: pa.Schema | None, out: Checked) -> None:
+        """Columns stored as another type than the object's PostgreSQL column types give them: the
+        Parquet footer says how (full check), or the manifest's encodings do (--quick)."""
+        if m.format != "parquet":
+            return
+        schema = TableSchema.from_json(m.columns)
+        if stored is None:
+            stored = conform.stored_schema(schema, {c["name"]: c.get("encoding", "native") for c in m.columns})
+        mixed = conform.mixed_columns(stored, arrow_schema(schema))
+        if mixed:
+            out.add("mixed_schema", f"column(s) {', '.join(mixed)} stored as another type than the table's schema gives "
+                    "them (written before archives had one schema per table)")
+
+    @staticmethod
     def _partition(ts: pa.ChunkedArray, day: int, out: Checked, *, unit: str | None = None) -> None:
         try:
             days = day_numbers(pc.drop_null(ts), unit)
@@ -210,6 +230,13 @@ class ObjectChecker:
         if found is not None and found.count:
             out.add("rows_still_in_database", f"{found.count} of its {m.rows} archived rows are still in the table "
                     f"({key_label(m.key_columns)} {', '.join(found.sample)}{', …' if found.count > len(found.sample) else ''})")
+
+
+def _stored_schema(data: bytes) -> pa.Schema | None:
+    try:
+        return pq.read_schema(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - _decode has reported an unreadable object already
+        return None
 
 
 def stored_sha256(store: Storage, key: str) -> str | None:

@@ -39,6 +39,8 @@ PROBLEM_TYPES: dict[str, str] = {
                        "object as tampered evidence; restore the recorded version from a bucket version or backup",
     "digest_chain_broken": "an object or digest the chain records is gone or altered: treat the archive as "
                            "tampered; find the missing version (bucket versions, backups) before trusting it",
+    "mixed_schema": "restore, query and erase read it as it is; `archiver --migrate-layout` rewrites it in the "
+                    "table's one schema, so that engines reading the table's folder (Spark, Polars) read it too",
     "incomplete_upload": "abort it (aws s3api abort-multipart-upload) or add a lifecycle rule that aborts "
                          "incomplete multipart uploads",
 }
