@@ -117,7 +117,7 @@ def stored_schema(schema: TableSchema, encodings: dict[str, str]) -> pa.Schema:
 
 
 def _plain(t: pa.DataType) -> pa.DataType:
-    return t.storage_type if isinstance(t, pa.ExtensionType) else t
+    return t.storage_type if isinstance(t, pa.BaseExtensionType) else t
 
 
 def conform(table: pa.Table, target: pa.Schema, *, exceptions: dict[str, Exceptions] | None = None,
