@@ -171,6 +171,27 @@ def pg_text(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     return pa.chunked_array([pa.array(texts, pa.string(), mask=mask if mask.any() else None)])
 
 
+def python_values(column: pa.ChunkedArray | pa.Array) -> list[object]:
+    """The column's values as Python objects (to_pylist), except dates and timestamps Python's
+    datetime cannot hold (infinities, BC, years past 9999): PostgreSQL's text of those."""
+    t = column.type
+    if not is_temporal(t) or len(column) == 0:
+        return column.to_pylist()  # type: ignore[no-any-return]
+    date = pa.types.is_date32(t)
+    raw = _ints(column, pa.int32() if date else pa.int64())
+    lo, hi = (_DAY_1, _DAY_10000) if date else (_DAY_1 * _US_PER_DAY, _DAY_10000 * _US_PER_DAY)
+    odd = ((raw < lo) | (raw >= hi)) & _validity(column)
+    if not odd.any():
+        return column.to_pylist()  # type: ignore[no-any-return]
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values: list[object] = pc.if_else(pa.array(odd), pa.scalar(0, t), column).to_pylist()
+    text = pg_text(pc.filter(column, pa.array(odd))).to_pylist()
+    for row, value in zip(np.flatnonzero(odd).tolist(), text):
+        values[row] = value
+    return values
+
+
 def _time_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """time64: 24:00:00, which PostgreSQL allows and Arrow prints as 00:00:00, in full."""
     raw = _ints(column, pa.int64())

@@ -1,6 +1,7 @@
 """Where query results go, one Arrow batch at a time: an aligned table for a terminal, CSV, JSON
 lines or Parquet. Values come out as the archive holds them: text with tabs, newlines and unicode
-intact in CSV and JSON lines; numerics exact (as text in JSON); timestamps in ISO 8601; bytea as
+intact in CSV and JSON lines; numerics exact (as text in JSON); timestamps in ISO 8601 (infinity, BC and years past 9999 as
+PostgreSQL writes them); bytea as
 PostgreSQL's `\\x` hex. A file named by --output appears only once the query has finished: it is
 written beside its final name and renamed, or removed if the query fails."""
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import IO, Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.arrow_types import python_values
 from common.pgtypes import bytea_text
 
 FORMATS = ("table", "csv", "jsonl", "parquet")
@@ -58,7 +60,7 @@ class CsvWriter:
         self._w.writerow(schema.names)
 
     def write(self, batch: pa.RecordBatch) -> None:
-        cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+        cols = [python_values(batch.column(i)) for i in range(batch.num_columns)]
         self._w.writerows([text_value(v) for v in row] for row in zip(*cols))
 
     def close(self) -> None:
@@ -70,7 +72,7 @@ class JsonlWriter:
         self.out, self.names = out, schema.names
 
     def write(self, batch: pa.RecordBatch) -> None:
-        cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+        cols = [python_values(batch.column(i)) for i in range(batch.num_columns)]
         for row in zip(*cols):
             doc = {n: json_value(v) for n, v in zip(self.names, row)}
             self.out.write(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")
@@ -93,7 +95,7 @@ class TableWriter:
         return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
 
     def write(self, batch: pa.RecordBatch) -> None:
-        cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+        cols = [python_values(batch.column(i)) for i in range(batch.num_columns)]
         cells = [[self._cell(v) for v in row] for row in zip(*cols)]
         if self.widths is None:
             sample = cells[:TABLE_SAMPLE]
