@@ -6,6 +6,7 @@ before format version 2) read alongside."""
 from __future__ import annotations
 
 import io
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,71 @@ def test_query_reads_old_and_new_objects_as_one_table(legacy: dict[str, Any]) ->
     lines = out.getvalue().splitlines()
     assert len(lines) == 7 and lines[0] == "id,ts,d,n"
     assert lines[1].startswith("1,infinity,infinity,") and lines[3].startswith("3,4713-01-01 00:00:00 BC,5874897-12-31,-0.01")
+
+
+# -- schema evolution ---------------------------------------------------------------------------
+EVOLVING = """
+CREATE TABLE evolving (id int PRIMARY KEY, created_at timestamptz NOT NULL, qty int, ratio real, label varchar(10),
+                       price numeric(8,2));
+INSERT INTO evolving SELECT g, '2024-01-01'::timestamptz + g * interval '1 hour', g, g / 3.0, 'v' || g, g * 1.25
+FROM generate_series(1, 30) g;
+"""
+CHANGES = """
+ALTER TABLE evolving ADD COLUMN note text, ALTER COLUMN qty TYPE bigint, ALTER COLUMN ratio TYPE double precision,
+  ALTER COLUMN label TYPE text, ALTER COLUMN price TYPE numeric(12,2);
+INSERT INTO evolving SELECT g, '2024-01-03'::timestamptz + g * interval '1 hour', g * 10000000000, g / 7.0,
+  repeat('w', 20) || g, g * 1000000.5, 'new ' || g FROM generate_series(31, 50) g;
+"""
+
+
+@pytest.fixture()
+def evolved(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Archived before and after columns were added and widened: objects of two schema versions."""
+    pg.execute(EVOLVING)
+    cfg = make_config(tmp_path, dsn=pg_dsn, tables=[{"name": "evolving"}],
+                      defaults={"retention_days": 1, "batch_size": 10})
+    assert run_archive(load_config(cfg))[1] == 0
+    pg.execute(CHANGES)
+    assert run_archive(load_config(cfg))[1] == 0
+    files = sorted((tmp_path / "archive").rglob("*.parquet"))
+    return {"cfg": cfg, "files": files, "tmp": tmp_path}
+
+
+def test_each_schema_version_has_one_schema_and_new_columns_are_nullable(evolved: dict[str, Any]) -> None:
+    schemas = {str(pq.read_schema(f)) for f in evolved["files"]}
+    assert len(schemas) == 2
+    newest = pq.read_schema(evolved["files"][-1])
+    assert newest.field("qty").type == pa.int64() and newest.field("note").nullable
+
+
+def test_restore_brings_back_both_versions_into_the_changed_table(evolved: dict[str, Any], pg: psycopg.Connection[Any]) -> None:
+    before = pg.execute("SELECT id, qty, ratio, label, price, note FROM evolving ORDER BY id").fetchall()
+    assert before == []  # every row was archived
+    pg.execute("ALTER TABLE evolving ALTER COLUMN note SET DEFAULT 'was not archived'")
+    report = restore(load_config(evolved["cfg"]), database="production_db", table="evolving", restore_all=True)
+    assert report.rows == 50 and report.dropped_columns == []
+    rows = pg.execute("SELECT id, qty, ratio, label, price, note FROM evolving ORDER BY id").fetchall()
+    # the real 0.33333334 as ALTER ... TYPE double precision turned the live rows: 0.3333333432674408
+    assert rows[0][1:] == (1, pa.scalar(1 / 3.0, pa.float32()).as_py(), "v1", Decimal("1.25"), "was not archived")
+    assert rows[-1][1:4] == (500000000000, 50 / 7.0, "w" * 20 + "50") and rows[-1][5] == "new 50"
+
+
+def test_query_validate_and_erase_read_both_versions(evolved: dict[str, Any]) -> None:
+    from erase.app import EraseOptions, run as erase
+
+    out = io.StringIO()
+    assert query(QueryOptions(config_path=evolved["cfg"], database="production_db", table="evolving",
+                              where="qty >= 10 AND (note IS NULL OR note LIKE 'new%')", columns=("id", "qty", "note"),
+                              output_format="csv"), env=Environment(stdout=out, stderr=io.StringIO())) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[1:3] == ["10,10,", "11,11,"] and lines[-1] == "50,500000000000,new 50" and len(lines) == 42
+    report = validate(load_config(evolved["cfg"]))
+    assert report.problems == []
+    assert erase(EraseOptions(config_path=evolved["cfg"], database="production_db", table="evolving",
+                              where="id IN (5, 45) OR label = 'v7'"),
+                 env=Environment(stdout=io.StringIO(), stderr=io.StringIO())) == 0
+    out = io.StringIO()
+    query(QueryOptions(config_path=evolved["cfg"], database="production_db", table="evolving", columns=("id",),
+                       output_format="csv"), env=Environment(stdout=out, stderr=io.StringIO()))
+    ids = [int(x) for x in out.getvalue().split()[1:]]
+    assert ids == [i for i in range(1, 51) if i not in (5, 7, 45)]
