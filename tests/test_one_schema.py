@@ -140,6 +140,19 @@ def test_duckdb_reads_the_tables_folder_exactly(archived: dict[str, Any]) -> Non
     assert {r[7] for r in rows} == {"TIMESTAMP"}
 
 
+def test_polars_reads_every_object_as_one_table(archived: dict[str, Any]) -> None:
+    """Polars stops at a type that differs between files ("data type mismatch for column"); the
+    table's folder holds manifests too until they move to the control prefix: the files here."""
+    pl = pytest.importorskip("polars")
+    frame = pl.scan_parquet([str(f) for f in archived["files"]]).sort("id").collect()
+    assert frame["id"].to_list() == [1, 2, 3, 4, 5, 6]
+    as_ints = {n: frame[n].cast(pl.Int32 if n == "d" else pl.Int64).to_list() for n in ("ts", "tstz", "mo", "d")}
+    assert as_ints == {n: v for n, v in archived["integers"].items() if n != "tm"}
+    # Polars' Time (nanoseconds) ends at 23:59:59.999999999: PostgreSQL's 24:00:00 reads as NULL there
+    expected_tm = [None if v == 86_400_000_000 else v for v in archived["integers"]["tm"]]
+    assert [None if v is None else v // 1000 for v in frame["tm"].cast(pl.Int64).to_list()] == expected_tm
+
+
 def test_restore_gives_back_every_value_byte_for_byte(archived: dict[str, Any], pg: psycopg.Connection[Any]) -> None:
     report = restore(load_config(archived["cfg"]), database="production_db", table="typed", restore_all=True)
     assert report.rows == 6
