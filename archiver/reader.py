@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from archiver.selection import Bound, Selection
-from common.arrow_types import Exceptions
-from common.pgtypes import EPOCH_ORDINAL, from_arrow_read, split_exceptions, xids
+from common.arrow_types import Exceptions, split_exceptions
+from common.pgtypes import EPOCH_ORDINAL, from_arrow_read, xids
 from common.units import rows_within
 
 #: Rows per window (at least batch_size): 2M-row bench, ~215-240 MB peak RSS of the run at this size.

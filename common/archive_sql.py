@@ -21,9 +21,9 @@ from psycopg import sql
 from common import batch_writer
 from common.catalog import ArchiveObject, Catalog
 from common.errors import UsageError, first_line
-from common.arrow_types import Exceptions
+from common.arrow_types import Exceptions, exceptions_of
 from common.conform import conform, reader_schema
-from common.pgtypes import TableSchema, exceptions_of
+from common.pgtypes import TableSchema
 
 VIEW = "archive"
 #: The row number erase's matching() adds to judge rows one object at a time.

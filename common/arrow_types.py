@@ -19,6 +19,7 @@ wrap-around, which is undone here exactly (from_driver): no `::text` round trip,
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -246,3 +247,56 @@ def _ts_text(us: int, *, zoned: bool, sentinels: bool = True) -> str:
     secs, frac = divmod(rest, 1_000_000)
     clock = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}" + (f".{frac:06d}".rstrip("0") if frac else "")
     return f"{y if y > 0 else 1 - y:04d}-{m:02d}-{d:02d} {clock}{'+00' if zoned else ''}{' BC' if y <= 0 else ''}"
+
+
+# -- exceptions: values a column's type cannot hold ----------------------------------------------
+#: Prefix of the columns that carry a read window's exceptions (common.arrow_types) alongside its
+#: rows, so that slicing the window into batches slices them too (split_exceptions).
+EXCEPTION_PREFIX = "__pg_archiver_exception__"
+
+
+def exception_column(exceptions: Exceptions, rows: int) -> pa.ChunkedArray:
+    texts: list[str | None] = [None] * rows
+    for row, text in exceptions:
+        texts[row] = text
+    return pa.chunked_array([pa.array(texts, pa.string())])
+
+
+def split_exceptions(table: pa.Table) -> tuple[pa.Table, dict[str, Exceptions]]:
+    """The rows without their EXCEPTION_PREFIX columns, and those columns' values by row."""
+    names = [n for n in table.column_names if n.startswith(EXCEPTION_PREFIX)]
+    if not names:
+        return table, {}
+    out: dict[str, Exceptions] = {}
+    for name in names:
+        col = table.column(name)
+        rows = pc.indices_nonzero(pc.is_valid(col)).to_pylist()
+        if rows:
+            out[name[len(EXCEPTION_PREFIX):]] = [(r, col[r].as_py()) for r in rows]
+    return table.drop_columns(names), out
+
+
+def with_exceptions(table: pa.Table, exceptions: dict[str, Exceptions]) -> pa.Table:
+    """split_exceptions' inverse: the exceptions as columns that follow the rows through filters
+    and slices (erase's rewrite)."""
+    for name, values in exceptions.items():
+        table = table.append_column(EXCEPTION_PREFIX + name, exception_column(values, table.num_rows))
+    return table
+
+
+def pg_texts(column: pa.ChunkedArray | pa.Array, exceptions: Exceptions, *, offset: int = 0) -> pa.ChunkedArray:
+    """A natural-typed column (rows offset.. of its object) as text PostgreSQL reads back to the
+    same values, with the object's exceptions for those rows in place."""
+    text = pg_text(column)
+    rows = [(row - offset, value) for row, value in exceptions if offset <= row < offset + len(column)]
+    if not rows:
+        return text
+    values = text.to_pylist()
+    for row, value in rows:
+        values[row] = value
+    return pa.chunked_array([pa.array(values, pa.string())])
+
+
+def exceptions_of(doc: dict[str, Any]) -> dict[str, Exceptions]:
+    """The values an object's column types could not hold (archive_metadata), by column."""
+    return {name: [(int(row), str(text)) for row, text in values] for name, values in (doc.get("exceptions") or {}).items()}

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common import arrow_types
-from common.arrow_types import Exceptions
-from common.pgtypes import Column, TableSchema, arrow_schema, bytea_texts, pg_texts
+from common.arrow_types import Exceptions, pg_texts
+from common.pgtypes import Column, TableSchema, arrow_schema, bytea_texts
 
 
 @dataclass(frozen=True)

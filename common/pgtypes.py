@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv  # restore renders rows back as COPY CSV
 
 from common import arrow_types
+from common.arrow_types import EXCEPTION_PREFIX, exception_column, pg_texts
 
 #: Session settings that make PostgreSQL's text output canonical; restore uses the same ones.
 SESSION_SETTINGS = {
@@ -280,11 +281,6 @@ def encodings_of(schema: TableSchema, *, all_text: bool = False) -> dict[str, st
     return {c.name: "native" if not all_text and c.natural_type() is not None else "text" for c in schema.columns}
 
 
-#: Prefix of the columns that carry a read window's exceptions (common.arrow_types) alongside its
-#: rows, so that slicing the window into batches slices them too (split_exceptions).
-EXCEPTION_PREFIX = "__pg_archiver_exception__"
-
-
 def from_arrow_read(table: pa.Table, schema: TableSchema, *, native: set[str], extra: list[str] | None = None,
                     all_text: bool = False) -> tuple[pa.Table, dict[str, str]]:
     """Rows as the ADBC reader returned them (helper columns `extra` first, then the table's
@@ -310,37 +306,8 @@ def from_arrow_read(table: pa.Table, schema: TableSchema, *, native: set[str], e
         else:
             arrays[i], exceptions = arrow_types.parse_text(arrays[i], natural)
         if exceptions:
-            carried[EXCEPTION_PREFIX + c.name] = _exception_column(exceptions, len(table))
+            carried[EXCEPTION_PREFIX + c.name] = exception_column(exceptions, len(table))
     return pa.table(arrays + list(carried.values()), names=extra + schema.names + list(carried)), encodings
-
-
-def _exception_column(exceptions: arrow_types.Exceptions, rows: int) -> pa.ChunkedArray:
-    texts: list[str | None] = [None] * rows
-    for row, text in exceptions:
-        texts[row] = text
-    return pa.chunked_array([pa.array(texts, pa.string())])
-
-
-def split_exceptions(table: pa.Table) -> tuple[pa.Table, dict[str, arrow_types.Exceptions]]:
-    """The rows without their EXCEPTION_PREFIX columns, and those columns' values by row."""
-    names = [n for n in table.column_names if n.startswith(EXCEPTION_PREFIX)]
-    if not names:
-        return table, {}
-    out: dict[str, arrow_types.Exceptions] = {}
-    for name in names:
-        col = table.column(name)
-        rows = pc.indices_nonzero(pc.is_valid(col)).to_pylist()
-        if rows:
-            out[name[len(EXCEPTION_PREFIX):]] = [(r, col[r].as_py()) for r in rows]
-    return table.drop_columns(names), out
-
-
-def with_exceptions(table: pa.Table, exceptions: dict[str, arrow_types.Exceptions]) -> pa.Table:
-    """split_exceptions' inverse: the exceptions as columns that follow the rows through filters
-    and slices (erase's rewrite)."""
-    for name, values in exceptions.items():
-        table = table.append_column(EXCEPTION_PREFIX + name, _exception_column(values, table.num_rows))
-    return table
 
 
 def bytea_text(value: bytes) -> str:
@@ -369,19 +336,6 @@ def to_copy_csv(table: pa.Table, schema: TableSchema, encodings: dict[str, str],
     pacsv.write_csv(pa.table(cols, names=table.column_names), out,
                     write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
     return out.getvalue()
-
-
-def pg_texts(column: pa.ChunkedArray | pa.Array, exceptions: arrow_types.Exceptions, *, offset: int = 0) -> pa.ChunkedArray:
-    """A natural-typed column (rows offset.. of its object) as text PostgreSQL reads back to the
-    same values, with the object's exceptions for those rows in place."""
-    text = arrow_types.pg_text(column)
-    rows = [(row - offset, value) for row, value in exceptions if offset <= row < offset + len(column)]
-    if not rows:
-        return text
-    values = text.to_pylist()
-    for row, value in rows:
-        values[row] = value
-    return pa.chunked_array([pa.array(values, pa.string())])
 
 
 def column_docs(schema: TableSchema, encodings: dict[str, str]) -> list[dict[str, Any]]:
@@ -424,8 +378,3 @@ def read_archive_metadata(meta: dict[bytes, bytes] | None) -> tuple[TableSchema,
     cols = doc["columns"]
     encodings = {c["name"]: c.pop("encoding") for c in cols}
     return TableSchema.from_json(cols), encodings, doc
-
-
-def exceptions_of(doc: dict[str, Any]) -> dict[str, arrow_types.Exceptions]:
-    """The values an object's column types could not hold (archive_metadata), by column."""
-    return {name: [(int(row), str(text)) for row, text in values] for name, values in (doc.get("exceptions") or {}).items()}

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 from common.archive_plan import plan
 from common.archive_sql import Engine, Query, union_schema
 from common.catalog import ArchiveObject, Catalog, TableRef
-from common.pgtypes import exceptions_of
+from common.arrow_types import exceptions_of
 
 
 @dataclass

@@ -31,7 +31,8 @@ from common.epoch import time_iso
 from common.key_range import key_range, natural_column
 from common.manifest import Manifest, sha256_hex
 from common.conform import conform
-from common.pgtypes import arrow_schema, column_docs, encodings_of, exceptions_of, split_exceptions, with_exceptions
+from common.arrow_types import exceptions_of, split_exceptions, with_exceptions
+from common.pgtypes import arrow_schema, column_docs, encodings_of
 from common.storage import Storage
 
 _META_KEYS = ("format_version", "schema_fingerprint", "columns", "exceptions")

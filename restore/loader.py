@@ -29,8 +29,8 @@ from psycopg import sql
 from common import batch_writer
 from common.errors import ArchiverError, DataIntegrityError, session_lost
 from common.manifest import Manifest
-from common.arrow_types import Exceptions
-from common.pgtypes import TableSchema, exceptions_of, pg_texts, read_archive_metadata
+from common.arrow_types import Exceptions, exceptions_of, pg_texts
+from common.pgtypes import TableSchema, read_archive_metadata
 from common.readahead import in_order
 from common.units import rows_within
 from common.catalog import ArchiveObject, Catalog, TableRef

@@ -24,7 +24,8 @@ from common import arrow_types, batch_writer
 from common.cli import Environment
 from common.config import load_config
 from common.conform import conform, mixed_columns
-from common.pgtypes import arrow_schema, exceptions_of, pg_texts
+from common.arrow_types import exceptions_of, pg_texts
+from common.pgtypes import arrow_schema
 from conftest import make_config
 from query.app import QueryOptions, run as query
 from restore.engine import restore

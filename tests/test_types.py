@@ -17,7 +17,8 @@ from archiver.runner import run_archive
 from common import batch_writer
 from common.config import load_config
 from common.db import apply_settings
-from common.pgtypes import SESSION_SETTINGS, exceptions_of, to_copy_csv
+from common.arrow_types import exceptions_of
+from common.pgtypes import SESSION_SETTINGS, to_copy_csv
 from common.storage import LocalStorage
 from conftest import make_config
 
