@@ -17,19 +17,19 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from common import digest, layout
-from common.manifest import Manifest, sha256_hex
+from common import digest
+from common.manifest import Manifest
 from common.storage import Storage
-from common.withdrawals import current_manifest, is_record, load as load_withdrawn
+from common.table_index import list_table, load_index
 
 log = logging.getLogger("archiver")
 
 
 class RunDigest:
-    def __init__(self, journal: Path, *, database: str, schema: str, table: str, table_root: str,
+    def __init__(self, journal: Path, *, prefix: str, database: str, schema: str, table: str,
                  key_secret: bytes | None) -> None:
         self.journal = journal
-        self.database, self.schema, self.table, self.table_root = database, schema, table, table_root
+        self.prefix, self.database, self.schema, self.table = prefix, database, schema, table
         self.key_secret = key_secret
         self.entries: dict[str, digest.DigestEntry] = {}  # moves finished in this run
         self.ctx = {"database": database, "table": f"{schema}.{table}"}
@@ -52,18 +52,15 @@ class RunDigest:
         """Store the digest of this run (and of earlier journaled moves since finished); returns its
         key, None when there was nothing to record. An error propagates: the journal stays."""
         journaled = self._journaled()
-        chain_head = digest.head(stores[0], self.table_root)
+        chain_head = digest.head(stores[0], self.prefix, self.database, self.schema, self.table)
         covered = {e.key: e.manifest_sha256 for e in chain_head.digest.objects} if chain_head else {}
         entries = dict(self.entries)
-        for jkey in sorted(journaled - set(entries) - pending):
-            found = _stored_entry(stores, jkey)
-            if found is not None:
-                entries[jkey] = found
+        entries.update(self._stored_entries(stores, journaled - set(entries) - pending))
         entries = {k: e for k, e in entries.items() if covered.get(k) != e.manifest_sha256}
         written: str | None = None
         waiting = sorted(journaled & pending)
         if entries or waiting:
-            written = digest.write(stores[0], table_root=self.table_root, database=self.database, schema=self.schema,
+            written = digest.write(stores[0], prefix=self.prefix, database=self.database, schema=self.schema,
                                table=self.table, objects=[entries[k] for k in sorted(entries)], pending=waiting,
                                key_secret=self.key_secret, previous=chain_head)
             log.info("digest %s records %d objects (chained to %s)", written, len(entries),
@@ -94,19 +91,16 @@ class RunDigest:
         os.replace(tmp, self.journal)
 
 
-def _stored_entry(stores: list[Storage], key: str) -> digest.DigestEntry | None:
-    """The entry of an object archived by an earlier, interrupted run: stored with its manifest and
-    not withdrawn. None for a move called off (nothing stored, or taken back)."""
-    for store in stores:
-        if store.head(key) is None:
-            continue
-        mbytes = current_manifest(store, key)
-        if mbytes is None:
-            return None
-        msha = sha256_hex(mbytes)
-        records = [i.key for i in store.list(layout.table_root(key) + layout.WITHDRAWN_DIR + key.rpartition("/")[2])
-                   if is_record(i.key)]
-        if records and load_withdrawn(store, records).covers(key, msha):
-            return None
-        return digest.DigestEntry.of(Manifest.from_bytes(mbytes, key=key), mbytes)
-    return None
+    def _stored_entries(self, stores: list[Storage], keys: set[str]) -> dict[str, digest.DigestEntry]:
+        """The entries of objects archived by an earlier, interrupted run: recorded in a manifest set
+        and not withdrawn (the first store that has it). A move called off has none."""
+        found: dict[str, digest.DigestEntry] = {}
+        for store in stores:
+            if not keys - set(found):
+                break
+            index = load_index(store, list_table(store, self.prefix, self.database, self.schema, self.table))
+            for key in sorted(keys - set(found)):
+                r = index.current(key)
+                if r is not None:
+                    found[key] = digest.DigestEntry(key, r.manifest.sha256, r.manifest.size, r.manifest.rows, r.sha256)
+        return found

@@ -4,8 +4,9 @@ is called off (its upload never started, or the stored batch was taken back). Wh
 interrupts, the next run finds every unfinished move in the checkpoint.
 
 recover() picks up interrupted work: a pending batch is either finished (object verified and its
-rows already deleted) or taken back (object missing, incomplete, or its rows still in the table:
-the rows get archived again, by the normal path). A resumed batch's rows are never deleted here:
+rows already deleted: its manifest is recorded in a manifest set if the crash came before that)
+or taken back (object missing, incomplete, or its rows still in the table: the rows get archived
+again, by the normal path; a withdrawal record takes it back if a set already lists it). A resumed batch's rows are never deleted here:
 the checkpoint does not hold the exported rows' xmins, so a row updated between the export and the
 rerun could not be told apart, and deleting it would lose the update. Archiving the batch again
 costs one upload. A corrupt checkpoint is set aside and the table's manifests are scanned instead,
@@ -30,10 +31,13 @@ from archiver.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpoint
 from common.key_range import iso, jsonable, natural_column, ordered_ends
 from archiver.selection import Bound
 from archiver.sink import ArchiveSink
-from common import batch_writer, layout
+from datetime import datetime, timedelta
+
+from common import batch_writer, manifest_sets
 from common.errors import DataIntegrityError
-from common.manifest import Manifest, sha256_hex
+from common.manifest import Manifest
 from common.storage import Storage
+from common.table_index import TableIndex, list_table, load_index
 
 log = logging.getLogger("archiver")
 
@@ -63,8 +67,10 @@ class MoveLedger:
     """One table's moves in its checkpoint. Only the mover thread calls it."""
 
     def __init__(self, checkpoints: CheckpointStore, *, database: str, schema: str, table: str,
-                 delete_after_archive: bool) -> None:
+                 delete_after_archive: bool, prefix: str = "") -> None:
         self._checkpoints = checkpoints
+        self.prefix = prefix  # s3.prefix: where the table's manifest sets are
+        self._indexes: dict[str, TableIndex] = {}
         self.database, self.schema, self.table = database, schema, table
         self.delete_after_archive = delete_after_archive
         self.cp = Checkpoint(database, schema, table)  # recover() loads the saved one
@@ -109,6 +115,7 @@ class MoveLedger:
         the rule below can judge (archiver/partitions.py: a leaf detached or still attached), then
         finish or take back each pending move (see the module's docstring), saving after each.
         Returns how many there were."""
+        self.prefix = prefix
         self.cp = self._load(sink, prefix)
         if settle is not None and self.cp.retiring:
             settle(self.cp)
@@ -124,6 +131,7 @@ class MoveLedger:
         a run that must stop moving rows at once (archiver/delete_guard.py), with `resuming` off."""
         resumed = 0
         gap: str | None = None  # rows kept: the first batch in read order that is not archived
+        self._indexes: dict[str, TableIndex] = {}
         for entry in list(self.cp.pending):
             manifest = Manifest(**{k: v for k, v in entry.items() if k in Manifest.__dataclass_fields__})
             if resuming:
@@ -153,11 +161,11 @@ class MoveLedger:
             return
         store, data = found
         if _rows_present(data, m, keys, count_present) == m.rows:
-            sink.withdraw(m.key, store.location)
+            sink.take_back(m, store.location, recorded=self._recorded(store, m))
             log.info("interrupted batch %s taken back: the earlier batch %s was not archived, and the run"
                      " resumes before it", m.key, gap, extra=self.ctx)
             return
-        self._write_manifest(store, m)
+        self._record(store, m)
         log.warning("interrupted batch %s kept (some of its rows are no longer in the table); the earlier"
                     " batch %s was not archived, so the rest of its rows will be archived a second time",
                     m.key, gap, extra=self.ctx)
@@ -175,12 +183,11 @@ class MoveLedger:
     def _scan_manifests(self, stores: list[Storage], prefix: str) -> list[dict[str, Any]]:
         """All manifests of this table (after a corrupt checkpoint): each is finished like an
         interrupted batch, which takes back whichever still has rows in the table."""
-        table_prefix = layout.table_prefix(prefix, self.database, self.schema, self.table)
-        found: dict[str, dict[str, Any]] = {}  # by data key: a legacy copy beside a hidden one is one batch
+        found: dict[str, dict[str, Any]] = {}
         for store in stores:
-            for info in store.list(table_prefix):
-                if layout.is_manifest(info.key):
-                    found.setdefault(layout.data_key(info.key), asdict(Manifest.from_bytes(store.get(info.key), key=info.key)))
+            index = load_index(store, list_table(store, prefix, self.database, self.schema, self.table))
+            for key, r in index.objects.items():
+                found.setdefault(key, asdict(r.manifest))
         return list(found.values())
 
     def _finish_interrupted(self, m: Manifest, *, sink: ArchiveSink, keys: Sequence[str],
@@ -192,11 +199,11 @@ class MoveLedger:
             return None
         store, data = found
         if self.delete_after_archive and (present := _rows_present(data, m, keys, count_present)):
-            sink.withdraw(m.key, store.location)
+            sink.take_back(m, store.location, recorded=self._recorded(store, m))
             log.info("interrupted move of %s taken back: %d of its %d rows are still in the table and will be archived again",
                      m.key, present, m.rows, extra=self.ctx)
             return None
-        self._write_manifest(store, m)
+        self._record(store, m)
         if self.delete_after_archive:
             log.info("finished the interrupted move of %s: its %d rows were already deleted", m.key, m.rows, extra=self.ctx)
         return data
@@ -217,11 +224,28 @@ class MoveLedger:
             return store, data
         return None
 
-    @staticmethod
-    def _write_manifest(store: Storage, m: Manifest) -> None:
-        if all(store.head(k) is None for k in layout.manifest_keys(m.key)):
-            mb = m.to_bytes()
-            store.put(layout.manifest_key(m.key), mb, sha256=sha256_hex(mb))
+    def _index(self, store: Storage) -> TableIndex:
+        """The table's manifests in `store` that an interrupted run could have written: the sets
+        named after the oldest pending batch was encoded (less an hour, for a clock stepped back).
+        Read once per recovery and store."""
+        if store.location not in self._indexes:
+            oldest = min((str(p.get("created_at") or "") for p in self.cp.pending), default="")
+            since = None
+            try:
+                since = f"{datetime.fromisoformat(oldest) - timedelta(hours=1):%Y%m%dT%H%M%S%fZ}"
+            except ValueError:
+                pass  # no time to go by: every set is read
+            self._indexes[store.location] = load_index(
+                store, list_table(store, self.prefix, self.database, self.schema, self.table), sets_from=since)
+        return self._indexes[store.location]
+
+    def _recorded(self, store: Storage, m: Manifest) -> bool:
+        return self._index(store).has(m.key, manifest_sets.entry_sha256(m))
+
+    def _record(self, store: Storage, m: Manifest) -> None:
+        """The move is finished: its manifest is recorded (once) before it leaves pending."""
+        if not self._recorded(store, m):
+            manifest_sets.write(store, prefix=self.prefix, manifests=[m])
 
 
 def _stores(sink: ArchiveSink) -> list[Storage]:

@@ -90,7 +90,7 @@ class Retirer:
             if leaf.oid not in stored:
                 continue
             if self.stopped:
-                self._take_back(stored.pop(leaf.oid), "the run is stopping", leaf)
+                self._take_back(stored.pop(leaf.oid), "the run is stopping", leaf, recorded=False)
             else:
                 retired += self._finish(leaf, stored.pop(leaf.oid))
         return retired
@@ -145,7 +145,9 @@ class Retirer:
                                    "constraint": constraint}
         self.ledger.save()
         if not self._still_retirable(leaf, rows, snapshot):
-            return self._take_back(stored, "rows were written to it since its export", leaf)
+            return self._take_back(stored, "rows were written to it since its export", leaf, recorded=False)
+        # The leaf's manifests, in one set, before its rows leave the table with it.
+        self.sink.record([(enc.manifest, location) for enc, location in stored])
         self.hook("after_partition_archived")
         detach(self.conn, doc)
         self.hook("after_detach")
@@ -156,7 +158,8 @@ class Retirer:
                 self.conn.rollback()
                 attach(self.conn, self.sel, doc, constraint=constraint, ctx=self.ctx)
                 return self._take_back(stored, f"rows were written to it during its detach ({verified.rows} rows,"
-                                       f" {rows} archived, {verified.written_since} written since the export)", leaf)
+                                       f" {rows} archived, {verified.written_since} written since the export)", leaf,
+                                       recorded=True)
             for enc, location in stored:
                 self.done(enc, location)
             self.ledger.cp.retiring.update(step="detached")
@@ -180,9 +183,10 @@ class Retirer:
         self.conn.commit()
         return ok and count_leaf(self.conn, self.sel, leaf.relation, snapshot=snapshot).holds(rows)
 
-    def _take_back(self, stored: list[Stored], why: str, leaf: Leaf) -> bool:
+    def _take_back(self, stored: list[Stored], why: str, leaf: Leaf, *, recorded: bool) -> bool:
+        """`recorded`: the leaf's manifest set was stored (a withdrawal record takes each back)."""
         for enc, location in stored:
-            self.sink.withdraw(enc.manifest.key, location)
+            self.sink.take_back(enc.manifest, location, recorded=recorded)
             self.ledger.call_off(enc.manifest)
         self.ledger.cp.retiring = None
         self.ledger.save()

@@ -32,7 +32,7 @@ log = logging.getLogger("archiver")
 
 def make_sink(cfg: Config, s3_client: Any | None = None, *, hook: Hook = no_hook) -> ArchiveSink:
     return ArchiveSink(primary_storage(cfg, s3_client), fallback_storage(cfg),
-                       probe_interval=cfg.s3.probe_interval_seconds, hook=hook)
+                       prefix=cfg.s3.prefix, probe_interval=cfg.s3.probe_interval_seconds, hook=hook)
 
 
 def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: Observer | None = None,

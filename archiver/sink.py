@@ -1,21 +1,28 @@
 """Puts verified batches somewhere safe: S3 first; when S3 fails after botocore's retries, the local
 fallback directory with the same key layout (issue 3), behind a circuit breaker so one outage does
-not cost botocore's retries on every batch. Also drains the fallback directory back to S3."""
+not cost botocore's retries on every batch. Also drains the fallback directory back to S3.
+
+A batch is its data object alone while it is stored (`put`, in the upload threads); what makes it
+count as archived is its manifest in a manifest set (common/manifest_sets.py), which the table job
+has the sink `record` for a whole group of stored batches, once their rows' delete is done but not
+yet committed (archiver/table_job.py): one request for the group instead of one per batch."""
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from archiver.hooks import Hook, no_hook
 from common.errors import ArchiverError, DataIntegrityError, ErrorKind, S3Unavailable, first_line
-from common.layout import data_key, is_legacy_manifest, is_manifest, manifest_key, manifest_keys
+from common import manifest_sets
 from common.manifest import Manifest, sha256_hex
 from common.fallback import FallbackDir
-from common.storage import ObjectInfo, Storage, is_disk_full
+from common.storage import Storage, is_disk_full
+from common.table_index import TableListing
 from common.withdrawals import withdraw as record_withdrawal
 
 log = logging.getLogger("archiver.sink")
@@ -42,9 +49,11 @@ class DrainResult:
 
 
 class ArchiveSink:
-    def __init__(self, primary: Storage, fallback: FallbackDir | None, *, probe_interval: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic, hook: Hook = no_hook) -> None:
+    def __init__(self, primary: Storage, fallback: FallbackDir | None, *, prefix: str = "",
+                 probe_interval: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 hook: Hook = no_hook) -> None:
         self.primary = primary
+        self.prefix = prefix  # s3.prefix: where control folders are
         self.fallback = fallback
         self.probe_interval = probe_interval
         self.clock = clock
@@ -73,54 +82,86 @@ class ArchiveSink:
         return True
 
     def put(self, manifest: Manifest, data: bytes) -> str:
-        """Store object then manifest, both verified; returns the location ('s3', 'local', 'fallback')."""
+        """Store a batch's data object, verified; returns where ('s3', 'local', 'fallback'). It does
+        not count as archived until `record` stores its manifest."""
+        return self._to_primary_or_fallback(f"S3 upload of {manifest.key}",
+                                            lambda store: self._put_object(store, manifest, data),
+                                            cleanup=(manifest.key,))
+
+    def record(self, stored: Sequence[tuple[Manifest, str]]) -> None:
+        """Store the manifests of these stored batches (one set per location they went to): from
+        here on they count as archived. A set for batches in S3 goes to the fallback directory
+        while S3 is down (the drain takes it to S3 beside its objects); without one, S3Unavailable."""
+        by_location: dict[str, list[Manifest]] = {}
+        for m, location in stored:
+            by_location.setdefault(location, []).append(m)
+        for location, manifests in by_location.items():
+            if location == "fallback":
+                self._fallback_write(lambda store: self._put_set(store, manifests), cleanup=())
+            else:
+                self._to_primary_or_fallback(f"S3 upload of the manifests of {manifests[0].key}",
+                                             lambda store: self._put_set(store, manifests), cleanup=())
+
+    def _to_primary_or_fallback(self, what: str, write: Callable[[Storage], None], *, cleanup: tuple[str, ...]) -> str:
         if self._circuit_allows_primary():
             try:
-                self._put_pair(self.primary, manifest, data)
+                write(self.primary)
                 return self.primary.location
             except (BotoCoreError, ClientError) as exc:
                 if not is_outage(exc):
                     raise
-                # No clean-up call to an S3 that is down: an object stored before the outage hit
-                # its manifest is overwritten by the same key when the fallback copy is drained.
+                # No clean-up call to an S3 that is down: an object stored before the outage is
+                # overwritten by the same key when the fallback copy is drained.
                 if self.fallback is None:
-                    raise S3Unavailable(f"S3 upload of {manifest.key} failed and no s3.local_fallback_dir is configured: {exc}") from None
+                    raise S3Unavailable(f"{what} failed and no s3.local_fallback_dir is configured: {exc}") from None
                 log.warning("S3 upload failed (%s); S3 marked down, batches go to the fallback directory %s",
                             first_line(exc, limit=200), self.fallback.root)
                 self.opened_at = self.clock()
-        assert self.fallback is not None
+        return self._fallback_write(write, cleanup=cleanup)
+
+    def _fallback_write(self, write: Callable[[Storage], None], *, cleanup: tuple[str, ...]) -> str:
+        if self.fallback is None:
+            raise S3Unavailable("S3 is down and no s3.local_fallback_dir is configured")
         try:
-            self._put_pair(self.fallback, manifest, data)
+            write(self.fallback)
         except OSError as exc:
-            self._cleanup(self.fallback, (manifest_key(manifest.key), manifest.key))
+            self._cleanup(self.fallback, cleanup)
             if is_disk_full(exc):
                 raise FallbackFull(f"fallback directory {self.fallback.root} is full (ENOSPC); no rows deleted for this batch") from None
             raise FallbackFull(f"cannot write to fallback directory {self.fallback.root}: {exc.strerror}") from None
         return self.fallback.location
 
-    def _store(self, location: str) -> Storage:
+    def _put_object(self, store: Storage, manifest: Manifest, data: bytes) -> None:
+        store.put(manifest.key, data, sha256=manifest.sha256)
+        self.hook("between_object_and_manifest")
+
+    def _put_set(self, store: Storage, manifests: Sequence[Manifest]) -> None:
+        manifest_sets.write(store, prefix=self.prefix, manifests=manifests)
+        self.hook("after_manifest_set")
+
+    def store(self, location: str) -> Storage:
         return self.fallback if location == "fallback" and self.fallback else self.primary
 
     def remove(self, key: str, location: str) -> None:
-        store = self._store(location)
-        if _locked(store):
-            record_withdrawal(store, key, reason="incomplete upload")
-            return
-        self._cleanup(store, (*manifest_keys(key), key))
+        """An incomplete upload (its bytes do not match): nothing counts it; gone where it may go."""
+        self._cleanup(self.store(location), (key,))
 
-    def withdraw(self, key: str, location: str) -> None:
-        """Take back a stored batch whose rows stay in the table: its manifest must go (an error
-        propagates, and the batch stays pending for the next run), or the rows would count as
-        archived twice once archived again; the object without it is only an orphan. Under
-        Object Lock neither can go: a withdrawal record (common/withdrawals.py) says instead that
-        this version does not count, and every reader skips it."""
-        store = self._store(location)
-        if _locked(store):
-            record_withdrawal(store, key, reason="rows changed since export")
-            return
-        for mkey in manifest_keys(key):  # an older archive's batch may carry the legacy sidecar
-            store.delete(mkey)
-        self._cleanup(store, (key,))
+    def take_back(self, manifest: Manifest, location: str, *, recorded: bool) -> None:
+        """Take back a stored batch whose rows stay in the table (they will be archived again).
+        `recorded`: a manifest set lists it, so it counts as archived until a withdrawal record
+        (common/withdrawals.py) says otherwise; that record must be stored (an error propagates,
+        and the batch stays pending for the next run), or its rows would count twice once archived
+        again. The data object goes too, where Object Lock allows: engines that read the table's
+        folder as it lies would read its rows. Under Object Lock it stays, with a record even when
+        no set lists it, so validate knows it for what it is."""
+        store = self.store(location)
+        locked = _locked(store)
+        if recorded or locked:
+            sha = manifest_sets.entry_sha256(manifest) if recorded else None
+            record_withdrawal(store, prefix=self.prefix, manifest=manifest, manifest_sha256=sha,
+                              reason="rows changed since export" if recorded else "taken back before its manifest")
+        if not locked:
+            self._cleanup(store, (manifest.key,))
 
     @staticmethod
     def _cleanup(store: Storage, keys: tuple[str, ...]) -> None:
@@ -149,52 +190,78 @@ class ArchiveSink:
             self.fallback.release()
 
     def _drain(self, fallback: FallbackDir, result: DrainResult) -> DrainResult:
-        manifests = _one_manifest_per_batch(o for o in fallback.list("") if is_manifest(o.key))
-        for info in manifests:
-            key = data_key(info.key)
+        """Each manifest set waiting in the fallback directory, oldest first: its objects (those
+        in the directory; the others went to S3 before the outage and are checked there), then the
+        set itself, then its files here. A set whose objects fail their checksum is quarantined with
+        them. Withdrawal records go to S3 first, so none is ever missing beside its batch."""
+        listing = TableListing(self.prefix)
+        for info in fallback.list(""):
+            listing.add(info)
+        listing.finish()
+        self._drain_records(fallback, listing.records)
+        sets = listing.sets
+        for n, info in enumerate(sets):
             try:
-                manifest = Manifest.from_bytes(fallback.get(info.key), key=info.key)
-                data = fallback.get(key)
-                manifest.check(data)
+                recorded = manifest_sets.read(fallback.get(info.key), key=info.key)
+                objects = [(r.manifest, self._fallback_copy(fallback, r.manifest)) for r in recorded]
             except (DataIntegrityError, OSError) as exc:
-                fallback.quarantine(info.key, key)
-                log.error("fallback batch %s failed its checksum and was quarantined, not uploaded: %s", key, exc)
+                fallback.quarantine(info.key, *(k for k in _set_keys(fallback, info.key)))
+                log.error("fallback batches of %s failed their checksum and were quarantined, not uploaded: %s", info.key, exc)
                 result.quarantined += 1
                 continue
             try:
-                self._put_pair(self.primary, manifest, data)
+                for manifest, data in objects:
+                    if data is not None:
+                        self.primary.put(manifest.key, data, sha256=manifest.sha256)
+                    else:
+                        self._check_in_primary(manifest)
+                body = fallback.get(info.key)
+                self.primary.put(info.key, body, sha256=sha256_hex(body))
             except (BotoCoreError, ClientError) as exc:
                 log.warning("S3 still unavailable while draining the fallback directory: %s", first_line(exc, limit=200))
                 self.opened_at = self.clock()
-                result.remaining = len(manifests) - result.drained - result.quarantined
+                result.remaining = len(sets) - n
                 break
-            for mkey in manifest_keys(key):
-                fallback.delete(mkey)
-            fallback.delete(key)
-            result.drained += 1
+            fallback.delete(info.key)
+            for manifest, data in objects:
+                if data is not None:
+                    fallback.delete(manifest.key)
+            result.drained += len(objects)
         if result.drained or result.quarantined:
-            log.info("Drained %d fallback batches to S3 (%d quarantined, %d remaining)",
+            log.info("Drained %d fallback batches to S3 (%d quarantined, %d sets remaining)",
                      result.drained, result.quarantined, result.remaining)
         return result
 
-    def _put_pair(self, store: Storage, manifest: Manifest, data: bytes) -> None:
-        store.put(manifest.key, data, sha256=manifest.sha256)
-        self.hook("between_object_and_manifest")
-        mbytes = manifest.to_bytes()
-        # The manifest is small and carries its own checksum header; the data object, which rows are
-        # deleted on the strength of, is the one read back.
-        store.put(manifest_key(manifest.key), mbytes, sha256=sha256_hex(mbytes), verify=False)
+    def _drain_records(self, fallback: FallbackDir, records: Sequence[Any]) -> None:
+        for info in records:
+            body = fallback.get(info.key)
+            self.primary.put(info.key, body, sha256=sha256_hex(body))
+            fallback.delete(info.key)
+
+    @staticmethod
+    def _fallback_copy(fallback: FallbackDir, manifest: Manifest) -> bytes | None:
+        """The batch's bytes in the fallback directory, checked; None when it is not there (stored
+        in S3 before the outage hit its set)."""
+        if fallback.head(manifest.key) is None:
+            return None
+        data = fallback.get(manifest.key)
+        manifest.check(data)
+        return data
+
+    def _check_in_primary(self, manifest: Manifest) -> None:
+        info = self.primary.head(manifest.key)
+        if info is None or info.size != manifest.size:
+            raise DataIntegrityError(f"{manifest.key}: listed in a fallback manifest set, but neither in the fallback "
+                                     "directory nor (whole) in S3")
+
+
+def _set_keys(fallback: FallbackDir, set_key: str) -> list[str]:
+    """The data objects a (possibly unreadable) fallback set lists that are in the directory."""
+    try:
+        return [r.key for r in manifest_sets.read(fallback.get(set_key), key=set_key) if fallback.head(r.key) is not None]
+    except (DataIntegrityError, OSError):
+        return []
 
 
 def _locked(store: Storage) -> bool:
     return getattr(store, "object_lock", None) is not None
-
-
-def _one_manifest_per_batch(infos: Iterable[ObjectInfo]) -> list[ObjectInfo]:
-    """Fallback manifests oldest first, one per batch: where a legacy sidecar was left beside its
-    hidden copy (an interrupted --migrate-manifests), the hidden one stands for the batch."""
-    chosen: dict[str, ObjectInfo] = {}
-    for info in infos:
-        if data_key(info.key) not in chosen or not is_legacy_manifest(info.key):
-            chosen[data_key(info.key)] = info
-    return sorted(chosen.values(), key=lambda o: (o.last_modified or 0, o.key))

@@ -35,7 +35,6 @@ from archiver.sink import ArchiveSink, FallbackFull
 from archiver.table_check import inspect_table
 from common.config import Config, DatabaseConfig, ResolvedOptions, TableConfig
 from common.db import apply_settings, table_unlock, try_table_lock
-from common import layout
 from common.digest import secret as digest_secret
 from common.errors import ArchiverError, first_line
 from common.expiry import count_untimed, cutoff_for, database_now, untimed_message
@@ -64,10 +63,9 @@ class TableJob:
         self.result = TableResult(db.name, table.schema_, table.name)
         self.ctx = {"database": db.name, "table": f"{table.schema_}.{table.name}"}
         self.ledger = MoveLedger(checkpoints, database=db.name, schema=table.schema_, table=table.name,
-                                 delete_after_archive=self.opts.delete_after_archive)
+                                 delete_after_archive=self.opts.delete_after_archive, prefix=cfg.s3.prefix)
         self.digest = RunDigest(checkpoints.path(db.name, table.schema_, table.name).with_suffix(".undigested"),
-                                database=db.name, schema=table.schema_, table=table.name,
-                                table_root=layout.table_prefix(cfg.s3.prefix, db.name, table.schema_, table.name),
+                                prefix=cfg.s3.prefix, database=db.name, schema=table.schema_, table=table.name,
                                 key_secret=digest_secret(cfg))
 
     # -- entry -------------------------------------------------------------------------------
@@ -286,9 +284,10 @@ class TableJob:
 
     # -- finishing moves ---------------------------------------------------------------------
     def _finish_group(self, group: list[Stored]) -> None:
-        """Delete the rows of several stored batches of one read window in one statement and one
-        commit (the per-statement cost dominated the mover thread); by key range where that is
-        exact (Selection.range_delete_query). Any count mismatch falls back to batch by batch."""
+        """Delete the rows of several stored batches of one read window in one statement, record
+        their manifests in one set, and commit (the per-statement cost dominated the mover thread,
+        and a set per batch doubled the requests); by key range where that is exact
+        (Selection.range_delete_query). Any count mismatch falls back to batch by batch."""
         if not self.opts.delete_after_archive or (len(group) == 1 and not self.sel.range_delete_ok):
             for enc, location in group:
                 self._finish(enc, location)
@@ -302,14 +301,10 @@ class TableJob:
             for enc, location in group:
                 self._finish(enc, location)
             return
-        self.hook("before_commit")
-        self.mover.commit()
-        self.hook("after_delete")
-        for enc, location in group:
-            self._done(enc, location)
+        self._commit(group)
 
     def _finish(self, enc: Encoded, location: str) -> None:
-        """The batch is stored and verified: delete exactly its rows, then drop it from pending."""
+        """The batch is stored and verified: delete exactly its rows, record its manifest, commit."""
         m = enc.manifest
         if self.opts.delete_after_archive:
             deleted = self.mover.delete_batch(enc)
@@ -317,17 +312,31 @@ class TableJob:
                 self.mover.rollback()
                 if self.mover.count_unchanged(enc) == m.rows:
                     raise suppressed(self.result.name, m.key, rows=m.rows, deleted=deleted)
-                self.sink.withdraw(m.key, location)
+                self.sink.take_back(m, location, recorded=False)
                 self.ledger.call_off(m)
                 self.result.rolled_back_batches += 1
                 self.observer.batch_failed(self.result, kind="conflict")
                 log.warning("batch %s rolled back: %d of %d rows changed since export; they will be archived on a later run",
                             m.key, m.rows - deleted, m.rows, extra=self.ctx)
                 return
+        self._commit([(enc, location)])
+
+    def _commit(self, group: list[Stored]) -> None:
+        """The group's rows are deleted in the open transaction (or kept, with
+        delete_after_archive: false): its manifests are stored, then the delete commits. A crash
+        between the two leaves the batches pending with their rows in the table: the next run
+        takes them back (archiver/ledger.py). A set that cannot be stored rolls the delete back."""
+        try:
+            self.sink.record([(enc.manifest, location) for enc, location in group])
+        except BaseException:
+            self.mover.rollback()
+            raise
+        if self.opts.delete_after_archive:
             self.hook("before_commit")
             self.mover.commit()
         self.hook("after_delete")
-        self._done(enc, location)
+        for enc, location in group:
+            self._done(enc, location)
 
     def _done(self, enc: Encoded, location: str) -> None:
         self.ledger.finish(enc)

@@ -1,35 +1,33 @@
-"""What archives a table has, for restore and query: its objects in the archive store (S3 or
+"""What archives a table has, for restore, query and erase: its objects in the archive store (S3 or
 local_dir) and in the S3-outage fallback directory, each with its manifest, ordered by time. Only
-objects with a manifest count as archived (the archiver writes the manifest last), exactly as the
+objects whose manifest is recorded (common/table_index.py) count as archived, exactly as the
 archiver itself decides. Dates select UTC day partitions (--start-date/--end-date)."""
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from common import batch_writer, layout
+from common import layout
 from common.config import Config
 from common.cli import ambiguous, match_tables
 from common.errors import ArchiverError, ConfigError, DataIntegrityError, S3Unavailable, UsageError
-from common.manifest import Manifest, read_manifest, replaced, replaces_of, sha256_hex
+from common.manifest import Manifest, replaced
+from common.manifest_sets import Recorded
 from common.pgtypes import TableSchema
 from common.s3client import fallback_storage, primary_storage
 from common.storage import ObjectInfo, S3Storage, Storage
-from common.withdrawals import Withdrawn, is_record, load as load_withdrawn, read as read_record
+from common.table_index import is_archive_name, load_table
 
 log = logging.getLogger("catalog")
 
 #: Storage classes whose objects cannot be read until an S3 restore request has completed
 #: (GLACIER_IR and the infrequent-access classes are readable at once).
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
-_MANIFEST_READERS = 8
 _DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -170,7 +168,6 @@ class Catalog:
         self._client = s3_client
         self._primary: Storage | None = None
         self.fallback = fallback_storage(cfg)
-        self._records: list[tuple[Storage, str]] = []  # withdrawal records met while listing
         self.superseded: list[tuple[ArchiveObject, ArchiveObject]] = []  # (replaced, replacement) of the last listing
 
     @property
@@ -191,19 +188,14 @@ class Catalog:
     # -- listing -------------------------------------------------------------------------------
     def list_objects(self, ref: TableRef, *, start: date | None = None, end: date | None = None) -> list[ArchiveObject]:
         """Every archived object of the table whose UTC day lies in [start, end], oldest first."""
-        prefix = layout.table_prefix(self.prefix, ref.database, ref.schema, ref.table)
-        found: dict[str, tuple[Storage, ObjectInfo, ObjectInfo]] = {}
-        self._records = []
+        found: dict[str, ArchiveObject] = {}
         for store in self.stores():
-            for key, (info, minfo) in self._pairs(store, prefix, ref).items():
-                found.setdefault(key, (store, info, minfo))  # the archive store wins over the fallback copy
+            for key, obj in self._objects(store, ref).items():
+                found.setdefault(key, obj)  # the archive store wins over the fallback copy
         if not found and ref.unconfigured:
             raise ConfigError(ref.unconfigured)
-        chosen = [(s, i, m, d) for s, i, m in found.values()
-                  if (d := self._day(i.key)) is not None and (start is None or d >= start) and (end is None or d <= end)]
-        with ThreadPoolExecutor(max_workers=_MANIFEST_READERS, thread_name_prefix="manifest") as ex:
-            objects = list(ex.map(lambda c: self._describe(c[0], c[1], c[2]), chosen))
-        return sorted(self._current(self._counted(objects)), key=ArchiveObject.sort_key)
+        chosen = [o for o in found.values() if (start is None or o.day >= start) and (end is None or o.day <= end)]
+        return sorted(self._current(chosen), key=ArchiveObject.sort_key)
 
     def _current(self, objects: list[ArchiveObject]) -> list[ArchiveObject]:
         """Without objects an erasure has replaced: the replacement's manifest (stored, verified)
@@ -211,68 +203,39 @@ class Catalog:
         counts its rows twice. `superseded` keeps (old, replacement) for erase to finish."""
         by_key = {o.key: o for o in objects}
         pairs = replaced((o.key, o.manifest_sha256, o.replaces) for o in objects)
-        self.superseded = [(by_key[old], by_key[new]) for old, new in pairs.items()]
+        self.superseded = [(by_key[old], by_key[new]) for old, new in pairs.items() if new in by_key]
         return [o for o in objects if o.key not in pairs]
 
-    def _counted(self, objects: list[ArchiveObject]) -> list[ArchiveObject]:
-        """Without the batches taken back under Object Lock (common/withdrawals.py): never archived."""
-        if not self._records:
-            return objects
-        withdrawn = Withdrawn(read_record(store, rkey) for store, rkey in self._records)
-        kept = [o for o in objects if not withdrawn.covers(o.key, o.manifest_sha256)]
-        if len(kept) != len(objects):
-            log.info("%d withdrawn batches (taken back under Object Lock) are not counted as archived", len(objects) - len(kept))
-        return kept
-
-    def _pairs(self, store: Storage, prefix: str, ref: TableRef) -> dict[str, tuple[ObjectInfo, ObjectInfo]]:
-        data: dict[str, ObjectInfo] = {}
-        manifests: dict[str, ObjectInfo] = {}
-        for info in self._list(store, prefix):
-            if is_record(info.key):
-                self._records.append((store, info.key))
-                continue
-            parsed = layout.parse_key(self.prefix, info.key)
-            if parsed is None or (parsed.database, parsed.schema, parsed.table) != (ref.database, ref.schema, ref.table):
-                continue  # strays, or a table whose name merely starts the same
-            if layout.is_manifest(info.key):
-                manifests[layout.data_key(info.key)] = info
-            elif _is_archive_name(info.key):
-                data[info.key] = info
-        for key in sorted(set(data) - set(manifests)):
-            log.warning("%s in %s has no manifest: not counted as archived (an interrupted upload?)", key, store.location)
-        return {k: (v, manifests[k]) for k, v in data.items() if k in manifests}
-
-    def _list(self, store: Storage, prefix: str) -> Iterable[ObjectInfo]:
+    def _objects(self, store: Storage, ref: TableRef) -> dict[str, ArchiveObject]:
+        """The table's archived objects in one store: data objects whose manifest is recorded and
+        not withdrawn."""
         try:
-            return list(store.list(prefix))
+            listing, index = load_table(store, self.prefix, ref.database, ref.schema, ref.table)
         except ClientError as exc:
             err = exc.response.get("Error", {})
-            raise ArchiverError(f"cannot list s3://{self.bucket}/{prefix}: {err.get('Code')}: {err.get('Message')}") from None
+            raise ArchiverError(f"cannot read the archive of {ref.database}/{ref.name} in s3://{self.bucket}: "
+                                f"{err.get('Code')}: {err.get('Message')}") from None
         except BotoCoreError as exc:
-            raise S3Unavailable(f"S3 unreachable while listing s3://{self.bucket}/{prefix}: {exc}") from None
+            raise S3Unavailable(f"S3 unreachable while listing s3://{self.bucket}/{self.prefix}: {exc}") from None
+        if index.taken_back:
+            log.info("%d withdrawn batches (taken back) are not counted as archived", index.taken_back)
+        for key in sorted(set(listing.data) - set(index.objects)):
+            log.warning("%s in %s has no manifest: not counted as archived (an interrupted upload?)", key, store.location)
+        out = {}
+        for key, info in listing.data.items():
+            recorded = index.current(key)
+            if recorded is not None:
+                out[key] = self._describe(store, info, recorded)
+        return out
 
-    def _day(self, key: str) -> date | None:
-        parsed = layout.parse_key(self.prefix, key)
-        return parsed.day if parsed else None
-
-    def _describe(self, store: Storage, info: ObjectInfo, minfo: ObjectInfo) -> ArchiveObject:
-        day = self._day(info.key)
-        assert day is not None
-        obj = ArchiveObject(info.key, day, store.location, info.size, info.storage_class, None, manifest_key=minfo.key)
-        if info.storage_class in ARCHIVE_CLASSES or minfo.storage_class in ARCHIVE_CLASSES:
+    def _describe(self, store: Storage, info: ObjectInfo, r: Recorded) -> ArchiveObject:
+        parsed = layout.parse_key(self.prefix, info.key)
+        assert parsed is not None
+        obj = ArchiveObject(info.key, parsed.day, store.location, info.size, info.storage_class, r.manifest,
+                            manifest_key=r.source, manifest_sha256=r.sha256, replaces=r.replaces)
+        if info.storage_class in ARCHIVE_CLASSES:
             obj.restore_state = self._restore_state(info.key)
-        raw = self._manifest(store, minfo.key)
-        if raw is not None:
-            (obj.manifest, obj.replaces), obj.manifest_sha256 = read_manifest(raw, key=minfo.key), sha256_hex(raw)
         return obj
-
-    def _manifest(self, store: Storage, mkey: str) -> bytes | None:
-        try:
-            return store.get(mkey)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "InvalidObjectState":
-                return None  # the manifest is in GLACIER/DEEP_ARCHIVE too: readable after an S3 restore
-            raise
 
     def _restore_state(self, key: str) -> str | None:
         assert isinstance(self.primary, S3Storage)
@@ -286,41 +249,26 @@ class Catalog:
         """The object named by --s3-key; ArchiveNotFound (exit 1) naming the key otherwise."""
         key = self._normalise(key)
         parsed = layout.parse_key(self.prefix, key)
-        if parsed is None or not _is_archive_name(key):
+        if parsed is None or not is_archive_name(key):
             raise ArchiveNotFound(f"{key}: not an archive object key of {ref.database}/{ref.name}")
         if (parsed.database, parsed.schema, parsed.table) != (ref.database, ref.schema, ref.table):
             raise ArchiveNotFound(f"{key}: belongs to {parsed.database}/{parsed.schema}.{parsed.table}, "
                                   f"not to {ref.database}/{ref.name}")
         for store in self.stores():
-            info = store.head(key)
-            minfo = _head_manifest(store, key) if info else None
-            if info and minfo:
-                obj = self._describe(store, info, minfo)
-                if self._withdrawn_here(store, obj):
-                    raise ArchiveNotFound(f"{key}: this batch was withdrawn (taken back under Object Lock, its rows "
-                                          "archived again): it is not an archive")
-                if (new := self._replaced_by(store, obj)) is not None:
-                    raise ArchiveNotFound(f"{key}: replaced by {new}, which holds its rows but the erased ones (an "
-                                          "erasure that stopped before removing this object: run erase again on the "
-                                          "table to finish it); restore that object instead")
-                return obj
-            if info:
-                log.warning("%s in %s has no manifest", key, store.location)
-        raise ArchiveNotFound(f"{key}: no such archived object (with a manifest) in {self.where()}")
-
-    def _withdrawn_here(self, store: Storage, obj: ArchiveObject) -> bool:
-        prefix = layout.table_root(obj.key) + layout.WITHDRAWN_DIR + obj.key.rpartition("/")[2]
-        records = [i.key for i in store.list(prefix) if is_record(i.key)]
-        return bool(records) and load_withdrawn(store, records).covers(obj.key, obj.manifest_sha256)
-
-    def _replaced_by(self, store: Storage, obj: ArchiveObject) -> str | None:
-        """The replacement an unfinished erasure stored for this object, as _current finds it over a
-        whole listing. Only the object's own folder is read: erase stores a replacement next to
-        the object it replaces (erase/rewrite.replacement_key), and a day holds few objects."""
-        folder = obj.key.rpartition("/")[0] + "/"
-        others = [(layout.data_key(i.key), None, replaces_of(store.get(i.key))) for i in store.list(folder)
-                  if layout.is_manifest(i.key) and layout.data_key(i.key) != obj.key]
-        return replaced([(obj.key, obj.manifest_sha256, None), *others]).get(obj.key)
+            if store.head(key) is None:
+                continue
+            objects = self._objects(store, ref)
+            obj = objects.get(key)
+            if obj is None:
+                log.warning("%s in %s has no manifest that counts (never recorded, or withdrawn)", key, store.location)
+                continue
+            pairs = replaced((o.key, o.manifest_sha256, o.replaces) for o in objects.values())
+            if (new := pairs.get(key)) is not None:
+                raise ArchiveNotFound(f"{key}: replaced by {new}, which holds its rows but the erased ones (an "
+                                      "erasure that stopped before removing this object: run erase again on the "
+                                      "table to finish it); restore that object instead")
+            return obj
+        raise ArchiveNotFound(f"{key}: no such archived object (with a manifest that counts) in {self.where()}")
 
     def _normalise(self, key: str) -> str:
         key = key.strip()
@@ -328,7 +276,7 @@ class Catalog:
             bucket, _, key = key[len("s3://"):].partition("/")
             if bucket != self.bucket:
                 raise ArchiveNotFound(f"s3://{bucket}/{key}: not in the configured bucket {self.bucket}")
-        return layout.data_key(key) if layout.is_manifest(key) else key
+        return layout.data_key(key) if layout.is_manifest(key) else key  # a legacy sidecar's name names its object
 
     def store_for(self, obj: ArchiveObject) -> Storage:
         for store in self.stores():
@@ -355,7 +303,7 @@ class Catalog:
         for obj in objects:
             if obj.location != "s3" or not obj.needs_s3_restore or obj.restore_state == "ongoing":
                 continue
-            for key in (obj.key, obj.manifest_key or layout.manifest_key(obj.key)):
+            for key in [obj.key] + ([obj.manifest_key] if layout.is_manifest(obj.manifest_key) else []):
                 try:
                     client.restore_object(Bucket=self.bucket, Key=key,
                                           RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}})
@@ -367,17 +315,3 @@ class Catalog:
         return issued
 
 
-def _head_manifest(store: Storage, key: str) -> ObjectInfo | None:
-    """The object's manifest where the archiver writes it now, else where older archives have it."""
-    for mkey in layout.manifest_keys(key):
-        if (found := store.head(mkey)) is not None:
-            return found
-    return None
-
-
-def _is_archive_name(key: str) -> bool:
-    try:
-        batch_writer.format_of(key)
-    except ValueError:
-        return False
-    return True

@@ -5,9 +5,11 @@ of it (an erasure's replaced objects, with what was erased: rows, when, the pred
 never the values), and the sha256 of the previous digest's bytes. The digests form a chain from
 the first one on; with `s3.digest_key_env` each is also signed with HMAC-SHA256 of that secret.
 
-Digests live in `<table location>/_digests/` (layout.DIGESTS_DIR): hidden from query engines and
-outside the year= partitions, so no tool reads them as data. Their names sort in the order they
-were written (UTC time to the microsecond), so the chain's head is the last name listed."""
+Digests live in the table's control folder, `digests/` (common/layout.py), outside the table's
+folder, so no engine reads them as data; archives of the legacy layout keep theirs in
+`<table location>/_digests/`, and the chain reads both (a digest is known by its name in either).
+Their names sort in the order they were written (UTC time to the microsecond), so the chain's head
+is the last name listed."""
 from __future__ import annotations
 
 import hashlib
@@ -121,12 +123,30 @@ def secret(cfg: Config) -> bytes | None:
     return value.encode()
 
 
-def digest_prefix(table_root: str) -> str:
-    return f"{table_root}{layout.DIGESTS_DIR}"
+def prefixes(prefix: str, database: str, schema: str, table: str) -> tuple[str, str]:
+    """Where a table's digests are: its control folder's `digests/`, and the legacy layout's
+    `_digests/` inside the table's folder."""
+    return (f"{layout.control_prefix(prefix, database, schema, table)}{layout.DIGESTS}",
+            f"{layout.table_prefix(prefix, database, schema, table)}{layout.LEGACY_DIGESTS_DIR}")
 
 
-def digest_key(table_root: str, created: datetime, body: bytes) -> str:
-    return f"{digest_prefix(table_root)}{created:%Y%m%dT%H%M%S%fZ}-{sha256_hex(body)[:12]}.json"
+def digest_key(control: str, created: datetime, body: bytes) -> str:
+    return f"{control}{layout.DIGESTS}{created:%Y%m%dT%H%M%S%fZ}-{sha256_hex(body)[:12]}.json"
+
+
+def name(key: str) -> str:
+    """A digest's name, the same in either layout: what orders the chain and what links name."""
+    return key.rpartition("/")[2]
+
+
+def chain_keys(store: Any, prefix: str, database: str, schema: str, table: str) -> list[str]:
+    """The table's digests, oldest first; one kept in both layouts counts once (the current one)."""
+    by_name: dict[str, str] = {}
+    for p in prefixes(prefix, database, schema, table):
+        for info in store.list(p):
+            if info.key.endswith(".json"):
+                by_name.setdefault(name(info.key), info.key)
+    return [by_name[n] for n in sorted(by_name)]
 
 
 @dataclass(frozen=True)
@@ -136,39 +156,40 @@ class Head:
     digest: Digest
 
 
-def head(store: Any, table_root: str) -> Head | None:
+def head(store: Any, prefix: str, database: str, schema: str, table: str) -> Head | None:
     """The chain's newest digest (None before the first)."""
-    keys = sorted(i.key for i in store.list(digest_prefix(table_root)) if i.key.endswith(".json"))
+    keys = chain_keys(store, prefix, database, schema, table)
     if not keys:
         return None
     data = bytes(store.get(keys[-1]))
     return Head(keys[-1], sha256_hex(data), Digest.from_bytes(data, key=keys[-1]))
 
 
-def write(store: Any, *, table_root: str, database: str, schema: str, table: str, objects: list[DigestEntry],
+def write(store: Any, *, prefix: str, database: str, schema: str, table: str, objects: list[DigestEntry],
           removed: list[str] | None = None, erasures: list[Erasure] | None = None, kind: str = "archive",
           pending: list[str] | None = None,
           key_secret: bytes | None = None, previous: Head | None = None,
           now: datetime | None = None) -> str:
     """Append a digest to the table's chain; returns its key. `previous`: the head the caller
     read (read here when not given)."""
-    prev = previous if previous is not None else head(store, table_root)
+    prev = previous if previous is not None else head(store, prefix, database, schema, table)
     created = now or datetime.now(timezone.utc)
     d = Digest(database, schema, table, created.isoformat(), prev.key if prev else None, prev.sha256 if prev else None,
                objects, removed or [], erasures or [], pending or [], kind).signed(key_secret)
     data = d.to_bytes()
-    key = digest_key(table_root, created, d.body())
-    if prev is not None and key <= prev.key:  # a clock behind the last digest's: keep the chain's order
-        key = f"{prev.key[:-len('.json')]}~{sha256_hex(d.body())[:12]}.json"
+    control = layout.control_prefix(prefix, database, schema, table)
+    key = digest_key(control, created, d.body())
+    if prev is not None and name(key) <= name(prev.key):  # a clock behind the last digest's: keep the chain's order
+        key = f"{control}{layout.DIGESTS}{name(prev.key)[:-len('.json')]}~{sha256_hex(d.body())[:12]}.json"
     store.put(key, data, sha256=sha256_hex(data))
     return key
 
 
-def replay(store: Any, table_root: str) -> dict[str, DigestEntry]:
+def replay(store: Any, prefix: str, database: str, schema: str, table: str) -> dict[str, DigestEntry]:
     """The objects the table's chain records as part of the archive now (no verification: that is
     validate's work)."""
     live: dict[str, DigestEntry] = {}
-    for key in sorted(i.key for i in store.list(digest_prefix(table_root)) if i.key.endswith(".json")):
+    for key in chain_keys(store, prefix, database, schema, table):
         d = Digest.from_bytes(bytes(store.get(key)), key=key)
         for removed in d.removed:
             live.pop(removed, None)

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from common.layout import is_manifest
+from common.layout import is_control_key, is_manifest
 from common.storage import LocalStorage, key_path
 
 #: Set aside inside the fallback directory; LocalStorage.list skips dot-directories, so a
@@ -64,11 +64,13 @@ class FallbackDir(LocalStorage):
         return LocalStorage(self.quarantine_root, location="fallback") if self.quarantine_root.is_dir() else None
 
     def pending(self) -> tuple[int, int]:
-        """(batches, bytes) waiting to be drained, for health and metrics."""
+        """(batches, bytes) waiting to be drained, for health and metrics: the data objects here
+        (a batch whose set has not been stored yet too: its rows are in no other archive)."""
         if not self.root.exists():
             return 0, 0
         files = list(self.list(""))
-        return sum(1 for o in files if is_manifest(o.key)), sum(o.size for o in files)
+        return (sum(1 for o in files if not is_manifest(o.key) and not is_control_key(o.key)),
+                sum(o.size for o in files))
 
     def quarantine(self, *keys: str) -> None:
         """Move these keys (a batch's object and manifest) under `.quarantine/`, same relative path."""

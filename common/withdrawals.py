@@ -10,9 +10,14 @@ withdraws: the manifest (and so the record) of a later batch under the same key 
 archived again give the same object name) differs by its created_at, so only the withdrawn
 version is ever skipped.
 
-Records live in `<table location>/_withdrawn/` (layout.WITHDRAWN_DIR): hidden from query engines,
-outside the year= partitions. Every reader consults them: common.catalog (restore, query, erase)
-and validate's listing."""
+Records live in the table's control folder, `withdrawn/` (common/layout.py); archives of the legacy
+layout keep theirs in `<table location>/_withdrawn/`. Every reader consults both
+(common/table_index.py).
+
+Why records and not a rewrite of the manifest set that lists the batch: a set is one commit of
+several batches, stored under Object Lock like the rest, and may not be changed; a record names
+exactly one manifest of one key.
+"""
 from __future__ import annotations
 
 import json
@@ -51,39 +56,20 @@ class Withdrawal:
             raise DataIntegrityError(f"withdrawal record {key} is unreadable: {exc}") from None
 
 
-def record_key(key: str, manifest_sha256: str | None) -> str:
+def record_key(prefix: str, key: str, manifest_sha256: str | None) -> str:
     name = key.rpartition("/")[2]
-    return f"{layout.table_root(key)}{layout.WITHDRAWN_DIR}{name}.{(manifest_sha256 or 'no-manifest')[:16]}.json"
+    return f"{layout.control_of(prefix, key)}{layout.WITHDRAWN}{name}.{(manifest_sha256 or 'no-manifest')[:16]}.json"
 
 
-def is_record(key: str) -> bool:
-    return f"/{layout.WITHDRAWN_DIR}" in key and key.endswith(".json")
-
-
-def current_manifest(store: Any, key: str) -> bytes | None:
-    """The bytes of the object's manifest (either layout), None when it has none."""
-    for mkey in layout.manifest_keys(key):
-        if store.head(mkey) is not None:
-            return bytes(store.get(mkey))
-    return None
-
-
-def withdraw(store: Any, key: str, *, reason: str) -> Withdrawal:
-    """Record that the object's current version does not count as archived; idempotent."""
-    mbytes = current_manifest(store, key)
-    manifest = None
-    if mbytes is not None:
-        try:
-            manifest = Manifest.from_bytes(mbytes, key=key)
-        except DataIntegrityError:
-            manifest = None
-    record = Withdrawal(key, sha256_hex(mbytes) if mbytes is not None else None,
-                        manifest.sha256 if manifest else None, manifest.rows if manifest else None,
+def withdraw(store: Any, *, prefix: str, manifest: Manifest, manifest_sha256: str | None, reason: str) -> Withdrawal:
+    """Record that this manifest of the object does not count as archived; idempotent (the same
+    record, under the same key). `manifest_sha256` None: no manifest of it was ever stored (an
+    object left under Object Lock by a batch taken back before its manifest)."""
+    record = Withdrawal(manifest.key, manifest_sha256, manifest.sha256, manifest.rows,
                         datetime.now(timezone.utc).isoformat(), reason)
     data = record.to_bytes()
-    store.put(record_key(key, record.manifest_sha256), data, sha256=sha256_hex(data))
-    log.info("batch %s withdrawn under Object Lock (%s): a withdrawal record says it does not count as archived",
-             key, reason)
+    store.put(record_key(prefix, manifest.key, manifest_sha256), data, sha256=sha256_hex(data))
+    log.info("batch %s taken back (%s): a withdrawal record says it does not count as archived", manifest.key, reason)
     return record
 
 
@@ -111,7 +97,3 @@ class Withdrawn:
 
 def read(store: Any, rkey: str) -> Withdrawal:
     return Withdrawal.from_bytes(store.get(rkey), key=rkey)
-
-
-def load(store: Any, record_keys: Iterable[str]) -> Withdrawn:
-    return Withdrawn(read(store, rkey) for rkey in record_keys)

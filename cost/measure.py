@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from common import layout
+from common import layout, manifest_sets
 from common.config import Config
 from common.errors import ArchiverError, ConfigError, DataIntegrityError
 from common.manifest import Manifest
@@ -168,11 +168,17 @@ def _listing(cfg: Config, store: Storage, base: str) -> Iterator[ObjectInfo]:
 
 
 def _classify(cfg: Config, result: Measurement, info: ObjectInfo, manifests: list[tuple[str, TableUsage]]) -> None:
+    if layout.is_manifest_set(info.key):
+        # One manifest set per commit, in the table's control folder (issue 27): rows and row bytes.
+        table = layout.table_of_control(cfg.s3.prefix, info.key)
+        if table is not None:
+            _manifest(result, info, result.usage(*table), manifests)
+            return
     if layout.is_control_key(info.key):
         # Digests and withdrawal records (issue 17): no rows, a few KB in STANDARD, priced like manifests.
         result.manifest_sizes.setdefault(info.storage_class, []).append(info.size)
         return
-    is_manifest = layout.is_manifest(info.key)
+    is_manifest = layout.is_manifest(info.key)  # a legacy sidecar
     parsed = layout.parse_key(cfg.s3.prefix, layout.data_key(info.key) if is_manifest else info.key)
     if parsed is None:
         result.stray_objects += 1
@@ -181,29 +187,36 @@ def _classify(cfg: Config, result: Measurement, info: ObjectInfo, manifests: lis
         return
     usage = result.usage(parsed.database, parsed.schema, parsed.table)
     if is_manifest:
-        result.manifest_sizes.setdefault(info.storage_class, []).append(info.size)
-        usage.manifests += 1
-        usage.manifest_bytes += info.size
-        manifests.append((info.key, usage))
+        _manifest(result, info, usage, manifests)
     else:
         result.sizes.append(info.size)
         usage.add_object(info, parsed.day)
 
 
+def _manifest(result: Measurement, info: ObjectInfo, usage: TableUsage, manifests: list[tuple[str, TableUsage]]) -> None:
+    result.manifest_sizes.setdefault(info.storage_class, []).append(info.size)
+    usage.manifests += 1
+    usage.manifest_bytes += info.size
+    manifests.append((info.key, usage))
+
+
 def _read_manifests(store: Storage, manifests: list[tuple[str, TableUsage]], result: Measurement) -> None:
     """Row counts and row bytes come from the manifests; one that cannot be read (archived in a
     Glacier class, damaged) is counted and skipped, never fatal: this is an estimate."""
-    def read(key: str) -> Manifest | None:
+    def read(key: str) -> list[Manifest] | None:
         try:
-            return Manifest.from_bytes(store.get(key), key=key)
+            if layout.is_manifest_set(key):
+                return [r.manifest for r in manifest_sets.read(store.get(key), key=key)]
+            return [Manifest.from_bytes(store.get(key), key=key)]
         except (DataIntegrityError, OSError, ClientError) as exc:  # ClientError: InvalidObjectState, ...
             # One line per manifest would flood a Glacier bucket's run; the report shows the count.
             log.debug("manifest %s unreadable: %s", key, exc)
             return None
 
     with ThreadPoolExecutor(max_workers=_READERS, thread_name_prefix="manifest") as pool:
-        for (key, usage), m in zip(manifests, pool.map(read, [k for k, _ in manifests])):
-            if m is None:
+        for (key, usage), found in zip(manifests, pool.map(read, [k for k, _ in manifests])):
+            if found is None:
                 result.unreadable_manifests += 1
             else:
-                usage.add_manifest(m)
+                for m in found:
+                    usage.add_manifest(m)

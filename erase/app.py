@@ -116,7 +116,8 @@ def _refusals(cfg: Config, catalog: Catalog, found: Found) -> list[tuple[str, st
     for m in found.matches:
         if m.obj.location != "s3":
             continue
-        for key in (m.obj.key, m.obj.manifest_key):
+        # What step 3 deletes: the object, and a legacy sidecar manifest of it (a manifest set stays).
+        for key in [m.obj.key] + ([m.obj.manifest_key] if layout.is_manifest(m.obj.manifest_key) else []):
             state = head_lock(store.client, store.bucket, key)
             if state.compliance_locked(now):
                 refused.append((m.obj.key, f"{'its manifest is' if key != m.obj.key else ''} under COMPLIANCE lock "
@@ -135,9 +136,9 @@ def _bypass(catalog: Catalog, obj: ArchiveObject) -> bool:
 
 def _record_and_remove(cfg: Config, catalog: Catalog, out: Outcome, *, key_secret: bytes | None, hook: Hook) -> None:
     """The digest of this erasure (and of any an interrupted run left unrecorded), then the old objects."""
-    root = layout.table_prefix(cfg.s3.prefix, out.ref.database, out.ref.schema, out.ref.table)
+    ref = out.ref
     store = catalog.primary
-    live = digest.replay(store, root)
+    live = digest.replay(store, cfg.s3.prefix, ref.database, ref.schema, ref.table)
     pending = [(old, new) for old, new in out.found.interrupted]
     entries = [r.entry for r in out.replaced]
     erasures = [r.erasure for r in out.replaced]
@@ -148,7 +149,7 @@ def _record_and_remove(cfg: Config, catalog: Catalog, out: Outcome, *, key_secre
                                               new.manifest_sha256))
             erasures.append(erasure(old, new.key, new.replaces))
     if entries:
-        out.digest_key = digest.write(store, table_root=root, database=out.ref.database, schema=out.ref.schema,
+        out.digest_key = digest.write(store, prefix=cfg.s3.prefix, database=out.ref.database, schema=out.ref.schema,
                                       table=out.ref.table, objects=entries, removed=[e.removed_key for e in erasures],
                                       erasures=erasures, kind="erase", key_secret=key_secret)
         log.info("digest %s records the erasure of %d rows from %d objects", out.digest_key,

@@ -3,12 +3,13 @@
 The steps for each object, and the named points tests kill the process at
 (ARCHIVER_TEST_KILL_AT, common/hooks.py):
   1. the replacement (the rows that stay; same folder, a new name) is stored and verified, then its
-     manifest, which names the object it replaces: from that PUT on every reader counts the
-     replacement instead of the old object (common/catalog.py), so no row is counted twice and
-     the erased rows are gone from every answer                     -> after_replacement
+     manifest, in a manifest set of its own, which names the object it replaces: from that PUT on
+     every reader counts the replacement instead of the old object (common/catalog.py), so no row
+     is counted twice and the erased rows are gone from every answer -> after_replacement
   2. once per table: a digest records the replacements, the objects they remove and the erasure
      (rows, when, the predicate's sha256)                           -> after_erase_digest
-  3. the old object's manifest and then the object go, every version of each -> after_old_removed
+  3. the old object goes, every version (and a legacy sidecar manifest of it, if it has one); the
+     set that lists its manifest stays: the replacement supersedes it for good -> after_old_removed
 A rerun finds a replacement whose old object is still there (catalog.superseded), records it in the
 digest if no digest does yet, and removes the old object: it never erases or counts rows twice."""
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from common import batch_writer, layout
+from common import batch_writer, layout, manifest_sets
 from common.archive_sql import Engine
 from common.catalog import ArchiveObject, Catalog
 from common.digest import DigestEntry, Erasure
@@ -77,7 +78,7 @@ def rewrite(catalog: Catalog, engine: Engine, obj: ArchiveObject, *, predicate_s
     store = catalog.store_for(obj)
     store.put(new_key, new_data, sha256=sha256_hex(new_data))
     verify(store, engine, new_key, new_data, fmt=fmt, rows=keep.num_rows)
-    store.put(layout.manifest_key(new_key), mbytes, sha256=sha256_hex(mbytes))
+    manifest_sets.write(store, prefix=catalog.prefix, manifests=[mbytes])
     hook("after_replacement")
     m = Manifest.from_bytes(mbytes, key=new_key)
     return Replaced(obj, new_key, DigestEntry.of(m, mbytes), erasure(obj, new_key, replaces))
@@ -128,11 +129,13 @@ def _ts_range(rows: pa.Table, name: str, schema: Any, unit: str | None) -> tuple
 
 
 def remove_old(catalog: Catalog, obj: ArchiveObject, *, bypass_governance: bool, hook: Hook) -> None:
-    """Step 3: the replaced object's manifest (both layouts), then the object, every version."""
+    """Step 3: the replaced object, every version, and a legacy sidecar manifest of it (the object
+    first: a sidecar alone is reported, an object without a manifest would be an orphan)."""
     store = catalog.store_for(obj)
-    for mkey in layout.manifest_keys(obj.key):
-        _delete_versions(store, mkey, bypass_governance)
     _delete_versions(store, obj.key, bypass_governance)
+    if layout.is_manifest(obj.manifest_key):
+        for mkey in layout.manifest_keys(obj.key):
+            _delete_versions(store, mkey, bypass_governance)
     hook("after_old_removed")
 
 

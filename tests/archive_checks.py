@@ -10,23 +10,32 @@ import psycopg
 import pyarrow.compute as pc
 from psycopg import sql
 
-from common import batch_writer, layout
+from common import batch_writer
 from common.manifest import Manifest
 from common.storage import Storage
+from common.table_index import by_table, load_table
+
+
+def archived(store: Storage, prefix: str = "") -> dict[str, Manifest]:
+    """Every data object that counts as archived in the store (its manifest recorded, not
+    withdrawn; common/table_index.py), with its manifest: the definition every reader uses."""
+    out: dict[str, Manifest] = {}
+    for ident, infos in by_table(store.list(prefix), prefix):
+        if ident is None:
+            continue
+        _listing, index = load_table(store, prefix, *ident)
+        out.update({k: r.manifest for k, r in index.objects.items() if k in _listing.data})
+    return out
 
 
 def archived_ids(*stores: Storage | None, prefix: str = "", pk: str = "id") -> Counter[Any]:
-    """Primary keys in every data object that has a manifest, across the given stores."""
+    """Primary keys in every data object that counts as archived, across the given stores."""
     ids: Counter[Any] = Counter()
     for store in stores:
         if store is None:
             continue
-        for info in store.list(prefix):
-            if layout.is_manifest(info.key) or info.key.startswith(".quarantine/"):
-                continue
-            if all(store.head(k) is None for k in layout.manifest_keys(info.key)):
-                continue  # not committed; validate reports it as an orphan
-            table, schema, _enc, _doc = batch_writer.decode(store.get(info.key), fmt=batch_writer.format_of(info.key), columns=[pk])
+        for key in archived(store, prefix):
+            table, schema, _enc, _doc = batch_writer.decode(store.get(key), fmt=batch_writer.format_of(key), columns=[pk])
             column = table.column(pk)
             natural = schema.column(pk).natural_type()
             if natural is not None and column.type != natural:  # JSONL keeps PostgreSQL text
@@ -36,7 +45,7 @@ def archived_ids(*stores: Storage | None, prefix: str = "", pk: str = "id") -> C
 
 
 def manifests(store: Storage, prefix: str = "") -> list[Manifest]:
-    return [Manifest.from_bytes(store.get(o.key), key=o.key) for o in store.list(prefix) if layout.is_manifest(o.key)]
+    return list(archived(store, prefix).values())
 
 
 def table_ids(conn: psycopg.Connection[Any], table: str = "audit_logs", pk: str = "id") -> set[Any]:
@@ -67,3 +76,44 @@ class OnceAt:
         if point == self.point and not self.done and self.when():
             self.done = True
             self.action()
+
+
+def set_holding(store: Storage, key: str, prefix: str = "") -> str:
+    """The manifest set that records `key` (the newest, when several do)."""
+    for ident, infos in by_table(store.list(prefix), prefix):
+        if ident is not None:
+            recorded = load_table(store, prefix, *ident)[1].recorded(key)
+            if recorded:
+                return recorded[-1].source
+    raise KeyError(key)
+
+
+def edit_manifest(store: Storage, key: str, prefix: str = "", **changes: Any) -> None:
+    """Change fields of `key`'s manifest in the set that holds it, stored again under the same key,
+    its entry's identity recomputed: what someone rewriting the archive by hand would do."""
+    import json
+
+    from common.manifest import sha256_hex
+    from common.manifest_sets import entry_bytes
+
+    skey = set_holding(store, key, prefix)
+    doc = json.loads(store.get(skey))
+    for entry in doc["entries"]:
+        if entry["manifest"]["key"] == key:
+            entry["manifest"].update(changes)
+            entry["manifest_sha256"] = sha256_hex(entry_bytes(entry["manifest"]))
+    data = json.dumps(doc).encode()
+    store.put(skey, data, sha256=sha256_hex(data))
+
+
+def drop_manifest(store: Storage, key: str, prefix: str = "") -> None:
+    """Remove `key`'s entry from the set that holds it (the set stored again)."""
+    import json
+
+    from common.manifest import sha256_hex
+
+    skey = set_holding(store, key, prefix)
+    doc = json.loads(store.get(skey))
+    doc["entries"] = [e for e in doc["entries"] if e["manifest"]["key"] != key]
+    data = json.dumps(doc).encode()
+    store.put(skey, data, sha256=sha256_hex(data))

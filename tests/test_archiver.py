@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 from click.testing import CliRunner
 
-from archive_checks import archived_ids, assert_invariant, manifests, table_ids
+from archive_checks import archived, archived_ids, assert_invariant, manifests, table_ids
 from archiver.controls import RunControls
 from archiver.main import cli
 from archiver.app import ArchiverOptions
@@ -178,8 +178,8 @@ def test_hostile_table_name_is_quoted_not_executed(tmp_path: Path, pg_dsn: str, 
     assert pg.execute("SELECT to_regclass('x') IS NOT NULL").fetchone()[0]
     assert pg.execute(f'SELECT count(*) FROM "{HOSTILE}"').fetchone()[0] == 90
     keys = [o.key for o in LocalStorage(tmp_path / "archive").list("")]
-    assert keys and all(k.startswith("production_db/public.audit_logs%3B%20DROP%20TABLE%20x%3B%20--/year=") for k in keys
-                        if not layout.is_control_key(k))  # the run digest: <table>/_digests/
+    table = "production_db/public.audit_logs%3B%20DROP%20TABLE%20x%3B%20--/"
+    assert keys and all(k.startswith(f"{table}year=") or k.startswith(f"_control/{table}") for k in keys)
 
 
 
@@ -322,10 +322,9 @@ def test_row_updated_after_export_is_not_deleted_unseen(tmp_path: Path, pg_dsn: 
     archived = archived_ids(store)
     assert_invariant(original, table_ids(pg), archived)
     actions = {}
-    for o in store.list(""):
-        if o.key.endswith(".parquet") and store.head(layout.manifest_key(o.key)):
-            t = batch_writer.decode(store.get(o.key), fmt="parquet", columns=["id", "action"])[0]
-            actions.update(zip(t.column("id").to_pylist(), t.column("action").to_pylist()))
+    for key in archived(store):
+        t = batch_writer.decode(store.get(key), fmt="parquet", columns=["id", "action"])[0]
+        actions.update(zip(t.column("id").to_pylist(), t.column("action").to_pylist()))
     assert actions[first_id] == "changed"
 
 

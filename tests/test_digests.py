@@ -20,7 +20,9 @@ import pytest
 
 from archiver.hooks import HOOK_ENV
 from archiver.runner import run_archive
-from common import layout
+from archive_checks import archived, drop_manifest, edit_manifest
+from common import layout, manifest_sets
+from common.storage import S3Storage
 from common.config import Config, load_config
 from common.digest import Digest
 from common.errors import ConfigError
@@ -35,7 +37,7 @@ KEY_ENV = "PG_ARCHIVER_TEST_DIGEST_KEY"
 
 
 def digest_keys(s3_client: Any, bucket: str) -> list[str]:
-    return sorted(k for k in all_keys(s3_client, bucket) if f"/{layout.DIGESTS_DIR}" in k)
+    return sorted(k for k in all_keys(s3_client, bucket) if f"/{layout.DIGESTS}" in k)
 
 
 def data_keys(s3_client: Any, bucket: str) -> list[str]:
@@ -77,8 +79,9 @@ def test_each_run_appends_one_signed_digest_listing_every_object(tmp_path: Path,
     assert docs[1].previous_sha256 == sha256_hex(first_bytes)
     recorded = {e.key: e for d in docs for e in d.objects}
     assert sorted(recorded) == data_keys(s3_client, bucket)
+    stored = archived(S3Storage(s3_client, bucket))
     for key, e in recorded.items():
-        m = Manifest.from_bytes(s3_client.get_object(Bucket=bucket, Key=layout.manifest_key(key))["Body"].read())
+        m = stored[key]
         assert (e.sha256, e.size, e.rows) == (m.sha256, m.size, m.rows)
     assert all(d.signature and d.signature_algorithm == "HMAC-SHA256" for d in docs)
     report = validate(cfg, s3_client=s3_client)
@@ -92,11 +95,8 @@ def rewrite_consistently(s3_client: Any, bucket: str, key: str) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table.slice(1), sink, compression="zstd")
     data = sink.getvalue().to_pybytes()
-    mkey = layout.manifest_key(key)
-    doc = json.loads(s3_client.get_object(Bucket=bucket, Key=mkey)["Body"].read())
-    doc.update(sha256=sha256_hex(data), size=len(data), rows=table.num_rows - 1)
     s3_client.put_object(Bucket=bucket, Key=key, Body=data)
-    s3_client.put_object(Bucket=bucket, Key=mkey, Body=json.dumps(doc).encode())
+    edit_manifest(S3Storage(s3_client, bucket), key, sha256=sha256_hex(data), size=len(data), rows=table.num_rows - 1)
 
 
 def test_validate_catches_an_object_rewritten_with_its_manifest(tmp_path: Path, pg_dsn: str, small_audit: Any,
@@ -145,7 +145,7 @@ def test_validate_catches_a_deleted_object_the_chain_records(tmp_path: Path, pg_
     cfg = two_runs(tmp_path, pg_dsn, bucket, moto_server)
     victim = data_keys(s3_client, bucket)[0]
     s3_client.delete_object(Bucket=bucket, Key=victim)
-    s3_client.delete_object(Bucket=bucket, Key=layout.manifest_key(victim))
+    drop_manifest(S3Storage(s3_client, bucket), victim)
     report = validate(cfg, s3_client=s3_client)
     assert [(p.type, p.key) for p in report.problems] == [("digest_chain_broken", victim)], report.text_lines()
 
@@ -159,8 +159,11 @@ def test_validate_reports_an_object_in_no_digest(tmp_path: Path, pg_dsn: str, sm
     source = data_keys(s3_client, bucket)[0]
     planted = source.replace("part-", "part-planted-")
     next_second()  # S3 times have whole seconds: the plant must be seen to come after the first digest
-    for src, dst in ((source, planted), (layout.manifest_key(source), layout.manifest_key(planted))):
-        s3_client.copy_object(Bucket=bucket, Key=dst, CopySource={"Bucket": bucket, "Key": src})
+    s3_client.copy_object(Bucket=bucket, Key=planted, CopySource={"Bucket": bucket, "Key": source})
+    store = S3Storage(s3_client, bucket)
+    copy = archived(store)[source]
+    copy.key = planted
+    manifest_sets.write(store, prefix="", manifests=[copy])
     next_second()  # ... and before the second
     cfg = load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server))
     run_archive(cfg)

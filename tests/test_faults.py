@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from archive_checks import archived_ids, assert_invariant, table_ids
+from archive_checks import archived, archived_ids, assert_invariant, table_ids
 from common import batch_writer, layout
 from common.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
@@ -52,17 +52,18 @@ def wait_for_log(path: Path, text: str, *, count: int = 1, timeout: float = 30) 
     wait_until(lambda: path.exists() and path.read_text().count(text) >= count, f"{text!r} in the log", timeout=timeout)
 
 
-def stored_manifests(store: S3Storage) -> list[str]:
-    return [o.key for o in store.list("") if layout.is_manifest(o.key)]
+def stored_objects(store: S3Storage) -> list[str]:
+    """Data objects stored (one listing: polled while a run goes, to pick a moment to kill it)."""
+    return [o.key for o in store.list("") if not layout.is_manifest(o.key) and not layout.is_control_key(o.key)]
 
 
 def orphans(*stores: Any) -> list[str]:
-    """Data objects without a manifest (half-written moves)."""
+    """Data objects that do not count as archived (half-written moves)."""
     out = []
     for store in stores:
-        keys = {o.key for o in store.list("")}
-        out += [k for k in keys if not layout.is_manifest(k) and not layout.is_control_key(k)  # digests: no rows
-                and layout.manifest_key(k) not in keys]
+        counted = archived(store)
+        out += [o.key for o in store.list("") if not layout.is_manifest(o.key) and not layout.is_control_key(o.key)
+                and o.key not in counted]
     return out
 
 
@@ -107,8 +108,9 @@ KILL_POINTS = [
     ("after_read", 5, None),  # the reader thread dies; an earlier batch may be mid-move
     ("after_checkpoint", 4, True),  # batch recorded as in flight, not uploaded
     ("between_object_and_manifest", 4, True),  # object stored, manifest not
-    ("after_upload", 4, True),  # object + manifest verified, rows not deleted
-    ("before_commit", 4, True),  # DELETE ran, transaction not committed
+    ("after_upload", 4, True),  # objects stored and verified, no manifest, rows not deleted
+    ("after_manifest_set", 4, True),  # DELETE ran, the group's manifest set stored, not committed
+    ("before_commit", 4, True),  # DELETE ran, manifest set stored, transaction not committed
     ("after_delete", 4, True),  # committed, checkpoint not yet updated
 ]
 
@@ -160,10 +162,9 @@ def test_row_updated_before_the_rerun_keeps_its_update(tmp_path: Path, pg_dsn: s
     store = LocalStorage(tmp_path / "archive")
     assert_invariant(set(range(1, 11)), table_ids(pg), archived_ids(store))
     actions = {}
-    for o in store.list(""):
-        if o.key.endswith(".parquet") and store.head(layout.manifest_key(o.key)):
-            t = batch_writer.decode(store.get(o.key), fmt="parquet", columns=["id", "action"])[0]
-            actions.update(zip(t.column("id").to_pylist(), t.column("action").to_pylist()))
+    for key in archived(store):
+        t = batch_writer.decode(store.get(key), fmt="parquet", columns=["id", "action"])[0]
+        actions.update(zip(t.column("id").to_pylist(), t.column("action").to_pylist()))
     assert actions[3] == "changed" and actions[4] == "old"
 
 
@@ -175,9 +176,9 @@ def test_kill_at_random_moments_loses_and_duplicates_no_rows(tmp_path: Path, pg_
     for _attempt in range(2):  # two crashes in a row, then a clean run
         # killed after a random number (1-15) of this run's objects are stored, out of ~60
         # batches: the moment within that batch's move is whatever the poll's latency makes it
-        target = len(stored_manifests(sc.s3)) + rng.randint(1, 15)
+        target = len(stored_objects(sc.s3)) + rng.randint(1, 15)
         proc = start_archiver(sc.config)
-        wait_until(lambda: len(stored_manifests(sc.s3)) >= target, f"{target} stored objects", proc=proc)
+        wait_until(lambda: len(stored_objects(sc.s3)) >= target, f"{target} stored objects", proc=proc)
         assert proc.poll() is None, "the run ended before the kill: the scenario is too small"
         proc.kill()
         proc.communicate(timeout=30)
@@ -198,9 +199,9 @@ def test_rows_kept_killed_at_random_moments_every_expired_row_is_archived_once(
     expired = {r[0] for r in pg.execute("SELECT id FROM audit_logs WHERE created_at < now() - interval '90 days'")}
     rng = random.Random(seed)
     for _attempt in range(2):
-        target = len(stored_manifests(sc.s3)) + rng.randint(1, 15)
+        target = len(stored_objects(sc.s3)) + rng.randint(1, 15)
         proc = start_archiver(sc.config)
-        wait_until(lambda: len(stored_manifests(sc.s3)) >= target, f"{target} stored objects", proc=proc)
+        wait_until(lambda: len(stored_objects(sc.s3)) >= target, f"{target} stored objects", proc=proc)
         proc.kill()
         proc.communicate(timeout=30)
     sc.reconfigure(defaults=kept)

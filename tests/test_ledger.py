@@ -14,7 +14,8 @@ from archiver.checkpoint import Checkpoint, CheckpointStore
 from archiver.ledger import MoveLedger, position_after
 from archiver.selection import Bound
 from archiver.sink import ArchiveSink
-from common import batch_writer, layout
+from archive_checks import archived
+from common import batch_writer, layout, manifest_sets
 from common.fallback import FallbackDir
 from common.manifest import Manifest, sha256_hex
 from common.pgtypes import Column, TableSchema
@@ -52,10 +53,14 @@ def make_move(ids: list[int]) -> Move:
 
 
 def store_object(store: Storage, move: Move, *, manifest: bool = True) -> None:
+    """The batch's object, and (a crash after it) its manifest in a manifest set."""
     store.put(move.manifest.key, move.data, sha256=move.manifest.sha256)
     if manifest:
-        mb = move.manifest.to_bytes()
-        store.put(layout.manifest_key(move.manifest.key), mb, sha256=sha256_hex(mb))
+        manifest_sets.write(store, prefix="", manifests=[move.manifest])
+
+
+def data_keys(store: Storage) -> set[str]:
+    return {o.key for o in store.list("") if not layout.is_control_key(o.key)}
 
 
 class World:
@@ -146,7 +151,7 @@ def test_recover_confirms_a_stored_batch_whose_rows_are_gone_and_writes_its_miss
     assert world.recover(ledger) == 1
     store = world.store(location)
     assert store.get(move.manifest.key) == move.data
-    assert Manifest.from_bytes(store.get(layout.manifest_key(move.manifest.key))) == move.manifest
+    assert archived(store) == {move.manifest.key: move.manifest}
     assert world.saved().pending == []
 
 
@@ -158,7 +163,7 @@ def test_recover_withdraws_a_stored_batch_whose_rows_are_still_in_the_table(worl
     world.in_table = still_there | {99}
     assert world.recover(world.ledger()) == 1
     # taken back, not deleted: the rows get archived again by the normal path
-    assert list(world.primary.list("")) == []
+    assert data_keys(world.primary) == set() and archived(world.primary) == {}
     assert world.saved().pending == []
 
 
@@ -188,16 +193,16 @@ def test_recover_without_a_checkpoint_has_nothing_to_do(world: World) -> None:
 
 
 def test_recover_after_a_corrupt_checkpoint_scans_the_manifests(world: World) -> None:
-    archived, unfinished = make_move([1, 2]), make_move([3, 4])
-    store_object(world.primary, archived)  # rows deleted: a finished move
+    archived_, unfinished = make_move([1, 2]), make_move([3, 4])
+    store_object(world.primary, archived_)  # rows deleted: a finished move
     store_object(world.fallback, unfinished)  # rows still in the table: the move the checkpoint named
     world.in_table = {3, 4}
     world.interrupted(unfinished)
     path = world.checkpoints.path(DB, SCHEMA, TABLE)
     path.write_text(path.read_text()[:20])  # truncated by a broken disk, say
     assert world.recover(world.ledger()) == 2  # every manifest of the table is treated as pending
-    assert world.primary.get(archived.manifest.key) == archived.data
-    assert list(world.fallback.list("")) == []
+    assert world.primary.get(archived_.manifest.key) == archived_.data
+    assert data_keys(world.fallback) == set() and archived(world.fallback) == {}
     assert list(path.parent.glob("*.corrupt-*"))
     assert world.saved().pending == []
 
@@ -211,9 +216,7 @@ def test_rows_kept_recover_confirms_the_batch_and_moves_the_position_past_it(wor
     world.in_table = {1, 2, 3, 4}
     ledger = world.ledger(delete_after_archive=False)
     assert world.recover(ledger) == 2
-    assert {o.key for o in world.primary.list("")} == {
-        first.manifest.key, layout.manifest_key(first.manifest.key),
-        second.manifest.key, layout.manifest_key(second.manifest.key)}
+    assert set(archived(world.primary)) == data_keys(world.primary) == {first.manifest.key, second.manifest.key}
     saved = world.saved()
     assert saved.pending == [] and saved.position == position_after(second.hi)
     assert ledger.start_after == (position_after(second.hi)["ts"], position_after(second.hi)["pk"])
@@ -257,7 +260,7 @@ def test_rows_kept_a_batch_that_never_reached_storage_holds_the_position_before_
     assert world.recover(ledger) == 3
     saved = world.saved()
     assert saved.pending == [] and saved.position == position_after(first.hi)
-    assert {o.key for o in world.primary.list("")} == {first.manifest.key, layout.manifest_key(first.manifest.key)}
+    assert set(archived(world.primary)) == data_keys(world.primary) == {first.manifest.key}
 
 
 def test_rows_kept_an_incomplete_upload_holds_the_position_before_it(world: World) -> None:
@@ -281,7 +284,7 @@ def test_rows_kept_a_later_batch_whose_rows_are_gone_is_kept_not_taken_back(worl
     world.recover(world.ledger(delete_after_archive=False))
     assert world.saved().position == position_after(first.hi)
     assert world.primary.get(later.manifest.key) == later.data
-    assert world.primary.head(layout.manifest_key(later.manifest.key)) is not None
+    assert later.manifest.key in archived(world.primary)
 
 
 def make_rows_move(rows: list[tuple[int, int]]) -> Move:

@@ -14,22 +14,23 @@ from typing import Any, TypeVar
 import pyarrow as pa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from common import batch_writer
+from common import batch_writer, layout
 from common.config import Config
 from common.errors import ConfigError, S3Unavailable, first_line
 from common.s3client import fallback_storage, primary_storage
+from common.manifest import replaced
 from common.storage import S3Storage, Storage
+from common.table_index import TableListing, load_index
 from validate.dbcheck import LiveRows
 from validate.erasures import Supersessions
 from common.digest import secret as digest_secret
 from validate.digests import DigestAudit
-from validate.hidden import HiddenFolders
-from validate.inventory import Entry, Scope, build_scope, pair_listing
+from validate.inventory import Entry, Scope, TableId, build_scope, tables
 from validate.leftovers import incomplete_uploads, pending_fallback
 from validate.objects import Checked, ObjectChecker, is_not_found
 from validate.keys import key_array
 from validate.overlap import OverlapFinder, Span, shared_keys
-from validate.report import Report
+from validate.report import Report, problem
 
 log = logging.getLogger("validate")
 DEFAULT_PARALLEL = 4
@@ -70,13 +71,13 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
             live = stack.enter_context(LiveRows(cfg, scope.tables, size=parallel))
             report.notes.extend(live.notes)
         checker = ObjectChecker(store, root=scope.root, quick=quick, live=live, lock=cfg.s3.object_lock)
-        hidden = HiddenFolders(store)
-        audit = DigestAudit(store, hidden, root=scope.root, key_secret=digest_secret(cfg), fallback=fallback_storage(cfg))
+        audit = DigestAudit(store, root=scope.root, key_secret=digest_secret(cfg), fallback=fallback_storage(cfg))
+        tally = _Tables(store, scope, report, audit)
         finder = OverlapFinder()
         supersessions = Supersessions()
         size_only = archived = 0
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="validate"))
-        for checked in bounded_map(pool, checker.check, _entries(store, scope, since, hidden, audit), window=parallel * 2):
+        for checked in bounded_map(pool, checker.check, tally.entries(since), window=parallel * 2):
             _tally(report, checked)
             size_only += checked.size_only
             archived += checked.in_archive_class
@@ -88,7 +89,7 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
         superseded = supersessions.finish(report)
         finder.discard(superseded)
         audit.finish(report, complete=since is None, superseded=superseded)
-        if (note := hidden.note()) is not None:
+        if (note := tally.note()) is not None:
             report.notes.append(note)
         if size_only:
             report.notes.append(f"{size_only} objects have no checksum stored with them; --quick compared only their sizes")
@@ -108,14 +109,56 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
         log.info("note: %s", note)
 
 
-def _entries(store: Storage, scope: Scope, since: datetime | None, hidden: HiddenFolders,
-             audit: DigestAudit) -> Iterator[Entry]:
-    for prefix in scope.prefixes:
-        for entry in pair_listing(hidden.listing(store.list(prefix)), head=store.head):
-            if hidden.counts(entry):
-                audit.entry(entry)
+class _Tables:
+    """The archive read one table at a time (validate/inventory.py): what each table's listing and
+    manifests say, turned into the entries to check, and the findings about the table as a whole."""
+
+    def __init__(self, store: Storage, scope: Scope, report: Report, audit: DigestAudit) -> None:
+        self.store, self.scope, self.report, self.audit = store, scope, report, audit
+        self.withdrawn = 0  # batches taken back, not checked
+        self.legacy = 0  # tables with keys of the legacy layout
+
+    def entries(self, since: datetime | None) -> Iterator[Entry]:
+        for ident, listing in tables(self.store, self.scope):
+            if ident is None:
+                yield from (Entry(i.key, i, None) for i in listing.strays)
+                continue
+            for entry in self._table(ident, listing):
+                self.audit.entry(entry)
                 if entry.since(since):
                     yield entry
+
+    def _table(self, ident: TableId, listing: TableListing) -> Iterator[Entry]:
+        unreadable: list[tuple[str, str]] = []
+        index = load_index(self.store, listing, unreadable=unreadable)
+        self.audit.table(ident, listing, index)
+        where = {"database": ident[0], "table": f"{ident[1]}.{ident[2]}"}
+        for key, why in unreadable:
+            self.report.add(problem("unreadable_archive", key, f"control record: {why}", **where))
+        if listing.legacy:
+            self.legacy += 1
+            self.report.add(problem("legacy_layout", layout.table_prefix(self.scope.root, *ident),
+                                    f"{len(listing.legacy)} manifests, digests or withdrawal records in the legacy layout "
+                                    "inside the table's folder, where engines reading the folder meet them", **where))
+        yield from (Entry(i.key, i, None) for i in listing.strays)
+        for key, info in listing.data.items():
+            recorded = index.current(key)
+            if recorded is None and index.withdrawn.names(key):
+                self.withdrawn += 1  # taken back (its rows were archived again): not an archive
+                continue
+            yield Entry(key, info, recorded)
+        # Manifests whose object is gone; an erasure's old object (its replacement supersedes it) went on purpose.
+        gone = {k: r for k, r in index.objects.items() if k not in listing.data}
+        done = replaced((r.key, r.sha256, r.replaces) for r in index.objects.values())
+        for key in sorted(set(gone) - set(done)):
+            yield Entry(key, None, gone[key])
+        self.withdrawn += index.taken_back
+
+    def note(self) -> str | None:
+        if not self.withdrawn:
+            return None
+        return (f"{self.withdrawn} withdrawn batches (taken back; their rows were archived again or stayed in the "
+                "table) were not checked: they do not count as archived")
 
 
 def _tally(report: Report, c: Checked) -> None:

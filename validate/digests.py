@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from common import layout
-from common.digest import Digest, DigestEntry, Erasure
+from common.digest import Digest, DigestEntry, Erasure, name, prefixes
 from common.errors import DataIntegrityError
 from common.fallback import FallbackDir
 from common.manifest import sha256_hex
 from common.storage import ObjectInfo, S3Storage, Storage
-from validate.hidden import HiddenFolders
-from validate.inventory import Entry
+from common.table_index import TableIndex, TableListing
+from common.withdrawals import Withdrawn
+from validate.inventory import Entry, TableId
 from validate.objects import Checked
 from validate.report import Problem, Report, problem
 
@@ -30,6 +31,10 @@ from validate.report import Problem, Report, problem
 class _Table:
     objects: dict[str, Checked] = field(default_factory=dict)
     listed: dict[str, datetime | None] = field(default_factory=dict)  # every key listed, with its time
+    digests: list[ObjectInfo] = field(default_factory=list)  # oldest first, both layouts
+    recorded: set[str] = field(default_factory=set)  # keys with a manifest that counts
+    withdrawn: Withdrawn = field(default_factory=Withdrawn)
+    ident: TableId | None = None
 
 
 @dataclass
@@ -48,34 +53,39 @@ class _Chain:
 
 
 class DigestAudit:
-    def __init__(self, store: Storage, hidden: HiddenFolders, *, root: str, key_secret: bytes | None,
-                 fallback: FallbackDir | None) -> None:
-        self.store, self.hidden, self.root = store, hidden, root
+    def __init__(self, store: Storage, *, root: str, key_secret: bytes | None, fallback: FallbackDir | None) -> None:
+        self.store, self.root = store, root
         self.key_secret, self.fallback = key_secret, fallback
-        self.tables: dict[str, _Table] = {}
+        self.tables: dict[str, _Table] = {}  # by the table's folder
+
+    def _table(self, key: str) -> _Table:
+        return self.tables.setdefault(layout.table_root(key), _Table())
+
+    def table(self, ident: TableId, listing: TableListing, index: TableIndex) -> None:
+        t = self.tables.setdefault(layout.table_prefix(self.root, *ident), _Table())
+        t.ident, t.digests, t.recorded, t.withdrawn = ident, listing.digests, set(index.objects), index.withdrawn
 
     def entry(self, e: Entry) -> None:
         if layout.parse_key(self.root, e.key) is not None and e.data is not None:
-            self.tables.setdefault(layout.table_root(e.key), _Table()).listed[e.key] = e.data.last_modified
+            self._table(e.key).listed[e.key] = e.data.last_modified
 
     def checked(self, c: Checked) -> None:
         if c.manifest is not None and layout.parse_key(self.root, c.key) is not None:
-            self.tables.setdefault(layout.table_root(c.key), _Table()).objects[c.key] = c
+            self._table(c.key).objects[c.key] = c
 
     def finish(self, report: Report, *, complete: bool, superseded: AbstractSet[str] = frozenset()) -> None:
         """complete: the whole listing was checked (no --since), so a recorded object not listed is gone.
         superseded: objects an unfinished erasure replaced (validate/erasures.py), reported as that;
         the erasure's digest no longer records them."""
         undigested, uncovered, predating, unsigned = 0, 0, 0, 0
-        for root in sorted(set(self.tables) | set(self.hidden.digests)):
-            t = self.tables.get(root, _Table())
-            infos = sorted(self.hidden.digests.get(root, []), key=lambda i: i.key)
-            if not infos:
+        for root in sorted(self.tables):
+            t = self.tables[root]
+            if not t.digests:
                 undigested += bool(t.objects)
                 continue
-            chain = self._chain(infos)
-            self._versions(root, chain)
-            unsigned += len(infos) if self.key_secret is None else 0
+            chain = self._chain(t.digests)
+            self._versions(t, chain)
+            unsigned += len(t.digests) if self.key_secret is None else 0
             report.problems.extend(chain.problems)
             report.notes.extend(_erasure_notes(chain))
             for key, c in sorted(t.objects.items()):
@@ -130,32 +140,39 @@ class DigestAudit:
             prev_key, prev_sha = info.key, sha256_hex(data)
         return chain
 
-    def _versions(self, root: str, chain: _Chain) -> None:
+    def _versions(self, t: _Table, chain: _Chain) -> None:
         """In a versioned bucket (every Object Lock bucket is) a digest removed or rewritten leaves
         its trace: a delete marker, or an older version. This is what catches the removal of the
         newest digest, which no later digest names."""
-        if not isinstance(self.store, S3Storage):
+        if not isinstance(self.store, S3Storage) or t.ident is None:
             return
-        pages = self.store.client.get_paginator("list_object_versions").paginate(
-            Bucket=self.store.bucket, Prefix=f"{root}{layout.DIGESTS_DIR}")
         versions: Counter[str] = Counter()
-        for page in pages:
-            for marker in page.get("DeleteMarkers", []):
-                if marker.get("IsLatest"):
-                    chain.add(marker["Key"], "this digest was deleted (a delete marker hides it)")
-            for v in page.get("Versions", []):
-                versions[v["Key"]] += 1
+        for prefix in prefixes(self.root, *t.ident):
+            pages = self.store.client.get_paginator("list_object_versions").paginate(Bucket=self.store.bucket,
+                                                                                     Prefix=prefix)
+            for page in pages:
+                for marker in page.get("DeleteMarkers", []):
+                    if marker.get("IsLatest") and not self._moved(marker["Key"], t):
+                        chain.add(marker["Key"], "this digest was deleted (a delete marker hides it)")
+                for v in page.get("Versions", []):
+                    versions[v["Key"]] += 1
         for key, n in sorted(versions.items()):
             if n > 1:
                 chain.add(key, f"this digest was overwritten ({n} versions): the chain records only the first")
 
     @staticmethod
+    def _moved(key: str, t: _Table) -> bool:
+        """A legacy digest deleted by --migrate-layout once its copy was in the control folder."""
+        return not layout.in_control(key) and any(name(i.key) == name(key) and layout.in_control(i.key) for i in t.digests)
+
+    @staticmethod
     def _link(chain: _Chain, key: str, d: Digest, prev_key: str | None, prev_sha: str | None) -> None:
-        if d.previous_key == prev_key and d.previous_sha256 == prev_sha:
+        # By name: --migrate-layout moves a digest from the table's folder to its control folder.
+        if (d.previous_key and name(d.previous_key)) == (prev_key and name(prev_key)) and d.previous_sha256 == prev_sha:
             return
         if prev_key is None:
             chain.add(key, f"the oldest digest left names a previous digest {d.previous_key} that is gone")
-        elif d.previous_key != prev_key:
+        elif name(d.previous_key or "") != name(prev_key):
             chain.add(key, f"names previous digest {d.previous_key}, but the digest before it is {prev_key} "
                       "(a digest was removed)")
         else:
@@ -173,17 +190,13 @@ class DigestAudit:
 
     def _gone(self, root: str, t: _Table, chain: _Chain, report: Report) -> None:
         for key in sorted(set(chain.live) - set(t.listed)):
-            if self.hidden.withdrawn.names(key) or self._pending(key) or self._manifest_only(key):
-                continue
+            if t.withdrawn.names(key) or self._pending(key) or key in t.recorded:
+                continue  # taken back; waiting in the fallback directory; or reported as missing_object
             report.add(problem("digest_chain_broken", key, f"recorded by the digest chain of {root} but gone "
                                "(object and manifest removed)", database=chain.database, table=chain.table))
 
     def _pending(self, key: str) -> bool:
         return self.fallback is not None and self.fallback.root.is_dir() and self.fallback.head(key) is not None
-
-    def _manifest_only(self, key: str) -> bool:
-        """Data gone, manifest kept: reported as missing_object already."""
-        return any(self.store.head(m) is not None for m in layout.manifest_keys(key))
 
     @staticmethod
     def _notes(report: Report, *, undigested: int, uncovered: int, predating: int, unsigned: int) -> None:

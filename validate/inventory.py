@@ -1,17 +1,19 @@
-"""What to check: the key prefixes in scope (--database / --table), and a streaming pass over a listing
-that pairs each data object with its `.manifest.json` sidecar without holding the bucket in memory."""
+"""What to check: the key prefixes in scope (--database / --table), and the archive read one table at
+a time: each table's folder (its data objects, and the legacy layout's keys) and its control folder
+(manifest sets, digests, withdrawal records: common/table_index.py), so memory holds one table's
+listing, never the bucket's."""
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from common import layout
-from common.config import Config, DatabaseConfig, TableConfig
 from common.cli import check_configured_tables, table_matches
-from common.storage import ObjectInfo
-
+from common.config import Config, DatabaseConfig, TableConfig
+from common.manifest_sets import Recorded
+from common.storage import ObjectInfo, Storage
+from common.table_index import TableId, TableListing, by_table
 
 @dataclass(frozen=True)
 class Scope:
@@ -22,9 +24,19 @@ class Scope:
     tables: tuple[tuple[DatabaseConfig, TableConfig], ...]
     #: Archive prefix (s3.prefix), to parse keys back into database/table.
     root: str
+    #: Only these tables (--table); None: every table under the prefixes.
+    only: tuple[TableId, ...] | None = None
+    database: str | None = None
 
     def includes(self, key: str) -> bool:
         return any(key.startswith(p) for p in self.prefixes)
+
+    def control_prefixes(self) -> tuple[str, ...]:
+        if self.only is not None:
+            return tuple(layout.control_prefix(self.root, *t) for t in self.only)
+        if self.database is not None:
+            return (layout.control_database_prefix(self.root, self.database),)
+        return (layout.control_root(self.root),)
 
 
 def build_scope(cfg: Config, *, database: str | None = None, table: str | None = None) -> Scope:
@@ -34,12 +46,13 @@ def build_scope(cfg: Config, *, database: str | None = None, table: str | None =
     if table is None:
         tables = tuple((db, t) for db in dbs for t in db.tables)
         if database:
-            return Scope((layout.database_prefix(root, database),), tables, root)
+            return Scope((layout.database_prefix(root, database),), tables, root, database=database)
         return Scope((layout.join(root, ""),), tables, root)
     check_configured_tables(cfg, [table], databases=[database] if database else [])
     chosen = tuple((db, t) for db in dbs for t in db.tables if table_matches(table, t.schema_, t.name))
     prefixes = tuple(layout.table_prefix(root, db.name, t.schema_, t.name) for db, t in chosen)
-    return Scope(prefixes, chosen, root)
+    only = tuple((db.name, t.schema_, t.name) for db, t in chosen)
+    return Scope(prefixes, chosen, root, only=only, database=database)
 
 
 @dataclass(frozen=True)
@@ -48,17 +61,11 @@ class Entry:
 
     key: str
     data: ObjectInfo | None
-    manifest: ObjectInfo | None
-
-    @property
-    def manifest_key(self) -> str:
-        """The manifest's own key (of whichever layout), or where a missing one belongs."""
-        return self.manifest.key if self.manifest is not None else layout.manifest_key(self.key)
+    manifest: Recorded | None
 
     @property
     def last_modified(self) -> datetime | None:
-        stamps = [o.last_modified for o in (self.data, self.manifest) if o is not None and o.last_modified]
-        return max(stamps) if stamps else None
+        return self.data.last_modified if self.data is not None else None
 
     def since(self, when: datetime | None) -> bool:
         """Archived at or after `when` (objects with no timestamp are always included)."""
@@ -69,95 +76,41 @@ class Entry:
         return aware >= when
 
 
-Head = Callable[[str], "ObjectInfo | None"]
+def tables(store: Storage, scope: Scope) -> Iterator[tuple[TableId | None, TableListing]]:
+    """Each table's listing in the store, one table at a time (the keys of a table's folder are
+    contiguous in a listing: every one starts with `<database>/<schema>.<table>/`). Keys in no
+    table's folder come as strays, with None for the table. The control folders are listed first
+    (they are small); a table with a control folder and no data is listed too."""
+    controls: dict[TableId, list[ObjectInfo]] = {}
+    for prefix in scope.control_prefixes():
+        for info in store.list(prefix):
+            t = layout.table_of_control(scope.root, info.key)
+            if t is not None:
+                controls.setdefault(t, []).append(info)
+    strays = TableListing(scope.root)
+    for prefix in scope.prefixes:
+        for table, infos in by_table(_data_keys(store.list(prefix)), scope.root):
+            if table is None:
+                for info in infos:
+                    strays.strays.append(info)
+                continue
+            if scope.only is not None and table not in scope.only:
+                continue
+            yield table, _listing(scope.root, infos, controls.pop(table, []))
+    for table in sorted(controls):
+        if scope.only is None or table in scope.only:
+            yield table, _listing(scope.root, [], controls[table])
+    if strays.strays:
+        yield None, strays
 
 
-class _Pairing:
-    """The state of pair_listing: keys waiting for their partner, each with the listing position past
-    which the partner would have been listed (a heap), so that only a handful of keys wait."""
-
-    def __init__(self, head: Head) -> None:
-        self.head = head
-        self.data: dict[str, ObjectInfo] = {}  # data keys waiting for a legacy manifest listed after them
-        self.manifests: dict[str, ObjectInfo] = {}  # data key -> hidden manifest waiting for its data
-        self.due: list[tuple[str, str, str]] = []  # heap of (position, what, data key)
-        self.seen_early: set[str] = set()  # keys already paired through head(); skipped when listed
-        self.paired: set[str] = set()  # data keys paired with a hidden manifest: a legacy copy is a leftover
-
-    def wait(self, position: str, what: str, dkey: str) -> None:
-        heapq.heappush(self.due, (position, what, dkey))
-
-    def take(self, info: ObjectInfo) -> Iterator[Entry]:
-        key = info.key
-        if key in self.seen_early:
-            self.seen_early.discard(key)
-        elif not layout.is_manifest(key):
-            yield from self._data(info)
-        elif layout.is_legacy_manifest(key):
-            yield from self._legacy(info)
-        else:
-            yield from self._hidden(info)
-
-    def _data(self, info: ObjectInfo) -> Iterator[Entry]:
-        manifest = self.manifests.pop(info.key, None)
-        if manifest is not None:  # its hidden manifest sorts before it
-            yield self._pair(info.key, info, manifest)
-        else:
-            self.data[info.key] = info
-            self.wait(layout.legacy_manifest_key(info.key), "data", info.key)
-
-    def _legacy(self, info: ObjectInfo) -> Iterator[Entry]:
-        dkey = layout.data_key(info.key)
-        if dkey in self.paired:
-            return  # the old copy of a manifest migrated beside it: the hidden one counts
-        data = self.data.pop(dkey, None)
-        if data is None:
-            data = self.head(dkey)
-            if data is not None:
-                self.seen_early.add(dkey)
-        yield Entry(dkey, data, info)
-
-    def _hidden(self, info: ObjectInfo) -> Iterator[Entry]:
-        dkey = layout.data_key(info.key)
-        data = self.data.pop(dkey, None)
-        if data is not None:  # an unexpected order: the data came first
-            yield self._pair(dkey, data, info)
-        else:
-            self.manifests[dkey] = info
-            self.wait(dkey, "manifest", dkey)
-
-    def _pair(self, dkey: str, data: ObjectInfo | None, manifest: ObjectInfo) -> Entry:
-        self.paired.add(dkey)
-        self.wait(layout.legacy_manifest_key(dkey), "paired", dkey)
-        return Entry(dkey, data, manifest)
-
-    def flush(self, *, upto: str | None) -> Iterator[Entry]:
-        """Emit waiting keys whose partner would have been listed before `upto` (None: all), after a
-        head() confirms the partner is really missing."""
-        while self.due and (upto is None or self.due[0][0] < upto):
-            _pos, what, dkey = heapq.heappop(self.due)
-            if what == "paired":
-                self.paired.discard(dkey)
-            elif what == "data" and (data := self.data.pop(dkey, None)) is not None:
-                manifest = self.head(layout.legacy_manifest_key(dkey)) or self.head(layout.manifest_key(dkey))
-                if manifest is not None and upto is not None:
-                    self.seen_early.add(manifest.key)
-                yield Entry(dkey, data, manifest)
-            elif what == "manifest" and (hidden := self.manifests.pop(dkey, None)) is not None:
-                found = self.head(dkey)
-                if found is not None and upto is not None:
-                    self.seen_early.add(dkey)
-                yield (self._pair(dkey, found, hidden) if found is not None else Entry(dkey, None, hidden))
+def _data_keys(infos: Iterable[ObjectInfo]) -> Iterator[ObjectInfo]:
+    """The listing without control folders (listed on their own)."""
+    return (i for i in infos if not layout.in_control(i.key))
 
 
-def pair_listing(listing: Iterable[ObjectInfo], *, head: Head) -> Iterator[Entry]:
-    """Yield Entries as soon as each pair is complete. A listing in key order (S3's, and LocalStorage's
-    per directory) puts a hidden `_<name>.manifest.json` before the folder's data objects and a legacy
-    `<key>.manifest.json` right after `<key>`, so only the keys of one folder wait at any time.
-    `head` confirms a missing partner before it is reported, so an unexpected order costs a
-    request, never a false finding. A legacy manifest left beside its hidden copy is not counted twice."""
-    state = _Pairing(head)
-    for info in listing:
-        yield from state.flush(upto=info.key)
-        yield from state.take(info)
-    yield from state.flush(upto=None)
+def _listing(root: str, data: list[ObjectInfo], control: list[ObjectInfo]) -> TableListing:
+    listing = TableListing(root)
+    for info in [*data, *control]:
+        listing.add(info)
+    return listing.finish()

@@ -6,11 +6,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from common import layout
-from common.errors import DataIntegrityError
-from common.manifest import Manifest
 from common.fallback import QUARANTINE, FallbackDir
 from common.storage import LocalStorage
-from validate.inventory import Scope, pair_listing
+from common.table_index import TableListing, load_index
+from validate.inventory import Scope
 from validate.report import Problem, problem
 
 def pending_fallback(fallback: FallbackDir | None, scope: Scope) -> Iterator[Problem]:
@@ -24,28 +23,32 @@ def pending_fallback(fallback: FallbackDir | None, scope: Scope) -> Iterator[Pro
 
 
 def _batches(store: LocalStorage, scope: Scope, *, quarantined: bool) -> Iterator[Problem]:
-    for entry in pair_listing(store.list(""), head=store.head):
-        if not scope.includes(entry.key):
+    """Each data object waiting there (with its rows, where a manifest set there lists it)."""
+    listing = TableListing(scope.root)
+    for info in store.list(""):
+        listing.add(info)
+    listing.finish()
+    try:
+        index = load_index(store, listing, unreadable=[])
+        rows = {k: r.manifest.rows for k, r in index.objects.items()}
+    except OSError:
+        rows = {}
+    for key in sorted(listing.data):
+        if not scope.includes(key):
             continue
-        parsed = layout.parse_key(scope.root, entry.key)
+        parsed = layout.parse_key(scope.root, key)
         database = parsed.database if parsed else None
         table = f"{parsed.schema}.{parsed.table}" if parsed else None
-        key = f"{QUARANTINE}/{entry.key}" if quarantined else entry.key
+        shown = f"{QUARANTINE}/{key}" if quarantined else key
+        of = f" of {rows[key]} rows" if key in rows else ""
         if quarantined:
-            yield problem("pending_fallback", key, f"batch{_rows(store, entry.manifest_key)} was quarantined in "
+            yield problem("pending_fallback", shown, f"batch{of} was quarantined in "
                           f"{store.root} after failing its checksum; inspect it before removing anything: its rows "
                           "may exist nowhere else", repair=False,
                           database=database, table=table)
         else:
-            yield problem("pending_fallback", key, f"batch{_rows(store, entry.manifest_key)} is waiting in the "
+            yield problem("pending_fallback", shown, f"batch{of} is waiting in the "
                           f"fallback directory {store.root}", database=database, table=table)
-
-
-def _rows(store: LocalStorage, manifest_key: str) -> str:
-    try:
-        return f" of {Manifest.from_bytes(store.get(manifest_key), key=manifest_key).rows} rows"
-    except (OSError, DataIntegrityError):
-        return ""
 
 
 def incomplete_uploads(client: Any, bucket: str, scope: Scope) -> Iterator[Problem]:

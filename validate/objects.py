@@ -19,9 +19,8 @@ from botocore.exceptions import ClientError
 from common import batch_writer, conform, layout
 from common.config import ObjectLockConfig
 from common.epoch import day_numbers
-from common.errors import DataIntegrityError
 from common.lock import head_lock, shortfall
-from common.manifest import Manifest, hex_to_b64, read_manifest, sha256_hex
+from common.manifest import Manifest, hex_to_b64
 from common.pgtypes import EPOCH_ORDINAL, TableSchema, arrow_schema, utc_days
 from common.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
@@ -89,7 +88,9 @@ class ObjectChecker:
         if out.database is None:
             out.database, out.table = manifest.database, f"{manifest.schema}.{manifest.table}"
         if entry.data is None:
-            out.add("missing_object", f"manifest {entry.manifest_key} describes {manifest.rows} rows but its data object is gone")
+            assert entry.manifest is not None
+            out.add("missing_object", f"manifest in {entry.manifest.source} describes {manifest.rows} rows but its "
+                    "data object is gone")
             return out
         if entry.data.size != manifest.size:
             out.add("size_mismatch", f"object is {entry.data.size} bytes, its manifest says {manifest.size}")
@@ -114,28 +115,13 @@ class ObjectChecker:
         if entry.manifest is None:
             if _archive_format(entry.key) is None or layout.parse_key(self.root, entry.key) is None:
                 out.problems.append(problem("orphaned_file", out.key, "stray file under the archive prefix (not an "
-                                            "archive object or manifest): move it elsewhere or remove it",
+                                            "archive object, manifest or control record): move it elsewhere or remove it",
                                             database=out.database, table=out.table, repair=False))
             else:
                 out.add("orphaned_file", "archive object without a manifest (an upload interrupted before its manifest)")
             return None
-        try:
-            raw = self.store.get(entry.manifest_key)
-        except Exception as exc:
-            if not is_not_found(exc):
-                raise
-            if entry.data is not None:  # the manifest went away while we were listing
-                out.add("orphaned_file", "archive object without a manifest")
-            return None
-        try:
-            manifest, out.replaces = read_manifest(raw, key=entry.manifest_key)
-            out.manifest_sha256 = sha256_hex(raw)
-            return manifest
-        # Untrusted JSON (a list, wrong field types, ...): any failure to read it is the finding.
-        except Exception as exc:  # noqa: BLE001
-            reason = exc if isinstance(exc, DataIntegrityError) else f"manifest {entry.manifest_key} is unreadable: {exc}"
-            out.add("unreadable_archive", f"invalid manifest: {reason}")
-            return None
+        out.replaces, out.manifest_sha256 = entry.manifest.replaces, entry.manifest.sha256
+        return entry.manifest.manifest
 
     def _quick(self, entry: Entry, m: Manifest, out: Checked) -> None:
         """Manifest, size and the checksum S3 stored at upload: no download."""

@@ -41,6 +41,8 @@ PROBLEM_TYPES: dict[str, str] = {
                            "tampered; find the missing version (bucket versions, backups) before trusting it",
     "mixed_schema": "restore, query and erase read it as it is; `archiver --migrate-layout` rewrites it in the "
                     "table's one schema, so that engines reading the table's folder (Spark, Polars) read it too",
+    "legacy_layout": "run python -m archiver.main --config <config> --migrate-layout (it moves them to the "
+                     "table's control folder, verified; --dry-run shows what it would move)",
     "incomplete_upload": "abort it (aws s3api abort-multipart-upload) or add a lifecycle rule that aborts "
                          "incomplete multipart uploads",
 }
