@@ -32,7 +32,8 @@ class ArchiverOptions:
     stop_file: Path | None = None
     wait_for_lock: float = 0.0
     daemon: bool = False
-    migrate_manifests: bool = False
+    migrate_layout: bool = False
+    withdraw: str | None = None
     verbose: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -84,8 +85,10 @@ def run_once(cfg: Config, opts: ArchiverOptions, ops: OpsSurface, controls: RunC
 def run(opts: ArchiverOptions, *, env: Environment | None = None) -> int:
     env = env or Environment()
     cfg = load_checked(opts)
-    if opts.migrate_manifests:
+    if opts.migrate_layout:
         return _migrate(cfg, opts, env)
+    if opts.withdraw:
+        return _withdraw(cfg, opts, env)
     if opts.dry_run:
         setup_logging(None, verbose=opts.verbose)
         lines, code = dry_run(cfg, only=opts.only)
@@ -105,14 +108,27 @@ def run(opts: ArchiverOptions, *, env: Environment | None = None) -> int:
 
 
 def _migrate(cfg: Config, opts: ArchiverOptions, env: Environment) -> int:
-    """The one-off move of legacy manifests (archiver/migrate.py); archives nothing."""
-    from archiver.migrate import migrate_manifests
+    """The one-off move of an archive to the current layout (archiver/migrate.py); archives nothing."""
+    from archiver.migrate import migrate_layout
+
+    setup_logging(None if opts.dry_run else cfg.logging, verbose=opts.verbose)
+    fallback = fallback_storage(cfg)
+    result = migrate_layout(cfg, [primary_storage(cfg), *([fallback] if fallback is not None else [])],
+                            dry_run=opts.dry_run)
+    env.stdout.write(result.summary() + "\n")
+    return int(ExitCode.FAILURE if result.conflicts else ExitCode.OK)
+
+
+def _withdraw(cfg: Config, opts: ArchiverOptions, env: Environment) -> int:
+    """--withdraw KEY (archiver/migrate.py's neighbour in the runbook's repair of a damaged object)."""
+    from archiver.migrate import withdraw_by_hand
 
     setup_logging(cfg.logging, verbose=opts.verbose)
     fallback = fallback_storage(cfg)
-    result = migrate_manifests(cfg, [primary_storage(cfg), *([fallback] if fallback is not None else [])])
-    env.stdout.write(result.summary() + "\n")
-    return int(ExitCode.FAILURE if result.conflicts else ExitCode.OK)
+    assert opts.withdraw is not None
+    env.stdout.write(withdraw_by_hand(cfg, [primary_storage(cfg), *([fallback] if fallback is not None else [])],
+                                      opts.withdraw) + "\n")
+    return int(ExitCode.OK)
 
 
 def _reopen_logs() -> None:

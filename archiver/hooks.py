@@ -7,16 +7,21 @@ The points, in a batch's order:
   after_read                   the reader thread has read a batch (not yet encoded)
   after_checkpoint             the batch is pending in the checkpoint, its upload not started
   between_object_and_manifest  the object is stored and verified, its manifest is not
-  after_upload                 object and manifest stored, the rows not yet deleted
-  before_commit                the DELETE ran, its transaction is not committed
+  after_upload                 a group of objects stored, their rows not yet deleted, no manifest
+  after_manifest_set           the group's DELETE ran and its manifest set is stored, not committed
+  before_commit                the same moment, as the commit is about to be sent
   after_delete                 committed, the checkpoint not yet updated
   before_digest                the table's moves are done, its run digest not yet written
 
 A partition retired whole (archiver/retire.py) passes after_checkpoint, between_object_and_manifest
 and after_upload per batch (no delete), then:
-  after_partition_archived     every batch stored, the leaf re-counted, not yet detached
+  after_manifest_set           the leaf re-counted, its batches' manifest set stored
+  after_partition_archived     the same moment, the leaf not yet detached
   after_detach                 DETACH committed, the batches still pending
   before_drop                  the batches finished, the detached leaf not yet dropped
+
+`--migrate-layout` (archiver/migrate.py):
+  after_migration_set          a table's legacy manifests are stored in a set, not yet deleted
 """
 from __future__ import annotations
 

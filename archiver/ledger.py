@@ -219,7 +219,7 @@ class MoveLedger:
                 m.check(data)
             except DataIntegrityError as exc:
                 log.warning("interrupted upload %s is incomplete (%s); removed, its rows stay in the table", m.key, exc, extra=self.ctx)
-                sink.remove(m.key, store.location)
+                sink.take_back(m, store.location, recorded=self._recorded(store, m))
                 continue
             return store, data
         return None

@@ -19,18 +19,27 @@ from common.exit_codes import ExitCode
 @click.option("--wait-for-lock", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Seconds to wait for a table another archiver is working on (default: skip it).")
 @click.option("--daemon", is_flag=True, help="Run now and then every schedule.interval until SIGTERM.")
-@click.option("--migrate-manifests", is_flag=True,
-              help="Move manifests of older archives (<key>.manifest.json) to hidden sidecars, then exit. Archives nothing.")
+@click.option("--migrate-layout", is_flag=True,
+              help="Move an archive of the legacy layout (manifests, digests and withdrawal records inside the "
+                   "table folders) to the tables' control folders, verified, then exit. With --dry-run: only count. "
+                   "Archives nothing.")
+@click.option("--migrate-manifests", "migrate_manifests", is_flag=True, hidden=True,
+              help="The former name of --migrate-layout.")
+@click.option("--withdraw", "withdraw", metavar="KEY",
+              help="Take back one archived object (a withdrawal record: its manifest no longer counts), then "
+                   "exit. For a damaged object whose rows are back in the table. Archives nothing.")
 @verbose_option()
 def cli(config_path: Path, dry_run: bool, databases: tuple[str, ...], tables: tuple[str, ...], max_rows: int | None,
-        stop_file: Path | None, wait_for_lock: float, daemon: bool, migrate_manifests: bool, verbose: bool) -> None:
+        stop_file: Path | None, wait_for_lock: float, daemon: bool, migrate_layout: bool, migrate_manifests: bool,
+        withdraw: str | None, verbose: bool) -> None:
     """Archive rows older than each table's retention to S3 (or a local directory), verify every
     object, then delete exactly the archived rows."""
     from archiver.app import ArchiverOptions, run
 
     options = ArchiverOptions(config_path=config_path, dry_run=dry_run, databases=databases, tables=tables,
                               max_rows=max_rows, stop_file=stop_file, wait_for_lock=wait_for_lock,
-                              daemon=daemon, migrate_manifests=migrate_manifests, verbose=verbose)
+                              daemon=daemon, migrate_layout=migrate_layout or migrate_manifests, withdraw=withdraw,
+                              verbose=verbose)
     exit_with("archiver", lambda: run(options), verbose=verbose)
 
 

@@ -148,6 +148,7 @@ class Retirer:
             return self._take_back(stored, "rows were written to it since its export", leaf, recorded=False)
         # The leaf's manifests, in one set, before its rows leave the table with it.
         self.sink.record([(enc.manifest, location) for enc, location in stored])
+        self.hook("after_manifest_set")
         self.hook("after_partition_archived")
         detach(self.conn, doc)
         self.hook("after_detach")

@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from archiver.hooks import Hook, no_hook
 from common.errors import ArchiverError, DataIntegrityError, ErrorKind, S3Unavailable, first_line
 from common import manifest_sets
+from common.layout import data_key, is_manifest, table_root
 from common.manifest import Manifest, sha256_hex
 from common.fallback import FallbackDir
 from common.storage import Storage, is_disk_full
@@ -137,14 +138,9 @@ class ArchiveSink:
 
     def _put_set(self, store: Storage, manifests: Sequence[Manifest]) -> None:
         manifest_sets.write(store, prefix=self.prefix, manifests=manifests)
-        self.hook("after_manifest_set")
 
     def store(self, location: str) -> Storage:
         return self.fallback if location == "fallback" and self.fallback else self.primary
-
-    def remove(self, key: str, location: str) -> None:
-        """An incomplete upload (its bytes do not match): nothing counts it; gone where it may go."""
-        self._cleanup(self.store(location), (key,))
 
     def take_back(self, manifest: Manifest, location: str, *, recorded: bool) -> None:
         """Take back a stored batch whose rows stay in the table (they will be archived again).
@@ -194,10 +190,10 @@ class ArchiveSink:
         in the directory; the others went to S3 before the outage and are checked there), then the
         set itself, then its files here. A set whose objects fail their checksum is quarantined with
         them. Withdrawal records go to S3 first, so none is ever missing beside its batch."""
-        listing = TableListing(self.prefix)
-        for info in fallback.list(""):
-            listing.add(info)
-        listing.finish()
+        listing = self._fallback_listing(fallback)
+        if listing.sidecars:  # batches that waited here since before the control layout
+            self._sidecars_to_sets(fallback, listing)
+            listing = self._fallback_listing(fallback)
         self._drain_records(fallback, listing.records)
         sets = listing.sets
         for n, info in enumerate(sets):
@@ -231,6 +227,24 @@ class ArchiveSink:
             log.info("Drained %d fallback batches to S3 (%d quarantined, %d sets remaining)",
                      result.drained, result.quarantined, result.remaining)
         return result
+
+    def _fallback_listing(self, fallback: FallbackDir) -> TableListing:
+        listing = TableListing(self.prefix)
+        for info in fallback.list(""):
+            listing.add(info)
+        return listing.finish()
+
+    def _sidecars_to_sets(self, fallback: FallbackDir, listing: TableListing) -> None:
+        """Legacy sidecar manifests here go into manifest sets here (one per table), keeping their
+        identity, before the drain; then the sidecars go (the set was written and checked first)."""
+        by_table: dict[str, list[bytes]] = {}
+        for info in listing.sidecars.values():
+            by_table.setdefault(table_root(data_key(info.key)), []).append(fallback.get(info.key))
+        for manifests in by_table.values():
+            manifest_sets.write(fallback, prefix=self.prefix, manifests=manifests)
+        for info in listing.legacy:
+            if is_manifest(info.key):
+                fallback.delete(info.key)
 
     def _drain_records(self, fallback: FallbackDir, records: Sequence[Any]) -> None:
         for info in records:

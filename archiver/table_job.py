@@ -331,6 +331,7 @@ class TableJob:
         except BaseException:
             self.mover.rollback()
             raise
+        self.hook("after_manifest_set")
         if self.opts.delete_after_archive:
             self.hook("before_commit")
             self.mover.commit()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.errors import ConfigError
 
@@ -133,6 +133,14 @@ class DatabaseConfig(_Strict):
     password_file: str | None = None
     replica_dsns: list[str] = Field(default_factory=list)
     tables: list[TableConfig] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_control_folder(cls, value: str) -> str:
+        # The database's folder would be the archive's control folder (common/layout.py).
+        if value == "_control":
+            raise ValueError("'_control' is the name of the archive's control folder: choose another name")
+        return value
 
 
 class LoggingConfig(_Strict):

@@ -137,9 +137,10 @@ class TableIndex:
         self.withdrawn = withdrawn
         self._all: dict[str, list[Recorded]] = {}
         for r in recorded:  # oldest first: legacy sidecars, then sets in the order written
-            same = self._all.setdefault(r.key, [])
-            if all(o.sha256 != r.sha256 for o in same):
-                same.append(r)
+            # One manifest recorded twice (a sidecar and its copy in a set, during --migrate-layout)
+            # counts once, as the later record of it.
+            same = [o for o in self._all.get(r.key, []) if o.sha256 != r.sha256]
+            self._all[r.key] = [*same, r]
         self.objects: dict[str, Recorded] = {}
         self.taken_back = 0
         for key, versions in self._all.items():
