@@ -90,13 +90,13 @@ class ArchiveSink:
                                             cleanup=(manifest.key,))
 
     def record(self, stored: Sequence[tuple[Manifest, str]]) -> None:
-        """Store the manifests of these stored batches (one set per location they went to): from
+        """Store the manifests of these stored batches (one set per table and location): from
         here on they count as archived. A set for batches in S3 goes to the fallback directory
         while S3 is down (the drain takes it to S3 beside its objects); without one, S3Unavailable."""
-        by_location: dict[str, list[Manifest]] = {}
-        for m, location in stored:
-            by_location.setdefault(location, []).append(m)
-        for location, manifests in by_location.items():
+        by_location: dict[tuple[str, str, str, str], list[Manifest]] = {}
+        for m, location in stored:  # a set holds one table's manifests (a family's batches span tables)
+            by_location.setdefault((location, m.database, m.schema, m.table), []).append(m)
+        for (location, *_table), manifests in by_location.items():
             if location == "fallback":
                 self._fallback_write(lambda store: self._put_set(store, manifests), cleanup=())
             else:
