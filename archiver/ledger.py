@@ -131,7 +131,7 @@ class MoveLedger:
         a run that must stop moving rows at once (archiver/delete_guard.py), with `resuming` off."""
         resumed = 0
         gap: str | None = None  # rows kept: the first batch in read order that is not archived
-        self._indexes: dict[str, TableIndex] = {}
+        self._indexes = {}  # read afresh: what this recovery may write is judged on what is stored now
         for entry in list(self.cp.pending):
             manifest = Manifest(**{k: v for k, v in entry.items() if k in Manifest.__dataclass_fields__})
             if resuming:

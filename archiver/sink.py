@@ -202,7 +202,7 @@ class ArchiveSink:
                 objects = [(r.manifest, self._fallback_copy(fallback, r.manifest)) for r in recorded]
             except (DataIntegrityError, OSError) as exc:
                 fallback.quarantine(info.key, *(k for k in _set_keys(fallback, info.key)))
-                log.error("fallback batches of %s failed their checksum and were quarantined, not uploaded: %s", info.key, exc)
+                log.error("fallback batch %s failed its checksum and was quarantined, not uploaded: %s", info.key, exc)
                 result.quarantined += 1
                 continue
             try:

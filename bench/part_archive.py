@@ -2,12 +2,12 @@
 on two identical copies of the seeded table."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from bench import baseline
 from bench.context import Archived, Context
-from bench.env import list_keys
+from common.storage import S3Storage
+from common.table_index import by_table, load_table
 from bench.pgstats import ServerCost, ServerProbe
 from bench.report import PartResult
 from bench.seed import count
@@ -53,14 +53,17 @@ def keep_least(part: PartResult, side: str, cost: ServerCost | None) -> None:
 
 
 def archived_rows(ctx: Context, archived: Archived) -> tuple[int, int, int]:
-    """(rows, objects, bytes) according to the manifests in the archiver's bucket."""
+    """(rows, objects, bytes) according to the manifests in the archiver's bucket (the objects that
+    count as archived: common/table_index.py)."""
+    store = S3Storage(ctx.client, archived.bucket)
     rows = objects = nbytes = 0
-    for key, _ in list_keys(ctx.client, archived.bucket):
-        if key.endswith(".manifest.json"):
-            doc = json.loads(ctx.client.get_object(Bucket=archived.bucket, Key=key)["Body"].read())
-            rows += int(doc["rows"])
-            objects += 1
-            nbytes += int(doc["size"])
+    for table, _infos in by_table(store.list(""), ""):
+        if table is None:
+            continue
+        listing, index = load_table(store, "", *table)
+        for key, r in index.objects.items():
+            if key in listing.data:
+                rows, objects, nbytes = rows + r.manifest.rows, objects + 1, nbytes + r.manifest.size
     return rows, objects, nbytes
 
 

@@ -101,7 +101,7 @@ def read(data: bytes, *, key: str) -> list[Recorded]:
             manifest, replaces = read_manifest(raw, key=key)
             out.append(Recorded(manifest, str(e.get("manifest_sha256") or sha256_hex(raw)), replaces, key))
         return out
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, DataIntegrityError) as exc:
         raise DataIntegrityError(f"manifest set {key} is unreadable: {exc}") from None
 
 

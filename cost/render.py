@@ -114,7 +114,8 @@ def _inputs_lines(sc: Scenario) -> list[str]:
     rows = [
         ("size", f"{_num(i['size_gb'])} GB", s["size_gb"]),
         ("archive objects", f"{i['objects']:,} of {_num(i['avg_object_mb'])} MB on average", s["objects"]),
-        ("manifests", f"one per archive object, {_num(i['manifest_kb'])} KB each", s["manifest_kb"]),
+        ("manifests", f"{_num(i['manifest_kb'])} KB per archive object, priced as one object and one PUT "
+                      "each (an upper bound: the archiver stores them in sets of up to 8)", s["manifest_kb"]),
         ("objects priced", f"{i['stored_objects']:,} (archives, manifests and any other objects)",
          s["stored_objects"]),
         ("growth", f"{_num(i['growth_gb_per_month'])} GB a month", s["growth_gb_per_month"]),

@@ -11,7 +11,9 @@ from cost.population import Population
 DAYS_PER_MONTH = 30
 #: Assumed size of an archive object when neither --objects, --avg-object-mb nor a measurement says.
 DEFAULT_OBJECT_MB = Decimal(4)
-#: Assumed size of the manifest sidecar the archiver writes next to every archive object.
+#: Assumed size of an archive object's manifest. The archiver stores them in manifest sets of up to
+#: 8 (common/manifest_sets.py); the estimate prices each as an object and a PUT of its own, an upper
+#: bound that errs on the side of the bill.
 DEFAULT_MANIFEST_KB = Decimal("2.5")
 #: Where the archiver writes every manifest whatever s3.storage_class is (common/storage.py
 #: S3Storage.put): readable without a restore, and not billed at the IA classes' 128 KB minimum.
@@ -28,7 +30,8 @@ class Workload:
     #: Manifests stored at the start, by the class they are in whichever class the archives are
     #: priced in: MANIFEST_CLASS, or as the bucket lists them when measured.
     manifests: Mapping[str, Population] = field(default_factory=dict)
-    #: Manifests written every month, one per archive object written, all to MANIFEST_CLASS.
+    #: Manifests written every month, one per archive object written (priced as an object each: see
+    #: DEFAULT_MANIFEST_KB), all to MANIFEST_CLASS.
     monthly_manifests: Population = field(default_factory=Population)
     months: int = 12
     retrieval_gb_per_month: Decimal = Decimal(0)

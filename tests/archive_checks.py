@@ -117,3 +117,21 @@ def drop_manifest(store: Storage, key: str, prefix: str = "") -> None:
     doc["entries"] = [e for e in doc["entries"] if e["manifest"]["key"] != key]
     data = json.dumps(doc).encode()
     store.put(skey, data, sha256=sha256_hex(data))
+
+
+def copy_archived(source: Storage, target: Storage, key: str, new_key: str | None = None, prefix: str = "") -> str:
+    """Copy an archived object and its manifest (in a set of its own) to `target`, under `new_key`
+    if given (its manifest then names that key): what an archiver would have written there."""
+    from common import manifest_sets
+
+    manifest = archived(source, prefix)[key]
+    data = source.get(key)
+    if new_key is not None:
+        from common import layout
+
+        parsed = layout.parse_key(prefix, new_key)
+        assert parsed is not None
+        manifest.key, manifest.database, manifest.schema, manifest.table = new_key, parsed.database, parsed.schema, parsed.table
+    target.put(manifest.key, data, sha256=manifest.sha256)
+    manifest_sets.write(target, prefix=prefix, manifests=[manifest])
+    return manifest.key

@@ -15,10 +15,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from archive_checks import archived
 from archiver.runner import run_archive
 from common import layout
 from common.config import Config, load_config
 from common.manifest import Manifest
+from common.storage import S3Storage
 from common.pgtypes import SESSION_SETTINGS
 from conftest import AUDIT_DDL, make_config, throwaway_database
 
@@ -113,8 +115,7 @@ class Archived:
         return sorted(self.keys(), key=lambda k: (self.manifest(k).min_ts, k))
 
     def manifest(self, key: str) -> Manifest:
-        body = self.s3.get_object(Bucket=self.bucket, Key=layout.manifest_key(key))["Body"].read()
-        return Manifest.from_bytes(body, key=key)
+        return archived(S3Storage(self.s3, self.bucket), self.cfg.s3.prefix)[key]
 
     def dump(self, table: str | None = None) -> bytes:
         return dump(self.conn, table or self.table)

@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from common import batch_writer, layout
+from archive_checks import archived
+from common import batch_writer
 from common.storage import Storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,17 +37,13 @@ def table_keys(conn: psycopg.Connection[Any], columns: Sequence[str] = KEY, tabl
 
 
 def archived_keys(*stores: Storage | None, columns: Sequence[str] = KEY) -> Counter[tuple[Any, ...]]:
-    """Key tuples in every data object that has a manifest, across the stores."""
+    """Key tuples in every data object that counts as archived, across the stores."""
     keys: Counter[tuple[Any, ...]] = Counter()
     for store in stores:
         if store is None:
             continue
-        for info in store.list(""):
-            if layout.is_manifest(info.key) or info.key.startswith(".quarantine/"):
-                continue
-            if all(store.head(k) is None for k in layout.manifest_keys(info.key)):
-                continue
-            t = batch_writer.decode(store.get(info.key), fmt=batch_writer.format_of(info.key), columns=list(columns))[0]
+        for key in archived(store):
+            t = batch_writer.decode(store.get(key), fmt=batch_writer.format_of(key), columns=list(columns))[0]
             keys.update(zip(*(t.column(c).to_pylist() for c in columns)))
     return keys
 

@@ -12,10 +12,11 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from archive_checks import archived
 from common import layout
 from common.config import load_config
 from common.manifest import Manifest, sha256_hex
-from common.storage import LocalStorage
+from common.storage import LocalStorage, S3Storage
 from conftest import free_port, make_config, seed_audit
 from cost.main import cli
 from test_cost_cli import as_json
@@ -168,12 +169,12 @@ def test_archives_written_by_the_archiver_are_measured(pg: Any, pg_dsn: str, buc
     assert int(code) == 0 and results[0].rows > 0
     listed = [o for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
               for o in page.get("Contents", [])]
-    manifests = [Manifest.from_bytes(s3_client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())
-                 for o in listed if layout.is_manifest(o["Key"])]
+    manifests = list(archived(S3Storage(s3_client, bucket)).values())  # in the table's manifest sets
     m = as_json(run("--config", str(cfg_path), "--output-format", "json"))["inputs"]["measurement"]
     (table,) = m["tables"]
     assert table["rows"] == results[0].rows == sum(x.rows for x in manifests)
     assert table["objects"] == len(manifests) == results[0].objects
+    assert table["manifests"] == sum(layout.is_manifest_set(o["Key"]) for o in listed) < len(manifests)
     assert table["bytes"] == sum(o["Size"] for o in listed if not layout.is_manifest(o["Key"]) and not layout.is_control_key(o["Key"]))
     ratio = D(sum(x.source_bytes for x in manifests)) / D(sum(x.size for x in manifests))
     assert table["compression_ratio"] == ratio.quantize(D("0.01"))

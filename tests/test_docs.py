@@ -39,7 +39,8 @@ import wizard.main
 from archiver.app import ArchiverOptions, check_filters, make_controls
 from archiver.app import run as run_archiver_app
 from archiver.runner import run_archive
-from common import layout
+from archive_checks import drop_manifest
+from common.storage import LocalStorage
 from common.config import DatabaseConfig, load_config, parse_config
 from common.exit_codes import ExitCode
 from archiver.ops.health import HealthChecker, RunState
@@ -371,16 +372,18 @@ def test_runbook_duckdb_queries_answer_over_a_real_archive(archive: Archive) -> 
 
 @pytest.fixture()
 def damaged(archive: Archive, tmp_path: Path) -> Path:
-    """A copy of the archive with a corrupted object, an object whose manifest is gone and one whose
-    manifest is not JSON; returns its config."""
+    """A copy of the archive with a corrupted object, an object whose manifest is gone and a manifest
+    set that is not JSON; returns its config."""
     root = tmp_path / "archive"
     shutil.copytree(archive.root, root)
     data = sorted(p for p in root.rglob("*.parquet"))
     body = bytearray(data[0].read_bytes())
     body[len(body) // 2] ^= 0xFF
     data[0].write_bytes(bytes(body))
-    Path(layout.manifest_key(str(data[1]))).unlink()
-    Path(layout.manifest_key(str(data[2]))).write_text("not json")
+    store = LocalStorage(root)
+    drop_manifest(store, data[1].relative_to(root).as_posix())
+    sets = root / "_control" / "production_db" / "public.audit_logs" / "manifests"
+    (sets / "29991231T000000000000Z-000000000000.json").write_text("not json")
     return make_config(tmp_path, dsn=archive.dsn)
 
 

@@ -123,7 +123,7 @@ def test_validate_is_clean_after_erase_and_shows_the_erasure(archived: Path, pg:
     notes = [n for n in report.notes if n.startswith("erasure at")]
     assert len(notes) == 1 and f"{len(erased)} rows removed" in notes[0]
     digests = b"".join(s3_client.get_object(Bucket=bucket, Key=k)["Body"].read()
-                       for k in all_keys(s3_client, bucket) if f"/{layout.DIGESTS_DIR}" in k)
+                       for k in all_keys(s3_client, bucket) if f"/{layout.DIGESTS}" in k)
     assert b'"erasures"' in digests and b"user1100@example.com" not in digests and b"user_id % 100" not in digests
 
 
@@ -244,7 +244,8 @@ def test_erasing_from_a_composite_key_table_keeps_whole_key_ranges(tmp_path: Pat
     assert code == ExitCode.OK
     after = archived_keys(store)
     assert after == Counter({k: n for k, n in before.items() if k[0] != "t1"}) and len(after) < len(before)
-    manifests = [json.loads(store.get(o.key)) for o in store.list("") if layout.is_manifest(o.key)]
+    manifests = [e["manifest"] for o in store.list("") if layout.is_manifest_set(o.key)
+                 for e in json.loads(store.get(o.key))["entries"]]
     replaced = [m for m in manifests if m.get("replaces")]
     assert replaced and all(m["primary_key"] == ["tenant_id", "id"] and isinstance(m["min_pk"], list) for m in replaced)
     assert validate(load_config(path), s3_client=s3_client).ok

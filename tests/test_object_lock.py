@@ -51,7 +51,7 @@ def test_every_object_and_manifest_carries_the_mode_and_retain_until(tmp_path: P
     _results, code = run_archive(cfg)
     assert code == ExitCode.OK
     keys = all_keys(s3_client, locked_bucket)
-    assert any(layout.is_manifest(k) for k in keys) and any(k.endswith(".parquet") for k in keys)
+    assert any(layout.is_manifest_set(k) for k in keys) and any(k.endswith(".parquet") for k in keys)
     for key in keys:
         head = s3_client.head_object(Bucket=locked_bucket, Key=key)
         assert head["ObjectLockMode"] == mode, key
@@ -125,7 +125,7 @@ def test_withdrawn_batch_under_lock_never_counts_and_its_rows_are_archived_once(
     original = table_ids(pg)
     results, code = run_archive(cfg, hook=update_after_upload(pg_dsn))
     assert code == ExitCode.OK and results[0].rolled_back_batches == 1
-    records = [k for k in all_keys(s3_client, locked_bucket) if f"/{layout.WITHDRAWN_DIR}" in k]
+    records = [k for k in all_keys(s3_client, locked_bucket) if f"/{layout.WITHDRAWN}" in k]
     assert len(records) == 1  # the locked object could not be deleted: a record takes it back
     run_archive(cfg)
     archived = catalog_ids(cfg, s3_client)

@@ -61,7 +61,7 @@ def test_s3_down_sends_batches_to_fallback_then_next_run_drains_them(caplog: pyt
     proxy.cut()
     results, code = run_archive(cfg)
     assert code == ExitCode.OK and results[0].fallback_objects == results[0].objects > 0
-    held = [o.key for o in fallback.list("") if not layout.is_manifest(o.key)]
+    held = [o.key for o in fallback.list("") if not layout.is_manifest(o.key) and not layout.is_control_key(o.key)]
     assert held and all(layout.parse_key("", k) is not None for k in held)  # same key layout as the bucket
     assert list(s3.list("")) == []
     assert_invariant(seeded, table_ids(pg), archived_ids(fallback))
@@ -126,7 +126,7 @@ def test_corrupted_fallback_batch_is_quarantined_not_uploaded(caplog: pytest.Log
     s3, fallback = stores(tmp_path, s3_client, bucket)
     proxy.cut()
     run_archive(cfg)
-    victim = next(o.key for o in fallback.list("") if not layout.is_manifest(o.key))
+    victim = next(o.key for o in fallback.list("") if not layout.is_manifest(o.key) and not layout.is_control_key(o.key))
     path = fallback.root / victim
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF

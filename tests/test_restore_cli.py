@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from common import layout
+from archive_checks import copy_archived
+
+from common.storage import S3Storage
 
 from conftest import make_config
 from restore.main import cli
@@ -175,8 +177,7 @@ def test_corrupted_object_exits_1_naming_it(tmp_path: Path, arch: Archived, pg_d
                                             s3_client: Any, bucket: str) -> None:
     # Its own bucket: the object is damaged for this test only.
     key = arch.keys()[0]
-    for k in (key, layout.manifest_key(key)):
-        s3_client.put_object(Bucket=bucket, Key=k, Body=arch.s3.get_object(Bucket=arch.bucket, Key=k)["Body"].read())
+    copy_archived(S3Storage(arch.s3, arch.bucket), S3Storage(s3_client, bucket), key)
     s3_client.put_object(Bucket=bucket, Key=key, Body=b"PAR1 not what was archived")
     cfg = make_config(tmp_path, dsn=arch.conn.info.dsn, bucket=bucket, endpoint=moto_server,
                       tables=[{"name": "audit_logs"}])

@@ -11,7 +11,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from common import layout
+from archive_checks import copy_archived
+
+from common.storage import S3Storage
 from common.errors import ArchiverError, DataIntegrityError
 from common.catalog import ArchiveNotFound
 from restore.engine import list_archives, request_s3_restore, restore
@@ -106,8 +108,8 @@ def test_key_of_another_table_is_refused_naming_it(arch: Archived, s3_client: An
     # A real object, stored under another table's prefix.
     own = arch.keys()[0]
     other = own.replace("public.audit_logs", "public.audit_logs_old")
-    for src, dst in ((own, other), (layout.manifest_key(own), layout.manifest_key(other))):
-        s3_client.copy_object(Bucket=arch.bucket, Key=dst, CopySource={"Bucket": arch.bucket, "Key": src})
+    store = S3Storage(s3_client, arch.bucket)
+    copy_archived(store, store, own, other)
 
     with pytest.raises(ArchiveNotFound) as err:
         restore(arch.cfg, database="production_db", table="audit_logs", s3_key=other, s3_client=s3_client)

@@ -114,14 +114,14 @@ def test_json_columns_carry_parquets_json_logical_type(archived_matrix: tuple[Lo
 
 def test_manifest_column_docs_equal_the_objects_own_schema(archived_matrix: tuple[LocalStorage, bytes]) -> None:
     """restore can bring back every type from the manifest alone: it records what the file does."""
-    from common import layout
-    from common.manifest import Manifest
+    from archive_checks import archived
     from common.pgtypes import column_docs
 
     store, _ = archived_matrix
+    recorded = archived(store)
     for key in objects(store):
         _t, schema, encodings, _doc = batch_writer.decode(store.get(key), fmt="parquet")
-        manifest = Manifest.from_bytes(store.get(layout.manifest_key(key)))
+        manifest = recorded[key]
         assert manifest.columns == column_docs(schema, encodings)
         assert [c["name"] for c in manifest.columns] == schema.names and all(c["pg_type"] for c in manifest.columns)
 

@@ -19,7 +19,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from archiver.runner import run_archive
-from common import batch_writer, layout
+from archive_checks import archived, drop_manifest, edit_manifest, set_holding
+from common import batch_writer, layout, manifest_sets
+from common.storage import S3Storage
 from common.config import Config, load_config
 from common.errors import ConfigError, ServiceUnavailable, UsageError
 from common.manifest import Manifest, hex_to_b64
@@ -61,14 +63,21 @@ class Archive:
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=key)
 
+    @property
+    def store(self) -> S3Storage:
+        return S3Storage(self.s3, self.bucket)
+
     def manifest(self, key: str) -> Manifest:
-        return Manifest.from_bytes(self.get(layout.manifest_key(key)))
+        return archived(self.store)[key]
 
     def put_object_with_manifest(self, key: str, data: bytes, manifest: Manifest) -> None:
         """What an archiver would have written: the object and a manifest that matches it."""
         m = replace(manifest, key=key, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
         self.put(key, data)
-        self.put(layout.manifest_key(key), m.to_bytes())
+        manifest_sets.write(self.store, prefix="", manifests=[m])
+
+    def drop_manifest(self, key: str) -> None:
+        drop_manifest(self.store, key)
 
     def validate(self, **kw: Any) -> Report:
         return validate(self.cfg, s3_client=self.s3, **kw)
@@ -153,7 +162,7 @@ def test_full_check_downloads_every_object_and_quick_check_none(archive: Archive
     gets: list[str] = []
     archive.s3.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
     archive.validate(quick=True)
-    assert [k for k in gets if not layout.is_manifest(k) and not layout.is_control_key(k)] == []  # digests: a few KB
+    assert [k for k in gets if not layout.is_manifest(k) and not layout.is_control_key(k)] == []  # sets, digests: a few KB
     gets.clear()
     archive.validate()
     assert sorted(k for k in gets if not layout.is_manifest(k) and not layout.is_control_key(k)) == archive.data_keys()
@@ -225,7 +234,7 @@ def test_deleted_object_is_missing(archive: Archive, quick: bool) -> None:
 
 def test_dropped_manifest_leaves_an_orphaned_file(archive: Archive) -> None:
     key = archive.data_keys()[4]
-    archive.delete(layout.manifest_key(key))
+    archive.drop_manifest(key)
     assert found(archive.validate()) == {("orphaned_file", key)}
 
 
@@ -257,19 +266,22 @@ def test_object_that_is_not_a_valid_archive_is_unreadable(archive: Archive, payl
     assert "invalid" in report.problems[0].message
 
 
-@pytest.mark.parametrize("manifest", [b"{not json", b"[1, 2]", b'{"key": "only a key"}'])
-def test_unreadable_manifest_is_reported_not_fatal(archive: Archive, manifest: bytes) -> None:
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"entries": [{"manifest": {"key": "only a key"}}]}'])
+def test_unreadable_manifest_set_is_reported_not_fatal(archive: Archive, content: bytes) -> None:
+    """Its objects have no manifest that counts: orphaned, beside the set's own finding."""
     key = archive.data_keys()[5]
-    archive.put(layout.manifest_key(key), manifest)
+    skey = set_holding(archive.store, key)
+    listed = [k for k in archive.data_keys() if set_holding(archive.store, k) == skey]
+    archive.put(skey, content)
     report = archive.validate()
-    assert found(report) == {("unreadable_archive", key)}
-    assert "invalid manifest" in report.problems[0].message
+    assert found(report) == {("unreadable_archive", skey)} | {("orphaned_file", k) for k in listed}
+    assert "manifest set" in next(p for p in report.problems if p.type == "unreadable_archive").message
 
 
 def test_edited_manifest_count_is_a_row_count_mismatch(archive: Archive) -> None:
     key = archive.data_keys()[2]
     m = archive.manifest(key)
-    archive.put(layout.manifest_key(key), replace(m, rows=m.rows + 7).to_bytes())
+    edit_manifest(archive.store, key, rows=m.rows + 7)
     report = archive.validate()
     assert found(report) == {("row_count_mismatch", key)}
     assert f"holds {m.rows} rows" in report.problems[0].message
@@ -282,7 +294,7 @@ def test_object_under_the_wrong_day_is_a_partition_mismatch(archive: Archive) ->
     moved = layout.object_key("", parsed.database, parsed.schema, parsed.table, parsed.day + timedelta(days=40), parsed.name)
     archive.put_object_with_manifest(moved, archive.get(key), archive.manifest(key))
     archive.delete(key)
-    archive.delete(layout.manifest_key(key))
+    archive.drop_manifest(key)
     report = archive.validate()
     # The run digest recorded the object under its old key: the move breaks the chain there too.
     assert found(report) == {("partition_mismatch", moved), ("digest_chain_broken", key)}
@@ -378,7 +390,7 @@ def test_open_multipart_upload_is_incomplete(archive: Archive) -> None:
 def test_validation_changes_nothing(own_archive: Archive) -> None:
     key = own_archive.data_keys()[0]
     own_archive.put(key, flip_byte(own_archive.get(key)))
-    own_archive.delete(layout.manifest_key(own_archive.data_keys()[1]))
+    own_archive.drop_manifest(own_archive.data_keys()[1])
     own_archive.pg.execute("INSERT INTO audit_logs (id, created_at) VALUES (1, now() - interval '100 days')")
 
     def snapshot() -> tuple[Any, ...]:

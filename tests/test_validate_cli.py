@@ -14,7 +14,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from archive_checks import drop_manifest
 from common import layout
+from common.storage import S3Storage
 from conftest import free_port, make_config
 from test_validate import Pristine, pristine  # noqa: F401 - the module-scoped archive fixture
 from validate.main import cli
@@ -40,7 +42,7 @@ def damage(s3: Any, bucket: str) -> dict[str, str]:
     keys = data_keys(s3, bucket)
     body = s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read()
     s3.put_object(Bucket=bucket, Key=keys[0], Body=body[:50] + bytes([body[50] ^ 1]) + body[51:])
-    s3.delete_object(Bucket=bucket, Key=layout.manifest_key(keys[1]))
+    drop_manifest(S3Storage(s3, bucket), keys[1])
     s3.put_object(Bucket=bucket, Key="production_db/stray.txt", Body=b"x")
     return {"checksum_mismatch": keys[0], "orphaned_file": keys[1]}
 

@@ -132,14 +132,15 @@ class _Tables:
         unreadable: list[tuple[str, str]] = []
         index = load_index(self.store, listing, unreadable=unreadable)
         self.audit.table(ident, listing, index)
-        where = {"database": ident[0], "table": f"{ident[1]}.{ident[2]}"}
+        database, table = ident[0], f"{ident[1]}.{ident[2]}"
         for key, why in unreadable:
-            self.report.add(problem("unreadable_archive", key, f"control record: {why}", **where))
+            self.report.add(problem("unreadable_archive", key, f"invalid manifest set: {why}", database=database, table=table))
         if listing.legacy:
             self.legacy += 1
             self.report.add(problem("legacy_layout", layout.table_prefix(self.scope.root, *ident),
                                     f"{len(listing.legacy)} manifests, digests or withdrawal records in the legacy layout "
-                                    "inside the table's folder, where engines reading the folder meet them", **where))
+                                    "inside the table's folder, where engines reading the folder meet them",
+                                    database=database, table=table))
         yield from (Entry(i.key, i, None) for i in listing.strays)
         for key, info in listing.data.items():
             recorded = index.current(key)
