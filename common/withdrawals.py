@@ -61,6 +61,12 @@ def record_key(prefix: str, key: str, manifest_sha256: str | None) -> str:
     return f"{layout.control_of(prefix, key)}{layout.WITHDRAWN}{name}.{(manifest_sha256 or 'no-manifest')[:16]}.json"
 
 
+def is_record(key: str) -> bool:
+    """A withdrawal record, in a control folder or in the legacy layout's `_withdrawn/`."""
+    return key.endswith(".json") and ((layout.in_control(key) and f"/{layout.WITHDRAWN}" in key)
+                                      or layout.is_legacy_record(key))
+
+
 def withdraw(store: Any, *, prefix: str, manifest: Manifest, manifest_sha256: str | None, reason: str) -> Withdrawal:
     """Record that this manifest of the object does not count as archived; idempotent (the same
     record, under the same key). `manifest_sha256` None: no manifest of it was ever stored (an

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from common import layout, withdrawals
+from common import layout, manifest_sets, withdrawals
 from common.manifest import Manifest
 from common.storage import Storage
 from common.units import human_bytes
@@ -15,7 +15,8 @@ class ArchiveCounts:
     data_objects: int
     rows: int  # as the manifests record them
     bytes: int  # of the data objects
-    manifests: int
+    manifests: int  # one per data object
+    manifest_sets: int  # the control objects holding them (one per group of batches)
     digests: int
     withdrawal_records: int
     other: int  # keys outside the layout
@@ -27,18 +28,25 @@ def count_archive(store: Storage, prefix: str) -> ArchiveCounts:
     kinds: Counter[str] = Counter()
     size = rows = 0
     for info in store.list(layout.join(prefix, "")):
-        if layout.is_manifest(info.key):
+        if layout.is_manifest_set(info.key):
+            kinds["set"] += 1
+            for r in manifest_sets.read(store.get(info.key), key=info.key):
+                kinds["manifest"] += 1
+                rows += r.manifest.rows
+        elif layout.is_manifest(info.key):  # a legacy sidecar
             kinds["manifest"] += 1
             rows += Manifest.from_bytes(store.get(info.key), key=info.key).rows
         elif layout.is_control_key(info.key):
-            kinds["withdrawal" if withdrawals.is_record(info.key) else "digest"] += 1
+            kinds["withdrawal" if withdrawals.is_record(info.key) else
+                  "digest" if f"/{layout.DIGESTS}" in info.key or layout.is_legacy_digest(info.key) else "other"] += 1
         elif layout.parse_key(prefix, info.key) is not None:
             kinds["data"] += 1
             size += info.size
         else:
             kinds["other"] += 1
     return ArchiveCounts(data_objects=kinds["data"], rows=rows, bytes=size, manifests=kinds["manifest"],
-                         digests=kinds["digest"], withdrawal_records=kinds["withdrawal"], other=kinds["other"])
+                         manifest_sets=kinds["set"], digests=kinds["digest"], withdrawal_records=kinds["withdrawal"],
+                         other=kinds["other"])
 
 
 def print_summary(store: Storage, *, prefix: str, where: str, retention_days: int, seeded: int, left: int,
@@ -54,7 +62,7 @@ def print_summary(store: Storage, *, prefix: str, where: str, retention_days: in
               f"{left:,} (older than {retention_days} days when the run began: {expired_left:,})"),
              ("archive", where),
              ("  data objects (Parquet)", f"{c.data_objects:,} holding {c.rows:,} rows, {human_bytes(c.bytes)}"),
-             ("  manifests", f"{c.manifests:,}"),
+             ("  manifests", f"{c.manifests:,} in {c.manifest_sets:,} manifest sets"),
              ("  run digests", f"{c.digests:,}{extra}"),
              ("config and logs", work)]
     print("\n=== demo summary ===")

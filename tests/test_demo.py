@@ -26,7 +26,7 @@ from botocore.exceptions import EndpointConnectionError
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from common import digest, layout, withdrawals
+from common import digest, layout, manifest_sets, withdrawals
 from common.config import parse_config
 from common.manifest import sha256_hex
 from common.storage import LocalStorage
@@ -116,7 +116,7 @@ def test_the_summary_names_each_kind_of_object_and_counts_it_right(demo: Demo) -
     parquet_files = len(list(Path(demo.archive()).rglob("*.parquet")))
     assert (number(objects.group(1)), number(objects.group(2))) == (parquet_files, archived)
     assert archived == archived_rows(demo, "true", "year=*/month=*/day=*")
-    assert number(summary_value(demo.output, "  manifests")) == parquet_files
+    assert number(summary_value(demo.output, "  manifests").split(" in ")[0]) == parquet_files  # one each, in sets
     assert summary_value(demo.output, "  run digests") == "1"  # one run; nothing else, no strays
     assert summary_value(demo.output, "archive") == "demo-data/archive/"
     left = summary_value(demo.output, "rows left in the table")
@@ -225,18 +225,23 @@ def test_the_s3_flag_archives_to_a_live_endpoint_that_stops_with_the_demo(monkey
 
 
 def test_count_archive_tells_each_kind_by_the_layouts_predicates(tmp_path: Path) -> None:
+    """Manifests in a set, and in both legacy sidecars; digests and withdrawal records in the
+    control folder and in the legacy layout; a stray."""
     store = LocalStorage(tmp_path)
     day = date(2026, 1, 15)
-    keys = [layout.object_key("", "db", "public", "t", day, f"part-{n}.parquet") for n in (1, 2)]
-    for key, manifest_at, rows in [(keys[0], layout.manifest_key, 3), (keys[1], layout.legacy_manifest_key, 4)]:
+    keys = [layout.object_key("", "db", "public", "t", day, f"part-{n}.parquet") for n in (1, 2, 3, 4)]
+    docs = []
+    for key, rows in zip(keys, (3, 4, 5, 6)):
         data = bytes(10 * rows)
         store.put(key, data, sha256=sha256_hex(data))
-        doc = manifest_for(key, data, table="t", rows=rows, source_bytes=0)
+        docs.append(manifest_for(key, data, table="t", rows=rows, source_bytes=0))
+    manifest_sets.write(store, prefix="", manifests=docs[:2])
+    for key, doc, manifest_at in [(keys[2], docs[2], layout.manifest_key), (keys[3], docs[3], layout.legacy_manifest_key)]:
         store.put(manifest_at(key), doc, sha256=sha256_hex(doc))
-    root = layout.table_prefix("", "db", "public", "t")
-    control = [digest.digest_key(root, datetime(2026, 2, 1), b"{}"),
-               withdrawals.record_key(keys[0], "ab" * 32), "db/notes.txt"]
-    for key in control:
+    control = layout.control_prefix("", "db", "public", "t")
+    others = [digest.digest_key(control, datetime(2026, 2, 1), b"{}"), f"db/public.t/{layout.LEGACY_DIGESTS_DIR}x.json",
+              withdrawals.record_key("", keys[0], "ab" * 32), "db/notes.txt"]
+    for key in others:
         store.put(key, b"{}", sha256=sha256_hex(b"{}"))
     assert demo_summary.count_archive(store, "") == demo_summary.ArchiveCounts(
-        data_objects=2, rows=7, bytes=70, manifests=2, digests=1, withdrawal_records=1, other=1)
+        data_objects=4, rows=18, bytes=180, manifests=4, manifest_sets=1, digests=2, withdrawal_records=1, other=1)

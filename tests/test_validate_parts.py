@@ -15,7 +15,11 @@ import pytest
 from common.storage import ObjectInfo
 from validate.app import Progress
 from validate.checks import bounded_map
-from validate.inventory import Entry, pair_listing
+from common.manifest import Manifest
+from common.manifest_sets import Recorded
+from common.table_index import TableIndex, TableListing, by_table
+from common.withdrawals import Withdrawal, Withdrawn
+from validate.inventory import Scope, tables
 from validate.objects import Checked, utc_days
 from validate.overlap import OverlapFinder, Span, shared_keys
 from validate.report import PROBLEM_TYPES, Problem, Report, problem
@@ -27,96 +31,77 @@ def infos(*keys: str) -> list[ObjectInfo]:
     return [ObjectInfo(k, 10) for k in keys]
 
 
-def pairs(entries: list[Entry]) -> set[tuple[str, bool, bool]]:
-    return {(e.key, e.data is not None, e.manifest is not None) for e in entries}
+def recorded(key: str, sha: str, source: str = "_control/db/public.t/manifests/1.json") -> Recorded:
+    m = Manifest(key=key, sha256="0" * 64, size=10, rows=1, database="db", schema="public", table="t",
+                 primary_key="id", timestamp_column="ts", min_pk=1, max_pk=1, min_ts="", max_ts="",
+                 schema_fingerprint="", format="parquet", format_version=1, archiver_version="t", created_at="")
+    return Recorded(m, sha, None, source)
 
 
-def no_head(_key: str) -> ObjectInfo | None:
-    return None
+# -- one table at a time -------------------------------------------------------------------------
+DAY = "year=2026/month=01/day=02"
 
 
-# -- pairing -----------------------------------------------------------------------------------
-def test_sorted_listing_pairs_objects_with_their_manifests() -> None:
-    listing = infos("a.parquet", "a.parquet-copy", "a.parquet-copy" + M, "a.parquet" + M, "b.parquet", "c.parquet" + M, "d.txt")
-    entries = list(pair_listing(sorted(listing, key=lambda o: o.key), head=no_head))
-    assert pairs(entries) == {("a.parquet", True, True), ("a.parquet-copy", True, True), ("b.parquet", True, False),
-                              ("c.parquet", False, True), ("d.txt", True, False)}
+def test_a_listing_is_cut_into_its_tables_and_strays() -> None:
+    keys = ["db/public.a/" + DAY + "/part-1.parquet", "db/public.a/" + DAY + "/part-2.parquet",
+            "db/public.a_b/" + DAY + "/part-1.parquet", "db/notes.txt", "top.txt"]
+    cut = [(t, [i.key for i in group]) for t, group in by_table(infos(*keys), "")]
+    assert cut == [(("db", "public", "a"), keys[:2]), (("db", "public", "a_b"), keys[2:3]), (None, keys[3:])]
 
 
-def test_out_of_order_listing_is_confirmed_with_head_not_reported_twice() -> None:
-    listing = infos("z.parquet" + M, "a.parquet", "z.parquet", "a.parquet" + M)
-    present = {o.key: o for o in listing}
-    asked: list[str] = []
-
-    def head(key: str) -> ObjectInfo | None:
-        asked.append(key)
-        return present.get(key)
-
-    entries = list(pair_listing(listing, head=head))
-    assert sorted(pairs(entries)) == [("a.parquet", True, True), ("z.parquet", True, True)]
-    assert len(entries) == 2
-    assert asked == ["z.parquet", "a.parquet" + M]  # one look-up per out-of-order key
-
-
-def hidden(key: str) -> str:
-    folder, _, name = key.rpartition("/")
-    return f"{folder}/_{name}{M}" if folder else f"_{name}{M}"
-
-
-def test_hidden_sidecars_pair_with_the_objects_listed_after_them() -> None:
-    keys = [f"d/day=01/{n}" for n in ("a.parquet", "b.parquet", "c.parquet")]
-    listing = infos(hidden(keys[0]), hidden(keys[2]), keys[0], keys[1], keys[2], hidden("d/day=01/z.parquet"))
-    entries = list(pair_listing(sorted(listing, key=lambda o: o.key), head=no_head))
-    assert pairs(entries) == {(keys[0], True, True), (keys[1], True, False), (keys[2], True, True),
-                              ("d/day=01/z.parquet", False, True)}
-    assert len(entries) == 4
-    assert {e.manifest_key for e in entries if e.key == keys[0]} == {hidden(keys[0])}
+def test_a_tables_keys_are_sorted_into_what_they_are() -> None:
+    t = "db/public.t/"
+    c = "_control/db/public.t/"
+    data = t + DAY + "/part-1.parquet"
+    listing = TableListing("")
+    for info in infos(data, t + DAY + "/_part-1.parquet" + M, t + DAY + "/part-1.parquet" + M, t + "_digests/1.json",
+                      t + "_withdrawn/x.json", t + DAY + "/notes.csv", c + "manifests/2.json", c + "manifests/1.json",
+                      c + "digests/1.json", c + "withdrawn/y.json", c + "holds/h.json"):
+        listing.add(info)
+    listing.finish()
+    assert list(listing.data) == [data]
+    assert listing.sidecars[data].key == t + DAY + "/_part-1.parquet" + M  # the hidden name stands for both
+    assert [i.key for i in listing.sets] == [c + "manifests/1.json", c + "manifests/2.json"]
+    assert [i.key for i in listing.digests] == [c + "digests/1.json"]  # one digest in both layouts counts once
+    assert sorted(i.key for i in listing.records) == sorted([t + "_withdrawn/x.json", c + "withdrawn/y.json"])
+    assert [i.key for i in listing.strays] == [t + DAY + "/notes.csv"]
+    assert [i.key for i in listing.others] == [c + "holds/h.json"]
+    assert len(listing.legacy) == 4
 
 
-def test_a_legacy_manifest_left_beside_its_hidden_copy_counts_once() -> None:
-    key = "d/day=01/a.parquet"
-    entries = list(pair_listing(sorted(infos(hidden(key), key, key + M), key=lambda o: o.key), head=no_head))
-    assert [(e.key, e.manifest.key if e.manifest else None) for e in entries] == [(key, hidden(key))]
+def test_a_manifest_recorded_twice_counts_once_as_its_later_record() -> None:
+    key = "db/public.t/" + DAY + "/part-1.parquet"
+    sidecar = recorded(key, "a" * 64, source="db/public.t/" + DAY + "/_part-1.parquet" + M)
+    index = TableIndex([sidecar, recorded(key, "a" * 64)], Withdrawn())
+    assert index.recorded(key) == [index.objects[key]] and not index.objects[key].legacy
 
 
-def test_both_layouts_in_one_folder_pair_each_object_once() -> None:
-    old, new = "d/day=01/a.parquet", "d/day=01/b.parquet"
-    entries = list(pair_listing(sorted(infos(old, old + M, hidden(new), new), key=lambda o: o.key), head=no_head))
-    assert sorted((e.key, e.manifest_key) for e in entries) == [(old, old + M), (new, hidden(new))]
+def test_the_newest_manifest_not_withdrawn_is_the_one_that_counts() -> None:
+    key = "db/public.t/" + DAY + "/part-1.parquet"
+    old, new = recorded(key, "a" * 64), recorded(key, "b" * 64)
+    withdrawn = Withdrawn([Withdrawal(key, "b" * 64, None, 1, "now", "rows changed since export")])
+    assert TableIndex([old, new], Withdrawn()).current(key) is new
+    index = TableIndex([old, new], withdrawn)
+    assert index.current(key) is old and index.taken_back == 1 and index.has(key, "b" * 64)
 
 
-def test_a_hidden_manifest_listed_out_of_order_is_confirmed_with_head() -> None:
-    key = "d/day=01/a.parquet"
-    present = {key: ObjectInfo(key, 10)}
-    asked: list[str] = []
-
-    def head(k: str) -> ObjectInfo | None:
-        asked.append(k)
-        return present.get(k)
-
-    entries = list(pair_listing(infos("d/day=01/0.txt", hidden(key), "d/day=01/zz.txt"), head=head))
-    assert (key, True, True) in pairs(entries) and asked.count(key) == 1
-    assert len([e for e in entries if e.key == key]) == 1
-
-
-def test_pairing_streams_without_holding_the_listing() -> None:
+def test_validate_holds_one_tables_listing_at_a_time() -> None:
     pulled = 0
-    most_waiting = 0
 
-    def listing() -> Iterator[ObjectInfo]:
-        nonlocal pulled
-        for i in range(20_000):
-            key = f"db/public.t/year=2020/month=01/day=01/part-{i:06d}.parquet"
-            for k in (key, key + M):
-                pulled += 1
-                yield ObjectInfo(k, 1)
+    class Store:
+        def list(self, prefix: str) -> Iterator[ObjectInfo]:
+            nonlocal pulled
+            if prefix.startswith("_control"):
+                return
+            for t in range(50):
+                for d in range(200):
+                    pulled += 1
+                    yield ObjectInfo(f"db/public.t{t:03d}/year=2026/month=01/day=01/part-{d:04d}.parquet", 1)
 
-    emitted = 0
-    for _entry in pair_listing(listing(), head=no_head):
-        emitted += 2
-        most_waiting = max(most_waiting, pulled - emitted)
-    assert emitted == 40_000
-    assert most_waiting <= 2
+    for n, (ident, listing) in enumerate(tables(Store(), Scope(("",), (), ""))):  # type: ignore[arg-type]
+        assert ident == ("db", "public", f"t{n:03d}") and len(listing.data) == 200
+        assert pulled <= (n + 1) * 200 + 1  # the table, and at most the first key of the next one
+    assert pulled == 50 * 200
 
 
 # -- overlaps ----------------------------------------------------------------------------------
