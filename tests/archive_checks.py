@@ -16,15 +16,16 @@ from common.storage import Storage
 from common.table_index import by_table, load_table
 
 
-def archived(store: Storage, prefix: str = "") -> dict[str, Manifest]:
-    """Every data object that counts as archived in the store (its manifest recorded, not
-    withdrawn; common/table_index.py), with its manifest: the definition every reader uses."""
+def archived(store: Storage, prefix: str = "", *, root: str = "") -> dict[str, Manifest]:
+    """Every data object under `prefix` that counts as archived in the store (its manifest recorded,
+    not withdrawn; common/table_index.py), with its manifest: the definition every reader uses.
+    `root`: the archive's s3.prefix."""
     out: dict[str, Manifest] = {}
-    for ident, infos in by_table(store.list(prefix), prefix):
+    for ident, _infos in by_table(store.list(prefix), root):
         if ident is None:
             continue
-        _listing, index = load_table(store, prefix, *ident)
-        out.update({k: r.manifest for k, r in index.objects.items() if k in _listing.data})
+        listing, index = load_table(store, root, *ident)
+        out.update({k: r.manifest for k, r in index.objects.items() if k in listing.data and k.startswith(prefix)})
     return out
 
 
@@ -124,7 +125,7 @@ def copy_archived(source: Storage, target: Storage, key: str, new_key: str | Non
     if given (its manifest then names that key): what an archiver would have written there."""
     from common import manifest_sets
 
-    manifest = archived(source, prefix)[key]
+    manifest = archived(source, root=prefix)[key]
     data = source.get(key)
     if new_key is not None:
         from common import layout

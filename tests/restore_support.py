@@ -115,7 +115,7 @@ class Archived:
         return sorted(self.keys(), key=lambda k: (self.manifest(k).min_ts, k))
 
     def manifest(self, key: str) -> Manifest:
-        return archived(S3Storage(self.s3, self.bucket), self.cfg.s3.prefix)[key]
+        return archived(S3Storage(self.s3, self.bucket), root=self.cfg.s3.prefix)[key]
 
     def dump(self, table: str | None = None) -> bytes:
         return dump(self.conn, table or self.table)

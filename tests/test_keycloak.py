@@ -25,7 +25,7 @@ from click.testing import CliRunner, Result
 from archive_checks import archived_ids, assert_invariant, manifests, table_ids
 from archiver.main import cli as archiver_cli
 from common import layout
-from common.manifest import read_manifest
+from common.table_index import load_table
 from common.storage import S3Storage
 from conftest import make_config, throwaway_database
 from erase.main import cli as erase_cli
@@ -211,9 +211,8 @@ def test_an_erasure_recomputes_the_replacements_utc_times(keycloak: Keycloak) ->
     where = f"id IN ({', '.join(repr(i) for i in sorted(erased))})"
     proc = tool(erase_cli, keycloak.config, "--database", "production_db", "--table", "event_entity", "--where", where)
     assert proc.exit_code == 0 and f"erased {len(erased)} rows" in proc.stdout, proc.output
-    docs = [read_manifest(keycloak.store.get(o.key)) for o in keycloak.store.list("production_db/public.event_entity/")
-            if layout.is_manifest(o.key)]
-    replacements = [m for m, replaces in docs if replaces]
+    index = load_table(keycloak.store, "", "production_db", "public", "event_entity")[1]
+    replacements = [r.manifest for r in index.objects.values() if r.replaces]
     assert len(erased) == len(replacements) == 2 and all(m.timestamp_unit == "ms" and m.rows > 0 for m in replacements)
     for m in replacements:
         rows = pq.read_table(pa.BufferReader(keycloak.store.get(m.key)), columns=["event_time"]).column(0).to_pylist()

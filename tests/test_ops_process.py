@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 import yaml
+from archive_checks import archived
+from common.storage import LocalStorage
 from conftest import free_port, make_config, seed_audit
 from conftest import http_get as fetch
 from prometheus_client.parser import text_string_to_metric_families
@@ -107,7 +109,7 @@ def rows(conn: psycopg.Connection[Any]) -> int:
 
 
 def archived_rows(root: Path) -> int:
-    return sum(json.loads(p.read_text())["rows"] for p in root.rglob("*.manifest.json"))
+    return sum(m.rows for m in archived(LocalStorage(root)).values())
 
 
 def last_run_finished(a: Archiver) -> dict[str, Any] | None:
