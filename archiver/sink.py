@@ -194,8 +194,11 @@ class ArchiveSink:
         if listing.sidecars:  # batches that waited here since before the control layout
             self._sidecars_to_sets(fallback, listing)
             listing = self._fallback_listing(fallback)
-        self._drain_records(fallback, listing.records)
         sets = listing.sets
+        try:
+            self._drain_records(fallback, listing.records)
+        except (BotoCoreError, ClientError) as exc:
+            return self._still_down(exc, result, remaining=len(sets))
         for n, info in enumerate(sets):
             try:
                 recorded = manifest_sets.read(fallback.get(info.key), key=info.key)
@@ -209,14 +212,19 @@ class ArchiveSink:
                 for manifest, data in objects:
                     if data is not None:
                         self.primary.put(manifest.key, data, sha256=manifest.sha256)
-                    else:
-                        self._check_in_primary(manifest)
+                    elif not self._in_primary(manifest):
+                        raise DataIntegrityError(f"{manifest.key} is in neither the fallback directory nor (whole) in S3")
                 body = fallback.get(info.key)
                 self.primary.put(info.key, body, sha256=sha256_hex(body))
+            except DataIntegrityError as exc:
+                # Its rows left the table with this set's promise: nothing to upload, a loss to look at.
+                fallback.quarantine(info.key, *(k for k in _set_keys(fallback, info.key)))
+                log.error("fallback manifest set %s names an object that is gone; quarantined, not uploaded: %s",
+                          info.key, exc)
+                result.quarantined += 1
+                continue
             except (BotoCoreError, ClientError) as exc:
-                log.warning("S3 still unavailable while draining the fallback directory: %s", first_line(exc, limit=200))
-                self.opened_at = self.clock()
-                result.remaining = len(sets) - n
+                self._still_down(exc, result, remaining=len(sets) - n)
                 break
             fallback.delete(info.key)
             for manifest, data in objects:
@@ -262,11 +270,15 @@ class ArchiveSink:
         manifest.check(data)
         return data
 
-    def _check_in_primary(self, manifest: Manifest) -> None:
+    def _in_primary(self, manifest: Manifest) -> bool:
         info = self.primary.head(manifest.key)
-        if info is None or info.size != manifest.size:
-            raise DataIntegrityError(f"{manifest.key}: listed in a fallback manifest set, but neither in the fallback "
-                                     "directory nor (whole) in S3")
+        return info is not None and info.size == manifest.size
+
+    def _still_down(self, exc: BaseException, result: DrainResult, *, remaining: int) -> DrainResult:
+        log.warning("S3 still unavailable while draining the fallback directory: %s", first_line(exc, limit=200))
+        self.opened_at = self.clock()
+        result.remaining = remaining
+        return result
 
 
 def _set_keys(fallback: FallbackDir, set_key: str) -> list[str]:

@@ -15,7 +15,9 @@ from urllib.parse import urlparse
 
 import pytest
 
+from archive_checks import archived
 from archiver.sink import ArchiveSink
+from common import layout
 from common.config import load_config
 from common.fallback import FallbackDir
 from common.manifest import Manifest
@@ -178,3 +180,38 @@ def test_a_failed_probe_keeps_the_circuit_open_for_another_interval(rig: Rig) ->
     m3, location = rig.put()
     assert location == "s3" and not rig.sink.s3_down and rig.requests.calls["HeadBucket"] == 2
     assert rig.in_s3() == {m3.key}
+
+
+def test_a_set_for_batches_already_in_s3_waits_in_the_fallback_and_drains_without_reuploading_them(rig: Rig) -> None:
+    """S3 went down between a group's uploads and its manifest set: the set goes to the fallback
+    directory (its objects stay in S3), and the drain checks those objects in S3 and stores the set
+    there, uploading no object again."""
+    stored = [rig.put() for _ in range(2)]
+    assert [location for _, location in stored] == ["s3", "s3"]
+    rig.proxy.cut()
+    rig.sink.record(stored)
+    assert rig.sink.s3_down
+    assert {layout.is_manifest_set(k) for k in rig.in_fallback()} == {True}  # the set alone
+    rig.proxy.restore()
+    rig.clock.advance(PROBE_INTERVAL)
+    puts = rig.requests.calls["PutObject"]
+    drained = rig.sink.drain()
+    assert (drained.drained, drained.quarantined, drained.remaining) == (2, 0, 0)
+    assert rig.requests.calls["PutObject"] == puts + 1  # the set; the objects were in S3 already
+    assert rig.in_fallback() == set()
+    assert sorted(archived(S3Storage(rig.direct, rig.bucket))) == sorted(m.key for m, _ in stored)
+
+
+def test_a_fallback_set_whose_object_is_nowhere_is_quarantined_not_drained(rig: Rig) -> None:
+    """Its object is neither in the fallback directory nor in S3: the set is set aside (validate
+    reports it), never stored where it would count an object that is gone."""
+    stored = [rig.put()]
+    rig.direct.delete_object(Bucket=rig.bucket, Key=stored[0][0].key)  # lost before the set was stored
+    rig.proxy.cut()
+    rig.sink.record(stored)
+    rig.proxy.restore()
+    rig.clock.advance(PROBE_INTERVAL)
+    drained = rig.sink.drain()
+    assert (drained.drained, drained.quarantined) == (0, 1)
+    assert archived(S3Storage(rig.direct, rig.bucket)) == {}
+    assert [k for k in (o.key for o in rig.fallback.quarantined().list("")) if layout.is_manifest_set(k)]  # type: ignore[union-attr]

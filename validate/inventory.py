@@ -31,6 +31,9 @@ class Scope:
     def includes(self, key: str) -> bool:
         return any(key.startswith(p) for p in self.prefixes)
 
+    def includes_control(self, key: str) -> bool:
+        return any(key.startswith(p) for p in self.control_prefixes())
+
     def control_prefixes(self) -> tuple[str, ...]:
         if self.only is not None:
             return tuple(layout.control_prefix(self.root, *t) for t in self.only)

@@ -33,15 +33,23 @@ def _batches(store: LocalStorage, scope: Scope, *, quarantined: bool) -> Iterato
         rows = {k: r.manifest.rows for k, r in index.objects.items()}
     except OSError:
         rows = {}
-    for key in sorted(listing.data):
-        if not scope.includes(key):
+    # A quarantined manifest set whose objects are gone stands for batches too (archiver/sink.py drain).
+    waiting = sorted(listing.data) + ([i.key for i in listing.sets] if quarantined else [])
+    for key in waiting:
+        if not scope.includes(key) and not (quarantined and scope.includes_control(key)):
             continue
         parsed = layout.parse_key(scope.root, key)
-        database = parsed.database if parsed else None
-        table = f"{parsed.schema}.{parsed.table}" if parsed else None
+        ident = (parsed.database, parsed.schema, parsed.table) if parsed else layout.table_of_control(scope.root, key)
+        database = ident[0] if ident else None
+        table = f"{ident[1]}.{ident[2]}" if ident else None
         shown = f"{QUARANTINE}/{key}" if quarantined else key
         of = f" of {rows[key]} rows" if key in rows else ""
-        if quarantined:
+        if quarantined and layout.in_control(key):
+            yield problem("pending_fallback", shown, f"a manifest set was quarantined in {store.root}: it names "
+                          "batches whose objects were in neither the fallback directory nor S3 when it was drained, "
+                          "or failed their checksum; inspect it before removing anything: its rows may exist nowhere "
+                          "else", repair=False, database=database, table=table)
+        elif quarantined:
             yield problem("pending_fallback", shown, f"batch{of} was quarantined in "
                           f"{store.root} after failing its checksum; inspect it before removing anything: its rows "
                           "may exist nowhere else", repair=False,
