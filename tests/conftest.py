@@ -1,7 +1,9 @@
 """Shared fixtures: a throwaway PostgreSQL database per test (on ARCHIVER_TEST_DSN's server, default
-the local one), a real moto S3 server over HTTP on a free loopback port, and config builders."""
+the local one), real S3 servers over HTTP on free loopback ports (moto, and SeaweedFS for the tests
+marked s3_servers), and config builders."""
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import uuid
@@ -16,6 +18,8 @@ import pytest
 import yaml
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+import seaweedfs
 
 ADMIN_DSN = os.environ.get("ARCHIVER_TEST_DSN", "host=127.0.0.1 port=5432 user=root dbname=postgres")
 BUCKET = "audit-archives"
@@ -62,6 +66,34 @@ def _aws_env() -> Iterator[None]:
             os.environ[k] = v
 
 
+#: The S3 servers an end-to-end test marked s3_servers runs against, one test per server.
+S3_SERVERS = ("moto", "seaweedfs")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "s3_servers(*names): run this test against each S3 server named (default: "
+                            "moto and SeaweedFS); it takes the server's address from s3_endpoint, not moto_server")
+    config.addinivalue_line("markers", "seaweedfs: the SeaweedFS run of an s3_servers test (-m 'not seaweedfs' skips them)")
+    if not hasattr(config, "workerinput"):  # the controller (or a run without -n): one SeaweedFS for the run
+        os.environ[seaweedfs.STATE_ENV] = str(seaweedfs.make_state_dir())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and seaweedfs.STATE_ENV in os.environ:
+        seaweedfs.stop(Path(os.environ.pop(seaweedfs.STATE_ENV)))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("s3_servers")
+    if marker is None:
+        return
+    if "moto_server" in inspect.signature(metafunc.function).parameters:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: an s3_servers test takes s3_endpoint, not moto_server")
+    servers = [pytest.param(name, marks=[pytest.mark.seaweedfs] if name == "seaweedfs" else [])
+               for name in marker.args or S3_SERVERS]
+    metafunc.parametrize("s3_server", servers, indirect=True)
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     import logging
@@ -78,9 +110,35 @@ def moto_server() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def seaweedfs_server(_aws_env: None) -> seaweedfs.SeaweedFS:
+    """The run's SeaweedFS (tests/seaweedfs.py): its S3 endpoint and its Iceberg REST catalog URL.
+    Shared by every test and worker of the run; a test keeps to its own buckets."""
+    return seaweedfs.shared_server(Path(os.environ[seaweedfs.STATE_ENV]), owner=_controller_pid())
+
+
+def _controller_pid() -> int:
+    """The process that stops the server at the end: a pytest-xdist worker's parent, else this one."""
+    return os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+
+
 @pytest.fixture()
-def s3_client(moto_server: str) -> Any:
-    return boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+def s3_server(request: pytest.FixtureRequest) -> str:
+    """Which S3 server this test runs against: moto, unless the test is marked s3_servers."""
+    return str(getattr(request, "param", "moto"))
+
+
+@pytest.fixture()
+def s3_endpoint(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """The endpoint URL of this test's S3 server."""
+    if s3_server == "seaweedfs":
+        return str(request.getfixturevalue("seaweedfs_server").endpoint)
+    return str(request.getfixturevalue("moto_server"))
+
+
+@pytest.fixture()
+def s3_client(s3_endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
 
 
 @pytest.fixture()
