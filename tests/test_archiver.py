@@ -47,14 +47,15 @@ def expired_ids(conn: psycopg.Connection[Any], cutoff: datetime) -> set[int]:
 
 
 @pytest.fixture()
-def s3_config(tmp_path: Path, pg_dsn: str, bucket: str, moto_server: str, small_audit: Any) -> Path:
-    return make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server)
+def s3_config(tmp_path: Path, pg_dsn: str, bucket: str, s3_endpoint: str, small_audit: Any) -> Path:
+    return make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint)
 
 
 def s3_store(s3_client: Any, bucket: str) -> S3Storage:
     return S3Storage(s3_client, bucket)
 
 
+@pytest.mark.s3_servers
 def test_expired_rows_move_to_s3_and_young_rows_stay(s3_config: Path, pg: psycopg.Connection[Any],
                                                      s3_client: Any, bucket: str) -> None:
     now, cutoff = run_clock()
@@ -91,6 +92,7 @@ def test_each_object_holds_one_utc_day_and_at_most_batch_size_rows(s3_config: Pa
     assert objects == per_day  # one object per expired day, holding all of that day's rows
 
 
+@pytest.mark.s3_servers
 def test_checksum_is_recorded_sent_and_stored(s3_config: Path, s3_client: Any, bucket: str) -> None:
     run_archive(load_config(s3_config))
     m = manifests(s3_store(s3_client, bucket))[0]
@@ -111,11 +113,12 @@ def test_manifest_describes_its_object(s3_config: Path, s3_client: Any, bucket: 
     assert datetime.fromisoformat(m.min_ts) <= datetime.fromisoformat(m.max_ts)
 
 
+@pytest.mark.s3_servers
 @pytest.mark.parametrize(("storage_class", "sse"), [("STANDARD_IA", "AES256"), ("GLACIER_IR", None)])
-def test_storage_class_and_encryption_apply_to_every_object(tmp_path: Path, pg_dsn: str, bucket: str, moto_server: str,
+def test_storage_class_and_encryption_apply_to_every_object(tmp_path: Path, pg_dsn: str, bucket: str, s3_endpoint: str,
                                                             small_audit: Any, s3_client: Any, storage_class: str,
                                                             sse: str | None) -> None:
-    cfg = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
+    cfg = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint,
                       s3={"storage_class": storage_class, "sse": sse})
     run_archive(load_config(cfg))
     keys = [o.key for o in s3_store(s3_client, bucket).list("")]
@@ -184,8 +187,9 @@ def test_hostile_table_name_is_quoted_not_executed(tmp_path: Path, pg_dsn: str, 
 
 
 
+@pytest.mark.s3_servers
 def test_longest_non_ascii_names_are_archived(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
-                                              bucket: str, moto_server: str, s3_client: Any) -> None:
+                                              bucket: str, s3_endpoint: str, s3_client: Any) -> None:
     # The checkpoint's file name was the quoted schema and table: ~380 bytes, and every run failed
     # with "File name too long" (S3 keys may be 1,024 bytes: the archive itself was never the limit).
     assert len(LONG_SCHEMA.encode()) == 63 and len(LONG_TABLE.encode()) == 63
@@ -194,7 +198,7 @@ def test_longest_non_ascii_names_are_archived(tmp_path: Path, pg_dsn: str, pg: p
     pg.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, created_at timestamptz NOT NULL)").format(rel))
     pg.execute(sql.SQL("INSERT INTO {} SELECT g, now() - g * interval '1 day' + interval '1 hour'"
                        " FROM generate_series(1, 120) g").format(rel))
-    cfg = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
+    cfg = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint,
                       tables=[{"name": LONG_TABLE, "schema": LONG_SCHEMA, "timestamp_column": "created_at"}])
     results, code = run_archive(load_config(cfg))
     assert code == ExitCode.OK and results[0].rows == 30, results
@@ -299,10 +303,11 @@ def oldest_id(conn: psycopg.Connection[Any]) -> int:
     return int(conn.execute("SELECT id FROM audit_logs ORDER BY created_at, id LIMIT 1").fetchone()[0])
 
 
-def test_row_updated_after_export_is_not_deleted_unseen(tmp_path: Path, pg_dsn: str, bucket: str, moto_server: str,
+@pytest.mark.s3_servers
+def test_row_updated_after_export_is_not_deleted_unseen(tmp_path: Path, pg_dsn: str, bucket: str, s3_endpoint: str,
                                                         small_audit: Any, pg: psycopg.Connection[Any], s3_client: Any) -> None:
     # one upload at a time: the run's first PutObject is the oldest batch's object
-    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server, s3={"max_concurrency": 1}))
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint, s3={"max_concurrency": 1}))
     original = table_ids(pg)
     first_id = oldest_id(pg)
     client = make_client(cfg)

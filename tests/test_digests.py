@@ -67,10 +67,11 @@ def signed(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return {"digest_key_env": KEY_ENV}
 
 
+@pytest.mark.s3_servers
 def test_each_run_appends_one_signed_digest_listing_every_object(tmp_path: Path, pg_dsn: str, small_audit: Any,
-                                                                 bucket: str, moto_server: str, s3_client: Any,
+                                                                 bucket: str, s3_endpoint: str, s3_client: Any,
                                                                  signed: dict[str, Any]) -> None:
-    cfg = two_runs(tmp_path, pg_dsn, bucket, moto_server, **signed)
+    cfg = two_runs(tmp_path, pg_dsn, bucket, s3_endpoint, **signed)
     keys = digest_keys(s3_client, bucket)
     assert len(keys) == 2
     docs = [Digest.from_bytes(s3_client.get_object(Bucket=bucket, Key=k)["Body"].read(), key=k) for k in keys]
@@ -108,19 +109,21 @@ def test_validate_catches_an_object_rewritten_with_its_manifest(tmp_path: Path, 
     assert [(p.type, p.key) for p in report.problems] == [("digest_mismatch", victim)], report.text_lines()
 
 
+@pytest.mark.s3_servers
 def test_validate_catches_a_deleted_digest_in_the_middle_of_the_chain(
-        tmp_path: Path, pg_dsn: str, small_audit: Any, bucket: str, moto_server: str, s3_client: Any) -> None:
-    cfg = two_runs(tmp_path, pg_dsn, bucket, moto_server)
+        tmp_path: Path, pg_dsn: str, small_audit: Any, bucket: str, s3_endpoint: str, s3_client: Any) -> None:
+    cfg = two_runs(tmp_path, pg_dsn, bucket, s3_endpoint)
     first, second = digest_keys(s3_client, bucket)
     s3_client.delete_object(Bucket=bucket, Key=first)
     report = validate(cfg, s3_client=s3_client)
     assert ("digest_chain_broken", second) in [(p.type, p.key) for p in report.problems], report.text_lines()
 
 
+@pytest.mark.s3_servers
 def test_validate_catches_the_newest_digest_deleted_in_a_locked_bucket(
-        tmp_path: Path, pg_dsn: str, small_audit: Any, locked_bucket: str, moto_server: str, s3_client: Any) -> None:
+        tmp_path: Path, pg_dsn: str, small_audit: Any, locked_bucket: str, s3_endpoint: str, s3_client: Any) -> None:
     """No later digest names the newest one; the bucket's versions do (Object Lock buckets are versioned)."""
-    cfg = two_runs(tmp_path, pg_dsn, locked_bucket, moto_server, object_lock={"mode": "GOVERNANCE", "retain_days": 1})
+    cfg = two_runs(tmp_path, pg_dsn, locked_bucket, s3_endpoint, object_lock={"mode": "GOVERNANCE", "retain_days": 1})
     _first, second = digest_keys(s3_client, locked_bucket)
     s3_client.delete_object(Bucket=locked_bucket, Key=second)  # a delete marker over the locked version
     report = validate(cfg, s3_client=s3_client)
@@ -150,11 +153,12 @@ def test_validate_catches_a_deleted_object_the_chain_records(tmp_path: Path, pg_
     assert [(p.type, p.key) for p in report.problems] == [("digest_chain_broken", victim)], report.text_lines()
 
 
+@pytest.mark.s3_servers
 def test_validate_reports_an_object_in_no_digest(tmp_path: Path, pg_dsn: str, small_audit: Any, bucket: str,
-                                                 moto_server: str, s3_client: Any) -> None:
+                                                 s3_endpoint: str, s3_client: Any) -> None:
     """An object planted between two runs is older than the second run's digest, which does not
     record it: in no digest."""
-    run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
+    run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint,
                                         defaults={"retention_days": 110, "batch_size": 1000})))
     source = data_keys(s3_client, bucket)[0]
     planted = source.replace("part-", "part-planted-")
@@ -165,7 +169,7 @@ def test_validate_reports_an_object_in_no_digest(tmp_path: Path, pg_dsn: str, sm
     copy.key = planted
     manifest_sets.write(store, prefix="", manifests=[copy])
     next_second()  # ... and before the second
-    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server))
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint))
     run_archive(cfg)
     assert len(digest_keys(s3_client, bucket)) == 2
     report = validate(cfg, s3_client=s3_client, quick=True)

@@ -83,8 +83,8 @@ def kill_erase_at(config: Path, point: str) -> None:
 
 
 @pytest.fixture()
-def archived(tmp_path: Path, pg_dsn: str, small_audit: psycopg.Connection[Any], bucket: str, moto_server: str) -> Path:
-    return archive(tmp_path, pg_dsn, small_audit, bucket, moto_server)
+def archived(tmp_path: Path, pg_dsn: str, small_audit: psycopg.Connection[Any], bucket: str, s3_endpoint: str) -> Path:
+    return archive(tmp_path, pg_dsn, small_audit, bucket, s3_endpoint)
 
 
 def test_dry_run_lists_objects_and_rows_and_changes_no_byte(archived: Path, pg: psycopg.Connection[Any], bucket: str,
@@ -100,6 +100,7 @@ def test_dry_run_lists_objects_and_rows_and_changes_no_byte(archived: Path, pg: 
     assert snapshot(s3_client, bucket) == before
 
 
+@pytest.mark.s3_servers
 def test_erased_rows_are_in_no_object_and_the_rest_restores_identically(
         archived: Path, pg: psycopg.Connection[Any], bucket: str, s3_client: Any) -> None:
     erased = to_erase(pg)
@@ -156,6 +157,7 @@ def test_kill_mid_erase_leaves_rows_erased_or_intact_and_a_rerun_finishes(
     assert sum(int(n.split(": ")[1].split(" rows")[0]) for n in report.notes if n.startswith("erasure at")) == len(erased)
 
 
+@pytest.mark.s3_servers
 @pytest.mark.parametrize("point", ["after_replacement:2", "after_erase_digest:1"])
 def test_validate_after_a_killed_erase_names_each_replaced_object_and_counts_its_rows_once(
         archived: Path, bucket: str, s3_client: Any, point: str) -> None:
@@ -190,10 +192,11 @@ def test_restore_of_one_object_a_killed_erase_replaced_is_refused_and_names_the_
     assert report.total("inserted") == new.rows and not to_erase(pg) & {r[0] for r in pg.execute("SELECT id FROM audit_logs")}
 
 
+@pytest.mark.s3_servers
 def test_compliance_locked_objects_are_refused_and_nothing_changes(
-        tmp_path: Path, pg_dsn: str, small_audit: psycopg.Connection[Any], locked_bucket: str, moto_server: str,
+        tmp_path: Path, pg_dsn: str, small_audit: psycopg.Connection[Any], locked_bucket: str, s3_endpoint: str,
         s3_client: Any) -> None:
-    path = archive(tmp_path, pg_dsn, small_audit, locked_bucket, moto_server,
+    path = archive(tmp_path, pg_dsn, small_audit, locked_bucket, s3_endpoint,
                    object_lock={"mode": "COMPLIANCE", "retain_days": 30})
     before = snapshot(s3_client, locked_bucket)
     code, out = run_erase(path)
@@ -204,10 +207,11 @@ def test_compliance_locked_objects_are_refused_and_nothing_changes(
     assert snapshot(s3_client, locked_bucket) == before
 
 
+@pytest.mark.s3_servers
 def test_governance_locked_objects_are_erased_with_every_version(
-        tmp_path: Path, pg_dsn: str, small_audit: psycopg.Connection[Any], locked_bucket: str, moto_server: str,
+        tmp_path: Path, pg_dsn: str, small_audit: psycopg.Connection[Any], locked_bucket: str, s3_endpoint: str,
         s3_client: Any) -> None:
-    path = archive(tmp_path, pg_dsn, small_audit, locked_bucket, moto_server,
+    path = archive(tmp_path, pg_dsn, small_audit, locked_bucket, s3_endpoint,
                    object_lock={"mode": "GOVERNANCE", "retain_days": 30})
     erased = to_erase(small_audit)
     code, out = run_erase(path)

@@ -98,8 +98,8 @@ class Scenario:
 
 
 @pytest.fixture()
-def scenario(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str, moto_server: str) -> Scenario:
-    return Scenario(tmp_path, pg_dsn, pg, s3_client, bucket, moto_server)
+def scenario(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str, s3_endpoint: str) -> Scenario:
+    return Scenario(tmp_path, pg_dsn, pg, s3_client, bucket, s3_endpoint)
 
 
 # -- kill -9 ---------------------------------------------------------------------------------
@@ -115,6 +115,7 @@ KILL_POINTS = [
 ]
 
 
+@pytest.mark.s3_servers
 @pytest.mark.parametrize(("point", "nth", "resumes"), KILL_POINTS, ids=[p[0] for p in KILL_POINTS])
 def test_kill_at_each_point_loses_and_duplicates_no_rows(scenario: Scenario, point: str, nth: int, resumes: bool | None) -> None:
     killed = archiver(scenario.config, env={"ARCHIVER_TEST_KILL_AT": f"{point}:{nth}"})
@@ -126,8 +127,9 @@ def test_kill_at_each_point_loses_and_duplicates_no_rows(scenario: Scenario, poi
     scenario.check()
 
 
+@pytest.mark.s3_servers
 def test_kill_after_upload_in_jsonl_format_resumes_exactly(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
-                                                           s3_client: Any, bucket: str, moto_server: str) -> None:
+                                                           s3_client: Any, bucket: str, s3_endpoint: str) -> None:
     # JSONL keeps keys as text; one batch holds ids 95..105, where "100" < "99" as text: the
     # resume must still find every one of them in the table
     pg.execute("CREATE TABLE audit_logs (id bigint PRIMARY KEY, created_at timestamptz NOT NULL)")
@@ -135,7 +137,7 @@ def test_kill_after_upload_in_jsonl_format_resumes_exactly(tmp_path: Path, pg_ds
                " FROM generate_series(95, 105) g")
     pg.execute("INSERT INTO audit_logs SELECT g, now() FROM generate_series(1, 5) g")
     original = table_ids(pg)
-    config = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
+    config = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint,
                          defaults={"batch_size": 50, "format": "jsonl"})
     killed = archiver(config, env={"ARCHIVER_TEST_KILL_AT": "after_upload:1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -289,6 +291,7 @@ def test_wait_for_lock_waits_then_archives(scenario: Scenario, pg_dsn: str) -> N
     scenario.check()
 
 
+@pytest.mark.s3_servers
 def test_two_archivers_at_once_never_archive_a_row_twice(scenario: Scenario) -> None:
     procs = [start_archiver(scenario.config, "--wait-for-lock", "60") for _ in range(2)]
     for p in procs:

@@ -1,4 +1,4 @@
-"""Object Lock (issue 17) against moto over HTTP: every object and manifest is stored locked, an
+"""Object Lock (issue 17) against moto and SeaweedFS over HTTP: every object and manifest is stored locked, an
 unlocked bucket is refused before anything is written, validate reports objects without the lock,
 and a batch taken back under the lock never counts as archived while its rows are archived once."""
 from __future__ import annotations
@@ -25,6 +25,7 @@ from archive_checks import OnceAt, table_ids
 from validate.checks import validate
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.s3_servers
 
 
 def update_after_upload(dsn: str) -> OnceAt:
@@ -44,10 +45,10 @@ def lock_config(tmp_path: Path, dsn: str, bucket: str, endpoint: str, *, mode: s
 
 @pytest.mark.parametrize("mode,legal_hold", [("GOVERNANCE", False), ("COMPLIANCE", True)])
 def test_every_object_and_manifest_carries_the_mode_and_retain_until(tmp_path: Path, pg_dsn: str, small_audit: Any,
-                                                                    locked_bucket: str, moto_server: str, s3_client: Any,
+                                                                    locked_bucket: str, s3_endpoint: str, s3_client: Any,
                                                                     mode: str, legal_hold: bool) -> None:
     before = datetime.now(timezone.utc)
-    cfg = load_config(lock_config(tmp_path, pg_dsn, locked_bucket, moto_server, mode=mode, days=30, legal_hold=legal_hold))
+    cfg = load_config(lock_config(tmp_path, pg_dsn, locked_bucket, s3_endpoint, mode=mode, days=30, legal_hold=legal_hold))
     _results, code = run_archive(cfg)
     assert code == ExitCode.OK
     keys = all_keys(s3_client, locked_bucket)
@@ -62,8 +63,8 @@ def test_every_object_and_manifest_carries_the_mode_and_retain_until(tmp_path: P
 
 
 def test_archiver_refuses_a_bucket_without_object_lock(tmp_path: Path, pg_dsn: str, small_audit: Any, bucket: str,
-                                                       moto_server: str, s3_client: Any, pg: psycopg.Connection[Any]) -> None:
-    cfg = load_config(lock_config(tmp_path, pg_dsn, bucket, moto_server))
+                                                       s3_endpoint: str, s3_client: Any, pg: psycopg.Connection[Any]) -> None:
+    cfg = load_config(lock_config(tmp_path, pg_dsn, bucket, s3_endpoint))
     before = table_ids(pg)
     with pytest.raises(ConfigError, match="does not have Object Lock enabled"):
         run_archive(cfg)
@@ -72,8 +73,8 @@ def test_archiver_refuses_a_bucket_without_object_lock(tmp_path: Path, pg_dsn: s
 
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_cli_exits_2_naming_the_unlocked_bucket(tmp_path: Path, pg_dsn: str, small_audit: Any, bucket: str,
-                                                moto_server: str, dry_run: bool) -> None:
-    path = lock_config(tmp_path, pg_dsn, bucket, moto_server)
+                                                s3_endpoint: str, dry_run: bool) -> None:
+    path = lock_config(tmp_path, pg_dsn, bucket, s3_endpoint)
     proc = subprocess.run([sys.executable, "-m", "archiver.main", "--config", str(path), *(["--dry-run"] if dry_run else [])],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -81,10 +82,10 @@ def test_cli_exits_2_naming_the_unlocked_bucket(tmp_path: Path, pg_dsn: str, sma
 
 
 def test_dry_run_names_the_lock_on_a_locked_bucket(tmp_path: Path, pg_dsn: str, small_audit: Any, locked_bucket: str,
-                                                   moto_server: str, s3_client: Any) -> None:
+                                                   s3_endpoint: str, s3_client: Any) -> None:
     from archiver.runner import dry_run
 
-    lines, code = dry_run(load_config(lock_config(tmp_path, pg_dsn, locked_bucket, moto_server, mode="COMPLIANCE")),
+    lines, code = dry_run(load_config(lock_config(tmp_path, pg_dsn, locked_bucket, s3_endpoint, mode="COMPLIANCE")),
                           s3_client=s3_client)
     assert code == ExitCode.OK and any("Object Lock COMPLIANCE 30 days" in line for line in lines)
     assert all_keys(s3_client, locked_bucket) == []
@@ -96,13 +97,13 @@ def test_dry_run_names_the_lock_on_a_locked_bucket(tmp_path: Path, pg_dsn: str, 
     ({"mode": "GOVERNANCE", "retain_days": 30}, {"mode": "COMPLIANCE", "retain_days": 30}, "configured COMPLIANCE"),
 ])
 def test_validate_reports_objects_without_the_configured_lock(tmp_path: Path, pg_dsn: str, small_audit: Any,
-                                                              locked_bucket: str, moto_server: str, s3_client: Any,
+                                                              locked_bucket: str, s3_endpoint: str, s3_client: Any,
                                                               stored: dict[str, Any] | None, checked: dict[str, Any],
                                                               why: str) -> None:
     s3 = {"object_lock": stored} if stored else {}
-    _r, code = run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, bucket=locked_bucket, endpoint=moto_server, s3=s3)))
+    _r, code = run_archive(load_config(make_config(tmp_path, dsn=pg_dsn, bucket=locked_bucket, endpoint=s3_endpoint, s3=s3)))
     assert code == ExitCode.OK
-    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, bucket=locked_bucket, endpoint=moto_server, s3={"object_lock": checked}))
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, bucket=locked_bucket, endpoint=s3_endpoint, s3={"object_lock": checked}))
     report = validate(cfg, s3_client=s3_client, quick=True)
     lock_problems = [p for p in report.problems if p.type == "object_lock_missing"]
     assert lock_problems and report.summary.objects == len(lock_problems)
@@ -110,8 +111,8 @@ def test_validate_reports_objects_without_the_configured_lock(tmp_path: Path, pg
 
 
 def test_validate_is_clean_when_every_object_is_locked_as_configured(tmp_path: Path, pg_dsn: str, small_audit: Any,
-                                                                     locked_bucket: str, moto_server: str, s3_client: Any) -> None:
-    cfg = load_config(lock_config(tmp_path, pg_dsn, locked_bucket, moto_server))
+                                                                     locked_bucket: str, s3_endpoint: str, s3_client: Any) -> None:
+    cfg = load_config(lock_config(tmp_path, pg_dsn, locked_bucket, s3_endpoint))
     run_archive(cfg)
     report = validate(cfg, s3_client=s3_client)
     assert report.ok, report.text_lines()
@@ -119,9 +120,9 @@ def test_validate_is_clean_when_every_object_is_locked_as_configured(tmp_path: P
 
 
 def test_withdrawn_batch_under_lock_never_counts_and_its_rows_are_archived_once(
-        tmp_path: Path, pg_dsn: str, small_audit: Any, locked_bucket: str, moto_server: str, s3_client: Any,
+        tmp_path: Path, pg_dsn: str, small_audit: Any, locked_bucket: str, s3_endpoint: str, s3_client: Any,
         pg: psycopg.Connection[Any]) -> None:
-    cfg = load_config(lock_config(tmp_path, pg_dsn, locked_bucket, moto_server, mode="COMPLIANCE"))
+    cfg = load_config(lock_config(tmp_path, pg_dsn, locked_bucket, s3_endpoint, mode="COMPLIANCE"))
     original = table_ids(pg)
     results, code = run_archive(cfg, hook=update_after_upload(pg_dsn))
     assert code == ExitCode.OK and results[0].rolled_back_batches == 1
@@ -138,11 +139,11 @@ def test_withdrawn_batch_under_lock_never_counts_and_its_rows_are_archived_once(
 
 
 def test_cost_notes_that_locked_objects_cannot_be_deleted_early(tmp_path: Path, pg_dsn: str, small_audit: Any,
-                                                                locked_bucket: str, moto_server: str, s3_client: Any) -> None:
+                                                                locked_bucket: str, s3_endpoint: str, s3_client: Any) -> None:
     from common.cli import Environment
     from cost.app import CostOptions, run as cost
 
-    path = lock_config(tmp_path, pg_dsn, locked_bucket, moto_server, mode="COMPLIANCE", days=365)
+    path = lock_config(tmp_path, pg_dsn, locked_bucket, s3_endpoint, mode="COMPLIANCE", days=365)
     run_archive(load_config(path))
     out = io.StringIO()
     assert cost(CostOptions(config_path=path), s3_client=s3_client, env=Environment(stdout=out)) == 0

@@ -33,8 +33,8 @@ def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
 
 
 @pytest.fixture()
-def proxy(moto_server: str) -> Iterator[TcpProxy]:
-    p = TcpProxy(int(urlparse(moto_server).port or 0))
+def proxy(s3_endpoint: str) -> Iterator[TcpProxy]:
+    p = TcpProxy(int(urlparse(s3_endpoint).port or 0))
     yield p
     p.close()
 
@@ -54,6 +54,7 @@ def stores(tmp_path: Path, s3_client: Any, bucket: str) -> tuple[S3Storage, Loca
     return S3Storage(s3_client, bucket), LocalStorage(tmp_path / "fallback")
 
 
+@pytest.mark.s3_servers
 def test_s3_down_sends_batches_to_fallback_then_next_run_drains_them(caplog: pytest.LogCaptureFixture, tmp_path: Path, pg_dsn: str, bucket: str, proxy: TcpProxy,
                                                                      s3_client: Any, pg: psycopg.Connection[Any], seeded: set[int]) -> None:
     cfg = load_config(config(tmp_path, pg_dsn, bucket, proxy))
@@ -99,6 +100,7 @@ class CutAfter:
             self.accepted_at_cut = self.proxy.accepted
 
 
+@pytest.mark.s3_servers
 def test_outage_mid_run_opens_the_circuit_instead_of_retrying_every_batch(tmp_path: Path, pg_dsn: str, bucket: str,
                                                                           proxy: TcpProxy, s3_client: Any,
                                                                           pg: psycopg.Connection[Any], seeded: set[int]) -> None:

@@ -32,12 +32,12 @@ AWKWARD = 'tab\there, "quoted"\nnext line — é ✓'
 
 
 @pytest.fixture()
-def archived(tmp_path: Path, pg_dsn: str, bucket: str, moto_server: str, small_audit: psycopg.Connection[Any]) -> Path:
+def archived(tmp_path: Path, pg_dsn: str, bucket: str, s3_endpoint: str, small_audit: psycopg.Connection[Any]) -> Path:
     """small_audit archived to S3; `orig` keeps every row as it was before archiving."""
     pg = small_audit
     pg.execute("UPDATE audit_logs SET action = %s WHERE id %% 97 = 0", (AWKWARD,))
     pg.execute("CREATE TABLE orig AS SELECT * FROM audit_logs")
-    path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server)
+    path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint)
     _results, code = run_archive(load_config(path))
     assert code == ExitCode.OK
     return path
@@ -100,6 +100,7 @@ def test_jsonl_answer_equals_the_predicate_on_the_original_rows(archived: Path, 
         assert len(got) > 300  # the whole archive: a real answer, not an empty one
 
 
+@pytest.mark.s3_servers
 def test_csv_keeps_tabs_newlines_quotes_and_unicode(archived: Path, pg: psycopg.Connection[Any]) -> None:
     import csv
 
@@ -118,6 +119,7 @@ def test_limit_takes_the_first_rows_in_time_and_key_order(archived: Path, pg: ps
     assert [json.loads(line)["id"] for line in out.splitlines()] == [r["id"] for r in expected(pg, "ok", columns=["id"])[:7]]
 
 
+@pytest.mark.s3_servers
 def test_parquet_output_holds_the_rows_with_their_types(archived: Path, pg: psycopg.Connection[Any], tmp_path: Path) -> None:
     target = tmp_path / "answer.parquet"
     code, out, _ = query(archived, where="user_id < 100", output_format="parquet", output=target)

@@ -136,13 +136,14 @@ def test_table_no_longer_configured_is_still_listed_from_its_archives(arch: Arch
     assert sorted(i["key"] for i in json.loads(result.stdout)) == arch.keys()
 
 
-def test_table_in_another_schema(tmp_path: Path, pg: Any, pg_dsn: str, bucket: str, moto_server: str,
+@pytest.mark.s3_servers
+def test_table_in_another_schema(tmp_path: Path, pg: Any, pg_dsn: str, bucket: str, s3_endpoint: str,
                                  s3_client: Any) -> None:
     pg.execute("CREATE SCHEMA audit")
     pg.execute("CREATE TABLE audit.events (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, what text)")
     pg.execute("INSERT INTO audit.events SELECT g, '2024-02-01'::timestamptz + g * interval '1 hour', 'e' || g"
                " FROM generate_series(1, 30) g")
-    cfg = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
+    cfg = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint,
                       tables=[{"name": "events", "schema": "audit"}])
     from archiver.runner import run_archive
     from common.config import load_config
@@ -173,13 +174,14 @@ def test_unreachable_database_exits_3_without_the_password(arch: Archived, tmp_p
     assert f"127.0.0.1:{free_tcp_port}" in result.stderr and "hunter2" not in result.stderr + result.stdout
 
 
-def test_corrupted_object_exits_1_naming_it(tmp_path: Path, arch: Archived, pg_dsn: str, moto_server: str,
+@pytest.mark.s3_servers
+def test_corrupted_object_exits_1_naming_it(tmp_path: Path, arch: Archived, pg_dsn: str, s3_endpoint: str,
                                             s3_client: Any, bucket: str) -> None:
     # Its own bucket: the object is damaged for this test only.
     key = arch.keys()[0]
     copy_archived(S3Storage(arch.s3, arch.bucket), S3Storage(s3_client, bucket), key)
     s3_client.put_object(Bucket=bucket, Key=key, Body=b"PAR1 not what was archived")
-    cfg = make_config(tmp_path, dsn=arch.conn.info.dsn, bucket=bucket, endpoint=moto_server,
+    cfg = make_config(tmp_path, dsn=arch.conn.info.dsn, bucket=bucket, endpoint=s3_endpoint,
                       tables=[{"name": "audit_logs"}])
 
     result = CliRunner().invoke(cli, ["--config", str(cfg), "--database", "production_db", "--table", "audit_logs",

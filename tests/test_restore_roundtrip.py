@@ -62,10 +62,11 @@ def test_type_matrix_into_a_new_target_table_created_with_its_primary_key(matrix
     assert matrix.ids() == []
 
 
+@pytest.mark.s3_servers
 def test_existing_target_table_is_used_as_it_is(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str, bucket: str,
-                                                moto_server: str, s3_client: Any) -> None:
+                                                s3_endpoint: str, s3_client: Any) -> None:
     seed_days(pg)
-    arch = archive(tmp_path, pg, dsn=pg_dsn, bucket=bucket, endpoint=moto_server, client=s3_client, table="audit_logs")
+    arch = archive(tmp_path, pg, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint, client=s3_client, table="audit_logs")
     pg.execute("CREATE TABLE audit_copy (LIKE audit_logs INCLUDING ALL)")
 
     report = restore(arch.cfg, database="production_db", table="audit_logs", restore_all=True,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -97,44 +98,62 @@ class Pristine:
     bucket: str
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[Pristine]:
-    """One archiver run per module (a database of its own, left with its table emptied by the move),
-    which each test copies into a fresh bucket: much cheaper than archiving again per test."""
+@contextmanager
+def archived_once(tmp_path: Path, endpoint: str) -> Iterator[Pristine]:
+    """An archiver run into a bucket of its own, from a database of its own (left with its table
+    emptied by the move)."""
     name = f"archiver_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = make_conninfo(ADMIN_DSN, dbname=name)
-    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     bucket = f"pristine-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             seed_audit(conn, rows=ROWS, days=5, end_days_ago=100)
-        archive_table(make_config(tmp_path_factory.mktemp("pristine"), dsn=dsn, bucket=bucket, endpoint=moto_server), s3)
+        archive_table(make_config(tmp_path, dsn=dsn, bucket=bucket, endpoint=endpoint), s3)
         yield Pristine(dsn, bucket)
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@pytest.fixture(scope="module")
+def pristines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Pristine]]:
+    """One archiver run per module and S3 server, which each test copies into a fresh bucket: much
+    cheaper than archiving again per test."""
+    made: dict[str, Pristine] = {}
+    with ExitStack() as stack:
+        def pristine(endpoint: str) -> Pristine:
+            if endpoint not in made:
+                made[endpoint] = stack.enter_context(archived_once(tmp_path_factory.mktemp("pristine"), endpoint))
+            return made[endpoint]
+        yield pristine
+
+
 @pytest.fixture()
-def archive(tmp_path: Path, pristine: Pristine, moto_server: str, s3_client: Any, bucket: str) -> Archive:
+def pristine(pristines: Callable[[str], Pristine], s3_endpoint: str) -> Pristine:
+    return pristines(s3_endpoint)
+
+
+@pytest.fixture()
+def archive(tmp_path: Path, pristine: Pristine, s3_endpoint: str, s3_client: Any, bucket: str) -> Archive:
     """The module's archive, copied into this test's bucket; the test may damage it at will but must
     not change the (shared) database."""
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=pristine.bucket):
         for o in page.get("Contents", []):
             s3_client.copy_object(Bucket=bucket, Key=o["Key"], CopySource={"Bucket": pristine.bucket, "Key": o["Key"]})
-    path = make_config(tmp_path, dsn=pristine.dsn, bucket=bucket, endpoint=moto_server)
+    path = make_config(tmp_path, dsn=pristine.dsn, bucket=bucket, endpoint=s3_endpoint)
     return Archive(path, load_config(path), s3_client, bucket)
 
 
 @pytest.fixture()
-def own_archive(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str, moto_server: str, s3_client: Any,
+def own_archive(tmp_path: Path, pg: psycopg.Connection[Any], pg_dsn: str, s3_endpoint: str, s3_client: Any,
                 bucket: str) -> Archive:
     """A fresh database and archive, for tests that change the database."""
     seed_audit(pg, rows=ROWS, days=5, end_days_ago=100)
-    path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server)
+    path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint)
     return Archive(path, archive_table(path, s3_client), s3_client, bucket, pg)
 
 
@@ -148,6 +167,7 @@ def flip_byte(data: bytes, at: int | None = None) -> bytes:
 
 
 # -- clean -----------------------------------------------------------------------------------
+@pytest.mark.s3_servers
 @pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
 def test_clean_archive_set_has_no_problems(archive: Archive, quick: bool) -> None:
     report = archive.validate(quick=quick)
@@ -192,6 +212,7 @@ def test_jsonl_row_put_back_is_found_although_its_keys_are_text(jsonl_archive: A
 
 
 # -- integrity of one object -----------------------------------------------------------------
+@pytest.mark.s3_servers
 def test_flipped_byte_is_a_checksum_mismatch(archive: Archive) -> None:
     key = archive.data_keys()[2]
     archive.put(key, flip_byte(archive.get(key)))
@@ -201,12 +222,14 @@ def test_flipped_byte_is_a_checksum_mismatch(archive: Archive) -> None:
     assert (p.database, p.table) == ("production_db", "public.audit_logs")
 
 
+@pytest.mark.s3_servers
 def test_quick_check_compares_the_checksum_s3_stored(archive: Archive) -> None:
     key = archive.data_keys()[0]
     archive.put(key, flip_byte(archive.get(key)), with_checksum=True)
     assert found(archive.validate(quick=True)) == {("checksum_mismatch", key)}
 
 
+@pytest.mark.s3_servers
 def test_quick_check_says_when_it_could_compare_only_sizes(archive: Archive) -> None:
     key = archive.data_keys()[0]
     archive.put(key, flip_byte(archive.get(key)))  # same size, and no checksum stored with it
@@ -379,6 +402,7 @@ def test_batch_left_in_the_fallback_directory_is_pending(own_archive: Archive) -
     assert "run the archiver with S3 reachable" in report.problems[0].message
 
 
+@pytest.mark.s3_servers
 def test_open_multipart_upload_is_incomplete(archive: Archive) -> None:
     key = layout.object_key("", "production_db", "public", "audit_logs", date(2026, 1, 2), "part-big.parquet")
     archive.s3.create_multipart_upload(Bucket=archive.bucket, Key=key)
@@ -387,6 +411,7 @@ def test_open_multipart_upload_is_incomplete(archive: Archive) -> None:
     assert "abort" in report.problems[0].message
 
 
+@pytest.mark.s3_servers
 def test_validation_changes_nothing(own_archive: Archive) -> None:
     key = own_archive.data_keys()[0]
     own_archive.put(key, flip_byte(own_archive.get(key)))
@@ -457,6 +482,7 @@ def test_unreachable_database_is_service_unavailable(archive: Archive) -> None:
         validate(cfg, s3_client=archive.s3)
 
 
+@pytest.mark.s3_servers
 def test_missing_bucket_is_a_config_error(archive: Archive) -> None:
     cfg = archive.cfg.model_copy(deep=True)
     cfg.s3.bucket = "no-such-bucket-here"
