@@ -26,6 +26,7 @@ from archiver.hooks import Hook
 from archiver.reader import WINDOW_BYTES, Batch
 from archiver.sink import FallbackFull
 from common.errors import ServiceUnavailable
+from common.storage import BytesRefused
 from common.manifest import Manifest
 
 _DONE = object()
@@ -38,8 +39,10 @@ READ_AHEAD = 8
 #: Rows read but not yet encoded, in windows (archiver/budget.py): their rows, and their bytes.
 UNENCODED_WINDOWS = 2
 #: Upload failures that store nothing of their batch: the batches already in flight may be stored
-#: and are still handed out (so table and archive agree), then the failure is raised.
-UPLOAD_FAILURES = (FallbackFull, ServiceUnavailable)
+#: and are still handed out (so table and archive agree), then the failure is raised. S3 refusing
+#: a batch's bytes is one: it was raised at once, and the batches stored meanwhile kept their rows
+#: in the table until the next run.
+UPLOAD_FAILURES = (FallbackFull, ServiceUnavailable, BytesRefused)
 
 #: A stored batch and where it went ('s3', 'local', 'fallback').
 Stored = tuple[Encoded, str]

@@ -38,6 +38,7 @@ from common.db import apply_settings, table_unlock, try_table_lock
 from common.digest import secret as digest_secret
 from common.errors import ArchiverError, first_line
 from common.expiry import count_untimed, cutoff_for, database_now, untimed_message
+from common.storage import BytesRefused
 
 log = logging.getLogger("archiver")
 #: Stored batches whose rows one DELETE removes together.
@@ -280,7 +281,8 @@ class TableJob:
         self.hook("after_checkpoint")
 
     def _upload_failed(self, exc: BaseException) -> None:
-        self.observer.batch_failed(self.result, kind="fallback" if isinstance(exc, FallbackFull) else "s3")
+        kind = "fallback" if isinstance(exc, FallbackFull) else "integrity" if isinstance(exc, BytesRefused) else "s3"
+        self.observer.batch_failed(self.result, kind=kind)
 
     # -- finishing moves ---------------------------------------------------------------------
     def _finish_group(self, group: list[Stored]) -> None:
