@@ -1,0 +1,191 @@
+"""A table with more than 1,000 objects under its prefix (issue 31): S3 answers a listing 1,000 keys
+at a time, and validate, restore --restore-all, query and erase must each see every object, those
+of the last page too.
+
+The archive is made cheaply, once per module and S3 server: the archiver moves the rows into one
+object per day, then each object is split into one object per row with the project's own writer
+(common.batch_writer, the manifest as erase writes a replacement's), so that OBJECTS objects and
+their manifests lie under the table's prefix."""
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+import pyarrow as pa
+import pytest
+from psycopg import sql
+
+from archiver.runner import run_archive
+from common import batch_writer, layout
+from common.cli import Environment
+from common.config import load_config
+from common.key_range import iso, key_range, natural_column
+from common.manifest import Manifest, sha256_hex
+from common.storage import S3Storage
+from conftest import make_config, seed_audit, throwaway_database
+from erase.app import EraseOptions, run as erase
+from query.app import QueryOptions, run as query
+from restore.app import RestoreOptions, run as restore
+from validate.checks import validate
+
+#: One row per object: with their manifests, 1,040 keys under the table's prefix, two listing pages.
+OBJECTS = 520
+PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Many:
+    dsn: str
+    bucket: str
+    ids: frozenset[int]  # the archived rows
+    #: The objects S3 lists past the first 1,000 keys, by the id of their one row.
+    last_page: dict[int, str]
+    last_day: str  # the newest day partition (YYYY-MM-DD): some of its objects are on the last page
+    last_day_ids: frozenset[int]
+
+
+def one_object_per_row(store: S3Storage, key: str) -> list[str]:
+    """Split a stored object into one object (and manifest) per row; remove it. Returns the new keys."""
+    manifest = Manifest.from_bytes(store.get(layout.manifest_key(key)), key=key)
+    rows, schema, encodings, doc = batch_writer.decode(store.get(key), fmt="parquet")
+    meta = {k: v for k, v in doc.items() if k not in ("format_version", "schema_fingerprint", "columns")}
+    folder = key.rpartition("/")[0]
+    new_keys = []
+    for i in range(rows.num_rows):
+        row = rows.slice(i, 1)
+        data = batch_writer.encode(row, fmt="parquet", level=3, schema=schema, encodings=encodings, extra_meta=meta)
+        new_key = f"{folder}/part-{sha256_hex(data)[:20]}.parquet"
+        m = asdict(manifest)
+        m.update(key=new_key, sha256=sha256_hex(data), size=len(data), rows=1)
+        m["min_pk"], m["max_pk"] = key_range(pa.table({"id": natural_column(row, "id", schema)}))
+        m["min_ts"] = m["max_ts"] = iso(natural_column(row, "created_at", schema)[0].as_py())
+        mbytes = json.dumps(m, indent=1, sort_keys=True, default=str).encode()
+        store.put(new_key, data, sha256=sha256_hex(data))
+        store.put(layout.manifest_key(new_key), mbytes, sha256=sha256_hex(mbytes), verify=False)
+        new_keys.append(new_key)
+    store.delete(layout.manifest_key(key))
+    store.delete(key)
+    return new_keys
+
+
+@contextmanager
+def many_objects(tmp_path: Path, endpoint: str) -> Iterator[Many]:
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    bucket = f"many-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    with throwaway_database("many_objects") as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        seed_audit(conn, rows=OBJECTS, days=10, end_days_ago=100)
+        ids = frozenset(r[0] for r in conn.execute("SELECT id FROM audit_logs"))
+        _results, code = run_archive(load_config(make_config(tmp_path, dsn=dsn, bucket=bucket, endpoint=endpoint)))
+        assert code == 0 and conn.execute("SELECT count(*) FROM audit_logs").fetchone() == (0,)
+        store = S3Storage(client, bucket)
+        listed = [o.key for o in store.list("")]
+        for key in listed:  # the run's digest records the day objects: it goes with them
+            if layout.is_control_key(key):
+                store.delete(key)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda k: one_object_per_row(store, k), [k for k in listed if k.endswith(".parquet")]))
+        keys = sorted(o.key for o in store.list(""))
+        assert len(keys) == 2 * OBJECTS > PAGE
+        last_page = {row_ids(store, [k])[0]: k for k in keys[PAGE:] if k.endswith(".parquet")}
+        days = sorted({parsed.day for k in keys if (parsed := layout.parse_key("", k)) is not None})
+        last_day = f"year={days[-1]:%Y}/month={days[-1]:%m}/day={days[-1]:%d}/"
+        yield Many(dsn, bucket, ids, last_page, days[-1].isoformat(),
+                   frozenset(row_ids(store, [k for k in keys if last_day in k and k.endswith(".parquet")])))
+
+
+def row_ids(store: S3Storage, keys: list[str]) -> list[int]:
+    return [i for k in keys for i in batch_writer.decode(store.get(k), fmt="parquet", columns=["id"])[0]
+            .column("id").to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Many]]:
+    """The module's archive on each S3 server, made when a test first asks for it there."""
+    archives: dict[str, Many] = {}
+    with ExitStack() as stack:
+        def on(endpoint: str) -> Many:
+            if endpoint not in archives:
+                archives[endpoint] = stack.enter_context(many_objects(tmp_path_factory.mktemp("many"), endpoint))
+            return archives[endpoint]
+        yield on
+
+
+@pytest.fixture()
+def many(made: Callable[[str], Many], s3_endpoint: str) -> Many:
+    return made(s3_endpoint)
+
+
+@pytest.fixture()
+def config(tmp_path: Path, many: Many, s3_endpoint: str) -> Path:
+    return make_config(tmp_path, dsn=many.dsn, bucket=many.bucket, endpoint=s3_endpoint)
+
+
+@pytest.fixture()
+def victims(many: Many, s3_client: Any) -> Iterator[dict[int, str]]:
+    """Three objects listed past the first page, by their row's id, for a test that erases them
+    from the module's archive. Afterwards the keys it added go and these come back as they were
+    (a copy of the archive per test cost a thousand requests)."""
+    store = S3Storage(s3_client, many.bucket)
+    chosen = {i: many.last_page[i] for i in sorted(many.last_page)[-3:]}
+    saved = {k: store.get(k) for key in chosen.values() for k in (key, layout.manifest_key(key))}
+    before = {o.key for o in store.list("")}
+    yield chosen
+    for key in {o.key for o in store.list("")} - before:
+        store.delete(key)
+    for key, data in saved.items():
+        store.put(key, data, sha256=sha256_hex(data), verify=False)
+
+
+@pytest.mark.s3_servers
+def test_validate_checks_every_object(config: Path, many: Many, s3_client: Any) -> None:
+    report = validate(load_config(config), s3_client=s3_client)
+    assert report.ok, report.text_lines()
+    assert (report.summary.objects, report.summary.rows) == (OBJECTS, OBJECTS)
+
+
+@pytest.mark.s3_servers
+def test_restore_all_restores_every_object(config: Path, many: Many) -> None:
+    target = f"copy_{uuid.uuid4().hex[:8]}"
+    out = io.StringIO()
+    code = restore(RestoreOptions(config_path=config, database="production_db", table="audit_logs", restore_all=True,
+                                  target_table=f"public.{target}"), env=Environment(stdout=out, stderr=io.StringIO()))
+    assert code == 0, out.getvalue()
+    with psycopg.connect(many.dsn, autocommit=True) as conn:
+        restored = [r[0] for r in conn.execute(sql.SQL("SELECT id FROM {}").format(sql.Identifier(target)))]
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(target)))
+    assert sorted(restored) == sorted(many.ids)
+
+
+@pytest.mark.s3_servers
+def test_query_finds_the_objects_listed_past_the_first_page(config: Path, many: Many) -> None:
+    out = io.StringIO()
+    code = query(QueryOptions(config_path=config, database="production_db", table="audit_logs", columns=("id",),
+                              start_date=many.last_day, output_format="jsonl"),
+                 env=Environment(stdout=out, stderr=io.StringIO()))
+    assert code == 0
+    assert sorted(json.loads(line)["id"] for line in out.getvalue().splitlines()) == sorted(many.last_day_ids)
+
+
+@pytest.mark.s3_servers
+def test_erase_finds_rows_in_objects_past_the_first_page(config: Path, many: Many, s3_client: Any,
+                                                         victims: dict[int, str]) -> None:
+    store = S3Storage(s3_client, many.bucket)
+    before = {o.key for o in store.list("")}
+    out = io.StringIO()
+    code = erase(EraseOptions(config_path=config, database="production_db", table="audit_logs",
+                              where=f"id IN ({', '.join(map(str, victims))})"), env=Environment(stdout=out))
+    assert code == 0 and f"erased {len(victims)} rows" in out.getvalue(), out.getvalue()
+    after = {o.key for o in store.list("")}
+    assert before - after == {k for key in victims.values() for k in (key, layout.manifest_key(key))}
+    replacements = [k for k in after - before if k.endswith(".parquet")]
+    assert len(replacements) == len(victims) and row_ids(store, replacements) == []
