@@ -15,9 +15,11 @@ AWS_SECRET_ACCESS_KEY of the environment that starts it (the tests' fake ones).
 
 What a test gets (SeaweedFS):
 - endpoint: the S3 API (SigV4 with those credentials), http://127.0.0.1:<port>;
-- iceberg_url: the Iceberg REST catalog of `weed mini` (flag -s3.port.iceberg; e.g. GET
-  <iceberg_url>/v1/config). Its tables live in S3 "table buckets" (`-tableBucket` at start, or
-  the S3 Tables API on the S3 endpoint): not used by the tests yet."""
+- iceberg_url: the Iceberg REST catalog of `weed mini` (its own port, flag -s3.port.iceberg), not
+  used by the tests yet. Each S3 Tables "table bucket" is a catalog (warehouse=s3://<table
+  bucket>/, or paths /v1/<table bucket>/...); make one with boto3's "s3tables" client on the S3
+  endpoint (create_table_bucket). Requests other than GET /v1/config must be signed with SigV4
+  and the same credentials, x-amz-content-sha256 included (pyiceberg: rest.sigv4-enabled)."""
 from __future__ import annotations
 
 import fcntl
