@@ -8,7 +8,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from enum import StrEnum
-from typing import NamedTuple, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from common.exit_codes import ExitCode
 
@@ -125,10 +125,29 @@ def classify(exc: BaseException) -> Classified:
         return Classified(ExitCode.UNAVAILABLE, ErrorKind.DATABASE, f"database unreachable: {first_line(exc)}")
     if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.NoCredentialsError)):
         return Classified(ExitCode.UNAVAILABLE, ErrorKind.S3, f"S3 unreachable: {first_line(exc)}")
+    if isinstance(exc, bex.ClientError):
+        return _s3_answer(exc)
     if isinstance(exc, OSError):
         return Classified(ExitCode.FAILURE, ErrorKind.OTHER, f"{type(exc).__name__}: {exc}")
     return Classified(ExitCode.FAILURE, ErrorKind.OTHER,
                       f"unexpected error ({type(exc).__name__}): {first_line(exc)}; rerun with --verbose for details")
+
+
+def _s3_answer(exc: Any) -> Classified:
+    """S3 answered a request with an error (botocore's ClientError), by the answer's status. A
+    refusal (403: the keys, the role, the bucket's policy; moto accepts any keys, SeaweedFS and S3
+    do not) was an "unexpected error" with a traceback hint; it is configuration to fix, like a
+    database right the role lacks. A 5xx is S3 failing (exit 3)."""
+    error = exc.response.get("Error", {})
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    message = " ".join(str(error.get("Message") or first_line(exc)).split())[:300]
+    answer = f"({error.get('Code') or status}): {message}"
+    if status == 403:
+        return Classified(ExitCode.FAILURE, ErrorKind.CONFIG, f"S3 refused the request {answer}; check the S3 "
+                          "credentials and the bucket's policy")
+    if status >= 500:
+        return Classified(ExitCode.UNAVAILABLE, ErrorKind.S3, f"S3 failed the request {answer}")
+    return Classified(ExitCode.FAILURE, ErrorKind.S3, f"S3 refused the request {answer}")
 
 
 def session_lost(exc: BaseException) -> bool:

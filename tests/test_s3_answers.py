@@ -72,3 +72,19 @@ def test_a_body_refused_every_time_fails_the_table_and_deletes_none_of_its_rows(
     assert code == ExitCode.OK
     assert_invariant(original, table_ids(small_audit), archived_ids(stored))
     assert validate(cfg, s3_client=s3_client).ok
+
+
+# Moto accepts any keys.
+@pytest.mark.s3_servers("seaweedfs")
+def test_keys_s3_refuses_fail_the_table_with_its_answer_and_delete_nothing(
+        tmp_path: Path, pg_dsn: str, small_audit: psycopg.Connection[Any], bucket: str, s3_endpoint: str,
+        s3_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint,
+                                  s3={"local_fallback_dir": None}))
+    original = table_ids(small_audit)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    results, code = run_archive(cfg)
+    assert code == ExitCode.FAILURE and results[0].error_kind == ErrorKind.CONFIG, results
+    assert str(results[0].error).startswith("S3 refused the request (SignatureDoesNotMatch): ")
+    assert "check the S3 credentials" in str(results[0].error) and "--verbose" not in str(results[0].error)
+    assert table_ids(small_audit) == original and list(S3Storage(s3_client, bucket).list("")) == []
