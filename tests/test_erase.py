@@ -157,7 +157,6 @@ def test_kill_mid_erase_leaves_rows_erased_or_intact_and_a_rerun_finishes(
     assert sum(int(n.split(": ")[1].split(" rows")[0]) for n in report.notes if n.startswith("erasure at")) == len(erased)
 
 
-@pytest.mark.s3_servers
 @pytest.mark.parametrize("point", ["after_replacement:2", "after_erase_digest:1"])
 def test_validate_after_a_killed_erase_names_each_replaced_object_and_counts_its_rows_once(
         archived: Path, bucket: str, s3_client: Any, point: str) -> None:

@@ -115,7 +115,6 @@ KILL_POINTS = [
 ]
 
 
-@pytest.mark.s3_servers
 @pytest.mark.parametrize(("point", "nth", "resumes"), KILL_POINTS, ids=[p[0] for p in KILL_POINTS])
 def test_kill_at_each_point_loses_and_duplicates_no_rows(scenario: Scenario, point: str, nth: int, resumes: bool | None) -> None:
     killed = archiver(scenario.config, env={"ARCHIVER_TEST_KILL_AT": f"{point}:{nth}"})
