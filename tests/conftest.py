@@ -7,10 +7,10 @@ import inspect
 import os
 import socket
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import psycopg
@@ -134,6 +134,23 @@ def s3_endpoint(s3_server: str, request: pytest.FixtureRequest) -> str:
     if s3_server == "seaweedfs":
         return str(request.getfixturevalue("seaweedfs_server").endpoint)
     return str(request.getfixturevalue("moto_server"))
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def once_per_server(make: Callable[[str], AbstractContextManager[T]]) -> Iterator[Callable[[str], T]]:
+    """For a module-scoped fixture (which cannot depend on the per-test s3_endpoint): what `make`
+    builds on an S3 endpoint, built the first time a test asks for it there, and torn down with
+    the module."""
+    made: dict[str, T] = {}
+    with ExitStack() as stack:
+        def on(endpoint: str) -> T:
+            if endpoint not in made:
+                made[endpoint] = stack.enter_context(make(endpoint))
+            return made[endpoint]
+        yield on
 
 
 @pytest.fixture()

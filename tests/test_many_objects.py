@@ -16,7 +16,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from common.config import load_config
 from common.key_range import iso, key_range, natural_column
 from common.manifest import Manifest, sha256_hex
 from common.storage import S3Storage
-from conftest import make_config, seed_audit, throwaway_database
+from conftest import make_config, once_per_server, seed_audit, throwaway_database
 from erase.app import EraseOptions, run as erase
 from query.app import QueryOptions, run as query
 from restore.app import RestoreOptions, run as restore
@@ -114,12 +114,7 @@ def row_ids(store: S3Storage, keys: list[str]) -> list[int]:
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Many]]:
     """The module's archive on each S3 server, made when a test first asks for it there."""
-    archives: dict[str, Many] = {}
-    with ExitStack() as stack:
-        def on(endpoint: str) -> Many:
-            if endpoint not in archives:
-                archives[endpoint] = stack.enter_context(many_objects(tmp_path_factory.mktemp("many"), endpoint))
-            return archives[endpoint]
+    with once_per_server(lambda endpoint: many_objects(tmp_path_factory.mktemp("many"), endpoint)) as on:
         yield on
 
 

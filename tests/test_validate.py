@@ -6,7 +6,7 @@ import hashlib
 import io
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -26,7 +26,7 @@ from common.storage import S3Storage
 from common.config import Config, load_config
 from common.errors import ConfigError, ServiceUnavailable, UsageError
 from common.manifest import Manifest, hex_to_b64
-from conftest import ADMIN_DSN, free_port, make_config, seed_audit
+from conftest import ADMIN_DSN, free_port, make_config, once_per_server, seed_audit
 from validate.checks import validate
 from validate.dbcheck import LiveRows
 from validate.inventory import build_scope
@@ -123,13 +123,8 @@ def archived_once(tmp_path: Path, endpoint: str) -> Iterator[Pristine]:
 def pristines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Pristine]]:
     """One archiver run per module and S3 server, which each test copies into a fresh bucket: much
     cheaper than archiving again per test."""
-    made: dict[str, Pristine] = {}
-    with ExitStack() as stack:
-        def pristine(endpoint: str) -> Pristine:
-            if endpoint not in made:
-                made[endpoint] = stack.enter_context(archived_once(tmp_path_factory.mktemp("pristine"), endpoint))
-            return made[endpoint]
-        yield pristine
+    with once_per_server(lambda endpoint: archived_once(tmp_path_factory.mktemp("pristine"), endpoint)) as on:
+        yield on
 
 
 @pytest.fixture()
