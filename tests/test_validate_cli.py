@@ -18,7 +18,7 @@ from archive_checks import drop_manifest
 from common import layout
 from common.storage import S3Storage
 from conftest import free_port, make_config
-from test_validate import Pristine, pristine  # noqa: F401 - the module-scoped archive fixture
+from test_validate import Pristine, pristine, pristines  # noqa: F401 - the module-scoped archive fixtures
 from validate.main import cli
 
 REPO = Path(__file__).resolve().parents[1]
