@@ -7,8 +7,8 @@ again as here, for a listing its other tests already page through.
 
 The archive is made cheaply, once per module and S3 server: the archiver moves the rows into one
 object per day, then each object is split into one object per row with the project's own writer
-(common.batch_writer, the manifest as erase writes a replacement's), so that OBJECTS objects and
-their manifests lie under the table's prefix."""
+(common.batch_writer, the manifest as erase writes a replacement's; one manifest set per day), so
+that OBJECTS objects lie in the table's folder: its listing takes two pages."""
 from __future__ import annotations
 
 import io
@@ -27,8 +27,9 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
+from archive_checks import archived
 from archiver.runner import run_archive
-from common import batch_writer, layout
+from common import batch_writer, layout, manifest_sets
 from common.cli import Environment
 from common.config import load_config
 from common.key_range import iso, key_range, natural_column
@@ -40,8 +41,8 @@ from query.app import QueryOptions, run as query
 from restore.app import RestoreOptions, run as restore
 from validate.checks import validate
 
-#: One row per object: with their manifests, 1,040 keys under the table's prefix, two listing pages.
-OBJECTS = 520
+#: One row per object: 1,010 keys in the table's folder, two listing pages.
+OBJECTS = 1010
 PAGE = 1000
 
 
@@ -56,13 +57,14 @@ class Many:
     last_day_ids: frozenset[int]
 
 
-def one_object_per_row(store: S3Storage, key: str) -> list[str]:
-    """Split a stored object into one object (and manifest) per row; remove it. Returns the new keys."""
-    manifest = Manifest.from_bytes(store.get(layout.manifest_key(key)), key=key)
+def one_object_per_row(store: S3Storage, key: str, manifest: Manifest) -> list[str]:
+    """Split a stored object into one object per row, their manifests in one set (as a run's group
+    of batches); remove it. Returns the new keys."""
     rows, schema, encodings, doc = batch_writer.decode(store.get(key), fmt="parquet")
     meta = {k: v for k, v in doc.items() if k not in ("format_version", "schema_fingerprint", "columns")}
     folder = key.rpartition("/")[0]
-    new_keys = []
+    new_keys: list[str] = []
+    manifests: list[bytes] = []
     for i in range(rows.num_rows):
         row = rows.slice(i, 1)
         data = batch_writer.encode(row, fmt="parquet", level=3, schema=schema, encodings=encodings, extra_meta=meta)
@@ -71,11 +73,10 @@ def one_object_per_row(store: S3Storage, key: str) -> list[str]:
         m.update(key=new_key, sha256=sha256_hex(data), size=len(data), rows=1)
         m["min_pk"], m["max_pk"] = key_range(pa.table({"id": natural_column(row, "id", schema)}))
         m["min_ts"] = m["max_ts"] = iso(natural_column(row, "created_at", schema)[0].as_py())
-        mbytes = json.dumps(m, indent=1, sort_keys=True, default=str).encode()
         store.put(new_key, data, sha256=sha256_hex(data))
-        store.put(layout.manifest_key(new_key), mbytes, sha256=sha256_hex(mbytes), verify=False)
+        manifests.append(json.dumps(m, indent=1, sort_keys=True, default=str).encode())
         new_keys.append(new_key)
-    store.delete(layout.manifest_key(key))
+    manifest_sets.write(store, prefix="", manifests=manifests)
     store.delete(key)
     return new_keys
 
@@ -91,15 +92,15 @@ def many_objects(tmp_path: Path, endpoint: str) -> Iterator[Many]:
         _results, code = run_archive(load_config(make_config(tmp_path, dsn=dsn, bucket=bucket, endpoint=endpoint)))
         assert code == 0 and conn.execute("SELECT count(*) FROM audit_logs").fetchone() == (0,)
         store = S3Storage(client, bucket)
-        listed = [o.key for o in store.list("")]
-        for key in listed:  # the run's digest records the day objects: it goes with them
-            if layout.is_control_key(key):
-                store.delete(key)
+        day_objects = archived(store)
+        for o in list(store.list("")):  # the run's manifest sets and digest record the day objects: they go with them
+            if layout.is_control_key(o.key):
+                store.delete(o.key)
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda k: one_object_per_row(store, k), [k for k in listed if k.endswith(".parquet")]))
-        keys = sorted(o.key for o in store.list(""))
-        assert len(keys) == 2 * OBJECTS > PAGE
-        last_page = {row_ids(store, [k])[0]: k for k in keys[PAGE:] if k.endswith(".parquet")}
+            list(pool.map(lambda km: one_object_per_row(store, *km), day_objects.items()))
+        keys = sorted(o.key for o in store.list("") if not layout.is_control_key(o.key))
+        assert len(keys) == OBJECTS > PAGE
+        last_page = {row_ids(store, [k])[0]: k for k in keys[PAGE:]}
         days = sorted({parsed.day for k in keys if (parsed := layout.parse_key("", k)) is not None})
         last_day = f"year={days[-1]:%Y}/month={days[-1]:%m}/day={days[-1]:%d}/"
         yield Many(dsn, bucket, ids, last_page, days[-1].isoformat(),
@@ -135,7 +136,7 @@ def victims(many: Many, s3_client: Any) -> Iterator[dict[int, str]]:
     (a copy of the archive per test cost a thousand requests)."""
     store = S3Storage(s3_client, many.bucket)
     chosen = {i: many.last_page[i] for i in sorted(many.last_page)[-3:]}
-    saved = {k: store.get(k) for key in chosen.values() for k in (key, layout.manifest_key(key))}
+    saved = {key: store.get(key) for key in chosen.values()}
     before = {o.key for o in store.list("")}
     yield chosen
     for key in {o.key for o in store.list("")} - before:
@@ -180,6 +181,6 @@ def test_erase_finds_rows_in_objects_past_the_first_page(config: Path, many: Man
                               where=f"id IN ({', '.join(map(str, victims))})"), env=Environment(stdout=out))
     assert code == 0 and f"erased {len(victims)} rows" in out.getvalue(), out.getvalue()
     after = {o.key for o in store.list("")}
-    assert before - after == {k for key in victims.values() for k in (key, layout.manifest_key(key))}
+    assert before - after == set(victims.values())  # their manifests stay in their sets, superseded
     replacements = [k for k in after - before if k.endswith(".parquet")]
     assert len(replacements) == len(victims) and row_ids(store, replacements) == []
