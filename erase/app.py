@@ -12,11 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from common import digest, layout
-from common.catalog import ArchiveObject, Catalog, TableRef, resolve_table
+from common import digest, replace
+from common.catalog import Catalog, TableRef, resolve_table
 from common.cli import Environment
 from common.config import Config, load_config
-from common.db import application_name, connect, conninfo, find_table_oid, session_settings, table_unlock, try_table_lock
 from common.errors import ArchiverError, UsageError
 from common.exit_codes import ExitCode
 from common.hooks import Hook, env_hook
@@ -27,7 +26,7 @@ from common.manifest import sha256_hex
 from common.s3client import check_object_lock
 from common.storage import S3Storage
 from erase.find import Found, find
-from erase.rewrite import Replaced, erasure, remove_old, rewrite
+from erase.rewrite import Replaced, erasure, rewrite
 
 log = logging.getLogger("erase")
 
@@ -116,8 +115,7 @@ def _refusals(cfg: Config, catalog: Catalog, found: Found) -> list[tuple[str, st
     for m in found.matches:
         if m.obj.location != "s3":
             continue
-        # What step 3 deletes: the object, and a legacy sidecar manifest of it (a manifest set stays).
-        for key in [m.obj.key] + ([m.obj.manifest_key] if layout.is_manifest(m.obj.manifest_key) else []):
+        for key in replace.deleted_keys(m.obj):
             state = head_lock(store.client, store.bucket, key)
             if state.compliance_locked(now):
                 refused.append((m.obj.key, f"{'its manifest is' if key != m.obj.key else ''} under COMPLIANCE lock "
@@ -126,37 +124,17 @@ def _refusals(cfg: Config, catalog: Catalog, found: Found) -> list[tuple[str, st
     return refused
 
 
-def _bypass(catalog: Catalog, obj: ArchiveObject) -> bool:
-    """A GOVERNANCE-locked version is removed with s3:BypassGovernanceRetention (the erase role needs it)."""
-    store = catalog.primary
-    if obj.location != "s3" or not isinstance(store, S3Storage) or store.object_lock is None:
-        return False
-    return head_lock(store.client, store.bucket, obj.key).mode == "GOVERNANCE"
-
-
 def _record_and_remove(cfg: Config, catalog: Catalog, out: Outcome, *, key_secret: bytes | None, hook: Hook) -> None:
-    """The digest of this erasure (and of any an interrupted run left unrecorded), then the old objects."""
-    ref = out.ref
-    store = catalog.primary
-    live = digest.replay(store, cfg.s3.prefix, ref.database, ref.schema, ref.table)
-    pending = [(old, new) for old, new in out.found.interrupted]
-    entries = [r.entry for r in out.replaced]
-    erasures = [r.erasure for r in out.replaced]
-    for old, new in pending:
-        if new.key not in live or live[new.key].manifest_sha256 != new.manifest_sha256:
-            assert new.manifest is not None and new.manifest_sha256 is not None and new.replaces is not None
-            entries.append(digest.DigestEntry(new.key, new.manifest.sha256, new.manifest.size, new.manifest.rows,
-                                              new.manifest_sha256))
-            erasures.append(erasure(old, new.key, new.replaces))
-    if entries:
-        out.digest_key = digest.write(store, prefix=cfg.s3.prefix, database=out.ref.database, schema=out.ref.schema,
-                                      table=out.ref.table, objects=entries, removed=[e.removed_key for e in erasures],
-                                      erasures=erasures, kind="erase", key_secret=key_secret)
+    """The digest of this erasure (and of any an interrupted run left unrecorded), then the old
+    objects (common/replace.py). An interrupted --migrate-layout rewrite is finished too: it is
+    recorded without an erasure record (it erased nothing)."""
+    pending = list(out.found.interrupted)
+    out.digest_key = replace.finish(catalog, out.ref, out.replaced, pending, kind="erase", key_secret=key_secret,
+                                    hook=hook, erasure=erasure)
+    if out.digest_key:
+        erased = [r for r in out.replaced if erasure(r.old, r.new_key, r.replaces)]
         log.info("digest %s records the erasure of %d rows from %d objects", out.digest_key,
-                 sum(e.rows_removed for e in erasures), len(erasures))
-    hook("after_erase_digest")
-    for old in [r.old for r in out.replaced] + [old for old, _new in pending]:
-        remove_old(catalog, old, bypass_governance=_bypass(catalog, old), hook=hook)
+                 sum(int(r.replaces.get("rows_removed") or 0) for r in erased), len(erased))
     out.finished = len(pending)
 
 
@@ -166,18 +144,10 @@ def _table_lock(cfg: Config, ref: TableRef, *, skip: bool) -> Iterator[None]:
     if skip:
         yield
         return
-    db = cfg.database(ref.database)
-    with connect(conninfo(db), session_settings(application_name=application_name(cfg.defaults.application_name, role="erase"),
-                                                statement_timeout=None, lock_timeout=None)) as conn:
-        oid = find_table_oid(conn, ref.schema, ref.table)
-        if oid is not None and not try_table_lock(conn, oid):
+    with replace.table_lock(cfg, ref, role="erase") as held:
+        if not held:
             raise TableBusy(f"{ref.database}/{ref.name} is being archived (advisory lock held): try again when the run ends")
-        conn.commit()
-        try:
-            yield
-        finally:
-            if oid is not None:
-                table_unlock(conn, oid)
+        yield
 
 
 # -- output ----------------------------------------------------------------------------------------
