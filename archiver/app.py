@@ -116,7 +116,7 @@ def _migrate(cfg: Config, opts: ArchiverOptions, env: Environment) -> int:
     result = migrate_layout(cfg, [primary_storage(cfg), *([fallback] if fallback is not None else [])],
                             dry_run=opts.dry_run)
     env.stdout.write(result.summary() + "\n")
-    return int(ExitCode.FAILURE if result.conflicts else ExitCode.OK)
+    return int(ExitCode.FAILURE if result.failed else ExitCode.OK)
 
 
 def _withdraw(cfg: Config, opts: ArchiverOptions, env: Environment) -> int:

@@ -12,7 +12,10 @@ of every PUT). Safe to stop and to repeat: a manifest already in a set, or a dig
 already copied with the same bytes, is only deleted. Under Object Lock nothing is deleted: the
 copies are made, the originals stay (readers count each once) and are reported. A legacy-named
 sidecar whose bytes differ from its hidden copy is left in place and reported (validate shows it).
-`--dry-run` counts what would move and changes nothing."""
+Then objects whose column types differ from their table's schema (`mixed_schema`) are rewritten in
+it, verified, as erase replaces an object (archiver/rewrite_schema.py, common/replace.py); an object
+under Object Lock is reported, not rewritten. `--dry-run` counts what would move and be rewritten,
+and changes nothing."""
 from __future__ import annotations
 
 import logging
@@ -20,7 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from archiver.hooks import Hook, env_hook
+from archiver.rewrite_schema import Rewrites, rewrite_schemas
 from common import layout, manifest_sets
+from common.catalog import Catalog
 from common.config import Config
 from common.errors import ArchiverError, DataIntegrityError
 from common.manifest import sha256_hex
@@ -43,6 +48,12 @@ class Migration:
     removed: int = 0  # legacy keys deleted, their copies verified
     locked: list[str] = field(default_factory=list)  # legacy keys kept: the bucket has Object Lock
     conflicts: list[str] = field(default_factory=list)  # a legacy-named sidecar unlike its hidden copy
+    rewrites: Rewrites = field(default_factory=Rewrites)  # objects of mixed schema (archiver/rewrite_schema.py)
+
+    @property
+    def failed(self) -> bool:
+        """Something is left that a rerun (or the operator) must finish: exit 1."""
+        return bool(self.conflicts or self.rewrites.busy)
 
     def summary(self) -> str:
         verb = "would move" if self.dry_run else "moved"
@@ -54,10 +65,13 @@ class Migration:
             text += f"; {len(self.locked)} legacy keys kept in place under Object Lock (each is counted once)"
         if self.conflicts:
             text += f"; {len(self.conflicts)} left in place because they differ from their hidden copy (run validate)"
-        return text
+        return f"{text}; {self.rewrites.summary(self.dry_run)}"
 
 
-def migrate_layout(cfg: Config, stores: list[Storage], *, dry_run: bool = False, hook: Hook | None = None) -> Migration:
+def migrate_layout(cfg: Config, stores: list[Storage], *, dry_run: bool = False, hook: Hook | None = None,
+                   catalog: Catalog | None = None) -> Migration:
+    """The layout moved in `stores`, then the objects of mixed schema the catalog (by default: the
+    configured archive store and fallback directory) finds rewritten."""
     result = Migration(dry_run=dry_run)
     hook = env_hook() if hook is None else hook
     prefix = cfg.s3.prefix
@@ -70,6 +84,7 @@ def migrate_layout(cfg: Config, stores: list[Storage], *, dry_run: bool = False,
                 if listing.legacy:
                     result.tables += 1
                     _Table(store, prefix, listing, result, hook).migrate()
+    result.rewrites = rewrite_schemas(cfg, catalog or Catalog(cfg), dry_run=dry_run, hook=hook)
     log.info("%s", result.summary())
     return result
 
