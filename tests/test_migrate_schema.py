@@ -135,6 +135,9 @@ def test_kill_during_the_rewrite_loses_and_duplicates_no_row(legacy: tuple[Path,
     killed = migrate(config, kill_at=point)
     assert killed.returncode == -9, killed.stderr
     assert catalog_ids(load_config(config), s3_client, table="typed") == ALL_IDS  # every reader: each row once
+    midway = validate(load_config(config))
+    assert {p.type for p in midway.problems} <= {"unfinished_erasure", "mixed_schema"} and midway.summary.rows == 6
+    assert all("run it again" in p.message for p in midway.problems if p.type == "unfinished_erasure")
     rerun = migrate(config)
     assert rerun.returncode == 0, rerun.stderr
     assert validate(load_config(config)).problems == []

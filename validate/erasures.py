@@ -39,6 +39,12 @@ class Supersessions:
         for key, new in sorted(pairs.items()):
             seen = self._seen[key]
             report.summary.rows -= seen.rows
+            if (self._seen[new].replaces or {}).get("kind") == "migrate":  # common/replace.py, for --migrate-layout
+                report.add(problem("unfinished_erasure", key, f"replaced by {new} (the same rows in the table's "
+                                   "schema), but archiver --migrate-layout stopped before removing it (restore and "
+                                   "query already count the replacement instead): run it again; do not remove "
+                                   "either object by hand", database=seen.database, table=seen.table, repair=False))
+                continue
             report.add(problem("unfinished_erasure", key, f"replaced by {new}, but an erasure stopped before "
                                "removing it (restore and query already count the replacement instead)",
                                database=seen.database, table=seen.table))
