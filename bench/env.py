@@ -86,10 +86,28 @@ def write_config(path: Path, *, dsn: str, endpoint: str, bucket: str, batch_size
         "databases": [{"name": DB_NAME, "dsn": dsn, "tables": [table]}],
         "logging": {"file": str(work / f"{path.stem}.log"), "level": "INFO"},
         "checkpoint_dir": str(work / "checkpoints"),
-        "monitoring": {"enabled": False},
+        # No endpoints; the textfile is where a run leaves archiver_s3_requests_total (requests per object).
+        "monitoring": {"enabled": True, "health_port": None, "metrics_port": None,
+                       "textfile_path": str(metrics_textfile(path))},
     }
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def metrics_textfile(config: Path) -> Path:
+    return config.with_suffix(".prom")
+
+
+def s3_requests(config: Path) -> dict[str, int]:
+    """The S3 requests the archiver run of this config sent, by operation (its metrics textfile's
+    archiver_s3_requests_total); empty when the run wrote none."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    path = metrics_textfile(config)
+    if not path.exists():
+        return {}
+    return {s.labels["operation"]: int(s.value) for f in text_string_to_metric_families(path.read_text())
+            for s in f.samples if s.name == "archiver_s3_requests_total"}
 
 
 @dataclass

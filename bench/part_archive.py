@@ -6,6 +6,7 @@ from typing import Any
 
 from bench import baseline
 from bench.context import Archived, Context
+from bench.env import s3_requests
 from common.storage import S3Storage
 from common.table_index import by_table, load_table
 from bench.pgstats import ServerCost, ServerProbe
@@ -80,6 +81,10 @@ def verify(ctx: Context, archived: Archived, part: PartResult) -> None:
         part.fail(f"{still} eligible rows still in the table")
     rows, objects, nbytes = archived_rows(ctx, archived)
     part.extra.update(objects=objects, archive_bytes=nbytes)
+    # Issue 27: the control layout keeps the archive near one request per data object.
+    requests = s3_requests(archived.config)
+    part.extra.update(s3_requests=requests,
+                      s3_requests_per_object=round(sum(requests.values()) / objects, 2) if objects and requests else None)
     if rows != seeded.eligible:
         part.fail(f"manifests count {rows} archived rows, expected {seeded.eligible}")
 

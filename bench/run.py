@@ -137,6 +137,11 @@ def main(rows: int, quick: bool, parts_: str, batch_size: int, repeat: int, rss_
     if server := server_table(results):
         click.echo("\nserver side of each archive phase (WAL is the cluster's; CPU is every PostgreSQL server process's):")
         click.echo(server)
+    for r in results:
+        if r.extra.get("s3_requests_per_object") is not None:
+            ops = ", ".join(f"{op} {n}" for op, n in sorted(r.extra["s3_requests"].items(), key=lambda x: -x[1]))
+            click.echo(f"\n{r.name}: {r.extra['s3_requests_per_object']:.2f} S3 requests per archived object "
+                       f"({r.extra['objects']} objects; {ops})")
     print_extra(extra)
     write_json(output, {
         "created_at": datetime.now(timezone.utc).isoformat(), "rows": rows, "eligible": seeded.eligible,

@@ -1,6 +1,8 @@
 """Builds the boto3 S3 client from config: the only place that does (clients are injected elsewhere)."""
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from typing import Any
 
 import botocore.handlers
@@ -33,7 +35,26 @@ def make_client(cfg: Config) -> Any:
     # "Expect: 100-continue" on every PUT costs a round trip before the body is sent: one per
     # object and one per manifest. It spares sending a body S3 would refuse; ours are small.
     client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+    client.meta.events.register("before-send.s3", _count_request)
     return client
+
+
+#: S3 requests this process sent through clients make_client() built, by operation (PutObject,
+#: GetObject, ...): each HTTP attempt, retries included, as S3 bills them. The archiver's metrics
+#: show them (archiver_s3_requests_total) and the bench divides them by the objects archived.
+_requests: Counter[str] = Counter()
+_requests_lock = threading.Lock()
+
+
+def _count_request(event_name: str = "", **_kwargs: Any) -> None:
+    with _requests_lock:
+        _requests[event_name.rpartition(".")[2]] += 1
+
+
+def s3_requests() -> dict[str, int]:
+    """The requests counted so far, by operation."""
+    with _requests_lock:
+        return dict(_requests)
 
 
 def primary_storage(cfg: Config, client: Any | None = None) -> Storage:

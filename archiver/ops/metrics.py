@@ -13,11 +13,12 @@ from pathlib import Path
 
 import prometheus_client
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from archiver.ops.events import STOP_REASONS, TableResult, run_stop_reason
 from common.files import atomic_write
+from common.s3client import s3_requests
 
 log = logging.getLogger("archiver.metrics")
 
@@ -51,6 +52,17 @@ class _FallbackCollector:
                                 "Batches held in s3.local_fallback_dir waiting for upload to S3", value=files)
         yield GaugeMetricFamily("archiver_fallback_pending_bytes",
                                 "Bytes held in s3.local_fallback_dir waiting for upload to S3", value=nbytes)
+
+
+class _S3RequestsCollector:
+    """archiver_s3_requests_total{operation}: what S3 bills per request, counted as they are sent."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("archiver_s3_requests", "S3 requests sent (each attempt, retries included), "
+                                     "by S3 operation", labels=["operation"])
+        for operation, n in sorted(s3_requests().items()):
+            family.add_metric([operation], n)
+        yield family
 
 
 class ArchiverMetrics:
@@ -98,6 +110,7 @@ class ArchiverMetrics:
         self.last_duration = Gauge("archiver_last_run_duration_seconds", "Seconds the last run took", registry=r)
         self.runs = Counter("archiver_runs_total", "Finished runs by result", ("result",), registry=r)
         self._started = 0.0
+        r.register(_S3RequestsCollector())  # type: ignore[arg-type]
         if pending_fallback is not None:
             r.register(_FallbackCollector(pending_fallback))  # type: ignore[arg-type]
 
