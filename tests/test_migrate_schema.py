@@ -145,6 +145,21 @@ def test_kill_during_the_rewrite_loses_and_duplicates_no_row(legacy: tuple[Path,
     assert restored_exactly(config, pg, before, s3_client)
 
 
+def test_a_table_being_archived_is_skipped_and_the_migration_exits_1(legacy: tuple[Path, bytes], pg: psycopg.Connection[Any],
+                                                                   bucket: str, s3_client: Any) -> None:
+    from common.db import find_table_oid, try_table_lock
+
+    config, _before = legacy
+    snapshot = versions(s3_client, bucket)
+    oid = find_table_oid(pg, "public", "typed")
+    assert oid is not None and try_table_lock(pg, oid)  # as the archiver's run holds it
+    busy = migrate(config)
+    assert busy.returncode == ExitCode.FAILURE, busy.stderr
+    assert "rewrote 0 objects" in busy.stdout and "1 tables being archived were skipped" in busy.stdout
+    assert versions(s3_client, bucket) == snapshot
+
+
+@pytest.mark.s3_servers
 def test_an_object_under_legal_hold_is_reported_not_rewritten(
         tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], locked_bucket: str, s3_endpoint: str,
         s3_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
