@@ -50,7 +50,7 @@ class Rewrites:
         text = f"{'would rewrite' if dry_run else 'rewrote'} {self.found if dry_run else self.rewritten} objects " \
                "of mixed schema in their table's schema"
         if self.finished:
-            text += f" (and finished {self.finished} interrupted rewrites)"
+            text += f" (and {'would finish' if dry_run else 'finished'} {self.finished} interrupted rewrites)"
         if self.locked:
             text += f"; {len(self.locked)} under Object Lock {'would be' if dry_run else 'were'} left as they are"
         if self.unreadable:
@@ -82,7 +82,10 @@ def rewrite_schemas(cfg: Config, catalog: Catalog, *, dry_run: bool, hook: Hook)
             continue
         todo = _rewritable(catalog, todo, out)
         out.found += len(todo)
-        if dry_run or not (todo or pending):
+        if dry_run:
+            out.finished += len(pending)
+            continue
+        if not (todo or pending):
             continue
         if not key_secret:
             check_object_lock(cfg, catalog.primary)

@@ -127,14 +127,17 @@ def test_migration_rewrites_mixed_objects_into_the_tables_one_schema(
     assert restored_exactly(config, pg, before, s3_client)
 
 
-@pytest.mark.parametrize("point", ["after_replacement:1", "after_replacement:2", "after_migration_digest:1",
-                                   "after_old_removed:1"])
+@pytest.mark.parametrize("point,left", [("after_replacement:1", (1, 1)), ("after_replacement:2", (0, 2)),
+                                        ("after_migration_digest:1", (0, 2)), ("after_old_removed:1", (0, 1))])
 def test_kill_during_the_rewrite_loses_and_duplicates_no_row(legacy: tuple[Path, bytes], point: str,
-                                                            pg: psycopg.Connection[Any], s3_client: Any) -> None:
+                                                            left: tuple[int, int], pg: psycopg.Connection[Any],
+                                                            bucket: str, s3_client: Any) -> None:
     config, before = legacy
     killed = migrate(config, kill_at=point)
     assert killed.returncode == -9, killed.stderr
     assert catalog_ids(load_config(config), s3_client, table="typed") == ALL_IDS  # every reader: each row once
+    dry = migrate_layout(load_config(config), [S3Storage(s3_client, bucket)], dry_run=True).rewrites
+    assert (dry.found, dry.finished) == left  # (objects still to rewrite, rewrites to finish)
     midway = validate(load_config(config))
     assert {p.type for p in midway.problems} <= {"unfinished_erasure", "mixed_schema"} and midway.summary.rows == 6
     assert all("run it again" in p.message for p in midway.problems if p.type == "unfinished_erasure")
