@@ -1,7 +1,7 @@
 """The erase tool behind the CLI (issue 17): find the objects holding rows that match --where, refuse
 the table when any of them cannot be rewritten (COMPLIANCE lock, or not readable without an S3
 restore), otherwise replace each, record the erasure in the table's digest chain, and remove the
-old objects (erase/rewrite.py says in what order, and why a kill at any point is safe)."""
+old objects (common/replace.py says in what order, and why a kill at any point is safe)."""
 from __future__ import annotations
 
 import logging
