@@ -75,17 +75,12 @@ def rewrite_schemas(cfg: Config, catalog: Catalog, *, dry_run: bool, hook: Hook)
     out = Rewrites()
     key_secret: list[bytes | None] = []  # read once, and only when something is rewritten
     for ref in _tables(cfg, catalog):
-        objects = catalog.list_objects(ref)  # current objects: an unfinished replacement's old one is not
-        pending = [(o, n) for o, n in catalog.superseded if (n.replaces or {}).get("kind") == "migrate"]
-        todo = [o for o in objects if o.location != "fallback" and mixed(o)]
+        todo, pending = _work(catalog, ref)
         if not todo and not pending:
             continue
-        todo = _rewritable(catalog, todo, out)
-        out.found += len(todo)
         if dry_run:
+            out.found += len(_rewritable(catalog, todo, out))
             out.finished += len(pending)
-            continue
-        if not (todo or pending):
             continue
         if not key_secret:
             check_object_lock(cfg, catalog.primary)
@@ -96,8 +91,19 @@ def rewrite_schemas(cfg: Config, catalog: Catalog, *, dry_run: bool, hook: Hook)
                 log.warning("%s/%s is being archived: its %d objects of mixed schema are left for a later run",
                             ref.database, ref.name, len(todo))
                 continue
+            todo, pending = _work(catalog, ref)  # again, under the lock: an erase may have replaced one meanwhile
+            todo = _rewritable(catalog, todo, out)
+            out.found += len(todo)
             _table(cfg, catalog, ref, todo, pending, out, key_secret=key_secret[0], hook=hook)
     return out
+
+
+def _work(catalog: Catalog, ref: TableRef) -> tuple[list[ArchiveObject], list[tuple[ArchiveObject, ArchiveObject]]]:
+    """The table's objects of mixed schema (those in the archive store), and the rewrites an
+    interrupted migration stored whose old object is still there: (old, replacement)."""
+    objects = catalog.list_objects(ref)  # current objects: an unfinished replacement's old one is not
+    pending = [(o, n) for o, n in catalog.superseded if (n.replaces or {}).get("kind") == "migrate"]
+    return [o for o in objects if o.location != "fallback" and mixed(o)], pending
 
 
 def _tables(cfg: Config, catalog: Catalog) -> list[TableRef]:
