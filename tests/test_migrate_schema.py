@@ -48,7 +48,7 @@ def migrate(config: Path, *args: str, kill_at: str | None = None) -> subprocess.
 
 
 def archive_as_main_did(tmp_path: Path, dsn: str, pg: psycopg.Connection[Any], bucket: str, endpoint: str,
-                        monkeypatch: pytest.MonkeyPatch) -> tuple[Path, bytes]:
+                        monkeypatch: pytest.MonkeyPatch, **s3: Any) -> tuple[Path, bytes]:
     """The typed table (tests/test_one_schema.py) archived by the reader rule main had before
     issue 27, into S3: three objects, two of mixed schema. Returns the config and the table's
     COPY text before archiving."""
@@ -56,7 +56,7 @@ def archive_as_main_did(tmp_path: Path, dsn: str, pg: psycopg.Connection[Any], b
     pg.execute(ROWS)
     before = dump(pg, "typed")
     config = make_config(tmp_path, dsn=dsn, bucket=bucket, endpoint=endpoint, tables=[{"name": "typed"}],
-                         defaults={"retention_days": 1, "batch_size": 2})
+                         defaults={"retention_days": 1, "batch_size": 2}, s3=s3)
     cut = archiver.reader._Cut.batch
     with monkeypatch.context() as m:
         m.setattr(archiver.reader._Cut, "batch", lambda self, *a, **k: _as_main_wrote_it(cut(self, *a, **k)))
@@ -178,3 +178,16 @@ def test_an_object_under_legal_hold_is_reported_not_rewritten(
     assert store.get(held) and mixed(config) == MIXED_DAYS[:1]
     assert catalog_ids(load_config(config), s3_client, table="typed") == ALL_IDS
     assert restored_exactly(config, pg, before, s3_client)
+
+
+def test_objects_under_retention_are_reported_and_nothing_is_removed(
+        tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], locked_bucket: str, s3_endpoint: str,
+        s3_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Archived with s3.object_lock (GOVERNANCE, which erase may bypass): the migration may not."""
+    config, _before = archive_as_main_did(tmp_path, pg_dsn, pg, locked_bucket, s3_endpoint, monkeypatch,
+                                          object_lock={"mode": "GOVERNANCE", "retain_days": 1})
+    snapshot = versions(s3_client, locked_bucket)
+    result = migrate_layout(load_config(config), [S3Storage(s3_client, locked_bucket)])
+    assert (result.rewrites.rewritten, len(result.rewrites.locked), result.failed) == (0, 2, False)
+    assert "2 under Object Lock were left as they are" in result.summary()
+    assert versions(s3_client, locked_bucket) == snapshot and mixed(config) == MIXED_DAYS
