@@ -10,15 +10,18 @@ a hold that cannot be ruled out is kept."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from datetime import date
 
 from common.archive_sql import Engine, Query, union_schema
 from common.arrow_types import exceptions_of
-from common import batch_writer
+from common import batch_writer, layout
 from common.catalog import ArchiveObject, Catalog
-from common.holds import Hold
+from common.holds import Hold, active
+from common.legal_hold import set_on
 from common.manifest import Manifest
+from common.storage import S3Storage
 
 log = logging.getLogger("holds")
 
@@ -69,3 +72,38 @@ def holding_batch(holds: Sequence[Hold], manifest: Manifest, data: bytes, day: d
         rows, _schema, _enc, doc = batch_writer.decode(data, fmt=batch_writer.format_of(manifest.key))
         found += [h for h in where if rows_match(h, obj, rows, doc)]
     return found
+
+
+class UploadHolds:
+    """The archiver's upload path on a bucket with Object Lock (s3.object_lock): an object written
+    into the scope of a hold in force gets S3's legal hold at once, before its manifest makes it
+    count. The table's holds are read once per run (one listing), when its first object is stored:
+    `hold` takes the table's advisory lock, so no hold is placed while a run archives the table.
+    Without Object Lock there is no flag to set: the hold records hold it (holding)."""
+
+    def __init__(self, store: S3Storage, prefix: str) -> None:
+        self.store, self.prefix = store, prefix
+        self._holds: dict[tuple[str, str, str], list[Hold]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_store(cls, store: object, prefix: str) -> UploadHolds | None:
+        return cls(store, prefix) if isinstance(store, S3Storage) and store.object_lock is not None else None
+
+    def after_put(self, manifest: Manifest, data: bytes) -> None:
+        parsed = layout.parse_key(self.prefix, manifest.key)
+        holds = self._table(manifest.database, manifest.schema, manifest.table)
+        if parsed is None or not holds:
+            return
+        held = holding_batch(holds, manifest, data, parsed.day)
+        if held:
+            set_on(self.store, manifest.key)
+            log.info("%s is written into the scope of legal hold %s: S3 legal hold ON", manifest.key,
+                     ", ".join(h.hold_id for h in held))
+
+    def _table(self, database: str, schema: str, table: str) -> list[Hold]:
+        with self._lock:
+            key = (database, schema, table)
+            if key not in self._holds:
+                self._holds[key] = active(self.store, self.prefix, database, schema, table)
+            return self._holds[key]

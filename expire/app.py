@@ -5,7 +5,7 @@ or Object Lock keeps (expire/plan.py), recording each expiry in the table's dige
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,8 +19,9 @@ from common.jsonout import render_json
 from common.logging_setup import setup_logging
 from common.table_session import table_session
 from expire.metrics import write_textfile
+from expire.outcome import TableOutcome
 from expire.plan import Bucket, Plan, make_plan
-from expire.table import Done, expire_table
+from expire.table import expire_table
 
 log = logging.getLogger("expire")
 
@@ -34,19 +35,6 @@ class ExpireOptions:
     output_format: str = "text"
     verbose: bool = False
     textfile: Path | None = None
-
-
-@dataclass
-class TableOutcome:
-    ref: TableRef
-    retention_days: int | None
-    plan: Plan | None = None
-    done: Done | None = None
-    holds: list[holds_mod.Hold] = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.done and self.done.failed)
 
 
 def run(opts: ExpireOptions, *, env: Environment | None = None, s3_client: Any | None = None,

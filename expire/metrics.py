@@ -8,15 +8,11 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from common.files import atomic_write
 from common.holds import age_days
-
-if TYPE_CHECKING:
-    from expire.app import TableOutcome
+from expire.outcome import TableOutcome
 
 KEPT_REASONS = ("legal_hold", "s3_legal_hold", "object_lock")
 

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from common.catalog import ArchiveObject, Catalog, TableRef
 from common.hold_scope import holding
 from common.holds import Hold
+from common.legal_hold import bucket_locked
 from common.lock import head_lock
 from common.storage import S3Storage
 
@@ -67,13 +66,7 @@ class Bucket:
     def of(cls, store: Any) -> Bucket:
         if not isinstance(store, S3Storage):
             return cls(False, False)
-        try:
-            answer = store.client.get_object_lock_configuration(Bucket=store.bucket)
-            locked = answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
-                raise
-            locked = False
+        locked = bucket_locked(store.client, store.bucket)
         versioned = locked or store.client.get_bucket_versioning(Bucket=store.bucket).get("Status") in ("Enabled", "Suspended")
         return cls(locked, versioned)
 

@@ -1,0 +1,115 @@
+"""Archive lifecycle (issue 29) on a bucket without Object Lock: `expire` deletes the objects past the
+table's archive retention by the database's clock and records it in the digest chain (validate
+stays clean and tells an expired object from a lost one); legal holds by days, rows or the whole
+table keep objects from expiry and erasure until released; a kill -9 during expiry is finished by
+the next run. Against moto over HTTP, with the real PostgreSQL."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.cli import Environment
+from common.exit_codes import ExitCode
+from erase.app import EraseOptions, run as erase
+from lifecycle_support import Archive, assert_valid, chain_kinds, cli, make_archive, run_expire, run_hold
+from validate.checks import validate
+from common.config import load_config
+
+
+@pytest.fixture()
+def arch(tmp_path: Path, pg_dsn: str, bucket: str, moto_server: str, s3_client: Any) -> Archive:
+    return make_archive(tmp_path, pg_dsn, bucket, moto_server, s3_client)
+
+
+def test_expire_deletes_the_objects_past_retention_and_the_chain_records_it(arch: Archive, s3_client: Any) -> None:
+    before, due = arch.keys(), arch.due()
+    assert 0 < len(due) < len(before)
+    code, dry = run_expire(arch, s3_client, dry_run=True)
+    assert code == 0 and {e["key"] for e in dry["tables"][0]["expired"]} == due and arch.keys() == before
+    code, doc = run_expire(arch, s3_client)
+    table = doc["tables"][0]
+    assert code == 0 and table["deleted"] == len(due) and table["rows_expired"] == sum(before[k].rows for k in due)
+    assert set(arch.keys()) == set(before) - due
+    assert not {o.key for o in arch.store.list("")} & due  # the bytes are gone, not only uncounted
+    assert chain_kinds(arch)[-1] == "expire"
+    report = validate(load_config(arch.config), s3_client=s3_client)
+    assert report.ok, report.text_lines()
+    assert any(n.startswith("expiry at") and f"{len(due)} objects" in n for n in report.notes), report.notes
+    code, again = run_expire(arch, s3_client)  # idempotent: nothing more is due, no digest written
+    assert code == 0 and again["tables"][0]["expired"] == [] and again["tables"][0]["digest"] is None
+
+
+def test_validate_tells_an_expired_object_from_a_lost_one(arch: Archive, s3_client: Any) -> None:
+    run_expire(arch, s3_client)
+    lost = sorted(arch.keys())[-1]
+    arch.store.delete(lost)
+    report = validate(load_config(arch.config), s3_client=s3_client)
+    assert not report.ok and {p.key for p in report.problems} == {lost}, report.text_lines()
+
+
+@pytest.mark.parametrize("scope", ["dates", "where", "table"])
+def test_a_hold_keeps_due_objects_until_it_is_released(arch: Archive, s3_client: Any, scope: str) -> None:
+    due = sorted(arch.due(), key=lambda k: arch.keys()[k].max_ts)
+    oldest = arch.keys()[due[0]]
+    args: dict[str, Any] = {"dates": {"start_date": oldest.min_ts[:10], "end_date": oldest.min_ts[:10]},
+                            "where": {"where": f"id = {oldest.min_pk}"}, "table": {}}[scope]
+    placed = run_hold(arch, s3_client, **args)
+    hold_id = placed["holds"][0]["hold_id"]
+    assert placed["objects"] == ([due[0]] if scope != "table" else sorted(arch.keys()))
+    code, doc = run_expire(arch, s3_client)
+    kept = {k["key"]: k for k in doc["tables"][0]["kept"]}
+    held = {due[0]} if scope != "table" else set(due)
+    assert code == 0 and set(kept) == held and all(k["hold_id"] == hold_id for k in kept.values())
+    assert held <= set(arch.keys()) and not (set(due) - held) & set(arch.keys())
+    assert_valid(arch, s3_client)
+    run_hold(arch, s3_client, release=hold_id, reason="case closed")
+    assert_valid(arch, s3_client)
+    run_expire(arch, s3_client)
+    assert not set(due) & set(arch.keys())
+    assert_valid(arch, s3_client)
+    assert chain_kinds(arch).count("hold") == 2
+
+
+def test_erase_refuses_rows_in_held_objects_naming_the_hold(arch: Archive, s3_client: Any) -> None:
+    keys = arch.keys()
+    target = max(keys.values(), key=lambda m: m.max_ts)  # not even due: a hold is not only about expiry
+    placed = run_hold(arch, s3_client, where=f"id = {target.max_pk}", reason="subpoena 42")
+    before = {o.key: o.etag if hasattr(o, "etag") else o.size for o in arch.store.list("")}
+    out = io.StringIO()
+    code = erase(EraseOptions(config_path=arch.config, database="production_db", table="audit_logs",
+                              where=f"id = {target.max_pk}"), env=Environment(stdout=out), s3_client=s3_client)
+    assert code == ExitCode.FAILURE
+    assert placed["holds"][0]["hold_id"] in out.getvalue() and "subpoena 42" in out.getvalue()
+    assert {o.key: o.etag if hasattr(o, "etag") else o.size for o in arch.store.list("")} == before
+
+
+def test_hold_cli_places_lists_and_releases(arch: Archive) -> None:
+    base = ["--config", str(arch.config), "--database", "production_db", "--table", "audit_logs"]
+    assert cli("hold.main", *base).returncode == ExitCode.USAGE  # --reason is required
+    placed = cli("hold.main", *base, "--start-date", "2000-01-01", "--reason", "audit", "--by", "counsel",
+                 "--output-format", "json")
+    assert placed.returncode == 0, placed.stderr
+    hold_id = json.loads(placed.stdout)["holds"][0]["hold_id"]
+    listed = cli("hold.main", *base, "--list")
+    assert f"{hold_id} ACTIVE" in listed.stdout and "by counsel: audit" in listed.stdout
+    released = cli("hold.main", *base, "--release", hold_id, "--reason", "done")
+    assert released.returncode == 0, released.stderr
+    doc = json.loads(cli("hold.main", *base, "--list", "--output-format", "json").stdout)
+    assert doc["holds"][0]["active"] is False and doc["holds"][0]["released"]["reason"] == "done"
+
+
+@pytest.mark.parametrize("point", ["after_expiry_record:1", "after_expiry_digest:1", "after_expiry_delete:2"])
+def test_kill_during_expiry_then_a_rerun_finishes_it(arch: Archive, s3_client: Any, point: str) -> None:
+    before, due = arch.keys(), arch.due()
+    killed = cli("expire.main", "--config", str(arch.config), env={"ARCHIVER_TEST_KILL_AT": point})
+    assert killed.returncode == -9, killed.stderr
+    assert set(arch.keys()) == set(before) - due  # from the record on, no reader counts them
+    rerun = cli("expire.main", "--config", str(arch.config), "--output-format", "json")
+    assert rerun.returncode == 0, rerun.stderr
+    assert not {o.key for o in arch.store.list("")} & due
+    assert chain_kinds(arch).count("expire") == 1
+    assert_valid(arch, s3_client)
