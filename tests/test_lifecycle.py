@@ -55,13 +55,14 @@ def test_validate_tells_an_expired_object_from_a_lost_one(arch: Archive, s3_clie
 
 @pytest.mark.parametrize("scope", ["dates", "where", "table"])
 def test_a_hold_keeps_due_objects_until_it_is_released(arch: Archive, s3_client: Any, scope: str) -> None:
-    due = sorted(arch.due(), key=lambda k: arch.keys()[k].max_ts)
-    oldest = arch.keys()[due[0]]
+    manifests = arch.keys()
+    due = sorted(arch.due(), key=lambda k: manifests[k].max_ts)
+    oldest = manifests[due[0]]
     args: dict[str, Any] = {"dates": {"start_date": oldest.min_ts[:10], "end_date": oldest.min_ts[:10]},
                             "where": {"where": f"id = {oldest.min_pk}"}, "table": {}}[scope]
     placed = run_hold(arch, s3_client, **args)
     hold_id = placed["holds"][0]["hold_id"]
-    assert placed["objects"] == ([due[0]] if scope != "table" else sorted(arch.keys()))
+    assert placed["objects"] == ([due[0]] if scope != "table" else sorted(manifests))
     code, doc = run_expire(arch, s3_client)
     kept = {k["key"]: k for k in doc["tables"][0]["kept"]}
     held = {due[0]} if scope != "table" else set(due)
