@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from common import layout
 from common.cli import Environment
 from common.exit_codes import ExitCode
+from cost.app import CostOptions, run as cost
 from erase.app import EraseOptions, run as erase
 from hold.main import cli as hold_cli
-from lifecycle_support import Archive, assert_valid, chain_kinds, cli, make_archive, run_expire, run_hold
+from lifecycle_support import RETENTION, Archive, assert_valid, chain_kinds, cli, make_archive, run_expire, run_hold
 from validate.checks import validate
 from common.config import load_config
 
@@ -117,3 +120,24 @@ def test_kill_during_expiry_then_a_rerun_finishes_it(arch: Archive, s3_client: A
     assert not {o.key for o in arch.store.list("")} & due
     assert chain_kinds(arch).count("expire") == 1
     assert_valid(arch, s3_client)
+
+
+def test_cost_shows_what_expiry_saves_with_the_tables_setting(arch: Archive, s3_client: Any) -> None:
+    out = io.StringIO()
+    assert cost(CostOptions(config_path=arch.config, output_format="json"), s3_client=s3_client,
+                env=Environment(stdout=out)) == 0
+    [found] = json.loads(out.getvalue())["expiry"]
+    last = datetime.now(timezone.utc).date() - timedelta(days=RETENTION + 1)  # the newest day wholly past it
+    past = {k: m for k, m in arch.keys().items() if _day(k) <= last}
+    assert past and set(past) <= arch.due()
+    assert (found["table"], found["archive_retention_days"]) == ("public.audit_logs", RETENTION)
+    assert (found["objects_past_retention"], found["bytes_past_retention"]) == (len(past), sum(m.size for m in past.values()))
+    text = io.StringIO()
+    cost(CostOptions(config_path=arch.config), s3_client=s3_client, env=Environment(stdout=text))
+    assert f"public.audit_logs: {RETENTION} days:" in text.getvalue() and f"{len(past)} objects past it now" in text.getvalue()
+
+
+def _day(key: str) -> date:
+    parsed = layout.parse_key("", key)
+    assert parsed is not None
+    return parsed.day
