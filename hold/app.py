@@ -62,7 +62,7 @@ class Outcome:
 def run(opts: HoldOptions, *, env: Environment | None = None, s3_client: Any | None = None,
         hook: Hook | None = None) -> int:
     env = env or Environment()
-    _check(opts)
+    check_options(opts)
     cfg = load_config(opts.config_path)
     setup_logging(cfg.logging, verbose=opts.verbose)
     catalog = Catalog(cfg, s3_client=s3_client)
@@ -84,7 +84,7 @@ def run(opts: HoldOptions, *, env: Environment | None = None, s3_client: Any | N
     return int(ExitCode.OK)
 
 
-def _check(opts: HoldOptions) -> None:
+def check_options(opts: HoldOptions) -> None:
     scoped = opts.start_date or opts.end_date or opts.where
     if opts.list_holds:
         if opts.release or scoped:
