@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -106,7 +106,7 @@ def place(catalog: Catalog, ref: TableRef, opts: HoldOptions, *, now: str, key_s
     start, end = parse_range(opts.start_date, opts.end_date)
     scope = "where" if opts.where else "dates" if (start or end) else "table"
     assert opts.reason is not None
-    hold = holds_mod.Hold(holds_mod.new_id(_utc(now), opts.reason), ref.database, ref.schema, ref.table, scope,
+    hold = holds_mod.Hold(holds_mod.new_id(datetime.fromisoformat(now), opts.reason), ref.database, ref.schema, ref.table, scope,
                           opts.reason.strip(), holds_mod.who(opts.by), now,
                           start_date=_iso(start), end_date=_iso(end), where=opts.where)
     hold.objects = [o.key for o in _held_now(catalog, ref, hold, start, end)]
@@ -192,11 +192,6 @@ def _digest(catalog: Catalog, ref: TableRef, events: list[dict[str, Any]], key_s
                        table=ref.table, objects=[], holds=events, kind="hold", key_secret=key_secret)
     log.info("digest %s records the legal hold %s (%s)", key, events[0]["hold_id"], events[0]["action"])
     return key
-
-
-def _utc(text: str) -> Any:
-    from datetime import datetime
-    return datetime.fromisoformat(text)
 
 
 def _iso(day: date | None) -> str | None:
