@@ -68,13 +68,17 @@ def tables(cfg: Config, opts: ExpireOptions) -> list[TableRef]:
 
 def expire_one(cfg: Config, catalog: Catalog, ref: TableRef, *, dry_run: bool, key_secret: bytes | None,
                hook: Hook) -> TableOutcome:
-    days = cfg.options(cfg.table(ref.database, ref.table, ref.schema)).archive_retention_days
+    options = cfg.options(cfg.table(ref.database, ref.table, ref.schema))
+    days = options.archive_retention_days
     store, prefix = catalog.primary, catalog.prefix
     out = TableOutcome(ref, days, holds=holds_mod.active(store, prefix, ref.database, ref.schema, ref.table))
     ctx = {"database": ref.database, "table": ref.name}
     if days is None:
         log.info("no archive_retention_days: the archive is kept forever", extra=ctx)
         return out
+    if days <= options.retention_days:
+        log.warning("archive_retention_days (%d) is not longer than retention_days (%d): each batch is expired as "
+                    "soon as it is archived", days, options.retention_days, extra=ctx)
     with table_session(cfg, ref.database, ref.schema, ref.table, role="expire", lock=not dry_run) as session:
         now = session.now()
         bucket = Bucket.of(store)
