@@ -17,6 +17,7 @@ from common.exit_codes import ExitCode
 from common.hooks import Hook, env_hook
 from common.jsonout import render_json
 from common.logging_setup import setup_logging
+from common.s3client import check_object_lock
 from common.table_session import table_session
 from expire.metrics import write_textfile
 from expire.outcome import TableOutcome
@@ -44,6 +45,8 @@ def run(opts: ExpireOptions, *, env: Environment | None = None, s3_client: Any |
     setup_logging(cfg.logging, verbose=opts.verbose)
     catalog = Catalog(cfg, s3_client=s3_client)
     key_secret = None if opts.dry_run else digest.secret(cfg)
+    if not opts.dry_run:
+        check_object_lock(cfg, catalog.primary)  # records and digests are stored under the configured lock
     outcomes = [expire_one(cfg, catalog, ref, dry_run=opts.dry_run, key_secret=key_secret,
                            hook=env_hook() if hook is None else hook) for ref in tables(cfg, opts)]
     if opts.textfile is not None and not opts.dry_run:
