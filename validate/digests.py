@@ -142,7 +142,10 @@ class DigestAudit:
             chain.holds.extend(d.holds)
             created = _parse(d.created_at)
             chain.first_at = chain.first_at or created
-            chain.head_at = created or chain.head_at
+            if d.kind not in ("hold", "expire"):
+                # They store no objects: an archive run killed before its digest is still the next
+                # archive digest's to record, so its objects stay "not yet covered", not orphans.
+                chain.head_at = created or chain.head_at
             prev_key, prev_sha = info.key, sha256_hex(data)
         return chain
 
