@@ -11,12 +11,15 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
 from common import layout
 from common.cli import Environment
+from common.db import table_oid, try_table_lock
 from common.exit_codes import ExitCode
+from common.table_session import TableBusy
 from cost.app import CostOptions, run as cost
 from erase.app import EraseOptions, run as erase
 from expire.app import ExpireOptions, run as expire
@@ -161,3 +164,14 @@ def test_a_hold_after_a_run_killed_before_its_digest_leaves_its_objects_uncovere
     run_hold(arch, s3_client)  # its digest records no objects: the killed run's stay the next run's to record
     report = validate(load_config(arch.config), s3_client=s3_client)
     assert report.ok and any("not yet covered" in n for n in report.notes), report.text_lines()
+
+
+def test_expire_and_hold_refuse_a_table_another_tool_is_working_on(arch: Archive, s3_client: Any) -> None:
+    before = set(arch.store.list(""))
+    with psycopg.connect(arch.dsn) as other:  # the archiver (or erase) holds the table's advisory lock
+        assert try_table_lock(other, table_oid(other, "public", "audit_logs"))
+        with pytest.raises(TableBusy, match="busy"):
+            run_expire(arch, s3_client)
+        with pytest.raises(TableBusy, match="busy"):
+            run_hold(arch, s3_client)
+    assert set(arch.store.list("")) == before
