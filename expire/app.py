@@ -74,9 +74,10 @@ def expire_one(cfg: Config, catalog: Catalog, ref: TableRef, *, dry_run: bool, k
     options = cfg.options(cfg.table(ref.database, ref.table, ref.schema))
     days = options.archive_retention_days
     store, prefix = catalog.primary, catalog.prefix
-    out = TableOutcome(ref, days, holds=holds_mod.active(store, prefix, ref.database, ref.schema, ref.table))
+    out = TableOutcome(ref, days)
     ctx = {"database": ref.database, "table": ref.name}
     if days is None:
+        out.holds = holds_mod.active(store, prefix, ref.database, ref.schema, ref.table)  # for the gauges
         log.info("no archive_retention_days: the archive is kept forever", extra=ctx)
         return out
     if days <= options.retention_days:
@@ -84,6 +85,8 @@ def expire_one(cfg: Config, catalog: Catalog, ref: TableRef, *, dry_run: bool, k
                     "soon as it is archived", days, options.retention_days, extra=ctx)
     with table_session(cfg, ref.database, ref.schema, ref.table, role="expire", lock=not dry_run) as session:
         now = session.now()
+        # Read under the table's lock: `hold` takes it too, so no hold placed since can be missed.
+        out.holds = holds_mod.active(store, prefix, ref.database, ref.schema, ref.table)
         bucket = Bucket.of(store)
         out.plan = make_plan(catalog, ref, retention_days=days, now=now, holds=out.holds, bucket=bucket)
         _log_plan(out.plan, ctx)
