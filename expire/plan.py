@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from common.catalog import ArchiveObject, Catalog, TableRef
 from common.hold_scope import holding
 from common.holds import Hold
@@ -67,8 +69,13 @@ class Bucket:
         if not isinstance(store, S3Storage):
             return cls(False, False)
         locked = bucket_locked(store.client, store.bucket)
-        versioned = locked or store.client.get_bucket_versioning(Bucket=store.bucket).get("Status") in ("Enabled", "Suspended")
-        return cls(locked, versioned)
+        if locked:
+            return cls(True, True)
+        try:
+            status = store.client.get_bucket_versioning(Bucket=store.bucket).get("Status")
+        except ClientError:
+            return cls(False, True)  # not allowed to ask: deleting every version is right either way
+        return cls(False, status in ("Enabled", "Suspended"))
 
 
 def due(obj: ArchiveObject, cutoff: datetime) -> bool:
