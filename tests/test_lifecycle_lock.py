@@ -16,7 +16,7 @@ from archiver.runner import run_archive
 from common import layout
 from common.config import load_config
 from compliance_support import locked_bucket  # noqa: F401 - fixture
-from lifecycle_support import Archive, assert_valid, make_archive, run_expire, run_hold, write_config
+from lifecycle_support import Archive, assert_valid, chain_kinds, cli, make_archive, run_expire, run_hold, write_config
 
 
 def legal_hold(client: Any, bucket: str, key: str) -> str:
@@ -123,3 +123,19 @@ def _day(arch: Archive, key: str) -> date:
     parsed = layout.parse_key("", key)
     assert parsed is not None
     return parsed.day
+
+
+def test_a_release_killed_after_its_record_is_finished_by_running_it_again(
+        tmp_path: Path, pg_dsn: str, locked_bucket: str, moto_server: str, s3_client: Any) -> None:
+    arch = make_archive(tmp_path, pg_dsn, locked_bucket, moto_server, s3_client, lock={"mode": "GOVERNANCE", "retain_days": 1})
+    hold_id = run_hold(arch, s3_client)["holds"][0]["hold_id"]
+    killed = cli("hold.main", "--config", str(arch.config), "--database", "production_db", "--table", "audit_logs",
+                 "--release", hold_id, "--reason", "settled", env={"ARCHIVER_TEST_KILL_AT": "after_release_record:1"})
+    assert killed.returncode == -9, killed.stderr
+    keys = sorted(arch.keys())
+    assert {legal_hold(s3_client, locked_bucket, k) for k in keys} == {"ON"}  # released on record, not yet in S3
+    again = run_hold(arch, s3_client, release=hold_id, reason="settled")
+    assert again["holds"][0]["released"]["reason"] == "settled" and sorted(again["objects"]) == keys
+    assert {legal_hold(s3_client, locked_bucket, k) for k in keys} == {"OFF"}
+    assert chain_kinds(arch).count("hold") == 2  # the placement and one release
+    assert_valid(arch, s3_client)
