@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(VPY) bench/run.py
 
 typecheck: $(STAMP)
-	$(VPY) -m mypy common archiver restore validate cost wizard query erase bench scripts
+	$(VPY) -m mypy common archiver restore validate cost wizard query erase expire hold bench scripts
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache

@@ -42,6 +42,14 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, BotoCoreError)
 
 
+def _upload_holds(primary: Storage, prefix: str) -> Any:
+    """Only with Object Lock configured: its import (DuckDB, for --where holds) is not paid otherwise."""
+    if getattr(primary, "object_lock", None) is None:
+        return None
+    from common.hold_scope import UploadHolds
+    return UploadHolds.for_store(primary, prefix)
+
+
 @dataclass
 class DrainResult:
     drained: int = 0
@@ -60,6 +68,7 @@ class ArchiveSink:
         self.clock = clock
         self.hook = hook  # between_object_and_manifest (archiver/hooks.py)
         self.opened_at: float | None = None  # circuit open since
+        self.holds = _upload_holds(primary, prefix)  # legal holds on what is written (issue 29)
 
     @property
     def s3_down(self) -> bool:
@@ -85,9 +94,12 @@ class ArchiveSink:
     def put(self, manifest: Manifest, data: bytes) -> str:
         """Store a batch's data object, verified; returns where ('s3', 'local', 'fallback'). It does
         not count as archived until `record` stores its manifest."""
-        return self._to_primary_or_fallback(f"S3 upload of {manifest.key}",
-                                            lambda store: self._put_object(store, manifest, data),
-                                            cleanup=(manifest.key,))
+        where = self._to_primary_or_fallback(f"S3 upload of {manifest.key}",
+                                             lambda store: self._put_object(store, manifest, data),
+                                             cleanup=(manifest.key,))
+        if self.holds is not None and where == self.primary.location:
+            self.holds.after_put(manifest, data)
+        return where
 
     def record(self, stored: Sequence[tuple[Manifest, str]]) -> None:
         """Store the manifests of these stored batches (one set per table and location): from

@@ -78,6 +78,9 @@ class TableOptions(_Strict):
     #: keep = its rows are deleted row by row like any other; detach / drop = archived in full,
     #: then detached (and dropped) instead of deleted (archiver/partitions.py).
     expired_partitions: ExpiredPartitions | None = None
+    #: Days an archived object is kept after its newest row's time; then `expire` deletes it (unless
+    #: a legal hold or its Object Lock retention keeps it). Unset: kept forever (issue 29).
+    archive_retention_days: int | None = Field(default=None, ge=1)
 
 
 class Defaults(TableOptions):
@@ -263,6 +266,7 @@ class ResolvedOptions(BaseModel):
     max_replica_lag_seconds: float | None
     expired_partitions: ExpiredPartitions
     application_name: str
+    archive_retention_days: int | None = None
 
 
 def _expand(value: Any, path: str, source: str) -> Any:

@@ -56,6 +56,25 @@ class Erasure:
     predicate_sha256: str
 
 
+@dataclass(frozen=True)
+class Expired:
+    """One object deleted by `expire` (issue 29): its rows' time was past the table's archive
+    retention. validate tells it from a lost object by this entry."""
+
+    key: str
+    sha256: str
+    rows: int
+    manifest_sha256: str
+    max_ts: str
+    expired_at: str  # the database's clock
+    retention_days: int
+
+
+#: Fields added after digests were first signed: left out of a digest's bytes while empty, so the
+#: signature and sha256 of every digest written before them stay what they were.
+_OPTIONAL = ("expired", "holds")
+
+
 @dataclass
 class Digest:
     database: str
@@ -70,14 +89,18 @@ class Digest:
     #: Objects stored whose moves had not finished (a delete failed, the run stopped): a later
     #: digest records them once their move finishes, or they are taken back.
     pending: list[str] = field(default_factory=list)
-    kind: str = "archive"  # archive | erase
+    kind: str = "archive"  # archive | erase | expire | hold
+    #: Objects expiry deleted (kind expire).
+    expired: list[Expired] = field(default_factory=list)
+    #: Legal holds placed or released (kind hold): {"hold_id", "action", "reason", "by", "at", "scope", "objects"}.
+    holds: list[dict[str, Any]] = field(default_factory=list)
     digest_version: int = DIGEST_VERSION
     signature_algorithm: str | None = None
     signature: str | None = None
 
     def body(self) -> bytes:
         """The canonical bytes the signature covers: everything but the signature itself."""
-        doc = asdict(self)
+        doc = _document(self)
         doc.pop("signature")
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -88,7 +111,7 @@ class Digest:
         return self
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+        return json.dumps(_document(self), indent=1, sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, *, key: str) -> Digest:
@@ -96,6 +119,7 @@ class Digest:
             doc = json.loads(data)
             doc["objects"] = [DigestEntry(**e) for e in doc.get("objects", [])]
             doc["erasures"] = [Erasure(**e) for e in doc.get("erasures", [])]
+            doc["expired"] = [Expired(**e) for e in doc.get("expired", [])]
             known = set(cls.__dataclass_fields__)
             return cls(**{k: v for k, v in doc.items() if k in known})
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
@@ -103,6 +127,14 @@ class Digest:
 
     def verify(self, secret: bytes) -> bool:
         return self.signature is not None and hmac.compare_digest(self.signature, sign(self.body(), secret))
+
+
+def _document(d: Digest) -> dict[str, Any]:
+    doc = asdict(d)
+    for name in _OPTIONAL:
+        if not doc.get(name):
+            doc.pop(name, None)
+    return doc
 
 
 def sign(body: bytes, secret: bytes) -> str:
@@ -167,7 +199,8 @@ def head(store: Any, prefix: str, database: str, schema: str, table: str) -> Hea
 
 def write(store: Any, *, prefix: str, database: str, schema: str, table: str, objects: list[DigestEntry],
           removed: list[str] | None = None, erasures: list[Erasure] | None = None, kind: str = "archive",
-          pending: list[str] | None = None,
+          pending: list[str] | None = None, expired: list[Expired] | None = None,
+          holds: list[dict[str, Any]] | None = None,
           key_secret: bytes | None = None, previous: Head | None = None,
           now: datetime | None = None) -> str:
     """Append a digest to the table's chain; returns its key. `previous`: the head the caller
@@ -175,7 +208,7 @@ def write(store: Any, *, prefix: str, database: str, schema: str, table: str, ob
     prev = previous if previous is not None else head(store, prefix, database, schema, table)
     created = now or datetime.now(timezone.utc)
     d = Digest(database, schema, table, created.isoformat(), prev.key if prev else None, prev.sha256 if prev else None,
-               objects, removed or [], erasures or [], pending or [], kind).signed(key_secret)
+               objects, removed or [], erasures or [], pending or [], kind, expired or [], holds or []).signed(key_secret)
     data = d.to_bytes()
     control = layout.control_prefix(prefix, database, schema, table)
     key = digest_key(control, created, d.body())

@@ -9,6 +9,8 @@ holds, expiries, Iceberg metadata) lives in its control folder, outside every ta
     <prefix>/_control/<database>/<schema>.<table>/manifests/   one manifest set per commit (common/manifest_sets.py)
                                                   digests/     the run digest chain (common/digest.py)
                                                   withdrawn/   batches taken back (common/withdrawals.py)
+                                                  holds/       legal holds and their releases (common/holds.py)
+                                                  expired/     objects deleted by expiry (common/expirations.py)
 
 A configured database may not be named `_control` (common/config.py).
 
@@ -50,6 +52,8 @@ CONTROL = "_control"
 MANIFESTS = "manifests/"
 DIGESTS = "digests/"
 WITHDRAWN = "withdrawn/"
+HOLDS = "holds/"
+EXPIRED = "expired/"
 
 
 def control_root(prefix: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import unquote
 
-from common import batch_writer, layout
+from common import batch_writer, expirations, layout
 from common.errors import DataIntegrityError
 from common.manifest_sets import Recorded, read as read_set, read_sidecar
 from common.storage import ObjectInfo, Storage
@@ -39,7 +39,8 @@ class TableListing:
     digests: list[ObjectInfo] = field(default_factory=list)  # run digests, both layouts, oldest first
     strays: list[ObjectInfo] = field(default_factory=list)  # anything else under the table's folder
     legacy: list[ObjectInfo] = field(default_factory=list)  # every key of the legacy layout
-    others: list[ObjectInfo] = field(default_factory=list)  # other control records (holds, expiries, ...)
+    others: list[ObjectInfo] = field(default_factory=list)  # other control records (holds, ...)
+    expiries: list[ObjectInfo] = field(default_factory=list)  # expiry records (common/expirations.py)
 
     def add(self, info: ObjectInfo) -> None:
         key = info.key
@@ -69,6 +70,8 @@ class TableListing:
             self.records.append(info)
         elif f"/{layout.DIGESTS}" in key and key.endswith(".json"):
             self.digests.append(info)
+        elif expirations.is_record(key):
+            self.expiries.append(info)
         else:
             self.others.append(info)
 
@@ -133,8 +136,11 @@ class TableIndex:
     """The manifests of a table in one store: per data key, the one that counts (the newest not
     withdrawn), whether or not its data object is there."""
 
-    def __init__(self, recorded: Iterable[Recorded], withdrawn: Withdrawn) -> None:
+    def __init__(self, recorded: Iterable[Recorded], withdrawn: Withdrawn,
+                 expired: expirations.ExpiredSet | None = None) -> None:
         self.withdrawn = withdrawn
+        #: Manifests expiry deleted the objects of (issue 29): gone on purpose, not archived.
+        self.expired = expired if expired is not None else expirations.ExpiredSet()
         self._all: dict[str, list[Recorded]] = {}
         for r in recorded:  # oldest first: legacy sidecars, then sets in the order written
             # One manifest recorded twice (a sidecar and its copy in a set, during --migrate-layout)
@@ -143,9 +149,12 @@ class TableIndex:
             self._all[r.key] = [*same, r]
         self.objects: dict[str, Recorded] = {}
         self.taken_back = 0
+        self.expired_count = 0
         for key, versions in self._all.items():
-            counted = [r for r in versions if not withdrawn.covers(key, r.sha256)]
-            self.taken_back += len(versions) - len(counted)
+            live = [r for r in versions if not self.expired.covers(key, r.sha256)]
+            self.expired_count += len(versions) - len(live)
+            counted = [r for r in live if not withdrawn.covers(key, r.sha256)]
+            self.taken_back += len(live) - len(counted)
             if counted:
                 self.objects[key] = counted[-1]
 
@@ -185,8 +194,10 @@ def load_index(store: Storage, listing: TableListing, *, sets_from: str | None =
         from_sets = list(ex.map(tolerant(lambda k: read_set(bytes(store.get(k)), key=k)), sets))
         from_sidecars = list(ex.map(tolerant(lambda k: read_sidecar(bytes(store.get(k)), key=k)), sidecars))
         records = list(ex.map(tolerant(lambda k: read_record(store, k)), [i.key for i in listing.records]))
+        expiries = list(ex.map(tolerant(lambda k: expirations.read(store, k)), [i.key for i in listing.expiries]))
     recorded = [*(r for r in from_sidecars if r is not None), *(r for group in from_sets if group for r in group)]
-    return TableIndex(recorded, Withdrawn(r for r in records if r is not None))
+    return TableIndex(recorded, Withdrawn(r for r in records if r is not None),
+                      expirations.ExpiredSet(e for e in expiries if e is not None))
 
 
 def load_table(store: Storage, prefix: str, database: str, schema: str, table: str) -> tuple[TableListing, TableIndex]:

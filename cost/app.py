@@ -3,6 +3,7 @@ measure when asked, estimate, print. Every bad input is a UsageError/ConfigError
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,8 @@ from common.cli import Environment
 from common.errors import UsageError
 from common.exit_codes import ExitCode
 from cost.estimate import estimate_all
-from cost.prices import load_prices
+from cost.expiry import TableExpiry, text_lines
+from cost.prices import ClassPrices, load_prices
 from cost.render import dumps, render_text, to_document
 from cost.scenario import Request, build, pick_region_class
 
@@ -57,8 +59,15 @@ def run(opts: CostOptions, *, s3_client: Any | None = None, env: Environment | N
     if cfg is not None and cfg.s3.object_lock is not None:
         for e in estimates:
             e.notes.append(lock_note(cfg.s3.object_lock))
-    text = (dumps(to_document(table, sc, estimates, measured)) if opts.output_format == "json"
-            else render_text(table, sc, estimates, measured))
+    saved = _expiry(cfg, measured, table.class_prices(region, klass)) if cfg is not None and measured is not None else []
+    if opts.output_format == "json":
+        doc = to_document(table, sc, estimates, measured)
+        if cfg is not None:
+            doc["expiry"] = [e.to_json() for e in saved]
+        text = dumps(doc)
+    else:
+        text = render_text(table, sc, estimates, measured)
+        text += "".join(line + "\n" for line in text_lines(saved, currency=table.currency, storage_class=klass))
     (env or Environment()).stdout.write(text)
     return int(ExitCode.OK)
 
@@ -70,6 +79,12 @@ def lock_note(lock: ObjectLockConfig) -> str:
             f"early, so every one is billed for at least {lock.retain_days} days whatever lifecycle rules or erase "
             f"requests ask{hold}; a batch taken back stays stored and billed"
             + (" (COMPLIANCE: erase cannot rewrite locked objects either)" if lock.mode == "COMPLIANCE" else ""))
+
+
+def _expiry(cfg: Config, measured: Measurement, prices: ClassPrices) -> list[TableExpiry]:
+    from cost.expiry import savings
+
+    return savings(cfg, measured, prices, today=datetime.now(timezone.utc).date())
 
 
 def _load_config(path: Path | None) -> Config | None:

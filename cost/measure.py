@@ -41,6 +41,9 @@ class TableUsage:
     classes: Counter[str] = field(default_factory=Counter)
     first_day: date | None = None
     last_day: date | None = None
+    #: Archive bytes and objects by UTC day partition (what expiry would delete, cost/expiry.py).
+    day_bytes: Counter[date] = field(default_factory=Counter)
+    day_objects: Counter[date] = field(default_factory=Counter)
 
     @property
     def name(self) -> str:
@@ -56,6 +59,8 @@ class TableUsage:
         self.objects += 1
         self.bytes += info.size
         self.classes[info.storage_class] += 1
+        self.day_bytes[day] += info.size
+        self.day_objects[day] += 1
         self.first_day = day if self.first_day is None else min(self.first_day, day)
         self.last_day = day if self.last_day is None else max(self.last_day, day)
 

@@ -12,12 +12,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from common import digest, replace
+from common import digest, holds, replace
 from common.catalog import Catalog, TableRef, resolve_table
 from common.cli import Environment
 from common.config import Config, load_config
 from common.errors import ArchiverError, UsageError
 from common.exit_codes import ExitCode
+from common.hold_scope import holding
 from common.hooks import Hook, env_hook
 from common.jsonout import render_json
 from common.lock import head_lock
@@ -86,7 +87,7 @@ def erase_table(cfg: Config, catalog: Catalog, ref: TableRef, where: str, *, dry
     found, engine = find(catalog, ref, where)
     out = Outcome(ref, found, dry_run)
     try:
-        out.refused = _refusals(cfg, catalog, found)
+        out.refused = _held(catalog, ref, found) + _refusals(cfg, catalog, found)
         if dry_run or out.refused:
             return out  # a refusal changes nothing for the table: half an erasure is worse than none
         now = datetime.now(timezone.utc).isoformat()
@@ -121,6 +122,17 @@ def _refusals(cfg: Config, catalog: Catalog, found: Found) -> list[tuple[str, st
                 refused.append((m.obj.key, f"{'its manifest is' if key != m.obj.key else ''} under COMPLIANCE lock "
                                 f"until {state.retain_until:%Y-%m-%d}: nobody can rewrite or delete it before then"))
                 break
+    return refused
+
+
+def _held(catalog: Catalog, ref: TableRef, found: Found) -> list[tuple[str, str]]:
+    """Objects a legal hold holds (issue 29): a hold wins over an erasure, so the table is refused."""
+    active = holds.active(catalog.primary, catalog.prefix, ref.database, ref.schema, ref.table)
+    refused = []
+    for m in found.matches if active else []:
+        for h in holding(catalog, active, m.obj):
+            refused.append((m.obj.key, f"under legal hold {h.hold_id} (reason: {h.reason}; placed {h.placed_at} by "
+                                       f"{h.placed_by}): a legal hold wins over an erasure until it is released"))
     return refused
 
 

@@ -32,6 +32,8 @@ from psycopg.conninfo import make_conninfo
 import archiver.main
 import cost.main
 import erase.main
+import expire.main
+import hold.main
 import query.main
 import restore.main
 import validate.main
@@ -47,6 +49,9 @@ from archiver.ops.health import HealthChecker, RunState
 from archiver.ops.identity import identity
 from archiver.ops.metrics import RESULTS, ArchiverMetrics
 from validate.metrics import render as render_validate_textfile
+from expire.app import ExpireOptions, tables as expire_tables
+from expire.metrics import render as render_expire_textfile
+from hold.app import HoldOptions, check_options as check_hold
 from validate.report import Report
 from archiver.ops.notify import NEXT_STEPS
 from conftest import ADMIN_DSN, AUDIT_DDL, free_port, make_config, seed_audit
@@ -67,7 +72,8 @@ COMMAND_DOCS = [RUNBOOK, README, DEPLOY, EXAMPLE, *sorted((REPO / "deploy").glob
                 REPO / "deploy" / "cron" / "archiver"]
 TOOLS: dict[str, click.Command] = {"archiver": archiver.main.cli, "restore": restore.main.cli,
                                    "validate": validate.main.cli, "cost": cost.main.cli, "wizard": wizard.main.cli,
-                                   "query": query.main.cli, "erase": erase.main.cli}
+                                   "query": query.main.cli, "erase": erase.main.cli, "expire": expire.main.cli,
+                                   "hold": hold.main.cli}
 #: The sections of the operators' reference runbook (its structure is a contract).
 ORIGINAL_SECTIONS = [
     "Daily Operations", "Check Archival Status", "Monitor Notifications", "Review Logs", "Weekly Maintenance",
@@ -131,6 +137,12 @@ def check_meaning(tool: str, params: dict[str, Any]) -> None:
     elif tool == "erase":
         resolve_table(example, params["database"], params["table"])
         assert params["where"].strip()
+    elif tool == "expire":
+        expire_tables(example, ExpireOptions(config_path=EXAMPLE, database=params["database"], table=params["table"]))
+    elif tool == "hold":
+        check_hold(HoldOptions(**{k: v for k, v in params.items() if k in HoldOptions.__dataclass_fields__}))
+        parse_range(params["start_date"], params["end_date"])
+        resolve_table(example, params["database"], params["table"])
     elif tool == "query":
         parse_range(params["start_date"], params["end_date"])
         resolve_table(example, params["database"], params["table"])
@@ -471,9 +483,13 @@ def test_metrics_reference_matches_the_real_registry(real_log: tuple[Path, Path]
     validate_metrics = dict(re.findall(r"^# TYPE (\S+) (\S+)$", render_validate_textfile(Report(), quick=False).decode(), re.M))
     documented_validate = {backticked(r[0])[0] for r in table_rows(section(RUNBOOK.read_text(), "Validate Metrics"))}
     assert documented_validate == set(validate_metrics)
+    expire_metrics = dict(re.findall(r"^# TYPE (\S+) (\S+)$", render_expire_textfile([]).decode(), re.M))
+    documented_expire = {backticked(r[0])[0] for r in table_rows(section(RUNBOOK.read_text(), "Expire Metrics"))}
+    assert documented_expire == set(expire_metrics)
     for doc in (RUNBOOK, DEPLOY):
         for metric in set(re.findall(r"\barchiver_[a-z0-9_]+", doc.read_text())):
-            assert metric in exported or metric in validate_metrics, f"{rel(doc)}: {metric} is not a metric the tools export"
+            assert metric in exported or metric in validate_metrics or metric in expire_metrics, \
+                f"{rel(doc)}: {metric} is not a metric the tools export"
 
 
 @pytest.mark.parametrize("doc,heading", [(RUNBOOK, "Exit Codes"), (README, "Exit codes (all seven tools)")])

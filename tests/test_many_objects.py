@@ -1,5 +1,5 @@
 """A table with more than 1,000 objects under its prefix (issue 31): S3 answers a listing 1,000 keys
-at a time, and validate, restore --restore-all, query and erase must each see every object, those
+at a time, and validate, restore --restore-all, query, erase and expire must each see every object, those
 of the last page too.
 
 On moto: the same tests pass on SeaweedFS (mark them s3_servers), but there they cost as much
@@ -8,7 +8,8 @@ again as here, for a listing its other tests already page through.
 The archive is made cheaply, once per module and S3 server: the archiver moves the rows into one
 object per day, then each object is split into one object per row with the project's own writer
 (common.batch_writer, the manifest as erase writes a replacement's; one manifest set per day), so
-that OBJECTS objects lie in the table's folder: its listing takes two pages."""
+that OBJECTS objects lie in the table's folder: its listing takes two pages. expire is tested with
+--dry-run only: a real expiry would empty the archive the module's other tests share."""
 from __future__ import annotations
 
 import io
@@ -37,6 +38,7 @@ from common.manifest import Manifest, sha256_hex
 from common.storage import S3Storage
 from conftest import make_config, once_per_server, seed_audit, throwaway_database
 from erase.app import EraseOptions, run as erase
+from expire.app import ExpireOptions, run as expire
 from query.app import QueryOptions, run as query
 from restore.app import RestoreOptions, run as restore
 from validate.checks import validate
@@ -184,3 +186,16 @@ def test_erase_finds_rows_in_objects_past_the_first_page(config: Path, many: Man
     assert before - after == set(victims.values())  # their manifests stay in their sets, superseded
     replacements = [k for k in after - before if k.endswith(".parquet")]
     assert len(replacements) == len(victims) and row_ids(store, replacements) == []
+
+
+def test_expire_plans_every_object_listed_past_the_first_page(tmp_path: Path, many: Many, s3_endpoint: str) -> None:
+    config = make_config(tmp_path, dsn=many.dsn, bucket=many.bucket, endpoint=s3_endpoint,
+                         tables=[{"name": "audit_logs", "timestamp_column": "created_at", "primary_key": "id",
+                                  "archive_retention_days": 30}])
+    out = io.StringIO()
+    code = expire(ExpireOptions(config_path=config, dry_run=True, output_format="json"),
+                  env=Environment(stdout=out, stderr=io.StringIO()))
+    assert code == 0
+    [table] = json.loads(out.getvalue())["tables"]
+    expired = {e["key"] for e in table["expired"]}
+    assert table["objects"] == len(expired) == OBJECTS and set(many.last_page.values()) <= expired

@@ -20,6 +20,7 @@ from archiver.ops.metrics import ArchiverMetrics
 from archiver.ops.surface import OpsSurface
 from archiver.runner import run_archive
 from common.config import load_config
+from expire.metrics import render as expire_render
 from validate.app import ValidateOptions
 from validate.app import run as validate_run
 from validate.metrics import PROBLEMS, render as validate_render
@@ -59,6 +60,7 @@ def exported() -> set[str]:
             names.add(fam.name)
     names |= {s.name for fam in text_string_to_metric_families(validate_render(Report(), quick=False).decode())
               for s in fam.samples}
+    names |= {fam.name for fam in text_string_to_metric_families(expire_render([]).decode())}  # gauges: name = sample
     return names
 
 
@@ -77,7 +79,7 @@ def alert_exprs() -> list[str]:
 def test_the_alert_rules_pass_promtool_check_rules(promtool: str) -> None:
     result = promtool_run(promtool, "check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_the_alert_rules_unit_tests_pass(promtool: str) -> None:

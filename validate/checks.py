@@ -89,8 +89,9 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
         superseded = supersessions.finish(report)
         finder.discard(superseded)
         audit.finish(report, complete=since is None, superseded=superseded)
-        if (note := tally.note()) is not None:
-            report.notes.append(note)
+        for note in (tally.note(), tally.expiring_note()):
+            if note is not None:
+                report.notes.append(note)
         if size_only:
             report.notes.append(f"{size_only} objects have no checksum stored with them; --quick compared only their sizes")
         if archived:
@@ -117,6 +118,7 @@ class _Tables:
         self.store, self.scope, self.report, self.audit = store, scope, report, audit
         self.withdrawn = 0  # batches taken back, not checked
         self.legacy = 0  # tables with keys of the legacy layout
+        self.expiring = 0  # objects an expiry record names, not yet deleted (issue 29)
 
     def entries(self, since: datetime | None) -> Iterator[Entry]:
         for ident, listing in tables(self.store, self.scope):
@@ -144,6 +146,9 @@ class _Tables:
         yield from (Entry(i.key, i, None) for i in listing.strays)
         for key, info in listing.data.items():
             recorded = index.current(key)
+            if recorded is None and index.expired.names(key):
+                self.expiring += 1  # an expiry's record names it: a kill -9 came before its delete
+                continue
             if recorded is None and index.withdrawn.names(key):
                 self.withdrawn += 1  # taken back (its rows were archived again): not an archive
                 continue
@@ -154,6 +159,12 @@ class _Tables:
         for key in sorted(set(gone) - set(done)):
             yield Entry(key, None, gone[key])
         self.withdrawn += index.taken_back
+
+    def expiring_note(self) -> str | None:
+        if not self.expiring:
+            return None
+        return (f"{self.expiring} objects are expired (an expiry record names them) but not yet deleted: "
+                "an interrupted expire; the next expire run deletes them")
 
     def note(self) -> str | None:
         if not self.withdrawn:

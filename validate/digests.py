@@ -13,9 +13,10 @@ from collections import Counter
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from common import layout
-from common.digest import Digest, DigestEntry, Erasure, name, prefixes
+from common.digest import Digest, DigestEntry, Erasure, Expired, name, prefixes
 from common.errors import DataIntegrityError
 from common.fallback import FallbackDir
 from common.manifest import sha256_hex
@@ -41,6 +42,8 @@ class _Table:
 class _Chain:
     live: dict[str, DigestEntry] = field(default_factory=dict)
     erasures: list[Erasure] = field(default_factory=list)
+    expired: list[Expired] = field(default_factory=list)
+    holds: list[dict[str, Any]] = field(default_factory=list)
     first_at: datetime | None = None
     head_at: datetime | None = None
     problems: list[Problem] = field(default_factory=list)
@@ -88,6 +91,7 @@ class DigestAudit:
             unsigned += len(t.digests) if self.key_secret is None else 0
             report.problems.extend(chain.problems)
             report.notes.extend(_erasure_notes(chain))
+            report.notes.extend(_lifecycle_notes(chain))
             for key, c in sorted(t.objects.items()):
                 if key in superseded:
                     continue
@@ -134,9 +138,14 @@ class DigestAudit:
             chain.live.update((e.key, e) for e in d.objects)
             chain.pending = (chain.pending | set(d.pending)) - set(chain.live) - set(d.removed)
             chain.erasures.extend(d.erasures)
+            chain.expired.extend(d.expired)
+            chain.holds.extend(d.holds)
             created = _parse(d.created_at)
             chain.first_at = chain.first_at or created
-            chain.head_at = created or chain.head_at
+            if d.kind not in ("hold", "expire"):
+                # They store no objects: an archive run killed before its digest is still the next
+                # archive digest's to record, so its objects stay "not yet covered", not orphans.
+                chain.head_at = created or chain.head_at
             prev_key, prev_sha = info.key, sha256_hex(data)
         return chain
 
@@ -220,6 +229,22 @@ def _erasure_notes(chain: _Chain) -> list[str]:
         objects[(e.erased_at, e.predicate_sha256)] += 1
     return [f"erasure at {when} in {chain.database} {chain.table}: {rows} rows removed from {objects[(when, pred)]} "
             f"objects (predicate sha256 {pred[:16]}…)" for (when, pred), rows in sorted(groups.items())]
+
+
+def _lifecycle_notes(chain: _Chain) -> list[str]:
+    """What expiry deleted on purpose (so never reported as lost) and the legal holds the chain records."""
+    runs: Counter[str] = Counter()
+    rows: Counter[str] = Counter()
+    for e in chain.expired:
+        runs[e.expired_at] += 1
+        rows[e.expired_at] += e.rows
+    notes = [f"expiry at {when} in {chain.database} {chain.table}: {n} objects ({rows[when]} rows) deleted past "
+             "their archive retention" for when, n in sorted(runs.items())]
+    released = {h.get("hold_id") for h in chain.holds if h.get("action") == "release"}
+    active = sorted({str(h.get("hold_id")) for h in chain.holds if h.get("action") == "place"} - released)
+    if active:
+        notes.append(f"{len(active)} legal holds in force on {chain.database} {chain.table}: {', '.join(active)}")
+    return notes
 
 
 def _second(value: datetime) -> datetime:

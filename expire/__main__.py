@@ -1,0 +1,3 @@
+from expire.main import main
+
+main()

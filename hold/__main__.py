@@ -1,0 +1,3 @@
+from hold.main import main
+
+main()
