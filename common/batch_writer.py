@@ -24,8 +24,16 @@ def encode(table: pa.Table, *, fmt: str, level: int, schema: TableSchema, encodi
     if fmt == "parquet":
         table = _stored_schema(table, schema, encodings)
         buf = io.BytesIO()
-        pq.write_table(_json_annotated(table, schema).replace_schema_metadata(meta), buf, compression="zstd", compression_level=level,
-                       row_group_size=max(table.num_rows, 1), use_dictionary=_dictionary_columns(table))
+        # store_schema=False: no ARROW:schema copy of the Arrow schema in the file. Every type
+        # stored here has its own Parquet logical type, so readers lose nothing; and without it a
+        # json column is Parquet's JSON type over plain text, which DuckDB and Spark read as JSON
+        # and pyarrow.dataset (pyiceberg's scan, polars.scan_iceberg) as a string: with it, they
+        # read an Arrow JSON extension type that pyiceberg cannot map (common/iceberg).
+        table = _json_annotated(table, schema)
+        with pq.ParquetWriter(buf, table.schema, compression="zstd", compression_level=level,
+                              use_dictionary=_dictionary_columns(table), store_schema=False) as writer:
+            writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            writer.add_key_value_metadata(meta)  # without store_schema, the schema's own metadata is not written
         return buf.getvalue()
     if fmt == "jsonl":
         # Every column is in PostgreSQL text form here (see pgtypes.from_arrow_read(all_text=True)).
