@@ -85,7 +85,7 @@ def scenario(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client
     pg.execute(DDL)
     with throwaway_database("iceberg_catalog") as catalog_dsn:
         config = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=s3_endpoint, tables=TABLE,
-                             defaults={"retention_days": 5, "batch_size": 6},
+                             defaults={"retention_days": 5, "batch_size": 20},
                              iceberg={"catalog": {"name": "archive", "type": "sql", "uri": catalog_uri(catalog_dsn)}})
         yield Scenario(config, pg, s3_client)
 
@@ -151,6 +151,116 @@ def test_a_run_registers_exactly_the_rows_restore_brings_back(scenario: Scenario
     tbl = iceberg_table(scenario.cfg)
     assert set(current_files(tbl)) == {f"s3://{scenario.cfg.s3.bucket}/{k}" for k in listing_keys(scenario)}
     assert tbl.spec().fields[0].name == "created_at_day"
+
+
+
+def test_each_run_adds_its_objects_and_a_run_with_nothing_new_commits_nothing(scenario: Scenario) -> None:
+    archive(scenario)
+    set_retention(scenario, 2)
+    archive(scenario)
+    restored = assert_matches_restore(scenario)
+    assert len(restored) > 60
+    snapshot = iceberg_table(scenario.cfg).current_snapshot().snapshot_id
+    archive(scenario)  # nothing left to archive: the listing is as the last sync saw it
+    assert iceberg_table(scenario.cfg).current_snapshot().snapshot_id == snapshot
+
+
+def run_erase(config: Path, where: str) -> int:
+    return erase(EraseOptions(config_path=config, database="production_db", table="history", where=where),
+                 env=Environment(stdout=io.StringIO(), stderr=io.StringIO()))
+
+
+def test_erase_leaves_exactly_the_rows_restore_brings_back(scenario: Scenario) -> None:
+    archive(scenario)
+    before = assert_matches_restore(scenario)
+    assert run_erase(scenario.config, "id % 4 = 0") == ExitCode.OK
+    after = assert_matches_restore(scenario)
+    assert set(after) == {i for i in before if i % 4}
+    # No erased value stays in the table's metadata: only the time column keeps bounds.
+    for f in current_files(iceberg_table(scenario.cfg)).values():
+        assert set(f.lower_bounds) == set(f.upper_bounds) == {2}  # created_at's field id
+
+
+def archiver_process(config: Path, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **({"ARCHIVER_TEST_KILL_AT": kill_at} if kill_at else {})}
+    return subprocess.run([sys.executable, "-m", "archiver.main", "--config", str(config), *extra], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def validate_problems(cfg: Config) -> list[tuple[str, str]]:
+    from validate.checks import validate
+
+    return sorted((p.type, p.key) for p in validate(cfg, quick=True).problems)
+
+
+def test_kill_between_upload_and_iceberg_commit_is_repaired_by_the_next_run(scenario: Scenario) -> None:
+    archive(scenario)
+    registered = set(current_files(iceberg_table(scenario.cfg)))
+    set_retention(scenario, 2)
+    killed = archiver_process(scenario.config, kill_at="before_iceberg:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    new = {f"s3://{scenario.cfg.s3.bucket}/{k}" for k in listing_keys(scenario)} - registered
+    assert new and set(current_files(iceberg_table(scenario.cfg))) == registered
+    problems = validate_problems(scenario.cfg)
+    assert {t for t, _k in problems} == {"iceberg_missing_file"}
+    assert {f"s3://{scenario.cfg.s3.bucket}/{k}" for _t, k in problems} == new
+    archive(scenario)  # nothing new to archive: the run registers what the killed one stored
+    assert_matches_restore(scenario)
+    assert validate_problems(scenario.cfg) == []
+
+
+def test_a_file_that_does_not_count_is_reported_and_removed(scenario: Scenario) -> None:
+    """An engine's compaction (or anything else) put a file in the Iceberg table: validate reports
+    it, and the next run takes it out, in one commit with what it adds."""
+    archive(scenario)
+    cfg = scenario.cfg
+    key = listing_keys(scenario)[0]
+    stray = key.replace("part-", "compacted-")
+    scenario.s3.copy_object(Bucket=cfg.s3.bucket, Key=stray, CopySource={"Bucket": cfg.s3.bucket, "Key": key})
+    iceberg_table(cfg).add_files([f"s3://{cfg.s3.bucket}/{stray}"])
+    assert validate_problems(cfg) == [("iceberg_extra_file", f"s3://{cfg.s3.bucket}/{stray}"), ("orphaned_file", stray)]
+    archive(scenario)
+    assert_matches_restore(scenario)
+    assert validate_problems(cfg) == [("orphaned_file", stray)]
+
+
+def test_withdraw_takes_the_object_out_of_the_iceberg_table(scenario: Scenario) -> None:
+    archive(scenario)
+    key = listing_keys(scenario)[0]
+    assert archiver_run(ArchiverOptions(config_path=scenario.config, withdraw=key),
+                        env=Environment(stdout=io.StringIO(), stderr=io.StringIO())) == ExitCode.OK
+    assert f"s3://{scenario.cfg.s3.bucket}/{key}" not in current_files(iceberg_table(scenario.cfg))
+    assert_matches_restore(scenario)
+
+
+def test_dry_run_names_the_table_and_what_it_would_register_and_no_secret(scenario: Scenario,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = yaml.safe_load(scenario.config.read_text())
+    uri = doc["iceberg"]["catalog"]["uri"]
+    doc["iceberg"]["catalog"]["uri"] = uri.replace("://root@", "://root:${ICEBERG_PASSWORD}@")  # trust: unused
+    scenario.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.setenv("ICEBERG_PASSWORD", "hunter2-secret")
+    archive(scenario)
+    objects = len(current_files(iceberg_table(scenario.cfg)))
+    iceberg_catalog.load(scenario.cfg).drop_table(IDENT)  # as if the catalog had been lost
+    out = io.StringIO()
+    code = archiver_run(ArchiverOptions(config_path=scenario.config, dry_run=True),
+                        env=Environment(stdout=out, stderr=io.StringIO()))
+    text = out.getvalue()
+    assert code == ExitCode.OK, text
+    assert "hunter2" not in text and "root:***@" in text
+    line = next(line for line in text.splitlines() if "iceberg: Iceberg table" in line)
+    assert f"production_db.history (to be created): would register {objects} objects and remove 0 files" in line
+    assert not iceberg_catalog.load(scenario.cfg).table_exists(IDENT)  # the dry run wrote nothing
+
+
+def test_without_pyiceberg_the_section_is_a_config_error(scenario: Scenario) -> None:
+    code = ("import sys; sys.modules['pyiceberg'] = None; sys.argv = ['archiver', '--config', sys.argv[1]];"
+            "from archiver.main import main; main()")
+    done = subprocess.run([sys.executable, "-c", code, str(scenario.config)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "iceberg: needs pyiceberg" in done.stderr and "pg-archiver[iceberg]" in done.stderr
 
 
 def listing_keys(s: Scenario) -> list[str]:

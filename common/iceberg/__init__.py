@@ -97,3 +97,22 @@ def catalog_line(cfg: Config) -> str | None:
     name = shown.pop("name")
     props = ", ".join(f"{k} {v}" for k, v in sorted(shown.items()) if not k.startswith("s3."))
     return f"iceberg: catalog {name} ({props}), namespace {cfg.iceberg.namespace or '<database name>'}"
+
+
+def check(cfg: Config, store: Storage, database: str, schema: str, table: str, *, listing: TableListing,
+          index: TableIndex) -> list[tuple[str, str, str]]:
+    """validate's comparison of the table's Iceberg snapshot with its manifests: (kind, key, what),
+    kinds iceberg_missing_file, iceberg_extra_file and iceberg_unreadable (the catalog or the
+    table's metadata cannot be read; no secret in the message). Nothing without the section."""
+    if cfg.iceberg is None or store.location == "fallback":
+        return []
+    require(cfg)
+    from common.iceberg.catalog import identifier
+    from common.iceberg.sync import compare
+
+    try:
+        return compare(cfg, listing, index, database, schema, table)
+    except Exception as exc:  # noqa: BLE001 - reported, never raised: validate goes on with the rest
+        message = _without_secrets(cfg, first_line(exc, limit=300))
+        return [("iceberg_unreadable", identifier(cfg, database, schema, table),
+                 f"the Iceberg table cannot be read ({type(exc).__name__}: {message})")]

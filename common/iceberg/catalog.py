@@ -55,7 +55,33 @@ def load(cfg: Config) -> Any:
     from pyiceberg.catalog import load_catalog
 
     name, props = catalog_properties(cfg)
-    return load_catalog(name, **props)
+    catalog = load_catalog(name, **props)
+    if props.get("type") == "rest" and props.get("rest.sigv4-enabled", "").lower() == "true":
+        _sign_payload_hashes(catalog, props["uri"])
+    return catalog
+
+
+def _sign_payload_hashes(catalog: Any, uri: str) -> None:
+    """pyiceberg signs a REST request's body without sending its hash: S3-style servers (SeaweedFS's
+    Iceberg catalog) require x-amz-content-sha256 and refuse the signature otherwise (403). The
+    header carries the body's SHA-256, which the signature then covers; AWS accepts it too."""
+    import hashlib
+
+    session = getattr(catalog, "_session", None)
+    if session is None:
+        return
+    adapter = session.get_adapter(uri)
+    sign = getattr(adapter, "add_headers", None)
+    if sign is None:
+        return
+
+    def add_headers(request: Any, **kwargs: Any) -> None:
+        if request.body and "x-amz-content-sha256" not in request.headers:
+            body = request.body if isinstance(request.body, bytes) else str(request.body).encode()
+            request.headers["x-amz-content-sha256"] = hashlib.sha256(body).hexdigest()
+        sign(request, **kwargs)
+
+    adapter.add_headers = add_headers
 
 
 def redacted(props: dict[str, str]) -> dict[str, str]:

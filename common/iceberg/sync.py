@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from common import conform, layout
 from common.config import Config
-from common.errors import ArchiverError
+from common.errors import ArchiverError, first_line
 from common.iceberg import catalog as cat
 from common.iceberg.schema import (LISTING_PROPERTY, NAME_MAPPING, SOURCE_PROPERTY, iceberg_schema, partition_spec,
                                    partition_value, table_properties)
@@ -245,16 +245,23 @@ def _desired_schema(wanted: Iterable[Wanted], ident: str) -> tuple[Any, str, str
 
 def _create(cfg: Config, catalog: Any, desired: Any, time_column: str, unit: str | None, *, database: str,
             schema: str, table: str, ident: str) -> Any:
-    from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+    from pyiceberg.exceptions import BadRequestError, NamespaceAlreadyExistsError, TableAlreadyExistsError
 
     try:
         catalog.create_namespace(cat.namespace(cfg, database))
     except NamespaceAlreadyExistsError:
         pass
     props = table_properties(desired, source=cat.source(database, schema, table), time_column=time_column)
+    spec = partition_spec(desired, time_column, unit)
     try:
-        tbl = catalog.create_table(ident, desired, location=cat.location(cfg, database, schema, table),
-                                   partition_spec=partition_spec(desired, time_column, unit), properties=props)
+        try:
+            tbl = catalog.create_table(ident, desired, location=cat.location(cfg, database, schema, table),
+                                       partition_spec=spec, properties=props)
+        except BadRequestError as exc:
+            # A catalog that keeps every table in its own warehouse (S3 Tables, SeaweedFS) refuses
+            # another location: its metadata stays there, the data files are the archive's all the same.
+            log.info("catalog placed Iceberg table %s in its own warehouse (%s)", ident, first_line(exc, limit=120))
+            tbl = catalog.create_table(ident, desired, partition_spec=spec, properties=props)
     except TableAlreadyExistsError:  # another sync made it in between
         tbl = catalog.load_table(ident)
         _check_source(tbl, ident, cat.source(database, schema, table))
@@ -358,3 +365,35 @@ def _representable(t: pa.DataType, lo: Any, hi: Any) -> bool:
     if pa.types.is_time(t):
         return hi < _US_PER_DAY  # 24:00:00 is no Python time
     return True
+
+
+def compare(cfg: Config, listing: TableListing, index: TableIndex, database: str, schema: str, table: str, *,
+            catalog: Any | None = None) -> list[tuple[str, str, str]]:
+    """validate's look at the Iceberg table: (kind, key or path, what) for each counted object the
+    current snapshot lacks (iceberg_missing_file) and each file it holds that does not count, or
+    not with that size (iceberg_extra_file). Raises what the catalog or its metadata raise."""
+    ident = cat.identifier(cfg, database, schema, table)
+    catalog = catalog if catalog is not None else cat.load(cfg)
+    tbl = _load(catalog, ident)
+    wanted, _skipped = counted(cfg, listing, index)
+    if tbl is None:
+        if not wanted:
+            return []
+        return [("iceberg_missing_file", ident, f"Iceberg table {ident} does not exist; {len(wanted)} archived "
+                                               "objects are not registered")]
+    _check_source(tbl, ident, cat.source(database, schema, table))
+    files = current_files(tbl)
+    out = []
+    for path, w in sorted(wanted.items()):
+        if path not in files:
+            out.append(("iceberg_missing_file", w.key, f"archived ({w.recorded.manifest.rows} rows) but not in "
+                                                       f"the current snapshot of Iceberg table {ident}"))
+    for path, f in sorted(files.items()):
+        w = wanted.get(path)
+        if w is None:
+            out.append(("iceberg_extra_file", path, f"in the current snapshot of Iceberg table {ident} "
+                                                    f"({f.record_count} rows) but not counted as archived"))
+        elif f.file_size_in_bytes != w.size:
+            out.append(("iceberg_extra_file", path, f"registered in Iceberg table {ident} with "
+                                                    f"{f.file_size_in_bytes} bytes; the object has {w.size}"))
+    return out
