@@ -66,7 +66,7 @@ def partition_spec(schema: Any, column: str, unit: str | None) -> Any:
     from pyiceberg.transforms import DayTransform, TruncateTransform
 
     source = schema.find_field(column)
-    transform = DayTransform() if unit is None else TruncateTransform(epoch.day_length(unit))
+    transform: Any = DayTransform() if unit is None else TruncateTransform(epoch.day_length(unit))
     return PartitionSpec(PartitionField(source_id=source.field_id, field_id=1000, transform=transform,
                                         name=f"{column}_day"))
 

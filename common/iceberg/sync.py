@@ -389,11 +389,11 @@ def compare(cfg: Config, listing: TableListing, index: TableIndex, database: str
             out.append(("iceberg_missing_file", w.key, f"archived ({w.recorded.manifest.rows} rows) but not in "
                                                        f"the current snapshot of Iceberg table {ident}"))
     for path, f in sorted(files.items()):
-        w = wanted.get(path)
-        if w is None:
+        counts = wanted.get(path)
+        if counts is None:
             out.append(("iceberg_extra_file", path, f"in the current snapshot of Iceberg table {ident} "
                                                     f"({f.record_count} rows) but not counted as archived"))
-        elif f.file_size_in_bytes != w.size:
+        elif f.file_size_in_bytes != counts.size:
             out.append(("iceberg_extra_file", path, f"registered in Iceberg table {ident} with "
-                                                    f"{f.file_size_in_bytes} bytes; the object has {w.size}"))
+                                                    f"{f.file_size_in_bytes} bytes; the object has {counts.size}"))
     return out
