@@ -285,6 +285,56 @@ def test_the_rest_catalog_seaweedfs_serves_gets_the_same_rows_before_and_after_e
     assert set(assert_matches_restore(scenario)) == {i for i in before if i % 3}
 
 
+
+def test_batches_held_while_s3_was_down_are_registered_once_drained(scenario: Scenario, free_tcp_port: int) -> None:
+    """S3 unreachable: the run keeps its batches in the fallback directory and leaves the Iceberg
+    table alone (nothing of them is in S3); the next run drains them and registers them."""
+    doc = yaml.safe_load(scenario.config.read_text())
+    endpoint = doc["s3"]["endpoint_url"]
+    doc["s3"]["endpoint_url"] = f"http://127.0.0.1:{free_tcp_port}"  # nothing listens there
+    scenario.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    scenario.pg.execute("CREATE TABLE orig AS SELECT * FROM history")
+    results, code = run_archive(scenario.cfg)
+    assert code == ExitCode.OK and results[0].fallback_objects == results[0].objects > 0
+    assert not iceberg_catalog.load(scenario.cfg).table_exists(IDENT)
+    doc["s3"]["endpoint_url"] = endpoint
+    scenario.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    archive(scenario)
+    assert len(assert_matches_restore(scenario)) == results[0].rows
+
+
+@pytest.fixture()
+def epoch_scenario(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any]) -> Iterator[Scenario]:
+    """A Keycloak-like table timed by bigint milliseconds, archived to a local directory."""
+    pg.execute("CREATE TABLE event (id bigint PRIMARY KEY, event_time bigint NOT NULL, note text);"
+               "INSERT INTO event SELECT g, (extract(epoch FROM now() - interval '9 days') * 1000)::bigint"
+               " + g * 3600000 * 3, 'e' || g FROM generate_series(1, 60) g")
+    with throwaway_database("iceberg_catalog") as catalog_dsn:
+        config = make_config(tmp_path, dsn=pg_dsn, defaults={"retention_days": 4, "batch_size": 50},
+                             tables=[{"name": "event", "timestamp_column": "event_time", "timestamp_unit": "ms",
+                                      "primary_key": "id"}],
+                             iceberg={"catalog": {"type": "sql", "uri": catalog_uri(catalog_dsn)}})
+        yield Scenario(config, pg, None)
+
+
+def test_a_unix_time_column_partitions_by_the_day_in_its_unit(epoch_scenario: Scenario) -> None:
+    from pyiceberg.expressions import GreaterThanOrEqual
+
+    s = epoch_scenario
+    held = {r[0]: r[1:] for r in s.pg.execute("SELECT id, event_time, note FROM event")}
+    _results, code = run_archive(s.cfg)
+    assert code == ExitCode.OK
+    tbl = iceberg_catalog.load(s.cfg).load_table("production_db.event")
+    assert str(tbl.spec().fields[0].transform) == "truncate[86400000]"
+    got = tbl.scan().to_arrow()
+    restored = catalog_ids(s.cfg, None, table="event")
+    assert sorted(got.column("id").to_pylist()) == sorted(restored)
+    assert all(held[i] == (t, n) for i, t, n in zip(*(got.column(c).to_pylist() for c in ("id", "event_time", "note"))))
+    last_day = max(got.column("event_time").to_pylist()) // 86_400_000 * 86_400_000
+    files = list(tbl.scan(row_filter=GreaterThanOrEqual("event_time", last_day)).plan_files())
+    assert 0 < len(files) < len(current_files(tbl))  # the filter prunes the other days' partitions
+
+
 def listing_keys(s: Scenario) -> list[str]:
     """The table's data objects in the bucket."""
     cfg = s.cfg
