@@ -155,12 +155,22 @@ def test_a_run_registers_exactly_the_rows_restore_brings_back(scenario: Scenario
 
 
 def test_each_run_adds_its_objects_and_a_run_with_nothing_new_commits_nothing(scenario: Scenario) -> None:
+    """The second run's objects have a column the first run's lack, and a widened one: the Iceberg
+    schema evolves, and the older objects read NULL in the new column."""
     archive(scenario)
+    first = set(catalog_ids(scenario.cfg, scenario.s3, table="history"))
+    scenario.pg.execute("ALTER TABLE history ADD COLUMN extra int; UPDATE history SET extra = id;"
+                        "ALTER TABLE history ALTER COLUMN amount TYPE numeric(14,2)")
     set_retention(scenario, 2)
     archive(scenario)
     restored = assert_matches_restore(scenario)
-    assert len(restored) > 60
-    snapshot = iceberg_table(scenario.cfg).current_snapshot().snapshot_id
+    assert len(restored) > len(first)
+    tbl = iceberg_table(scenario.cfg)
+    assert str(tbl.schema().find_field("amount").field_type) == "decimal(14, 2)"
+    got = tbl.scan(selected_fields=("id", "extra")).to_arrow()
+    assert {i: e for i, e in zip(got.column("id").to_pylist(), got.column("extra").to_pylist())} == \
+        {i: None if i in first else i for i in restored}
+    snapshot = tbl.current_snapshot().snapshot_id
     archive(scenario)  # nothing left to archive: the listing is as the last sync saw it
     assert iceberg_table(scenario.cfg).current_snapshot().snapshot_id == snapshot
 

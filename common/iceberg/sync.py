@@ -198,6 +198,8 @@ def _reconcile(cfg: Config, catalog: Any, tbl: Any, wanted: dict[str, Wanted], r
     from pyiceberg.exceptions import CommitFailedException
 
     desired, time_column, unit = _desired_schema(wanted.values(), result.identifier)
+    if tbl is not None and desired is not None:
+        _check_partitioning(tbl, time_column, unit, result.identifier)
     files = current_files(tbl)
     remove = [f for path, f in files.items() if path not in wanted or f.file_size_in_bytes != wanted[path].size]
     add = [w for path, w in wanted.items() if path not in files or files[path].file_size_in_bytes != w.size]
@@ -212,7 +214,8 @@ def _reconcile(cfg: Config, catalog: Any, tbl: Any, wanted: dict[str, Wanted], r
                       ident=result.identifier)
     try:
         with tbl.transaction() as tx:
-            _evolve(tx, desired)
+            if desired is not None:
+                _evolve(tx, desired)
             data_files = _data_files(tx, add, cfg, unit)
             _commit_files(tx, remove, data_files, fingerprint)
     except CommitFailedException as exc:
@@ -224,8 +227,10 @@ def _reconcile(cfg: Config, catalog: Any, tbl: Any, wanted: dict[str, Wanted], r
 
 def _desired_schema(wanted: Iterable[Wanted], ident: str) -> tuple[Any, str, str | None]:
     """The Iceberg schema over every schema version of the counted objects (oldest first), and
-    the time column (and its unit) of the newest."""
+    the time column (and its unit) of the newest; (None, "", None) when none counts (any more)."""
     ordered = sorted((w.recorded for w in wanted), key=lambda r: (r.manifest.created_at, r.key))
+    if not ordered:
+        return None, "", None
     versions: list[TableSchema] = []
     for r in ordered:
         if r.manifest.columns and (not versions or versions[-1] != _schema_of(r)):
@@ -271,14 +276,44 @@ def _create(cfg: Config, catalog: Any, desired: Any, time_column: str, unit: str
 
 def _evolve(tx: Any, desired: Any) -> None:
     """Columns added, or widened, since the table was made (Iceberg's schema evolution), and the
-    name mapping to go with them."""
-    have = tx.table_metadata.schema()
-    names = {f.name: f for f in have.fields}
-    if all(f.name in names and names[f.name].field_type == f.field_type for f in desired.fields):
+    name mapping to go with them. A column narrower in the archive than in the table (its wider
+    objects erased since) keeps the table's type: Iceberg reads the narrower files into it."""
+    have = {f.name: f for f in tx.table_metadata.schema().fields}
+    added = [f for f in desired.fields if f.name not in have]
+    widened = [f for f in desired.fields if f.name in have and _promotes(have[f.name].field_type, f.field_type)]
+    if not added and not widened:
         return
     with tx.update_schema() as update:
-        update.union_by_name(desired)
+        for f in added:
+            update.add_column(f.name, f.field_type)
+        for f in widened:
+            update.update_column(f.name, field_type=f.field_type)
     tx.set_properties(**{NAME_MAPPING: tx.table_metadata.schema().name_mapping.model_dump_json()})
+
+
+def _promotes(old: Any, new: Any) -> bool:
+    """Iceberg's type promotions: int to long, float to double, a decimal's precision up."""
+    from pyiceberg.types import DecimalType, DoubleType, FloatType, IntegerType, LongType
+
+    if isinstance(old, IntegerType) and isinstance(new, LongType):
+        return True
+    if isinstance(old, FloatType) and isinstance(new, DoubleType):
+        return True
+    return (isinstance(old, DecimalType) and isinstance(new, DecimalType) and old.scale == new.scale
+            and old.precision < new.precision)
+
+
+def _check_partitioning(tbl: Any, time_column: str, unit: str | None, ident: str) -> None:
+    """The objects' day folders are their partitions only under the spec the table was made with:
+    a table whose timestamp_column (or timestamp_unit) changed since is refused, not mis-pruned."""
+    spec = tbl.spec()
+    fields = spec.fields
+    wanted = partition_spec(tbl.schema(), time_column, unit) if time_column in tbl.schema().column_names else None
+    if wanted is None or len(fields) != 1 or fields[0].source_id != wanted.fields[0].source_id \
+            or str(fields[0].transform) != str(wanted.fields[0].transform):
+        raise IcebergError(f"Iceberg table {ident} is partitioned by {', '.join(str(f) for f in fields) or 'nothing'}, "
+                           f"but the archive's objects are cut by the day of {time_column}"
+                           f"{f' ({unit})' if unit else ''}: drop the Iceberg table, and the next run makes it anew")
 
 
 def _commit_files(tx: Any, remove: list[Any], add: list[Any], fingerprint: str) -> None:
