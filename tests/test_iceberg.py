@@ -345,6 +345,29 @@ def test_a_unix_time_column_partitions_by_the_day_in_its_unit(epoch_scenario: Sc
     assert 0 < len(files) < len(current_files(tbl))  # the filter prunes the other days' partitions
 
 
+
+def test_a_catalog_that_is_down_fails_the_table_and_the_next_run_catches_up(
+        scenario: Scenario, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The rows are archived all the same (the archive is the truth); the table is failed with the
+    catalog's reason, without its password, and the next run registers what this one archived."""
+    doc = yaml.safe_load(scenario.config.read_text())
+    uri = doc["iceberg"]["catalog"]["uri"]
+    doc["iceberg"]["catalog"]["uri"] = uri.rpartition("/")[0].replace("://root@", "://root:${ICEBERG_PASSWORD}@") \
+        + "/no_such_database"
+    scenario.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.setenv("ICEBERG_PASSWORD", "hunter2-secret")
+    scenario.pg.execute("CREATE TABLE orig AS SELECT * FROM history")
+    results, code = run_archive(scenario.cfg)
+    assert code == ExitCode.FAILURE and results[0].status == "failed" and results[0].rows > 0
+    assert "Iceberg table of production_db/public.history not updated" in str(results[0].error)
+    assert "no_such_database" in str(results[0].error)
+    assert "not updated" in caplog.text and "hunter2" not in caplog.text
+    doc["iceberg"]["catalog"]["uri"] = uri
+    scenario.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    archive(scenario)
+    assert len(assert_matches_restore(scenario)) == results[0].rows
+
+
 def listing_keys(s: Scenario) -> list[str]:
     """The table's data objects in the bucket."""
     cfg = s.cfg

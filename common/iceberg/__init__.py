@@ -57,7 +57,7 @@ def after_change(cfg: Config, store: Storage, database: str, schema: str, table:
         message = _without_secrets(cfg, first_line(exc, limit=300))
         raise IcebergError(f"Iceberg table of {database}/{schema}.{table} not updated "
                            f"({type(exc).__name__}: {message}); the archive is intact and the next run "
-                           "registers its changes") from None
+                           "registers its changes") from None  # a driver's error may carry a URL with its password
 
 
 def _without_secrets(cfg: Config, text: str) -> str:
