@@ -362,6 +362,10 @@ def test_a_catalog_that_is_down_fails_the_table_and_the_next_run_catches_up(
     assert "Iceberg table of production_db/public.history not updated" in str(results[0].error)
     assert "no_such_database" in str(results[0].error)
     assert "not updated" in caplog.text and "hunter2" not in caplog.text
+    from validate.checks import validate
+
+    (unreadable,) = [p for p in validate(scenario.cfg, quick=True).problems if p.type.startswith("iceberg")]
+    assert unreadable.type == "iceberg_unreadable" and unreadable.key == IDENT and "hunter2" not in unreadable.message
     doc["iceberg"]["catalog"]["uri"] = uri
     scenario.config.write_text(yaml.safe_dump(doc, sort_keys=False))
     archive(scenario)
