@@ -9,6 +9,8 @@ holds, expiries, Iceberg metadata) lives in its control folder, outside every ta
     <prefix>/_control/<database>/<schema>.<table>/manifests/   one manifest set per commit (common/manifest_sets.py)
                                                   digests/     the run digest chain (common/digest.py)
                                                   withdrawn/   batches taken back (common/withdrawals.py)
+                                                  iceberg/     the table's Iceberg metadata, with an
+                                                               SQL catalog (common/iceberg)
 
 A configured database may not be named `_control` (common/config.py).
 
