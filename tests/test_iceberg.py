@@ -379,6 +379,30 @@ def test_a_catalog_that_is_down_fails_the_table_and_the_next_run_catches_up(
     assert len(assert_matches_restore(scenario)) == results[0].rows
 
 
+
+def test_migrate_layout_registers_what_it_moves(scenario: Scenario) -> None:
+    """An archive of the legacy layout (manifests beside their objects), archived before the section
+    was there: --migrate-layout names what it would register, then moves and registers it."""
+    from common.storage import S3Storage
+    from test_layout import to_legacy
+
+    doc = yaml.safe_load(scenario.config.read_text())
+    section = doc.pop("iceberg")
+    scenario.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    archive(scenario)
+    assert to_legacy(S3Storage(scenario.s3, scenario.cfg.s3.bucket)) > 0
+    doc["iceberg"] = section
+    scenario.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = io.StringIO()
+    options = ArchiverOptions(config_path=scenario.config, migrate_layout=True, dry_run=True)
+    assert archiver_run(options, env=Environment(stdout=out, stderr=io.StringIO())) == ExitCode.OK
+    objects = len(listing_keys(scenario))
+    assert f"{ident(scenario.cfg)} (to be created): would register {objects} objects" in out.getvalue()
+    options = ArchiverOptions(config_path=scenario.config, migrate_layout=True)
+    assert archiver_run(options, env=Environment(stdout=out, stderr=io.StringIO())) == ExitCode.OK
+    assert_matches_restore(scenario)
+
+
 def listing_keys(s: Scenario) -> list[str]:
     """The table's data objects in the bucket."""
     cfg = s.cfg
