@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from archiver.controls import RunControls
-from common import iceberg
 from archiver.dry_run import plan
 from archiver.hooks import Hook, env_hook, no_hook
 from archiver.references import kept_message
@@ -18,6 +17,7 @@ from archiver.sink import ArchiveSink
 from archiver.table_job import TableBusy, TableJob
 from archiver.arrow_source import ArrowSource
 from archiver.checkpoint import CheckpointStore
+from common import iceberg
 from common.config import Config, DatabaseConfig
 from common.digest import secret as digest_secret
 from common.db import conninfo, pool, session_settings

@@ -47,10 +47,13 @@ def after_change(cfg: Config, store: Storage, database: str, schema: str, table:
     if cfg.iceberg is None or store.location == "fallback":
         return None
     require(cfg)
+    from common.iceberg.catalog import opened
     from common.iceberg.sync import IcebergError, sync_table
 
     try:
-        return sync_table(cfg, store, database, schema, table, listing=listing, index=index, dry_run=dry_run)
+        with opened(cfg) as catalog:
+            return sync_table(cfg, store, database, schema, table, listing=listing, index=index, catalog=catalog,
+                              dry_run=dry_run)
     except ArchiverError:
         raise
     except Exception as exc:  # noqa: BLE001 - pyiceberg, SQLAlchemy, HTTP and S3 errors alike
@@ -107,11 +110,12 @@ def check(cfg: Config, store: Storage, database: str, schema: str, table: str, *
     if cfg.iceberg is None or store.location == "fallback":
         return []
     require(cfg)
-    from common.iceberg.catalog import identifier
+    from common.iceberg.catalog import identifier, opened
     from common.iceberg.sync import compare
 
     try:
-        return compare(cfg, listing, index, database, schema, table)
+        with opened(cfg) as catalog:
+            return compare(cfg, listing, index, database, schema, table, catalog=catalog)
     except Exception as exc:  # noqa: BLE001 - reported, never raised: validate goes on with the rest
         message = _without_secrets(cfg, first_line(exc, limit=300))
         return [("iceberg_unreadable", identifier(cfg, database, schema, table),

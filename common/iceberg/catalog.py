@@ -10,6 +10,8 @@ PYICEBERG_CATALOG__<NAME>__<PROPERTY> variables), and redacted() is what any mes
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -59,6 +61,19 @@ def load(cfg: Config) -> Any:
     if props.get("type") == "rest" and props.get("rest.sigv4-enabled", "").lower() == "true":
         _sign_payload_hashes(catalog, props["uri"])
     return catalog
+
+
+@contextmanager
+def opened(cfg: Config) -> Iterator[Any]:
+    """The catalog for one tool's step; an SQL catalog's connection pool is closed after it (a
+    daemon loads it again on every table of every run)."""
+    catalog = load(cfg)
+    try:
+        yield catalog
+    finally:
+        engine = getattr(catalog, "engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 def _sign_payload_hashes(catalog: Any, uri: str) -> None:
