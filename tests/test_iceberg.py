@@ -28,8 +28,6 @@ from psycopg.conninfo import conninfo_to_dict
 
 from archiver.app import ArchiverOptions, run as archiver_run
 from archiver.runner import run_archive
-from common import iceberg
-from common.catalog import Catalog, resolve_table
 from common.cli import Environment
 from common.config import Config, load_config
 from common.exit_codes import ExitCode
