@@ -40,6 +40,8 @@ from common.table_index import TableIndex, TableListing, list_table, load_index
 log = logging.getLogger("iceberg")
 #: Parquet footers read at once (each a ranged GET or two).
 READERS = 8
+#: The snapshot summary property that marks a sync's snapshot.
+ADDED = "pg-archiver.added"
 #: Commits tried when another writer committed to the same Iceberg table in between.
 COMMIT_ATTEMPTS = 3
 
@@ -138,7 +140,7 @@ def sync_table(cfg: Config, store: Storage, database: str, schema: str, table: s
     tbl = _load(catalog, ident)
     if tbl is not None:
         _check_source(tbl, ident, cat.source(database, schema, table))
-        if index is None and tbl.properties.get(LISTING_PROPERTY) == fingerprint:
+        if index is None and tbl.properties.get(LISTING_PROPERTY) == fingerprint and _ours(tbl):
             result.unchanged, result.files = True, _file_count(tbl)
             return result
     index = index if index is not None else load_index(store, listing)
@@ -177,6 +179,15 @@ def _check_source(tbl: Any, ident: str, source: str) -> None:
     if found != source:
         raise IcebergError(f"Iceberg table {ident} registers {found or 'no pg-archiver table'}, not {source}: "
                            "choose another iceberg.namespace, or drop that table")
+
+
+def _ours(tbl: Any) -> bool:
+    """Whether the current snapshot is one a sync made (another writer's, a compaction say, is
+    reconciled even when the archive did not change)."""
+    snap = tbl.current_snapshot()
+    if snap is None:
+        return True
+    return snap.summary is not None and ADDED in snap.summary.additional_properties
 
 
 def _file_count(tbl: Any) -> int:
@@ -318,7 +329,7 @@ def _commit_files(tx: Any, remove: list[Any], add: list[Any], fingerprint: str) 
     tx.set_properties(**{LISTING_PROPERTY: fingerprint})
     if not remove and not add:
         return
-    summary = {"pg-archiver.added": str(len(add)), "pg-archiver.removed": str(len(remove))}
+    summary = {ADDED: str(len(add)), "pg-archiver.removed": str(len(remove))}
     producer = tx.update_snapshot(snapshot_properties=summary)
     with (producer.overwrite() if remove else producer.fast_append()) as snapshot:
         for f in remove:
