@@ -14,7 +14,8 @@ Objects in the S3-outage fallback directory are registered once a run drains the
 
 A sync that finds the archive listing as the table's last sync saw it (the fingerprint in the
 table property pg-archiver.listing-sha256: keys and sizes of the table's data objects, manifest
-sets and withdrawal records) stops there, before reading any manifest set."""
+sets and withdrawal records), in a current snapshot a sync made, stops there, before reading any
+manifest set."""
 from __future__ import annotations
 
 import hashlib
