@@ -403,6 +403,23 @@ def test_migrate_layout_registers_what_it_moves(scenario: Scenario) -> None:
     assert_matches_restore(scenario)
 
 
+
+def test_the_dry_run_and_validate_write_nothing_to_the_catalog(scenario: Scenario) -> None:
+    """Not even the SQL catalog's own tables, in a database that has none yet."""
+    archive(scenario)
+    with throwaway_database("iceberg_empty") as empty:
+        doc = yaml.safe_load(scenario.config.read_text())
+        doc["iceberg"]["catalog"]["uri"] = catalog_uri(empty)
+        scenario.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+        out = io.StringIO()
+        assert archiver_run(ArchiverOptions(config_path=scenario.config, dry_run=True),
+                            env=Environment(stdout=out, stderr=io.StringIO())) == ExitCode.OK
+        assert "(to be created): would register" in out.getvalue()
+        assert {t for t, _k in validate_problems(scenario.cfg)} == {"iceberg_missing_file"}
+        with psycopg.connect(empty) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
 def listing_keys(s: Scenario) -> list[str]:
     """The table's data objects in the bucket."""
     cfg = s.cfg

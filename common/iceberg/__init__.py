@@ -51,7 +51,7 @@ def after_change(cfg: Config, store: Storage, database: str, schema: str, table:
     from common.iceberg.sync import IcebergError, sync_table
 
     try:
-        with opened(cfg) as catalog:
+        with opened(cfg, read_only=dry_run) as catalog:
             return sync_table(cfg, store, database, schema, table, listing=listing, index=index, catalog=catalog,
                               dry_run=dry_run)
     except ArchiverError:
@@ -114,7 +114,7 @@ def check(cfg: Config, store: Storage, database: str, schema: str, table: str, *
     from common.iceberg.sync import compare
 
     try:
-        with opened(cfg) as catalog:
+        with opened(cfg, read_only=True) as catalog:
             return compare(cfg, listing, index, database, schema, table, catalog=catalog)
     except Exception as exc:  # noqa: BLE001 - reported, never raised: validate goes on with the rest
         message = _without_secrets(cfg, first_line(exc, limit=300))

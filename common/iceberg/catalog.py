@@ -53,10 +53,13 @@ def _credentials() -> dict[str, str]:
     return out
 
 
-def load(cfg: Config) -> Any:
+def load(cfg: Config, *, read_only: bool = False) -> Any:
+    """`read_only` (a dry run, validate): an SQL catalog's database gets no tables of its own yet."""
     from pyiceberg.catalog import load_catalog
 
     name, props = catalog_properties(cfg)
+    if read_only and props.get("type") == "sql":
+        props["init_catalog_tables"] = "false"
     catalog = load_catalog(name, **props)
     if props.get("type") == "rest" and props.get("rest.sigv4-enabled", "").lower() == "true":
         _sign_payload_hashes(catalog, props["uri"])
@@ -64,10 +67,10 @@ def load(cfg: Config) -> Any:
 
 
 @contextmanager
-def opened(cfg: Config) -> Iterator[Any]:
+def opened(cfg: Config, *, read_only: bool = False) -> Iterator[Any]:
     """The catalog for one tool's step; an SQL catalog's connection pool is closed after it (a
     daemon loads it again on every table of every run)."""
-    catalog = load(cfg)
+    catalog = load(cfg, read_only=read_only)
     try:
         yield catalog
     finally:

@@ -173,6 +173,12 @@ def _load(catalog: Any, ident: str) -> Any:
         return catalog.load_table(ident)
     except NoSuchTableError:
         return None
+    except Exception as exc:
+        # An SQL catalog's database without the catalog's tables (a dry run or validate before
+        # the first sync, which made none): no Iceberg table yet.
+        if type(exc).__name__ == "ProgrammingError" and "iceberg_tables" in str(exc):
+            return None
+        raise
 
 
 def _check_source(tbl: Any, ident: str, source: str) -> None:
