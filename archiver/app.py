@@ -15,6 +15,7 @@ from archiver.ops.surface import OpsSurface
 from archiver.runner import dry_run, run_archive
 from common.cli import Environment, check_configured_tables, table_matches
 from common.config import Config, load_config
+from common.iceberg import require as require_iceberg
 from common.exit_codes import ExitCode
 from common.logging_setup import setup_logging
 from common.s3client import fallback_storage, primary_storage
@@ -85,6 +86,7 @@ def run_once(cfg: Config, opts: ArchiverOptions, ops: OpsSurface, controls: RunC
 def run(opts: ArchiverOptions, *, env: Environment | None = None) -> int:
     env = env or Environment()
     cfg = load_checked(opts)
+    require_iceberg(cfg)  # an iceberg: section without pyiceberg: exit 2 whatever the mode
     if opts.migrate_layout:
         return _migrate(cfg, opts, env)
     if opts.withdraw:

@@ -17,6 +17,7 @@ from archiver.delete_guard import DeletesRefused, check_deletes
 from archiver.references import Reference, kept_message, read_references, refusal
 from archiver.selection import Selection
 from archiver.table_check import inspect_table
+from common import iceberg
 from common.config import Config
 from common.db import application_name, connect, conninfo, describe_target, session_settings
 from common.digest import secret as digest_secret
@@ -35,6 +36,9 @@ def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
     lines = [f"config {cfg.source}: valid", _storage_line(cfg, s3_client),
              f"digests: {'signed (HMAC-SHA256, key from $' + str(cfg.s3.digest_key_env) + ')' if key_secret else 'unsigned'}"]
     code = ExitCode.OK
+    iceberg.require(cfg)  # an iceberg: section without pyiceberg: exit 2, as a run would
+    if (line := iceberg.catalog_line(cfg)) is not None:
+        lines.append(line)
     for db in cfg.databases:
         tables = [t for t in db.tables if only is None or only(db.name, t.schema_, t.name)]
         if not tables:
@@ -55,6 +59,8 @@ def plan(cfg: Config, *, now: datetime, s3_client: Any | None = None,
                 try:
                     table_lines, refused = _table_lines(conn, cfg, t, now)
                     lines += table_lines
+                    if cfg.iceberg is not None:
+                        lines += iceberg.dry_run_lines(cfg, primary_storage(cfg, s3_client), db.name, t.schema_, t.name)
                     if refused:
                         code = max(code, ExitCode.FAILURE)
                 except Exception as exc:  # noqa: BLE001 - report every table

@@ -12,6 +12,8 @@ The points, in a batch's order:
   before_commit                the same moment, as the commit is about to be sent
   after_delete                 committed, the checkpoint not yet updated
   before_digest                the table's moves are done, its run digest not yet written
+  before_iceberg               the digest written, the table's Iceberg table not yet updated
+                               (only with an `iceberg:` section; common/iceberg)
 
 A partition retired whole (archiver/retire.py) passes after_checkpoint, between_object_and_manifest
 and after_upload per batch (no delete), then:
@@ -26,6 +28,7 @@ and after_upload per batch (no delete), then:
                                (common/replace.py; erase passes it too)
   after_migration_digest       a table's rewrites are recorded in its digest chain, no old object removed
   after_old_removed            one replaced object is removed
+  before_iceberg               the tables migrated and rewritten, their Iceberg tables not yet updated
 """
 from __future__ import annotations
 

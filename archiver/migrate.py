@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from archiver.hooks import Hook, env_hook
 from archiver.rewrite_schema import Rewrites, rewrite_schemas
-from common import layout, manifest_sets
+from common import iceberg, layout, manifest_sets
 from common.catalog import Catalog
 from common.config import Config
 from common.errors import ArchiverError, DataIntegrityError
@@ -49,6 +49,7 @@ class Migration:
     locked: list[str] = field(default_factory=list)  # legacy keys kept: the bucket has Object Lock
     conflicts: list[str] = field(default_factory=list)  # a legacy-named sidecar unlike its hidden copy
     rewrites: Rewrites = field(default_factory=Rewrites)  # objects of mixed schema (archiver/rewrite_schema.py)
+    iceberg: list[str] = field(default_factory=list)  # each Iceberg table's sync (the iceberg: section)
 
     @property
     def failed(self) -> bool:
@@ -65,7 +66,7 @@ class Migration:
             text += f"; {len(self.locked)} legacy keys kept in place under Object Lock (each is counted once)"
         if self.conflicts:
             text += f"; {len(self.conflicts)} left in place because they differ from their hidden copy (run validate)"
-        return f"{text}; {self.rewrites.summary(self.dry_run)}"
+        return "\n".join([f"{text}; {self.rewrites.summary(self.dry_run)}", *self.iceberg])
 
 
 def migrate_layout(cfg: Config, stores: list[Storage], *, dry_run: bool = False, hook: Hook | None = None,
@@ -75,6 +76,7 @@ def migrate_layout(cfg: Config, stores: list[Storage], *, dry_run: bool = False,
     result = Migration(dry_run=dry_run)
     hook = env_hook() if hook is None else hook
     prefix = cfg.s3.prefix
+    archived: list[tuple[Storage, tuple[str, str, str]]] = []
     for store in stores:
         for db in cfg.databases:
             tables = [t for t, _infos in by_table(store.list(layout.database_prefix(prefix, db.name)), prefix)
@@ -84,7 +86,14 @@ def migrate_layout(cfg: Config, stores: list[Storage], *, dry_run: bool = False,
                 if listing.legacy:
                     result.tables += 1
                     _Table(store, prefix, listing, result, hook).migrate()
+                if store.location != "fallback":
+                    archived.append((store, ident))
     result.rewrites = rewrite_schemas(cfg, catalog or Catalog(cfg), dry_run=dry_run, hook=hook)
+    # Iceberg last: the rewrites replace objects its tables must register instead of the old ones.
+    for store, ident in archived if iceberg.enabled(cfg) else []:
+        hook("before_iceberg")
+        synced = iceberg.after_change(cfg, store, *ident, dry_run=dry_run)
+        result.iceberg += [synced.summary()] if synced is not None else []
     log.info("%s", result.summary())
     return result
 
@@ -173,6 +182,7 @@ def withdraw_by_hand(cfg: Config, stores: list[Storage], key: str) -> str:
         if recorded is not None:
             withdraw(store, prefix=prefix, manifest=recorded.manifest, manifest_sha256=recorded.sha256,
                      reason="withdrawn by hand (--withdraw)")
+            iceberg.after_change(cfg, store, parsed.database, parsed.schema, parsed.table)
             return (f"withdrawn: {key} ({recorded.manifest.rows} rows) no longer counts as archived in "
                     f"{store.location}; the archiver archives its rows again if they are in the table")
     raise ArchiverError(f"{key}: no archived object with a manifest that counts (already withdrawn?)")

@@ -17,6 +17,7 @@ from archiver.sink import ArchiveSink
 from archiver.table_job import TableBusy, TableJob
 from archiver.arrow_source import ArrowSource
 from archiver.checkpoint import CheckpointStore
+from common import iceberg
 from common.config import Config, DatabaseConfig
 from common.digest import secret as digest_secret
 from common.db import conninfo, pool, session_settings
@@ -47,6 +48,7 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
     for db in cfg.databases:
         conninfo(db)  # an unreadable password_file is a config error (exit 2) before anything starts
         check_session_budget(cfg, db)
+    iceberg.require(cfg)  # an iceberg: section without pyiceberg: exit 2 before anything
     sink = make_sink(cfg, s3_client, hook=hook)
     check_object_lock(cfg, sink.primary)  # s3.object_lock on a bucket without it: exit 2 before anything
     digest_secret(cfg)  # s3.digest_key_env naming an unset variable: exit 2, not unsigned digests
@@ -66,6 +68,7 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
                 results.extend(db_results)
     finally:
         sink.close()  # the fallback directory's lock (an overlapping run must not drain under us)
+    results += register_drained(cfg, sink, drain.tables, results)
     if drain.quarantined:
         # Reported like a failed table so exit code, metrics and notifications all carry it.
         assert sink.fallback is not None
@@ -77,6 +80,23 @@ def run_archive(cfg: Config, *, controls: RunControls | None = None, observer: O
     log.info("summary run: stop reason %s", run_stop_reason(results))
     observer.run_finished(results, int(code))
     return results, code
+
+
+def register_drained(cfg: Config, sink: ArchiveSink, tables: set[tuple[str, str, str]],
+                     results: list[TableResult]) -> list[TableResult]:
+    """The Iceberg tables of drained batches whose table this run did not archive (another
+    --table, or no longer configured): each table job registers its own. A failure is reported
+    like a failed table."""
+    done = {(r.database, r.schema, r.table) for r in results if r.status in ("completed", "stopped")}
+    failed = []
+    for database, schema, table in sorted(tables - done) if iceberg.enabled(cfg) else []:
+        try:
+            iceberg.after_change(cfg, sink.primary, database, schema, table)
+        except Exception as exc:  # noqa: BLE001 - the batches are in S3; only their registration waits
+            _code, kind, message = classify(exc)
+            log.error("%s", message)
+            failed.append(TableResult(database, schema, table, status="failed", error_kind=kind, error=message))
+    return failed
 
 
 #: Sessions the archiver holds per database while it archives: one writer (advisory lock, deletes,

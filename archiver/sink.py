@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -55,6 +55,8 @@ class DrainResult:
     drained: int = 0
     quarantined: int = 0
     remaining: int = 0
+    #: (database, schema, table) of every batch drained: their Iceberg tables change too.
+    tables: set[tuple[str, str, str]] = field(default_factory=set)
 
 
 class ArchiveSink:
@@ -243,6 +245,7 @@ class ArchiveSink:
                 if data is not None:
                     fallback.delete(manifest.key)
             result.drained += len(objects)
+            result.tables.update((m.database, m.schema, m.table) for m, _data in objects)
         if result.drained or result.quarantined:
             log.info("Drained %d fallback batches to S3 (%d quarantined, %d sets remaining)",
                      result.drained, result.quarantined, result.remaining)

@@ -33,6 +33,7 @@ from archiver.retire import Retirer
 from archiver.selection import Selection
 from archiver.sink import ArchiveSink, FallbackFull
 from archiver.table_check import inspect_table
+from common import iceberg
 from common.config import Config, DatabaseConfig, ResolvedOptions, TableConfig
 from common.db import apply_settings, table_unlock, try_table_lock
 from common.digest import secret as digest_secret
@@ -99,7 +100,20 @@ class TableJob:
             finally:
                 self._write_digest()
                 self.result.seconds = time.monotonic() - started
+            self._register_iceberg()
         return self.result
+
+    def _register_iceberg(self) -> None:
+        """The table's Iceberg table (the `iceberg:` section) in line with its archive: this run's
+        objects, retired partitions and drained batches, and whatever an interrupted run left
+        unregistered. Under the table's lock, so erase does not reconcile it at the same time."""
+        if not iceberg.enabled(self.cfg):
+            return
+        if self.sink.s3_down:
+            log.info("S3 is down: the Iceberg table of %s catches up on the next run", self.result.name, extra=self.ctx)
+            return
+        self.hook("before_iceberg")
+        iceberg.after_change(self.cfg, self.sink.primary, self.db.name, self.t.schema_, self.t.name)
 
     # -- whole partitions (archiver/partitions.py, archiver/retire.py) -------------------------
     def _settle(self, cp: Checkpoint) -> None:

@@ -24,7 +24,7 @@ def encode(table: pa.Table, *, fmt: str, level: int, schema: TableSchema, encodi
     if fmt == "parquet":
         table = _stored_schema(table, schema, encodings)
         buf = io.BytesIO()
-        pq.write_table(_json_annotated(table, schema).replace_schema_metadata(meta), buf, compression="zstd", compression_level=level,
+        pq.write_table(table.replace_schema_metadata(meta), buf, compression="zstd", compression_level=level,
                        row_group_size=max(table.num_rows, 1), use_dictionary=_dictionary_columns(table))
         return buf.getvalue()
     if fmt == "jsonl":
@@ -47,21 +47,16 @@ def _stored_schema(table: pa.Table, schema: TableSchema, encodings: dict[str, st
     return table if table.schema.equals(target) else table.cast(target)
 
 
-#: Column types whose text Parquet marks with its JSON logical type, so engines that read the files
-#: as they lie (DuckDB, Spark, Trino, Athena) see JSON, not just text.
-JSON_TYPES = {"json", "jsonb"}
-
-
-def _json_annotated(table: pa.Table, schema: TableSchema) -> pa.Table:
-    for i, name in enumerate(table.column_names):
-        if schema.column(name).kind[0] in JSON_TYPES and pa.types.is_string(table.schema.field(i).type):
-            table = table.set_column(i, name, pa.chunked_array(
-                [pa.ExtensionArray.from_storage(pa.json_(), c) for c in table.column(i).chunks], type=pa.json_()))
-    return table
+#: json and jsonb are stored as plain UTF-8 text (Parquet's String type), not with Parquet's JSON
+#: logical type (objects written from 2026-12-01 until this change carry it; the tools read both): Iceberg has no
+#: JSON type, and its readers did not take that one for a string (pyiceberg's scan: an Arrow
+#: extension type it cannot map; polars.scan_iceberg: binary, "data type mismatch"). Engines
+#: reading the files parse the text as JSON where asked (DuckDB: payload::JSON).
 
 
 def plain_json(table: pa.Table) -> pa.Table:
-    """The tools read JSON columns back as the text they were archived from."""
+    """The tools read JSON columns back as the text they were archived from (objects that carry
+    Parquet's JSON logical type read as an Arrow extension type)."""
     for i, field in enumerate(table.schema):
         if isinstance(field.type, pa.JsonType):
             table = table.set_column(i, field.name, pa.chunked_array([c.storage for c in table.column(i).chunks], type=pa.string()))

@@ -207,6 +207,15 @@ class NotificationsConfig(_Strict):
     pagerduty: PagerDutyConfig | None = None
 
 
+class IcebergConfig(_Strict):
+    """The optional Iceberg table over each archived table's objects (issue 27; common/iceberg)."""
+
+    #: Passed to pyiceberg's load_catalog as given (`name` is the catalog's name, default "archive").
+    catalog: dict[str, Any]
+    #: The Iceberg namespace of a database's tables; default: the configured database's name.
+    namespace: str | None = None
+
+
 class Config(_Strict):
     s3: S3Config = Field(default_factory=S3Config)
     storage: Literal["s3", "local"] = "s3"
@@ -218,6 +227,7 @@ class Config(_Strict):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    iceberg: IcebergConfig | None = None
     #: Where the file was loaded from, for messages; not a YAML key.
     source: str = Field(default="<memory>", exclude=True)
 

@@ -11,6 +11,8 @@ holds, expiries, Iceberg metadata) lives in its control folder, outside every ta
                                                   withdrawn/   batches taken back (common/withdrawals.py)
                                                   holds/       legal holds and their releases (common/holds.py)
                                                   expired/     objects deleted by expiry (common/expirations.py)
+                                                  iceberg/     the table's Iceberg metadata, with an
+                                                               SQL catalog (common/iceberg)
 
 A configured database may not be named `_control` (common/config.py).
 

@@ -105,10 +105,12 @@ def replaces_doc(obj: ArchiveObject, **fields: Any) -> dict[str, Any]:
 # -- steps 2 and 3 -----------------------------------------------------------------------------------
 def finish(catalog: Catalog, ref: TableRef, done: Sequence[Replaced],
            pending: Sequence[tuple[ArchiveObject, ArchiveObject]], *, kind: str, key_secret: bytes | None,
-           hook: Hook, erasure: Callable[[ArchiveObject, str, dict[str, Any]], Erasure | None] | None = None) -> str | None:
+           hook: Hook, erasure: Callable[[ArchiveObject, str, dict[str, Any]], Erasure | None] | None = None,
+           before_removal: Callable[[], object] | None = None) -> str | None:
     """The digest of these replacements (and of those an interrupted run stored and no digest
     records yet: `pending`, (old, replacement)), then the old objects removed. `erasure` gives
-    each one's erasure record (erase; None for a replacement that erased nothing); returns the digest's key (None: nothing to record)."""
+    each one's erasure record (erase; None for a replacement that erased nothing); returns the digest's key (None: nothing to record).
+    `before_removal` runs between the two (erase's Iceberg sync); the old objects go even when it fails."""
     store = catalog.primary
     live = digest.replay(store, catalog.prefix, ref.database, ref.schema, ref.table)
     entries = [r.entry for r in done]
@@ -127,8 +129,12 @@ def finish(catalog: Catalog, ref: TableRef, done: Sequence[Replaced],
                            objects=entries, removed=[old.key for old, _k, _r in olds], erasures=erasures, kind=kind,
                            key_secret=key_secret)
     hook(f"after_{'erase' if kind == 'erase' else 'migration'}_digest")
-    for old in [r.old for r in done] + [old for old, _new in pending]:
-        remove_old(catalog, old, bypass_governance=governance_locked(catalog, old), hook=hook)
+    try:
+        if before_removal is not None:
+            before_removal()
+    finally:
+        for old in [r.old for r in done] + [old for old, _new in pending]:
+            remove_old(catalog, old, bypass_governance=governance_locked(catalog, old), hook=hook)
     return key
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from common import digest, holds, replace
+from common import digest, holds, iceberg, replace
 from common.catalog import Catalog, TableRef, resolve_table
 from common.cli import Environment
 from common.config import Config, load_config
@@ -68,6 +68,7 @@ def run(opts: EraseOptions, *, env: Environment | None = None, s3_client: Any | 
     if not opts.where.strip():
         raise UsageError("--where: give the condition that selects the rows to erase")
     cfg = load_config(opts.config_path)
+    iceberg.require(cfg)
     setup_logging(None, verbose=opts.verbose)  # stderr only: stdout carries the report
     catalog = Catalog(cfg, s3_client=s3_client)
     ref = resolve_table(cfg, opts.database, opts.table)
@@ -141,8 +142,13 @@ def _record_and_remove(cfg: Config, catalog: Catalog, out: Outcome, *, key_secre
     objects (common/replace.py). An interrupted --migrate-layout rewrite is finished too: it is
     recorded without an erasure record (it erased nothing)."""
     pending = list(out.found.interrupted)
-    out.digest_key = replace.finish(catalog, out.ref, out.replaced, pending, kind="erase", key_secret=key_secret,
-                                    hook=hook, erasure=erasure)
+    ref = out.ref
+    # The Iceberg table drops the old objects before they go (a scan never meets a file that is
+    # gone); when it cannot, they go all the same: a scan then fails on them rather than return
+    # an erased row, until the next sync (any tool's) registers the replacements.
+    out.digest_key = replace.finish(
+        catalog, ref, out.replaced, pending, kind="erase", key_secret=key_secret, hook=hook, erasure=erasure,
+        before_removal=lambda: iceberg.after_change(cfg, catalog.primary, ref.database, ref.schema, ref.table))
     if out.digest_key:
         erased = [r for r in out.replaced if erasure(r.old, r.new_key, r.replaces)]
         log.info("digest %s records the erasure of %d rows from %d objects", out.digest_key,

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from common import batch_writer, layout
+from common import batch_writer, iceberg, layout
 from common.config import Config
 from common.errors import ConfigError, S3Unavailable, first_line
 from common.s3client import fallback_storage, primary_storage
@@ -47,6 +47,7 @@ def validate(cfg: Config, *, database: str | None = None, table: str | None = No
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=timezone.utc)  # dates on the command line are UTC
     scope = build_scope(cfg, database=database, table=table)
+    iceberg.require(cfg)
     store = primary_storage(cfg, s3_client)
     report = Report()
     try:
@@ -72,7 +73,7 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
             report.notes.extend(live.notes)
         checker = ObjectChecker(store, root=scope.root, quick=quick, live=live, lock=cfg.s3.object_lock)
         audit = DigestAudit(store, root=scope.root, key_secret=digest_secret(cfg), fallback=fallback_storage(cfg))
-        tally = _Tables(store, scope, report, audit)
+        tally = _Tables(store, scope, report, audit, cfg)
         finder = OverlapFinder()
         supersessions = Supersessions()
         size_only = archived = 0
@@ -114,8 +115,8 @@ class _Tables:
     """The archive read one table at a time (validate/inventory.py): what each table's listing and
     manifests say, turned into the entries to check, and the findings about the table as a whole."""
 
-    def __init__(self, store: Storage, scope: Scope, report: Report, audit: DigestAudit) -> None:
-        self.store, self.scope, self.report, self.audit = store, scope, report, audit
+    def __init__(self, store: Storage, scope: Scope, report: Report, audit: DigestAudit, cfg: Config) -> None:
+        self.store, self.scope, self.report, self.audit, self.cfg = store, scope, report, audit, cfg
         self.withdrawn = 0  # batches taken back, not checked
         self.legacy = 0  # tables with keys of the legacy layout
         self.expiring = 0  # objects an expiry record names, not yet deleted (issue 29)
@@ -143,6 +144,8 @@ class _Tables:
                                     f"{len(listing.legacy)} manifests, digests or withdrawal records in the legacy layout "
                                     "inside the table's folder, where engines reading the folder meet them",
                                     database=database, table=table))
+        for kind, key, what in iceberg.check(self.cfg, self.store, *ident, listing=listing, index=index):
+            self.report.add(problem(kind, key, what, database=database, table=table))
         yield from (Entry(i.key, i, None) for i in listing.strays)
         for key, info in listing.data.items():
             recorded = index.current(key)

@@ -45,6 +45,12 @@ PROBLEM_TYPES: dict[str, str] = {
                      "table's control folder, verified; --dry-run shows what it would move)",
     "incomplete_upload": "abort it (aws s3api abort-multipart-upload) or add a lifecycle rule that aborts "
                          "incomplete multipart uploads",
+    "iceberg_missing_file": "run the archiver (its every run brings the table's Iceberg table in line with the "
+                            "archive); engines reading the Iceberg table miss these rows until then",
+    "iceberg_extra_file": "run the archiver (it removes what does not count from the Iceberg table); never compact "
+                          "or rewrite that table with an engine: it registers the archive's own objects",
+    "iceberg_unreadable": "check the iceberg: catalog settings and that the catalog is reachable; the archive "
+                          "itself is not affected",
 }
 
 
