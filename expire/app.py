@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from common import digest, holds as holds_mod
+from common import digest, holds as holds_mod, iceberg
 from common.catalog import Catalog, TableRef, resolve_table
 from common.cli import Environment, check_configured_tables, table_matches
 from common.config import Config, load_config
@@ -42,6 +42,7 @@ def run(opts: ExpireOptions, *, env: Environment | None = None, s3_client: Any |
         hook: Hook | None = None) -> int:
     env = env or Environment()
     cfg = load_config(opts.config_path)
+    iceberg.require(cfg)
     setup_logging(cfg.logging, verbose=opts.verbose)
     catalog = Catalog(cfg, s3_client=s3_client)
     key_secret = None if opts.dry_run else digest.secret(cfg)
@@ -91,7 +92,9 @@ def expire_one(cfg: Config, catalog: Catalog, ref: TableRef, *, dry_run: bool, k
         out.plan = make_plan(catalog, ref, retention_days=days, now=now, holds=out.holds, bucket=bucket)
         _log_plan(out.plan, ctx)
         if not dry_run:
-            out.done = expire_table(catalog, ref, out.plan, bucket=bucket, key_secret=key_secret, hook=hook)
+            out.done = expire_table(
+                catalog, ref, out.plan, bucket=bucket, key_secret=key_secret, hook=hook,
+                before_deletes=lambda: iceberg.after_change(cfg, store, ref.database, ref.schema, ref.table))
     return out
 
 

@@ -6,12 +6,13 @@
 3. the digest (kind `expire`): the chain says which objects went, how many rows, when;
 4. the deletes: the data objects (every version in a versioned bucket), legacy sidecars, and the
    manifest sets none of whose manifests counts any more;
-5. the Iceberg hook's place.
+   (the Iceberg table, where one is configured, drops them first: `before_deletes`, as erase does).
 
 A rerun after a kill at any step does the rest: step 1 redoes 3 and 4 for the record of step 2."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,7 @@ class Done:
 
 
 def expire_table(catalog: Catalog, ref: TableRef, plan: Plan, *, bucket: Bucket, key_secret: bytes | None,
-                 hook: Hook) -> Done:
+                 hook: Hook, before_deletes: Callable[[], object] | None = None) -> Done:
     store, prefix = catalog.primary, catalog.prefix
     ctx = {"database": ref.database, "table": ref.name}
     done = Done()
@@ -64,12 +65,16 @@ def expire_table(catalog: Catalog, ref: TableRef, plan: Plan, *, bucket: Bucket,
     done.digest_key = _record_in_chain(store, prefix, ref, pending, live, chain_head, key_secret=key_secret)
     hook("after_expiry_digest")
     this_run = {o.key for o in done.expired}
-    # An earlier expiry's key counted again (archived anew since) is not that expiry's object.
-    for key in sorted(k for k in pending if k in listing.data and (k in this_run or k not in index.objects)):
-        _delete(store, key, bucket=bucket, done=done, hook=hook)
-    done.sets_deleted = _delete_sets(store, index, pending, bucket=bucket)
-    # Iceberg (issue 29): where a table is configured for it, `common.iceberg.after_change(...)` is
-    # called here, once the expired objects are gone, to commit their removal to the Iceberg table.
+    try:
+        # The Iceberg table lets go of the objects before they go, so a scan never meets a missing
+        # file; when it cannot, they go all the same and the next sync (any tool's) catches up.
+        if before_deletes is not None and pending:
+            before_deletes()
+    finally:
+        # An earlier expiry's key counted again (archived anew since) is not that expiry's object.
+        for key in sorted(k for k in pending if k in listing.data and (k in this_run or k not in index.objects)):
+            _delete(store, key, bucket=bucket, done=done, hook=hook)
+        done.sets_deleted = _delete_sets(store, index, pending, bucket=bucket)
     return done
 
 

@@ -36,6 +36,7 @@ from common.iceberg.sync import current_files
 from compliance_support import catalog_ids
 from conftest import make_config, throwaway_database
 from erase.app import EraseOptions, run as erase
+from expire.app import ExpireOptions, run as expire
 
 #: Polars plans an Iceberg scan with pyiceberg unless the polars_iceberg plugin is installed, and says so.
 pytestmark = pytest.mark.filterwarnings("ignore:Iceberg scan planning:Warning")
@@ -198,6 +199,20 @@ def test_erase_leaves_exactly_the_rows_restore_brings_back(scenario: Scenario) -
     # No erased value stays in the table's metadata: only the time column keeps bounds.
     for f in current_files(iceberg_table(scenario.cfg)).values():
         assert set(f.lower_bounds) == set(f.upper_bounds) == {2}  # created_at's field id
+
+
+def test_expiry_leaves_exactly_the_rows_restore_brings_back(scenario: Scenario) -> None:
+    archive(scenario)
+    before = assert_matches_restore(scenario)
+    doc = yaml.safe_load(scenario.config.read_text())
+    doc["defaults"]["archive_retention_days"] = 8
+    scenario.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = io.StringIO()
+    assert expire(ExpireOptions(config_path=scenario.config), env=Environment(stdout=out, stderr=io.StringIO()),
+                  s3_client=scenario.s3) == ExitCode.OK
+    after = assert_matches_restore(scenario)
+    assert 0 < len(after) < len(before) and set(after) < set(before)
+    assert not validate_problems(scenario.cfg)
 
 
 def archiver_process(config: Path, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:

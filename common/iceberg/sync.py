@@ -85,9 +85,9 @@ class SyncResult:
 
 def listing_fingerprint(listing: TableListing) -> str:
     """What the archive of a table looks like to a listing: its data objects, manifest sets,
-    legacy sidecars and withdrawal records, by key and size."""
+    legacy sidecars, withdrawal records and expiry records, by key and size."""
     h = hashlib.sha256()
-    for group in (listing.data.values(), listing.sidecars.values(), listing.sets, listing.records):
+    for group in (listing.data.values(), listing.sidecars.values(), listing.sets, listing.records, listing.expiries):
         for info in sorted(group, key=lambda i: i.key):
             h.update(f"{info.key}\0{info.size}\n".encode())
         h.update(b"\1")
