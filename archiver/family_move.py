@@ -110,7 +110,7 @@ def encode_child(e: ChildRows, *, root: Manifest, day: date, prefix: str, databa
     c = e.child
     parent = {"schema": c.parent[0], "table": c.parent[1], "constraint": c.ref.constraint,
               "columns": list(c.ref.columns), "referenced": list(c.ref.referenced),
-              "root": {"schema": family.schema, "table": family.table}}
+              "root": {"schema": family.schema, "table": family.table}, "batch": root.key}
     meta = {"archiver_version": archiver.__version__, "database": database, "schema": c.schema, "table": c.table,
             "timestamp_column": "", "primary_key": ",".join(c.keys), "parent_table": c.parent_name}
     data = batch_writer.encode(e.rows, fmt=opts.format, level=opts.compression_level, schema=c.columns,
