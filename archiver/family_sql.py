@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from archiver.family import Child
+from archiver.family import Child, Family
 from archiver.references import Reference
 from archiver.selection import _read_as
 from common.db import qualified
@@ -112,3 +112,25 @@ class ChildRelation:
 
     def present_query(self, keys: Values) -> sql.Composed:
         return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(self.rel, self.key_match(keys))
+
+
+def moving_query(family: Family, child: Child, root: sql.Composable, expired: sql.Composable) -> sql.Composed:
+    """How many rows of the child reference (through its ancestors) an expired row of the archived
+    table: the dry run's count. `root` is the archived table's relation, `expired` its rows'
+    predicate (unqualified columns: it is evaluated in the innermost sub-select, FROM the table)."""
+    chain: list[Child] = [child]
+    while chain[-1].parent != (family.schema, family.table):
+        chain.append(next(c for c in family.children if (c.schema, c.table) == chain[-1].parent))
+    cond: sql.Composable = expired
+    inner_rel: sql.Composable = root
+    for i in range(len(chain) - 1, -1, -1):
+        c = chain[i]
+        outer = sql.Identifier(f"g{i}")
+        link = sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(inner_rel if i == len(chain) - 1 else sql.Identifier(f"g{i + 1}"),
+                                                                     sql.Identifier(r), outer, sql.Identifier(col))
+                                     for col, r in zip(c.ref.columns, c.ref.referenced))
+        source = root if i == len(chain) - 1 else sql.SQL("{} AS {}").format(
+            qualified(chain[i + 1].schema, chain[i + 1].table), sql.Identifier(f"g{i + 1}"))
+        cond = sql.SQL("EXISTS (SELECT 1 FROM {} WHERE {} AND {})").format(source, link, cond)
+    return sql.SQL("SELECT count(*) FROM {} AS {} WHERE {}").format(qualified(child.schema, child.table),
+                                                                  sql.Identifier("g0"), cond)
