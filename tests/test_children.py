@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from psycopg import sql
 
 from archive_checks import OnceAt, archived
 from archiver.runner import dry_run, run_archive
+from validate.checks import validate
 from common import batch_writer, layout
 from common.config import load_config
 from common.storage import S3Storage
@@ -41,11 +43,11 @@ CREATE TABLE audit_tags (id bigint NOT NULL, tag text NOT NULL, log_id bigint RE
 CREATE TABLE audit_tags_a PARTITION OF audit_tags FOR VALUES IN ('a');
 CREATE TABLE audit_tags_rest PARTITION OF audit_tags DEFAULT;
 """
-#: 3 rows a day over 40 days, 20 of them past retention (20 days); children for most rows.
+#: 3 rows a day over 30 days, 5 of them past retention (25 days); children for most rows.
 SEED = """
 INSERT INTO audit_logs (created_at, action, payload)
 SELECT now() - interval '12 hours' - (g * interval '8 hours'), 'a' || g, jsonb_build_object('g', g)
-FROM generate_series(0, 119) g;
+FROM generate_series(0, 89) g;
 INSERT INTO audit_details (log_id, detail) SELECT l.id, 'd' || k FROM audit_logs l, generate_series(1, 2) k
 WHERE l.id % 3 <> 0;
 INSERT INTO audit_notes SELECT d.id, k, 'note ' || d.id || '/' || k, now() - d.id * interval '1 minute'
@@ -54,7 +56,7 @@ INSERT INTO audit_tags SELECT l.id, t, l.id FROM audit_logs l, unnest(ARRAY['a',
 """
 #: Each table of the family and its key.
 KEYS = {"audit_logs": ("id",), "audit_details": ("id",), "audit_notes": ("detail_id", "n"), "audit_tags": ("id", "tag")}
-TABLE = {"name": "audit_logs", "timestamp_column": "created_at", "retention_days": 20, "children": "archive"}
+TABLE = {"name": "audit_logs", "timestamp_column": "created_at", "retention_days": 25, "children": "archive"}
 
 
 def archiver(config: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -100,10 +102,10 @@ class Family:
         self.original = rows(conn)
         self.store = S3Storage(s3_client, bucket)
         self.args = {"dsn": dsn, "bucket": bucket, "endpoint": endpoint}
-        self.config = make_config(tmp_path, **self.args, defaults={"batch_size": 3}, tables=[{**TABLE, **table}])
+        self.config = make_config(tmp_path, **self.args, defaults={"batch_size": 2}, tables=[{**TABLE, **table}])
 
     def expired(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM audit_logs WHERE created_at < now() - interval '20 days'").fetchone()[0])
+        return int(self.conn.execute("SELECT count(*) FROM audit_logs WHERE created_at < now() - interval '25 days'").fetchone()[0])
 
     def check_one_place(self) -> None:
         """Every original row of every table is in its table or in exactly one archived object."""
@@ -146,10 +148,10 @@ def test_children_move_with_their_parents_into_their_own_table_folders(archived_
         assert gone, f"no row of {table} moved"
     # nothing references a row that is gone: no child row was left behind, none was cascaded away
     assert not f.conn.execute("SELECT 1 FROM audit_tags WHERE log_id IS NULL").fetchall()
+    root_objects = archived(f.store, layout.table_prefix("", "production_db", "public", "audit_logs"))
     for m in archived(f.store, layout.table_prefix("", "production_db", "public", "audit_notes")).values():
         assert m.parent is not None and m.parent["table"] == "audit_details" and m.parent["root"]["table"] == "audit_logs"
         assert m.timestamp_column == "" and m.primary_key == ["detail_id", "n"]
-        root_objects = archived(f.store, layout.table_prefix("", "production_db", "public", "audit_logs"))
         assert m.parent["batch"] in root_objects
         # the day folder of its parent rows
         assert m.key.split("/year=")[1][:20] == m.parent["batch"].split("/year=")[1][:20]
@@ -161,10 +163,10 @@ def test_dry_run_lists_each_child_its_foreign_key_and_the_rows_that_would_move(f
     text = "\n".join(lines)
     assert code == 0, text
     expected = {
-        "audit_details": "SELECT count(*) FROM audit_details d JOIN audit_logs l ON l.id = d.log_id WHERE l.created_at < now() - interval '20 days'",
-        "audit_tags": "SELECT count(*) FROM audit_tags t JOIN audit_logs l ON l.id = t.log_id WHERE l.created_at < now() - interval '20 days'",
+        "audit_details": "SELECT count(*) FROM audit_details d JOIN audit_logs l ON l.id = d.log_id WHERE l.created_at < now() - interval '25 days'",
+        "audit_tags": "SELECT count(*) FROM audit_tags t JOIN audit_logs l ON l.id = t.log_id WHERE l.created_at < now() - interval '25 days'",
         "audit_notes": "SELECT count(*) FROM audit_notes n JOIN audit_details d ON d.id = n.detail_id JOIN audit_logs l"
-                       " ON l.id = d.log_id WHERE l.created_at < now() - interval '20 days'",
+                       " ON l.id = d.log_id WHERE l.created_at < now() - interval '25 days'",
     }
     for table, query in expected.items():
         count = family.conn.execute(query).fetchone()[0]
@@ -209,14 +211,14 @@ def test_without_the_option_the_refusal_names_children_archive(family: Family) -
 
 def test_a_self_referencing_parent_keeps_referenced_rows_as_without_children(family: Family) -> None:
     family.conn.execute("ALTER TABLE audit_logs ADD COLUMN up bigint REFERENCES audit_logs")
-    oldest = family.conn.execute("SELECT min(id) FROM audit_logs").fetchone()[0]
-    family.conn.execute("UPDATE audit_logs SET up = %s WHERE id = %s", (oldest, oldest + 1))
+    oldest = family.conn.execute("SELECT max(id) FROM audit_logs").fetchone()[0]  # ids count back in time
+    family.conn.execute("UPDATE audit_logs SET up = %s WHERE id = %s", (oldest, oldest - 1))
     family.original = rows(family.conn)
     r = archiver(family.config)
     assert r.returncode == 0, r.stderr
     # the referenced row stays, with its children; the one referencing it moved (with its own)
     assert family.conn.execute("SELECT count(*) FROM audit_logs WHERE id = %s", (oldest,)).fetchone()[0] == 1
-    assert family.conn.execute("SELECT count(*) FROM audit_logs WHERE id = %s", (oldest + 1,)).fetchone()[0] == 0
+    assert family.conn.execute("SELECT count(*) FROM audit_logs WHERE id = %s", (oldest - 1,)).fetchone()[0] == 0
     family.check_one_place()
 
 
@@ -226,7 +228,7 @@ def test_a_child_added_after_the_export_is_never_cascaded_away(family: Family) -
     cfg = load_config(family.config)
     youngest_expired = family.conn.execute(
         "SELECT max(d.id) FROM audit_details d JOIN audit_logs l ON l.id = d.log_id"
-        " WHERE l.created_at < now() - interval '20 days'").fetchone()[0]
+        " WHERE l.created_at < now() - interval '25 days'").fetchone()[0]
 
     def add_note() -> None:
         with psycopg.connect(family.dsn, autocommit=True) as other:
@@ -253,16 +255,21 @@ POINTS = ["after_read", "after_checkpoint", "between_object_and_manifest", "afte
           "before_commit", "after_delete"]
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+#: Seeds whose two kills each cover six of the seven points between them (before_commit is the same
+#: moment as after_manifest_set, a step later).
+@pytest.mark.parametrize("seed", [1, 2, 7])
 def test_kill_at_random_points_leaves_every_row_of_the_family_in_one_place(family: Family, seed: int) -> None:
     rng = random.Random(seed)
-    kills = 0
-    for _ in range(2):
-        point, nth = rng.choice(POINTS), rng.randint(1, 12)
+    kills = []
+    for _ in range(2):  # two crashes in a row: the second may hit the first one's recovery
+        point = rng.choice(POINTS)
+        # after_checkpoint comes once per group of batches started together: a few times a run
+        nth = 1 if point == "after_checkpoint" else rng.randint(1, 3)
         r = archiver(family.config, env={"ARCHIVER_TEST_KILL_AT": f"{point}:{nth}"})
         assert r.returncode in (-9, 0), r.stderr
-        kills += r.returncode == -9
-    assert kills, "no run was killed: pick other points"
+        if r.returncode == -9:
+            kills.append(f"{point}:{nth}")
+    assert kills, "no run was killed: the seed picked points past the last batch"
     r = archiver(family.config)
     assert r.returncode == 0, r.stderr
     family.check_one_place()
@@ -271,9 +278,8 @@ def test_kill_at_random_points_leaves_every_row_of_the_family_in_one_place(famil
 
 
 def validate_problems(config: Path) -> list[dict[str, Any]]:
-    r = tool("validate", config, "--output-format", "json")
-    problems: list[dict[str, Any]] = json.loads(r.stdout)["problems"]
-    return problems
+    """validate's findings, in this process (a subprocess costs its start-up)."""
+    return [asdict(p) for p in validate(load_config(config)).problems]
 
 
 # -- restore ---------------------------------------------------------------------------------------
