@@ -23,6 +23,8 @@ from psycopg import sql
 
 from archive_checks import OnceAt, archived
 from archiver.runner import dry_run, run_archive
+from restore.children import restore_family
+from restore.engine import restore
 from validate.checks import validate
 from common import batch_writer, layout
 from common.config import load_config
@@ -100,6 +102,7 @@ class Family:
         conn.execute(SEED)
         self.conn, self.tmp, self.dsn = conn, tmp_path, dsn
         self.original = rows(conn)
+        self.notes: list[str] = []
         self.store = S3Storage(s3_client, bucket)
         self.args = {"dsn": dsn, "bucket": bucket, "endpoint": endpoint}
         self.config = make_config(tmp_path, **self.args, defaults={"batch_size": 2}, tables=[{**TABLE, **table}])
@@ -131,9 +134,10 @@ def family(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: 
 
 @pytest.fixture()
 def archived_family(family: Family) -> Family:
-    """The family after one complete run."""
-    r = archiver(family.config)
-    assert r.returncode == 0, r.stderr
+    """The family after one complete run (in this process: the subprocess runs are the kill tests')."""
+    results, code = run_archive(load_config(family.config))
+    assert code == 0, results[0].error
+    family.notes = results[0].notes
     return family
 
 
@@ -155,7 +159,10 @@ def test_children_move_with_their_parents_into_their_own_table_folders(archived_
         assert m.parent["batch"] in root_objects
         # the day folder of its parent rows
         assert m.key.split("/year=")[1][:20] == m.parent["batch"].split("/year=")[1][:20]
-    assert "child public.audit_notes: " in f.log and "child public.audit_tags: " in f.log
+    moved = {t: len(set(f.original[t]) - set(now[t])) for t in KEYS}
+    assert [n for n in f.notes if n.startswith("child ")] == [
+        f"child public.{t}: {moved[t]} rows archived in {len(archived(f.store, layout.table_prefix('', 'production_db', 'public', t)))} objects"
+        for t in ("audit_details", "audit_notes", "audit_tags")]
 
 
 def test_dry_run_lists_each_child_its_foreign_key_and_the_rows_that_would_move(family: Family) -> None:
@@ -195,17 +202,17 @@ def test_a_family_that_cannot_move_together_is_refused_before_anything_moves(fam
     before = rows(family.conn)
     lines, code = dry_run(load_config(family.config))
     assert code == 1 and any(why in x for x in lines), "\n".join(lines)
-    r = archiver(family.config)
-    assert r.returncode == 1
-    assert why in family.log and "nothing was exported or deleted" in family.log
+    results, code = run_archive(load_config(family.config))
+    assert code == 1 and results[0].error_kind == "config"
+    assert why in str(results[0].error) and "nothing was exported or deleted" in str(results[0].error)
     assert rows(family.conn) == before and archived(family.store) == {}
 
 
 def test_without_the_option_the_refusal_names_children_archive(family: Family) -> None:
     config = make_config(family.tmp, **family.args, tables=[{k: v for k, v in TABLE.items() if k != "children"}])
-    r = archiver(config)
-    assert r.returncode == 1
-    assert "Set `children: archive` on the table" in family.log
+    results, code = run_archive(load_config(config))
+    assert code == 1
+    assert "Set `children: archive` on the table" in str(results[0].error)
     assert rows(family.conn) == family.original
 
 
@@ -214,8 +221,8 @@ def test_a_self_referencing_parent_keeps_referenced_rows_as_without_children(fam
     oldest = family.conn.execute("SELECT max(id) FROM audit_logs").fetchone()[0]  # ids count back in time
     family.conn.execute("UPDATE audit_logs SET up = %s WHERE id = %s", (oldest, oldest - 1))
     family.original = rows(family.conn)
-    r = archiver(family.config)
-    assert r.returncode == 0, r.stderr
+    results, code = run_archive(load_config(family.config))
+    assert code == 0, results[0].error
     # the referenced row stays, with its children; the one referencing it moved (with its own)
     assert family.conn.execute("SELECT count(*) FROM audit_logs WHERE id = %s", (oldest,)).fetchone()[0] == 1
     assert family.conn.execute("SELECT count(*) FROM audit_logs WHERE id = %s", (oldest - 1,)).fetchone()[0] == 0
@@ -293,10 +300,8 @@ def test_restore_with_children_brings_the_family_back_exactly(archived_family: F
                        " (VALUES (%s::bigint, now())) v(id, created_at)", parent)
         f.conn.execute("INSERT INTO audit_details (id, log_id, detail) VALUES (%s, %s, 'x')", (note[0], parent[0]))
         f.conn.execute("INSERT INTO audit_notes VALUES (%s, %s, 'changed', NULL)", note)
-    r = tool("restore", f.config, "--database", "production_db", "--table", "audit_logs", "--restore-all",
-             "--with-children", "--conflict-strategy", strategy, "--output-format", "json")
-    assert r.returncode == 0, r.stderr
-    reports = json.loads(r.stdout)["tables"]
+    reports = [r.to_json() for r in restore_family(load_config(f.config), database="production_db", table="audit_logs",
+                                                   restore_all=True, conflict_strategy=strategy)]
     assert [x["source"] for x in reports] == ["public.audit_logs", "public.audit_details", "public.audit_tags",
                                                "public.audit_notes"]
     now = rows(f.conn)
@@ -314,7 +319,7 @@ def test_restore_with_children_of_one_object_restores_its_batch(archived_family:
     roots = archived(f.store, layout.table_prefix("", "production_db", "public", "audit_logs"))
     key = max(roots, key=lambda k: (roots[k].rows, k))  # a batch with all three of its rows
     r = tool("restore", f.config, "--database", "production_db", "--table", "audit_logs", "--s3-key", key,
-             "--with-children", "--output-format", "json")
+             "--with-children", "--output-format", "json")  # the CLI, once
     assert r.returncode == 0, r.stderr
     back = {x["source"]: x["rows"] for x in json.loads(r.stdout)["tables"]}
     batch = {table: [m for m in archived(f.store, layout.table_prefix("", "production_db", "public", table)).values()
@@ -334,17 +339,15 @@ def test_a_child_restored_alone_needs_its_parents_and_writes_nothing_otherwise(a
     assert "nothing was restored" in r.stderr
     assert rows(f.conn) == before
     # with the parents back, the child alone restores
-    for table in ("audit_logs", "audit_details"):
-        assert tool("restore", f.config, "--database", "production_db", "--table", table, "--restore-all").returncode == 0
-    r = tool("restore", f.config, "--database", "production_db", "--table", "audit_notes", "--restore-all")
-    assert r.returncode == 0, r.stderr
+    cfg = load_config(f.config)
+    for table in ("audit_logs", "audit_details", "audit_notes"):
+        restore(cfg, database="production_db", table=table, restore_all=True)
     assert rows(f.conn)["audit_notes"] == f.original["audit_notes"]
 
 
 # -- validate, query, erase ------------------------------------------------------------------------
 def test_validate_reports_a_child_whose_parent_is_nowhere(archived_family: Family) -> None:
-    f = archived_family
-    assert validate_problems(f.config) == []
+    f = archived_family  # clean before: the kill tests' last check
     detail = min(k for k in f.original["audit_details"] if k not in rows(f.conn)["audit_details"]
                  if any(n[0] == k[0] for n in f.original["audit_notes"]))
     r = tool("erase", f.config, "--database", "production_db", "--table", "audit_details", "--where", f"id = {detail[0]}")
