@@ -14,7 +14,8 @@ from typing import Any
 from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
 from common.config import Config
 from common.errors import ArchiverError, UsageError
-from common.layout import control_database_prefix, table_of_control
+from common import manifest_sets
+from common.layout import control_database_prefix, is_manifest_set, table_of_control
 from restore.engine import RestoreReport, restore_objects, select_objects
 
 log = logging.getLogger("restore")
@@ -49,16 +50,21 @@ def restore_family(cfg: Config, *, database: str, table: str, schema: str | None
 
 
 def family(cfg: Config, catalog: Catalog, ref: TableRef) -> list[list[TableRef]]:
-    """The archived children of the table, generation by generation (from their manifests)."""
+    """The archived children of the table, generation by generation: each table of the database
+    whose newest manifest set names a parent (one listing of the database's control folders, one
+    read per table; a child's manifests all name the same foreign key)."""
     edges: dict[tuple[str, str], tuple[str, str]] = {}  # child -> parent
     for store in catalog.stores():
-        seen = {table_of_control(catalog.prefix, info.key) for info in store.list(control_database_prefix(catalog.prefix, ref.database))}
-        for ident in sorted(t for t in seen if t is not None):
-            _db, schema, table = ident
+        newest: dict[tuple[str, str], str] = {}
+        for info in store.list(control_database_prefix(catalog.prefix, ref.database)):
+            ident = table_of_control(catalog.prefix, info.key)
+            if ident is not None and is_manifest_set(info.key) and info.key > newest.get(ident[1:], ""):
+                newest[ident[1:]] = info.key
+        for (schema, table), key in sorted(newest.items()):
             if (schema, table) in edges or (schema, table) == (ref.schema, ref.table):
                 continue
-            objects = catalog.list_objects(_ref(cfg, ref.database, schema, table))
-            parent = next((o.manifest.parent for o in reversed(objects) if o.manifest and o.manifest.parent), None)
+            recorded = manifest_sets.read(store.get(key), key=key)
+            parent = next((r.manifest.parent for r in recorded if r.manifest.parent), None)
             if parent:
                 edges[(schema, table)] = (parent["schema"], parent["table"])
     out: list[list[TableRef]] = []
