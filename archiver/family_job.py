@@ -22,7 +22,7 @@ from psycopg import sql
 
 from archiver import family_move
 from archiver.checkpoint import CheckpointStore
-from archiver.delete_guard import check_deletes
+from archiver.delete_guard import DeletesRefused, check_deletes
 from archiver.digest import RunDigest
 from archiver.encoding import Encoded
 from archiver.family import Child, Family, RefusedFamily, discover, family_lines
@@ -266,16 +266,23 @@ class FamilyJob(TableJob):
         if why is None:
             deleted = self.delete_mover.delete_batch(enc)
             if deleted != m.rows:
-                why = f"{self.result.name}: {m.rows - max(deleted, 0)} of its {m.rows} rows changed or gained references since export"
+                why = f"{self.result.name}: {max(deleted, 0)} of its {m.rows} exported rows deleted"
         if why is not None:
             self.mover.rollback()
+            if family_move.kept_by_database(self.conn, self.family, self.sel, enc, parts, self.schemas):
+                raise DeletesRefused(
+                    f"{self.result.name}: the move of {m.key} with its children came short ({why}), though no row of"
+                    " the family changed since the export: a BEFORE DELETE trigger that returns NULL or a row-level"
+                    " security policy keeps rows (of the table or a child); the batches stored and not yet deleted"
+                    " were taken back, their rows stay in the tables")
             self.sink.take_back(m, location, recorded=False)
             for part in parts:
                 self.sink.take_back(part.manifest, part.location, recorded=False)
             self.ledger.call_off(m)
             self.result.rolled_back_batches += 1
             self.observer.batch_failed(self.result, kind="conflict")
-            log.warning("batch %s and its children's objects rolled back (%s); their rows will be archived on a later run",
+            log.warning("batch %s and its children's objects rolled back (%s): rows changed or gained references since"
+                        " export; they will be archived on a later run",
                         m.key, why, extra=self.ctx)
             return
         self._commit([(enc, location)])

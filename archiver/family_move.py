@@ -25,12 +25,13 @@ import archiver
 from archiver.delete_guard import refused_by_database
 from archiver.encoding import Encoded, key_lists, manifest_key
 from archiver.family import Child, Family
-from archiver.family_sql import ChildRelation, present_values
+from archiver.family_sql import ChildRelation, match, present_values, referencing_query, unchanged_query
 from archiver.reader import Source
 from archiver.selection import Selection
 from common import batch_writer, layout
 from common.arrow_types import Exceptions, split_exceptions
 from common.config import ResolvedOptions
+from common.db import qualified
 from common.errors import ArchiverError
 from common.key_range import key_range, natural_column
 from common.manifest import Manifest, sha256_hex
@@ -147,7 +148,7 @@ def delete_children(conn: psycopg.Connection[Any], family: Family, parts: list[C
         guards = tuple(gc.ref for gc in family.of((part.child.schema, part.child.table)))
         deleted = _run(conn, rel.delete_query(key_lists(part.keys), part.xmins, guards), part.child.name, what)
         if deleted != part.rows:
-            return f"{part.child.name}: {part.rows - deleted} of its {part.rows} rows changed or gained references since export"
+            return f"{part.child.name}: {max(deleted, 0)} of its {part.rows} exported rows deleted"
     return None
 
 
@@ -178,5 +179,50 @@ def count_present(conn: psycopg.Connection[Any], child: Child, parent_schema: Ta
         return 0
     row = conn.execute(ChildRelation(child, parent_schema).present_query(lists).as_bytes(conn), prepare=False).fetchone()
     conn.commit()
+    return int(row[0]) if row else 0
+
+
+
+def kept_by_database(conn: psycopg.Connection[Any], family: Family, sel: Selection, enc: Encoded,
+                     parts: list[ChildPart], parent_schemas: dict[tuple[str, str], TableSchema]) -> bool:
+    """After a rolled-back move: whether every exported row is still as exported and no row that
+    was not exported references them. Then nothing changed since the export, and the delete came
+    short because something keeps rows (a BEFORE DELETE trigger returning NULL, a row-level security
+    policy): every run would take the batch back again (archiver/delete_guard.py suppressed)."""
+    try:
+        if sel_unchanged(conn, sel, enc) != enc.rows:
+            return False
+        by_table = {(p.child.schema, p.child.table): p for p in parts}
+        for child in family.children:
+            part = by_table.get((child.schema, child.table))
+            parent_part = by_table.get(child.parent)
+            if child.parent == (family.schema, family.table):
+                # bare column names: inside `FROM <table> AS p` they are p's (the innermost scope)
+                parent_keys = sel._key_match(key_lists(enc.keys))
+                parent_rel: sql.Composable = sel.relation
+            elif parent_part is None:
+                continue  # no parent row of it moves: nothing of it could
+            else:
+                parent_keys = match(parent_part.child.keys, parent_part.child.columns, key_lists(parent_part.keys),
+                                    alias=sql.Identifier("p"))
+                parent_rel = qualified(parent_part.child.schema, parent_part.child.table)
+            now = _count(conn, referencing_query(child, parent_rel, parent_keys))
+            if now != (part.rows if part else 0):
+                return False
+            if part is not None:
+                rel = ChildRelation(child, parent_schemas[child.parent])
+                if _count(conn, unchanged_query(rel, key_lists(part.keys), part.xmins)) != part.rows:
+                    return False
+        return True
+    finally:
+        conn.rollback()
+
+
+def sel_unchanged(conn: psycopg.Connection[Any], sel: Selection, enc: Encoded) -> int:
+    return _count(conn, sel.unchanged_query(key_lists(enc.keys), enc.xmins))
+
+
+def _count(conn: psycopg.Connection[Any], query: sql.Composable) -> int:
+    row = conn.execute(query.as_bytes(conn), prepare=False).fetchone()
     return int(row[0]) if row else 0
 

@@ -134,3 +134,17 @@ def moving_query(family: Family, child: Child, root: sql.Composable, expired: sq
         cond = sql.SQL("EXISTS (SELECT 1 FROM {} WHERE {} AND {})").format(source, link, cond)
     return sql.SQL("SELECT count(*) FROM {} AS {} WHERE {}").format(qualified(child.schema, child.table),
                                                                   sql.Identifier("g0"), cond)
+
+
+def unchanged_query(rel: ChildRelation, keys: Values, xmins: pa.Array | pa.ChunkedArray) -> sql.Composed:
+    """How many of the exported rows are still as exported (after a rolled-back move)."""
+    return sql.SQL("SELECT count(*) FROM {} WHERE {} AND {}").format(rel.rel, rel.key_match(keys), xmin_check(xmins))
+
+
+def referencing_query(child: Child, parent: sql.Composable, parent_keys: sql.Composable) -> sql.Composed:
+    """How many rows of the child reference the exported rows of its parent (`parent_keys`: their
+    key match, on the parent's relation `parent`, aliased p)."""
+    link = sql.SQL(" AND ").join(sql.SQL("p.{} = g.{}").format(sql.Identifier(r), sql.Identifier(c))
+                                 for c, r in zip(child.ref.columns, child.ref.referenced))
+    return sql.SQL("SELECT count(*) FROM {} AS g WHERE EXISTS (SELECT 1 FROM {} AS p WHERE {} AND {})").format(
+        qualified(child.schema, child.table), parent, link, parent_keys)

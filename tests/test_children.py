@@ -257,6 +257,20 @@ def test_a_child_added_after_the_export_is_never_cascaded_away(family: Family) -
     assert archived_keys(family.store, "audit_notes")[(youngest_expired, 99)] == 1
 
 
+def test_a_child_whose_deletes_a_trigger_suppresses_fails_the_table_and_loses_nothing(family: Family) -> None:
+    """A legal hold on the grandchildren (BEFORE DELETE returning NULL): the family's delete comes
+    short though nothing changed, so the table fails at once instead of taking the batch back run
+    after run; what was stored and not deleted is taken back."""
+    family.conn.execute("CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'")
+    family.conn.execute("CREATE TRIGGER hold BEFORE DELETE ON audit_notes FOR EACH ROW EXECUTE FUNCTION hold()")
+    results, code = run_archive(load_config(family.config))
+    assert code == 1 and results[0].error_kind == "config"
+    assert "though no row of the family changed since the export" in str(results[0].error)
+    assert "public.audit_notes: 0 of its" in str(results[0].error)
+    family.check_one_place()
+    assert family.conn.execute("SELECT count(*) FROM audit_notes").fetchone()[0] == len(family.original["audit_notes"])
+
+
 # -- kill -9 ---------------------------------------------------------------------------------------
 POINTS = ["after_read", "after_checkpoint", "between_object_and_manifest", "after_upload", "after_manifest_set",
           "before_commit", "after_delete"]
