@@ -193,6 +193,8 @@ REFUSED = {
                                  "makes a cycle"),
     "two archived parents": ("ALTER TABLE audit_notes ADD COLUMN log bigint REFERENCES audit_logs",
                              "references two archived tables"),
+    "a child without a key": ("CREATE TABLE audit_refs (log_id bigint REFERENCES audit_logs ON DELETE CASCADE)",
+                              "its child public.audit_refs has no primary key"),
 }
 
 
