@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from archiver import family_move
-from archiver.checkpoint import CheckpointStore
+from archiver.checkpoint import Checkpoint, CheckpointStore
 from archiver.delete_guard import DeletesRefused, check_deletes
 from archiver.digest import RunDigest
 from archiver.encoding import Encoded
@@ -155,6 +155,12 @@ class FamilyLedger(MoveLedger):
                 store, list_table(store, self.prefix, self.database, m.schema, m.table), sets_from=since)
         return self._child_indexes[ident].has(m.key, manifest_sets.entry_sha256(m))
 
+    def _load(self, sink: ArchiveSink, prefix: str) -> Checkpoint:
+        self._scanned: list[dict[str, Any]] = []
+        cp = super()._load(sink, prefix)
+        cp.pending.extend(self._scanned)  # after the table's own, which the base sorts in read order
+        return cp
+
     def _scan_manifests(self, stores: list[Storage], prefix: str) -> list[dict[str, Any]]:
         """After a corrupt checkpoint: the children's objects too, each judged by its own rows."""
         found = super()._scan_manifests(stores, prefix)
@@ -165,7 +171,7 @@ class FamilyLedger(MoveLedger):
                 for key, r in index.objects.items():
                     if key not in seen and r.manifest.parent is not None:
                         seen.add(key)
-                        found.append(asdict(r.manifest))
+                        self._scanned.append(asdict(r.manifest))
         return found
 
 

@@ -300,6 +300,20 @@ def test_kill_at_random_points_leaves_every_row_of_the_family_in_one_place(famil
     assert validate_problems(family.config) == []
 
 
+def test_a_corrupt_checkpoint_after_a_kill_scans_the_childrens_archives_too(family: Family) -> None:
+    """Killed with a batch's manifest sets stored (its table's and its children's) but its delete
+    not committed, then the checkpoint is lost: the rerun scans every table of the family and takes
+    back each object whose rows are still in its table."""
+    r = archiver(family.config, env={"ARCHIVER_TEST_KILL_AT": "after_manifest_set:2"})
+    assert r.returncode == -9, r.stderr
+    checkpoint = family.tmp / "checkpoints" / "production_db" / "public.audit_logs.json"
+    checkpoint.write_text("{not json")
+    results, code = run_archive(load_config(family.config))
+    assert code == 0, results[0].error
+    family.check_one_place()
+    assert family.expired() == 0
+
+
 def validate_problems(config: Path) -> list[dict[str, Any]]:
     """validate's findings, in this process (a subprocess costs its start-up)."""
     return [asdict(p) for p in validate(load_config(config)).problems]
