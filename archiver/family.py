@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from archiver.references import Reference, RefusedReferences, read_references, refusal
+from archiver.references import Reference, RefusedReferences, read_references
 from common.db import table_oid, table_schema, unique_keys
 from common.pgtypes import TableSchema
 
@@ -103,8 +103,12 @@ def discover(conn: psycopg.Connection[Any], oid: int, schema: str, table: str, *
     root = (schema, table)
     others = {t for t in archived if t != root}
     own = [r for r in read_references(conn, oid) if (r.schema, r.table) == root]
-    if any(r.changes_rows for r in own):
-        raise RefusedFamily(f"{name} refused: {refusal(own)}; nothing was exported or deleted")
+    changing = [r for r in own if r.changes_rows]
+    if changing:  # as without children: deleting a row would change unarchived rows of the table itself
+        raise RefusedFamily(f"{name} refused: {'; '.join(r.describe() for r in changing)}: a table that references"
+                            " itself is archived as without children: archive, and deleting an archived row would change"
+                            " rows of the table that are not archived; change the constraint to ON DELETE NO ACTION;"
+                            " nothing was exported or deleted")
     children: dict[tuple[str, str], Child] = {}
     queue: list[tuple[int, tuple[str, str], int]] = [(oid, root, 0)]
     while queue:
