@@ -12,6 +12,7 @@ being one transaction, both answers agree across the family."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
@@ -28,7 +29,7 @@ from archiver.encoding import Encoded
 from archiver.family import Child, Family, RefusedFamily, discover, family_lines
 from archiver.family_move import ChildPart, ChildRows
 from archiver.ledger import CountPresent, MoveLedger, Move, _stores, position_after
-from archiver.mover import RowMover
+from archiver.mover import DELETE_ATTEMPTS, RowMover
 from archiver.pipeline import Stored
 from archiver.reader import Batch
 from archiver.references import Reference
@@ -267,12 +268,16 @@ class FamilyJob(TableJob):
     def _finish_family(self, enc: Encoded, location: str) -> None:
         m = enc.manifest
         parts = self._parts.get(m.key, [])
-        family_move.lock_root(self.conn, self.sel, enc)
-        why = family_move.delete_children(self.conn, self.family, parts, self.schemas, m.key)
-        if why is None:
-            deleted = self.delete_mover.delete_batch(enc)
-            if deleted != m.rows:
-                why = f"{self.result.name}: {max(deleted, 0)} of its {m.rows} exported rows deleted"
+        for attempt in range(DELETE_ATTEMPTS):
+            try:
+                why = self._delete_family(enc, parts)
+                break
+            except family_move.LockTimeout:
+                if attempt == DELETE_ATTEMPTS - 1:
+                    raise
+                log.warning("the move of %s with its children hit a lock timeout; retrying in %ds", m.key, 2 ** attempt,
+                            extra=self.ctx)
+                time.sleep(2 ** attempt)
         if why is not None:
             self.mover.rollback()
             if family_move.kept_by_database(self.conn, self.family, self.sel, enc, parts, self.schemas):
@@ -292,6 +297,18 @@ class FamilyJob(TableJob):
                         m.key, why, extra=self.ctx)
             return
         self._commit([(enc, location)])
+
+    def _delete_family(self, enc: Encoded, parts: list[ChildPart]) -> str | None:
+        """Lock, then delete the children's rows and the table's (the transaction stays open);
+        None when every count agrees, else why not."""
+        m = enc.manifest
+        family_move.lock_root(self.conn, self.sel, enc)
+        why = family_move.delete_children(self.conn, self.family, parts, self.schemas, m.key)
+        if why is None:
+            deleted = self.delete_mover.delete_batch(enc)
+            if deleted != m.rows:
+                why = f"{self.result.name}: {max(deleted, 0)} of its {m.rows} exported rows deleted"
+        return why
 
     def _to_record(self, group: list[Stored]) -> list[tuple[Manifest, str]]:
         out = super()._to_record(group)

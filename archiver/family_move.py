@@ -131,6 +131,11 @@ def encode_child(e: ChildRows, *, root: Manifest, day: date, prefix: str, databa
 
 
 # -- the delete, in the batch's transaction -------------------------------------------------------
+class LockTimeout(ArchiverError):
+    """A lock or statement timeout in the family's move (rolled back): tried again, as the table's
+    own delete is (archiver/mover.py), then the table fails with the batch pending."""
+
+
 def lock_root(conn: psycopg.Connection[Any], sel: Selection, enc: Encoded) -> None:
     query = sql.SQL("SELECT 1 FROM {} WHERE {} FOR UPDATE").format(sel.relation, sel._key_match(key_lists(enc.keys)))
     _run(conn, query, sel.table.name, enc.manifest.key)
@@ -162,8 +167,8 @@ def _run(conn: psycopg.Connection[Any], query: sql.Composable, table: str, what:
         return -1
     except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
         conn.rollback()
-        raise ArchiverError(f"{table}: the family's move of {what} timed out on locks ({exc.diag.message_primary});"
-                            " the next run takes it back and archives its rows again") from None
+        raise LockTimeout(f"{table}: the family's move of {what} timed out on locks ({exc.diag.message_primary});"
+                          " the next run takes it back and archives its rows again") from None
     except psycopg.Error as exc:
         refused = refused_by_database(exc, table, what)
         if refused is None:
