@@ -14,6 +14,7 @@ from psycopg import sql
 
 from archiver import partitions
 from archiver.delete_guard import DeletesRefused, check_deletes
+from archiver.family_dry_run import family_dry_run
 from archiver.references import Reference, kept_message, read_references, refusal
 from archiver.selection import Selection
 from archiver.table_check import inspect_table
@@ -77,6 +78,8 @@ def _table_lines(conn: Any, cfg: Config, t: Any, now: datetime) -> tuple[list[st
     opts = cfg.options(t)
     db_now, _skew = database_now(conn, host_now=now, log=log)
     oid, schema, keys = inspect_table(conn, t)
+    if t.children == "archive":  # issue 28: the family moves together
+        return family_dry_run(conn, cfg, t, oid, schema, keys, db_now, table_line=_table_line, key_words=key_words)
     refs = read_references(conn, oid)
     deletes = opts.delete_after_archive
     if deletes and any(r.changes_rows for r in refs):

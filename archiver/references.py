@@ -112,8 +112,9 @@ def refusal(refs: Sequence[Reference]) -> str:
     """Why a table is refused: each constraint whose action would change unarchived rows."""
     changing = [r for r in refs if r.changes_rows]
     return (f"{'; '.join(r.describe() for r in changing)}: deleting archived rows would change rows of "
-            f"{', '.join(sorted({r.name for r in changing}))} that are not archived. Archive the referencing table "
-            "first, or change the constraint to ON DELETE NO ACTION")
+            f"{', '.join(sorted({r.name for r in changing}))} that are not archived. Set `children: archive` on the table to"
+            " archive the referencing rows with it, archive the referencing table first, or change the constraint to"
+            " ON DELETE NO ACTION")
 
 
 def blocking_references(conn: psycopg.Connection[Any], oid: int, table: str, *, deletes: bool) -> tuple[Reference, ...]:

@@ -14,6 +14,7 @@ from archiver.dry_run import plan
 from archiver.hooks import Hook, env_hook, no_hook
 from archiver.references import kept_message
 from archiver.sink import ArchiveSink
+from archiver.family_job import FamilyJob
 from archiver.table_job import TableBusy, TableJob
 from archiver.arrow_source import ArrowSource
 from archiver.checkpoint import CheckpointStore
@@ -144,7 +145,8 @@ def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpo
                     results[i].status, results[i].stop_reason = "stopped", controls.stop_reason or ""
                     continue
                 with p.connection() as conn, ArrowSource(info, settings) as source:
-                    job = TableJob(cfg=cfg, db=db, table=t, conn=conn, source=source, sink=sink,
+                    job_type = FamilyJob if t.children == "archive" else TableJob  # issue 28
+                    job = job_type(cfg=cfg, db=db, table=t, conn=conn, source=source, sink=sink,
                                    checkpoints=checkpoints, controls=controls, observer=observer, hook=hook, now=now)
                     results[i] = _run_table(job)
                 observer.table_done(results[i])

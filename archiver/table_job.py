@@ -28,7 +28,7 @@ from archiver.mover import RowMover
 from archiver.ops.events import Observer, TableResult
 from archiver.pipeline import BatchPipeline, Stored
 from archiver.reader import Batch, batches
-from archiver.references import blocking_references, kept_message
+from archiver.references import Reference, blocking_references, kept_message
 from archiver.retire import Retirer
 from archiver.selection import Selection
 from archiver.sink import ArchiveSink, FallbackFull
@@ -39,6 +39,7 @@ from common.db import apply_settings, table_unlock, try_table_lock
 from common.digest import secret as digest_secret
 from common.errors import ArchiverError, first_line
 from common.expiry import count_untimed, cutoff_for, database_now, untimed_message
+from common.manifest import Manifest
 from common.storage import BytesRefused
 
 log = logging.getLogger("archiver")
@@ -75,7 +76,7 @@ class TableJob:
         started = time.monotonic()
         oid, schema, keys = inspect_table(self.conn, self.t)
         # Before anything is exported: a CASCADE / SET NULL / SET DEFAULT reference refuses the table.
-        refs = blocking_references(self.conn, oid, self.result.name, deletes=self.opts.delete_after_archive)
+        refs = self._references(oid)
         if self.opts.delete_after_archive:  # so is a table whose rows the run could not delete
             check_deletes(self.conn, oid, self.result.name, retire=self.opts.expired_partitions != "keep")
         self.now, self.result.clock_skew_seconds = database_now(self.conn, host_now=self.host_now, log=log, extra=self.ctx)
@@ -114,6 +115,11 @@ class TableJob:
             return
         self.hook("before_iceberg")
         iceberg.after_change(self.cfg, self.sink.primary, self.db.name, self.t.schema_, self.t.name)
+
+    def _references(self, oid: int) -> tuple[Reference, ...]:
+        """The references whose referenced rows stay in the table (archiver/family_job.py moves
+        the referencing rows along instead)."""
+        return blocking_references(self.conn, oid, self.result.name, deletes=self.opts.delete_after_archive)
 
     # -- whole partitions (archiver/partitions.py, archiver/retire.py) -------------------------
     def _settle(self, cp: Checkpoint) -> None:
@@ -275,7 +281,7 @@ class TableJob:
         start_after = self.ledger.start_after
         return BatchPipeline(
             read=read or (lambda stop: self._read(self.sel, stop, start_after)), encode=encode or self._encode,
-            upload=self.sink.put, begin=begin or self._begin,
+            upload=self._upload, begin=begin or self._begin,
             call_off=lambda enc: self.ledger.call_off(enc.manifest), upload_failed=self._upload_failed,
             controls=self.controls, hook=self.hook, uploads=self.cfg.s3.max_concurrency,
             window_rows=max(self.opts.batch_size, reader.WINDOW_ROWS),
@@ -293,6 +299,10 @@ class TableJob:
         self.digest.note(enc.manifest.key for enc in new)
         self.ledger.begin(new)
         self.hook("after_checkpoint")
+
+    def _upload(self, manifest: Manifest, data: bytes) -> str:
+        """In an upload thread: store the batch's object (a family's stores its children's too)."""
+        return self.sink.put(manifest, data)
 
     def _upload_failed(self, exc: BaseException) -> None:
         kind = "fallback" if isinstance(exc, FallbackFull) else "integrity" if isinstance(exc, BytesRefused) else "s3"
@@ -343,7 +353,7 @@ class TableJob:
         between the two leaves the batches pending with their rows in the table: the next run
         takes them back (archiver/ledger.py). A set that cannot be stored rolls the delete back."""
         try:
-            self.sink.record([(enc.manifest, location) for enc, location in group])
+            self.sink.record(self._to_record(group))
         except BaseException:
             self.mover.rollback()
             raise
@@ -354,6 +364,10 @@ class TableJob:
         self.hook("after_delete")
         for enc, location in group:
             self._done(enc, location)
+
+    def _to_record(self, group: list[Stored]) -> list[tuple[Manifest, str]]:
+        """The manifests the group's commit records (a family's: its children's too)."""
+        return [(enc.manifest, location) for enc, location in group]
 
     def _done(self, enc: Encoded, location: str) -> None:
         self.ledger.finish(enc)

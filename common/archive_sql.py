@@ -81,7 +81,8 @@ class Query:
         cols = ", ".join(quote(c) for c in self.columns) if self.columns else "*"
         # On lines of its own: a trailing `--` comment in it cannot swallow the ORDER BY and LIMIT.
         where = f" WHERE (\n{self.where}\n)" if self.where else ""
-        order = ", ".join(quote(c) for c in (self.timestamp_column, *self.key_columns))
+        # a child's objects (issue 28) have no timestamp column: their key orders them
+        order = ", ".join(quote(c) for c in (self.timestamp_column, *self.key_columns) if c)
         tail = f" LIMIT {int(limit)}" if limit is not None else ""
         return f"SELECT {cols} FROM {VIEW}{where} ORDER BY {order}{tail}"
 

@@ -110,6 +110,10 @@ class TableConfig(TableOptions):
     #: A table without one may name the columns of a unique index whose columns are all NOT NULL.
     primary_key: str | list[str] | None = None
     where: str | None = None
+    #: Tables that reference this one through a foreign key (issue 28): `refuse` (the default)
+    #: refuses a reference that ON DELETE would change; `archive` moves the referencing rows, at
+    #: any depth, with the rows they reference (archiver/family_job.py).
+    children: Literal["refuse", "archive"] = "refuse"
 
     @model_validator(mode="after")
     def _key_columns_distinct(self) -> TableConfig:

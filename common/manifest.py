@@ -50,6 +50,13 @@ class Manifest:
     #: archiver/partitions.py): restore recreates it from the bound when it is gone.
     partition: dict[str, Any] | None = None
 
+    #: A child's rows, archived with their parent's (issue 28, `children: archive`): the foreign
+    #: key they follow, {"schema", "table", "constraint", "columns", "referenced", "root", "batch" (the key of
+    #: the archived table's object the rows moved with)}. Such an
+    #: object's timestamp_column is "" (the rows need not have one); it lies in the day folder of
+    #: its parent rows, and min_ts/max_ts are their parents' batch's.
+    parent: dict[str, Any] | None = None
+
     @property
     def key_columns(self) -> list[str]:
         """The key's columns, from either shape of primary_key."""

@@ -84,13 +84,17 @@ def manifest_bytes(old: Manifest, *, key: str, data: bytes, rows: pa.Table, sche
     # Recomputed, never kept from the old manifest: an erased row may have been the first or last.
     doc["min_pk"], doc["max_pk"] = (key_range(pa.table({k: natural_column(rows, k, schema) for k in old.key_columns}))
                                     if rows.num_rows else (None, None))
-    doc["min_ts"], doc["max_ts"] = _ts_range(rows, old.timestamp_column, schema, old.timestamp_unit)
+    doc["min_ts"], doc["max_ts"] = _ts_range(rows, old.timestamp_column, schema, old.timestamp_unit,
+                                             (old.min_ts, old.max_ts))
     return json.dumps(doc, indent=1, sort_keys=True, default=str).encode()
 
 
-def _ts_range(rows: pa.Table, name: str, schema: Any, unit: str | None) -> tuple[Any, Any]:
+def _ts_range(rows: pa.Table, name: str, schema: Any, unit: str | None,
+              old: tuple[Any, Any] = (None, None)) -> tuple[Any, Any]:
     if rows.num_rows == 0:
         return None, None
+    if not name:  # a child's rows (issue 28): the range is their parents', as archived
+        return old
     mm = pc.min_max(natural_column(rows, name, schema))
     return time_iso(mm["min"].as_py(), unit), time_iso(mm["max"].as_py(), unit)
 

@@ -19,6 +19,7 @@ from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolv
 from restore.commits import CommitBatch, Progress
 from restore.drift import ColumnPlan, plan_columns
 from restore.loader import STRATEGIES, Loader, ObjectResult, prefetched, prepare
+from restore.parents import check_parents
 from restore.partitions import leaves_of, plan as partition_plan, recreate
 from restore.target import LiveTable, create_table, find_table, require_table, table_lock
 from restore.writers import check_writers
@@ -120,12 +121,28 @@ def restore(cfg: Config, *, database: str, table: str, schema: str | None = None
     ref = resolve_table(cfg, database, table, schema)
     catalog = Catalog(cfg, s3_client=s3_client)
     objects = select_objects(catalog, ref, restore_all=restore_all, s3_key=s3_key, start=first, end=last)
+    return restore_objects(cfg, catalog, ref, objects, conflict_strategy=conflict_strategy, target_table=target_table,
+                           dry_run=dry_run, allow_drop_columns=allow_drop_columns, started=started)
+
+
+def restore_objects(cfg: Config, catalog: Catalog, ref: TableRef, objects: list[ArchiveObject], *,
+                    conflict_strategy: str = "fail", target_table: str | None = None, dry_run: bool = False,
+                    allow_drop_columns: bool = False, started: float | None = None,
+                    check_parents_first: bool = True) -> RestoreReport:
+    """Restore these objects of the table (restore(), restore/children.py). A child's objects
+    (issue 28) go back only where their parent rows are (restore/parents.py), checked before
+    anything is written, unless `check_parents_first` is off (a dry run of a whole family, whose
+    parents are not restored yet)."""
+    started = time.monotonic() if started is None else started
+    database = ref.database
     tschema, tname = _target_name(ref, target_table)
     report = RestoreReport(database, ref.name, f"{tschema}.{tname}", conflict_strategy, dry_run, selected=objects)
     _check_readable(objects, report)
     if not objects:
         report.notes.append("no archived objects match; nothing to restore")
     with connect(conninfo(cfg.database(database)), _settings(cfg, ref)) as conn:
+        if check_parents_first and target_table is None and objects:
+            check_parents(conn, catalog, objects, child=ref.name)
         if dry_run:
             conn.read_only = True
             _dry_run(conn, report, ref, objects, (tschema, tname), allow_drop_columns, creatable=target_table is not None)

@@ -21,6 +21,8 @@ from common.cli import command, config_option, exit_with, output_format_option, 
 @click.option("--conflict-strategy", type=click.Choice(["skip", "overwrite", "fail"]), default="fail", show_default=True,
               help="Rows whose primary key exists: keep them, replace them, or abort the whole restore.")
 @click.option("--target-table", help="Restore into this table instead; created from the archived schema if missing.")
+@click.option("--with-children", is_flag=True,
+              help="Also restore the children archived with the table (children: archive), parents first.")
 @click.option("--dry-run", is_flag=True, help="Show what would be restored (objects, rows, date span); change nothing.")
 @output_format_option(help="Output on stdout (logs go to stderr).")
 @click.option("--request-glacier-restore", "glacier_days", type=click.IntRange(min=1), metavar="DAYS",
@@ -29,7 +31,7 @@ from common.cli import command, config_option, exit_with, output_format_option, 
               help="Restore even if the table lost or retyped archived columns (their values are not restored).")
 @verbose_option()
 def cli(config_path: Path, database: str, table: str, schema: str | None, restore_all: bool, start_date: str | None,
-        end_date: str | None, s3_key: str | None, conflict_strategy: str, target_table: str | None, dry_run: bool,
+        end_date: str | None, s3_key: str | None, conflict_strategy: str, target_table: str | None, with_children: bool, dry_run: bool,
         output_format: str, glacier_days: int | None, allow_drop_columns: bool, verbose: bool) -> None:
     """Without --restore-all or --s3-key: list the table's archives. With them: restore."""
     from restore.app import RestoreOptions, run
@@ -37,6 +39,7 @@ def cli(config_path: Path, database: str, table: str, schema: str | None, restor
     options = RestoreOptions(config_path=config_path, database=database, table=table, schema=schema,
                              restore_all=restore_all, start_date=start_date, end_date=end_date, s3_key=s3_key,
                              conflict_strategy=conflict_strategy, target_table=target_table, dry_run=dry_run,
+                             with_children=with_children,
                              output_format=output_format, request_glacier_restore=glacier_days,
                              allow_drop_columns=allow_drop_columns, verbose=verbose)
     exit_with("restore", lambda: run(options), verbose=verbose)

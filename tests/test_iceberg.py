@@ -441,3 +441,29 @@ def listing_keys(s: Scenario) -> list[str]:
     keys = [o["Key"] for page in s.s3.get_paginator("list_objects_v2").paginate(Bucket=cfg.s3.bucket)
             for o in page.get("Contents", [])]
     return [k for k in keys if k.endswith(".parquet") and "/public.history/" in k and "_control" not in k]
+
+
+CHILD_DDL = """
+CREATE TABLE history_notes (id bigint PRIMARY KEY, history_id bigint NOT NULL REFERENCES history ON DELETE CASCADE,
+                            note text);
+INSERT INTO history_notes SELECT g * 10 + k, g, 'note ' || g || '/' || k FROM generate_series(1, 80) g,
+                                                                          generate_series(1, 2) k;
+"""
+
+
+def test_children_archived_with_their_parents_have_an_iceberg_table_each(scenario: Scenario) -> None:
+    """A child's objects (issue 28) are cut by their parents' days and have no time column of
+    their own: its Iceberg table is unpartitioned, and holds exactly the child rows archived."""
+    scenario.pg.execute(CHILD_DDL)
+    doc = yaml.safe_load(scenario.config.read_text())
+    doc["databases"][0]["tables"][0]["children"] = "archive"
+    scenario.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    archive(scenario)
+    parents = assert_matches_restore(scenario)
+    cfg = scenario.cfg
+    notes = iceberg_catalog.load(cfg).load_table(ident(cfg, "history_notes"))
+    assert not notes.spec().fields
+    scanned_notes = Counter(notes.scan().to_arrow().column("history_id").to_pylist())
+    assert scanned_notes == Counter({i: 2 for i in parents})
+    assert scanned_notes == Counter(i // 10 for i in catalog_ids(cfg, scenario.s3, table="history_notes").elements())
+    assert not validate_problems(cfg)

@@ -21,6 +21,7 @@ from common.s3client import fallback_storage, primary_storage
 from common.manifest import replaced
 from common.storage import S3Storage, Storage
 from common.table_index import TableListing, load_index
+from validate.children import orphaned
 from validate.dbcheck import LiveRows
 from validate.erasures import Supersessions
 from common.digest import secret as digest_secret
@@ -77,6 +78,7 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
         finder = OverlapFinder()
         supersessions = Supersessions()
         size_only = archived = 0
+        children: list[Checked] = []  # child objects (issue 28), for orphaned_child
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="validate"))
         for checked in bounded_map(pool, checker.check, tally.entries(since), window=parallel * 2):
             _tally(report, checked)
@@ -84,6 +86,8 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
             archived += checked.in_archive_class
             finder.add(checked)
             supersessions.add(checked)
+            if checked.references:
+                children.append(checked)
             audit.checked(checked)
             if on_object is not None:
                 on_object(checked)
@@ -104,6 +108,8 @@ def _run(cfg: Config, store: Storage, scope: Scope, report: Report, *, quick: bo
             for group in finder.groups():
                 report.problems.extend(shared_keys(group, _KeyFetcher(store, pool).prefetch(group)))
         report.notes.extend(finder.notes)
+        for c, what in orphaned(children, store, scope.root, live.pools if live is not None else {}):
+            report.problems.append(problem("orphaned_child", c.key, what, database=c.database, table=c.table))
         report.problems.extend(pending_fallback(fallback_storage(cfg), scope))
         if isinstance(store, S3Storage):
             report.problems.extend(incomplete_uploads(store.client, store.bucket, scope))

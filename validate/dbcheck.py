@@ -4,6 +4,7 @@ live rows fall in that range one indexed query with the object's keys; never a r
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -48,10 +49,13 @@ class LiveRows:
         self.tables: dict[tuple[str, str, str], LiveTable] = {}
         self.notes: list[str] = []
         self._stack = ExitStack()
+        self.pools: dict[str, ConnectionPool] = {}  # by database name
+        self._lock = threading.Lock()
+        self._absent: set[tuple[str, str, str]] = set()
 
     def __enter__(self) -> LiveRows:
         try:
-            pools: dict[str, ConnectionPool] = {}
+            pools = self.pools
             for db, t in self.wanted:
                 if db.name not in pools:
                     info, settings = conninfo(db), self._settings(t)
@@ -92,6 +96,27 @@ class LiveRows:
                 return
         types = {c.name: c.pg_type for c in schema.columns}
         self.tables[(db.name, t.schema_, t.name)] = LiveTable(db.name, t.schema_, t.name, types, p)
+
+    def child(self, database: str | None, schema: str, table: str) -> LiveTable | None:
+        """A child table archived with a configured one (issue 28), looked up once, on the pool of
+        its database; None when the database is not in scope or the table is gone."""
+        ident = (database or "", schema, table)
+        with self._lock:
+            if ident not in self.tables and ident not in self._absent:
+                p = self.pools.get(ident[0])
+                live = None
+                if p is not None:
+                    with p.connection() as conn:
+                        try:
+                            found = table_schema(conn, table_oid(conn, schema, table))
+                            live = LiveTable(ident[0], schema, table, {c.name: c.pg_type for c in found.columns}, p)
+                        except UsageError:
+                            pass
+                if live is None:
+                    self._absent.add(ident)
+                else:
+                    self.tables[ident] = live
+            return self.tables.get(ident)
 
     def lookup(self, database: str | None, schema: str, table: str) -> LiveTable | None:
         return self.tables.get((database or "", schema, table))

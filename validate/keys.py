@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 def decode_columns(key_columns: Sequence[str], *others: str) -> list[str]:
     """The columns to read for a check: the key's and the others, each once (a partitioned table's
     key includes its timestamp column)."""
-    return list(dict.fromkeys([*key_columns, *others]))
+    return list(dict.fromkeys([*key_columns, *(c for c in others if c)]))  # a child's timestamp_column is ""
 
 
 def key_array(table: pa.Table, key_columns: Sequence[str]) -> pa.ChunkedArray:

@@ -25,6 +25,7 @@ from common.pgtypes import EPOCH_ORDINAL, TableSchema, arrow_schema, utc_days
 from common.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
 from validate.inventory import Entry
+from validate.children import parent_references
 from validate.keys import decode_columns, key_array, key_label
 from validate.report import Problem, problem
 
@@ -53,6 +54,9 @@ class Checked:
     #: (validate/erasures.py).
     manifest_sha256: str | None = None
     replaces: dict[str, Any] | None = None
+    #: A child's object (issue 28): the distinct values of the foreign key its manifest names,
+    #: for the orphaned_child check (validate/children.py).
+    references: set[tuple[Any, ...]] | None = None
 
     def add(self, kind: str, what: str) -> None:
         self.problems.append(problem(kind, self.key, what, database=self.database, table=self.table))
@@ -159,16 +163,18 @@ class ObjectChecker:
         out.rows = table.num_rows
         if table.num_rows != m.rows:
             out.add("row_count_mismatch", f"object holds {table.num_rows} rows, its manifest says {m.rows}")
-        if day is not None:
+        if day is not None and m.timestamp_column:  # a child's rows (issue 28) lie in their parents' day
             self._partition(table.column(m.timestamp_column), day, out, unit=m.timestamp_unit)
         out.interval = _typed_interval(key_array(table, m.key_columns))
+        if m.parent:
+            out.references = parent_references(table, m)
         self._still_live(m, table, out)
 
     @staticmethod
     def _decode(key: str, data: bytes, m: Manifest, out: Checked) -> pa.Table | None:
         fmt = _archive_format(key) or m.format
         try:
-            columns = decode_columns(m.key_columns, m.timestamp_column)
+            columns = decode_columns(m.key_columns, m.timestamp_column, *((m.parent or {}).get("columns") or ()))
             table = batch_writer.decode(data, fmt=fmt, columns=columns)[0]
             for col in columns:
                 table.column(col)
@@ -209,6 +215,8 @@ class ObjectChecker:
         if self.live is None:
             return
         live = self.live.lookup(out.database, m.schema, m.table)
+        if live is None and m.parent:  # a child archived with its parent: not configured itself
+            live = self.live.child(out.database, m.schema, m.table)
         if live is None:
             return
         found = self.live.present(live, pk=m.key_columns, keys=lambda: [table.column(c).to_pylist() for c in m.key_columns],

@@ -43,6 +43,8 @@ PROBLEM_TYPES: dict[str, str] = {
                     "table's one schema, so that engines reading the table's folder (Spark, Polars) read it too",
     "legacy_layout": "run python -m archiver.main --config <config> --migrate-layout (it moves them to the "
                      "table's control folder, verified; --dry-run shows what it would move)",
+    "orphaned_child": "restore the parent rows first (restore --with-children on the parent table, or restore "
+                      "the parent's objects), or erase these rows too if the parent was erased on purpose",
     "incomplete_upload": "abort it (aws s3api abort-multipart-upload) or add a lifecycle rule that aborts "
                          "incomplete multipart uploads",
     "iceberg_missing_file": "run the archiver (its every run brings the table's Iceberg table in line with the "

@@ -30,11 +30,14 @@ def data_file(io: Any, meta: Any, path: str, key: str, size: int, unit: str | No
                                                        parquet_column_mapping=parquet_path_to_id_mapping(schema))
     parsed = layout.parse_key(prefix, key)
     assert parsed is not None  # sync's counted() takes data objects only
-    source = schema.find_field(spec.fields[0].source_id)
-    day = parsed.day.toordinal() - EPOCH_ORDINAL
+    if spec.fields:
+        source = schema.find_field(spec.fields[0].source_id)
+        partition = Record(partition_value(parsed.day.toordinal() - EPOCH_ORDINAL, unit, source.field_type))
+    else:  # a child table's (common/iceberg/schema.py partition_spec)
+        partition = Record()
     return DataFile.from_args(
         content=DataFileContent.DATA, file_path=path, file_format=FileFormat.PARQUET,
-        partition=Record(partition_value(day, unit, source.field_type)), file_size_in_bytes=size,
+        partition=partition, file_size_in_bytes=size,
         sort_order_id=None, spec_id=meta.default_spec_id, equality_ids=None, key_metadata=None,
         **stats.to_serialized_dict())
 

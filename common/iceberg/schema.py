@@ -61,10 +61,13 @@ def iceberg_schema(schema: TableSchema, reader: pa.Schema) -> Any:
 
 
 def partition_spec(schema: Any, column: str, unit: str | None) -> Any:
-    """day(column), or truncate(one day) for an integer Unix-time column."""
-    from pyiceberg.partitioning import PartitionField, PartitionSpec
+    """day(column), or truncate(one day) for an integer Unix-time column. A child table's objects
+    (issue 28) have no time column of their own (their day is their parents'): unpartitioned."""
+    from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC, PartitionField, PartitionSpec
     from pyiceberg.transforms import DayTransform, TruncateTransform
 
+    if not column:
+        return UNPARTITIONED_PARTITION_SPEC
     source = schema.find_field(column)
     transform: Any = DayTransform() if unit is None else TruncateTransform(epoch.day_length(unit))
     return PartitionSpec(PartitionField(source_id=source.field_id, field_id=1000, transform=transform,
@@ -89,5 +92,5 @@ def table_properties(schema: Any, *, source: str, time_column: str) -> dict[str,
         SOURCE_PROPERTY: source,
         NAME_MAPPING: schema.name_mapping.model_dump_json(),
         "write.metadata.metrics.default": "counts",
-        f"write.metadata.metrics.column.{time_column}": "full",
+        **({f"write.metadata.metrics.column.{time_column}": "full"} if time_column else {}),
     }

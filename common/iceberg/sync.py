@@ -324,6 +324,11 @@ def _check_partitioning(tbl: Any, time_column: str, unit: str | None, ident: str
     a table whose timestamp_column (or timestamp_unit) changed since is refused, not mis-pruned."""
     spec = tbl.spec()
     fields = spec.fields
+    if not time_column:  # a child table's: unpartitioned (common/iceberg/schema.py)
+        if fields:
+            raise IcebergError(f"Iceberg table {ident} is partitioned, but the archive's objects are a child "
+                               "table's, cut by their parents' days: drop the Iceberg table, and the next run makes it anew")
+        return
     wanted = partition_spec(tbl.schema(), time_column, unit) if time_column in tbl.schema().column_names else None
     if wanted is None or len(fields) != 1 or fields[0].source_id != wanted.fields[0].source_id \
             or str(fields[0].transform) != str(wanted.fields[0].transform):
