@@ -238,8 +238,9 @@ def test_erasing_from_a_composite_key_table_keeps_whole_key_ranges(tmp_path: Pat
     from common.storage import S3Storage
 
     seed_composite(pg)
+    # 120 days: a dozen days archived, each object rewritten (every day holds each tenant's rows)
     path = make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=moto_server,
-                       tables=[{"name": "audit_logs", "timestamp_column": "created_at"}])
+                       tables=[{"name": "audit_logs", "timestamp_column": "created_at", "retention_days": 120}])
     assert run_archive(load_config(path))[1] == ExitCode.OK
     store = S3Storage(s3_client, bucket)
     before = archived_keys(store)

@@ -169,7 +169,8 @@ def test_row_updated_before_the_rerun_keeps_its_update(tmp_path: Path, pg_dsn: s
     assert actions[3] == "changed" and actions[4] == "old"
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+#: Three seeds in the suite; `make soak` (scripts/soak.py) kills at random moments hundreds of times.
+@pytest.mark.parametrize("seed", [1, 4, 5])
 def test_kill_at_random_moments_loses_and_duplicates_no_rows(tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any],
                                                              s3_client: Any, bucket: str, moto_server: str, seed: int) -> None:
     sc = Scenario(tmp_path, pg_dsn, pg, s3_client, bucket, moto_server, defaults={"batch_size": 2, "sleep_seconds": 0.03})
@@ -189,7 +190,7 @@ def test_kill_at_random_moments_loses_and_duplicates_no_rows(tmp_path: Path, pg_
     sc.check()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize("seed", [1, 4])
 def test_rows_kept_killed_at_random_moments_every_expired_row_is_archived_once(
         tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str, moto_server: str,
         seed: int) -> None:
