@@ -7,17 +7,16 @@ it halved the archiver's client CPU for reading and cut the server's COPY time b
 it only reads, in autocommit, so every query is one statement with one snapshot."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from types import TracebackType
 
 import adbc_driver_manager
 import adbc_driver_postgresql as adbc_pg
 import pyarrow as pa
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from common.db import LIBPQ_HINT, describe_target, settings_query
-from common.errors import DatabaseError, DatabaseUnavailable, message_lines
-
-CONNECT_TIMEOUT = 10  # seconds, as for the psycopg pool (common/db.py)
+from common.errors import DatabaseError, DatabaseSilent, DatabaseUnavailable, message_lines
+from common.pg_watchdog import WATCHDOG, Watch, new_socket_to, socket_fds, timeouts_for, with_libpq_limits
 #: Size of the driver's record batches. Its default, 16 MB, left the archiver's peak RSS ~15 MB
 #: higher on the 2M-row bench (265-272 MB against 253-258 MB), at the same speed; 1 MB gave no more.
 BATCH_BYTES = 4 << 20
@@ -46,8 +45,10 @@ class ArrowSource:
 
     def __init__(self, info: str, settings: dict[str, str]) -> None:
         self.target = describe_target(info)
-        if "connect_timeout" not in conninfo_to_dict(info):
-            info = make_conninfo(info, connect_timeout=CONNECT_TIMEOUT)  # libpq's default is to wait forever
+        # libpq's connect_timeout (its default is to wait forever), keepalives, tcp_user_timeout
+        info = with_libpq_limits(info, timeouts_for(info))
+        self._watch: Watch | None = None
+        before = socket_fds()
         try:
             # libpq takes a key=value conninfo as readily as a URI; the password stays inside it.
             self._db = adbc_pg.connect(info)
@@ -55,7 +56,15 @@ class ArrowSource:
         except adbc_driver_manager.Error as exc:
             self._close_all()
             raise DatabaseUnavailable(f"cannot connect to database {self.target}: {reason(exc)}") from None
-        self.apply(settings)
+        fd = new_socket_to(before, info)
+        try:
+            self.apply(settings)
+            pid = int(self._run("SELECT pg_backend_pid() AS pid").column(0)[0].as_py())
+        except BaseException:
+            self._close_all()
+            raise
+        # Watched from here on (common/pg_watchdog.py): the driver's waits are bounded as psycopg's.
+        self._watch = WATCHDOG.register(info=info, target=self.target, pid=pid, fd=lambda: fd)
 
     def apply(self, settings: dict[str, str]) -> None:
         self._run(settings_query(settings).as_string(None))
@@ -73,20 +82,33 @@ class ArrowSource:
         return str(self._run("SELECT txid_current_snapshot()::text AS snapshot").column(0)[0].as_py())
 
     def _run(self, query: str) -> pa.Table:
+        w = self._watch
+        if w is not None and w.broken:
+            raise DatabaseSilent(w.broken)
         try:
-            stmt = adbc_driver_manager.AdbcStatement(self._conn)
-            try:
-                stmt.set_options(**{adbc_pg.StatementOptions.BATCH_SIZE_HINT_BYTES.value: str(BATCH_BYTES)})
-                stmt.set_sql_query(query)
-                stream, _ = stmt.execute_query()
-                return pa.RecordBatchReader.from_stream(stream).read_all()
-            finally:
-                stmt.close()
+            with w.waiting() if w is not None else nullcontext():
+                return self._execute(query)
         except adbc_driver_manager.Error as exc:
+            if w is not None and w.broken:
+                raise DatabaseSilent(w.broken) from None
             raise DatabaseError(f"reading from database {self.target} failed: {reason(exc)}") from None
 
+    def _execute(self, query: str) -> pa.Table:
+        stmt = adbc_driver_manager.AdbcStatement(self._conn)
+        try:
+            stmt.set_options(**{adbc_pg.StatementOptions.BATCH_SIZE_HINT_BYTES.value: str(BATCH_BYTES)})
+            stmt.set_sql_query(query)
+            stream, _ = stmt.execute_query()
+            return pa.RecordBatchReader.from_stream(stream).read_all()
+        finally:
+            stmt.close()
+
     def close(self) -> None:
-        self._close_all()
+        if self._watch is None:
+            self._close_all()
+            return
+        with WATCHDOG.closing(self._watch):  # its socket is never shut once closed (a reused fd)
+            self._close_all()
 
     def _close_all(self) -> None:
         for handle in (getattr(self, "_conn", None), getattr(self, "_db", None)):
