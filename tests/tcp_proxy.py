@@ -5,6 +5,8 @@ turn silent, slow or unreliable (issue 31: `tc netem` and toxiproxy are not avai
   failed-over primary or a dropped route with a proxy in between: no reset, just silence (the
   kernel still acknowledges what the client sends, so TCP alone never notices);
 - slice(n): forward at most n bytes at a time; delay(s): wait s seconds before each piece;
+- stall_after(n): each connection, open or new, goes silent once n bytes went from the server to
+  the client (a session that works for a while, then hangs in the middle of an answer);
 - reset_after(n): reset a connection once n bytes went from the server to the client (a reset
   in the middle of an answer's body)."""
 from __future__ import annotations
@@ -34,6 +36,7 @@ class TcpProxy:
         self.chunk = 65536
         self.pause = 0.0
         self.reset_at: int | None = None
+        self.stall_at: int | None = None
         #: Pieces held back by a stall (a test waits on it to know the silence has begun).
         self.held = 0
         threading.Thread(target=self._accept, daemon=True).start()
@@ -80,6 +83,11 @@ class TcpProxy:
                         return
                     if self.pause:
                         time.sleep(self.pause)
+                    if answers and self.stall_at is not None and sent + len(piece) > self.stall_at:
+                        dst.sendall(piece[:max(0, self.stall_at - sent)])
+                        piece, sent = piece[max(0, self.stall_at - sent):], max(sent, self.stall_at)
+                        if not self._hold(src):
+                            return
                     if answers and self.reset_at is not None and sent + len(piece) > self.reset_at:
                         dst.sendall(piece[:max(0, self.reset_at - sent)])
                         self._reset(src, dst)
@@ -104,6 +112,14 @@ class TcpProxy:
                 self.flowing.wait(0.5)
             return src.fileno() != -1
 
+    def _hold(self, src: socket.socket) -> bool:
+        """Hold the rest of this connection's answers until restore(); False if it was cut."""
+        with self.flowing:
+            self.held += 1
+            while self.stall_at is not None and src.fileno() != -1:
+                self.flowing.wait(0.5)
+            return src.fileno() != -1
+
     @staticmethod
     def _reset(*socks: socket.socket) -> None:
         for s in socks:
@@ -123,6 +139,9 @@ class TcpProxy:
 
     def delay(self, seconds: float) -> None:
         self.pause = seconds
+
+    def stall_after(self, nbytes: int | None) -> None:
+        self.stall_at = nbytes
 
     def reset_after(self, nbytes: int | None) -> None:
         self.reset_at = nbytes
@@ -145,7 +164,7 @@ class TcpProxy:
         """Back to normal: up, flowing, no slicing, delay or reset."""
         with self.flowing:
             self.up, self.stalled = True, False
-            self.chunk, self.pause, self.reset_at = 65536, 0.0, None
+            self.chunk, self.pause, self.reset_at, self.stall_at = 65536, 0.0, None, None
             self.flowing.notify_all()
 
     def close(self) -> None:
