@@ -127,7 +127,6 @@ def test_archiver_gives_up_on_a_silent_database_with_exit_3_and_the_next_run_com
     wait_until(lambda: len(table_ids(pg)) <= len(seeded) - 4, "rows archived", run)
     pg_proxy.stall()
     code, err, took = finish(run, time.monotonic())
-    print("TOOK", took)
     line = error_line(err, "archiver") if "archiver: error:" in err else ""
     log = (tmp_path / "archiver.log").read_text()
     assert code == 3, err[-3000:]
@@ -155,7 +154,6 @@ def test_archiver_sends_batches_to_the_fallback_directory_while_s3_is_silent(
     wait_until(lambda: len(table_ids(pg)) <= len(seeded) - 4, "rows archived", run)
     s3_proxy.stall()
     code, err, took = finish(run, time.monotonic())
-    print("TOOK", took)
     assert code == 0, err[-3000:]
     assert took < BOUND
     log = (tmp_path / "archiver.log").read_text()
@@ -253,3 +251,39 @@ def test_a_session_gives_up_on_a_silent_server_and_health_reports_it_meanwhile(p
     assert len(failed) == 1 and isinstance(failed[0], ServerSilent) and "stopped answering" in str(failed[0])
     assert any("stopped answering" in s.get("error", "") for s in WATCHDOG.stalls())  # for a minute after
     conn.close()
+
+
+# -- the daemon --------------------------------------------------------------------------------
+def test_daemon_health_reports_a_silent_database_while_it_lasts_and_the_daemon_lives_on(
+        tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], seeded: set[int], moto_server: str,
+        pg_proxy: TcpProxy, s3_proxy: TcpProxy) -> None:
+    _client, bucket = new_bucket(moto_server)
+    health = free_port()
+    config = write_config(tmp_path, pg_dsn, bucket, pg_proxy, s3_proxy, defaults={"batch_size": 2, "sleep_seconds": 0.2},
+                          monitoring={"enabled": True, "health_port": health, "metrics_port": None},
+                          schedule={"interval": "1h"})
+    daemon = tool("archiver", config, "--daemon")
+    try:
+        wait_until(lambda: len(table_ids(pg)) <= len(seeded) - 4, "rows archived", daemon)
+        pg_proxy.stall()
+        silent = time.monotonic()
+        seen: list[dict[str, Any]] = []
+
+        def reported() -> bool:
+            code, body = http_get(f"http://127.0.0.1:{health}/health")
+            doc = json.loads(body)
+            seen.append(doc)
+            return code == 503 and any("silent for" in r or "stopped answering" in r for r in doc["reasons"])
+
+        wait_until(reported, "/health reporting the silent database", daemon, timeout=BOUND)
+        assert time.monotonic() - silent < BOUND
+        # the run gave up (exit 3 in last_run) and the daemon waits for the next one
+        wait_until(lambda: (json.loads(http_get(f"http://127.0.0.1:{health}/health")[1])["last_run"] or {}).get("exit_code") == 3,
+                   "the run to end with exit 3", daemon, timeout=BOUND)
+        assert daemon.poll() is None
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=15) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        daemon.communicate()
