@@ -14,8 +14,10 @@ a thread opens a new connection (bounded by probe_seconds) and looks the session
 pg_stat_activity:
 
 - still `active`: a long statement of a healthy server; wait on (and ask again later);
-- idle, or gone: the server answered and the answer was lost; the session is ended (its socket
-  shut down, its backend terminated, which releases its locks) and the wait fails;
+- idle, or gone: the server answered and the answer was lost; or active but itself waiting to
+  send to or read from this client (ClientWrite, ClientRead) while nothing arrives here: the
+  path between them is dead. The session is ended (its socket shut down, its backend
+  terminated, which releases its locks) and the wait fails;
 - no answer to the probe either: the server is silent; every session to it is ended.
 
 The wait that was ended raises ServerSilent (a psycopg.OperationalError, so every `except
@@ -223,17 +225,21 @@ class Watchdog:
                     self._break(w, msg)
             return
         for w in ws:
-            state = answer.get(w.pid)
+            state, event = answer.get(w.pid, (None, None))
+            # Waiting on this client while this client hears nothing: only judged where the
+            # kernel counts the bytes received (a known socket), not by the wait's length alone.
+            on_us = event in ("ClientWrite", "ClientRead") and w.fd() is not None
             with self.lock:
                 if w.serial != serials[w] or w.busy_since is None:
                     continue  # its answer came meanwhile
-                if state == "active":
+                if state == "active" and not on_us:
                     w.busy_since = time.monotonic()  # a long statement of a healthy server: ask later
                     continue
                 if w.silent_for(time.monotonic()) < time.monotonic() - asked:
                     continue  # a byte arrived while we asked
+                shown = f"{state} ({event})" if on_us else state or "gone"
                 msg = (f"database {target}: no answer for {t.silence_seconds:g}s on a session the server shows as"
-                       f" {state or 'gone'}: its answer was lost (database_timeouts)")
+                       f" {shown}: its answer was lost (database_timeouts)")
                 log.warning("%s; ending it", msg)
                 self.gave_up[target] = (time.monotonic(), msg)
                 self._break(w, msg)
@@ -273,15 +279,16 @@ def _bounded(work: Callable[[dict[str, Any]], None], seconds: int) -> dict[str, 
     return None
 
 
-def probe(info: str, pids: list[int], seconds: int) -> dict[int, str | None] | None:
-    """pg_stat_activity's state of these backends, over a new connection; None when the server
-    does not answer within `seconds`. A server that answers with an error (too many clients, ...)
-    is alive: its sessions count as active."""
+def probe(info: str, pids: list[int], seconds: int) -> dict[int, tuple[str | None, str | None]] | None:
+    """pg_stat_activity's (state, wait_event) of these backends, over a new connection; None when
+    the server does not answer within `seconds`. A server that answers with an error (too many
+    clients, ...) is alive: its sessions count as active."""
     def work(box: dict[str, Any]) -> None:
         box["conn"] = conn = psycopg.connect(make_conninfo(info, connect_timeout=seconds), autocommit=True)
         with conn:
-            rows = conn.execute("SELECT pid, state FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchall()
-        box["states"] = {int(pid): state for pid, state in rows}
+            rows = conn.execute("SELECT pid, state, wait_event FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                (pids,)).fetchall()
+        box["states"] = {int(pid): (state, event) for pid, state, event in rows}
 
     box = _bounded(work, seconds)
     if box is None:
@@ -290,7 +297,7 @@ def probe(info: str, pids: list[int], seconds: int) -> dict[int, str | None] | N
         return box["states"]
     exc = box.get("error")
     if isinstance(exc, psycopg.Error) and exc.sqlstate:
-        return {pid: "active" for pid in pids}  # the server itself refused: it is alive
+        return {pid: ("active", None) for pid in pids}  # the server itself refused: it is alive
     return None  # a timeout, a refused or reset connection
 
 

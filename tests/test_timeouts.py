@@ -292,3 +292,20 @@ def test_daemon_health_reports_a_silent_database_while_it_lasts_and_the_daemon_l
     assert daemon.poll() is None
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=15) == 0
+
+
+def test_a_session_whose_answer_stops_mid_stream_is_given_up_on_while_the_server_still_answers(
+        pg_dsn: str, pg_proxy: TcpProxy) -> None:
+    # Each connection through the proxy goes silent after 8 KB of answers: the probe's own new
+    # connection works, and shows the session's backend blocked sending to a client that hears nothing.
+    limits = DatabaseTimeouts(**LIMITS)
+    info = with_libpq_limits(pg_proxy.dsn(pg_dsn), limits)
+    remember(info, limits)
+    conn = connect(info, {"application_name": "pg-archiver timeouts-test"})
+    pg_proxy.stall_after(8192)
+    t0 = time.monotonic()
+    with pytest.raises(ServerSilent, match="its answer was lost") as failed:
+        conn.execute("SELECT repeat('x', 1000) FROM generate_series(1, 20000)").fetchall()
+    assert "ClientWrite" in str(failed.value)
+    assert time.monotonic() - t0 < 1.5 + 3 + 2
+    conn.close()
