@@ -128,7 +128,7 @@ def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpo
                                    checkpoints=checkpoints, controls=controls, observer=observer, hook=hook, now=now)
                     results[i] = _run_table(job)
                 observer.table_done(results[i])
-                if results[i].silent:  # the database stopped answering: its other tables fail now, not each after a wait
+                if results[i].silent and i + 1 < len(tables):  # its other tables fail now, not each after a wait
                     raise DatabaseSilent(results[i].error or "database stopped answering")
     except (ServiceUnavailable, DatabaseSilent) as exc:
         _code, kind, message = classify(exc)
