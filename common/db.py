@@ -91,11 +91,10 @@ def connect(info: str, settings: dict[str, str], *, connect_timeout: int | None 
     password, when none can be made). autocommit: for sessions that only read the catalog or
     pg_stat_* and must not hold a transaction open (health checks, replica lag). Its waits on the
     server are bounded (common/pg_watchdog.py); connect_timeout: database_timeouts' by default."""
-    limits = timeouts_for(info)
-    info = with_libpq_limits(info, limits)
+    info = with_libpq_limits(info, timeouts_for(info))  # connect_timeout among them, unless the DSN has one
+    extra = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
     try:
-        conn = WatchedConnection.connect(info, connect_timeout=connect_timeout or limits.connect_seconds,
-                                         autocommit=autocommit)
+        conn = WatchedConnection.connect(info, autocommit=autocommit, **extra)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to database {describe_target(info)}: {libpq_reason(exc)}") from None
     try:
@@ -124,11 +123,10 @@ def pool(info: str, settings: dict[str, str], *, size: int) -> Iterator[Connecti
     # Probe once first: a refused connection fails in milliseconds with libpq's reason, where the
     # pool would keep retrying until its timeout.
     connect(info, settings).close()
-    limits = timeouts_for(info)
     p: ConnectionPool[Any] = ConnectionPool(
-        with_libpq_limits(info, limits), min_size=1, max_size=max(size, 1), open=False,
+        with_libpq_limits(info, timeouts_for(info)), min_size=1, max_size=max(size, 1), open=False,
         connection_class=WatchedConnection, configure=lambda c: apply_settings(c, settings),
-        kwargs={"connect_timeout": limits.connect_seconds, "autocommit": False}, name="archiver")
+        kwargs={"autocommit": False}, name="archiver")
     try:
         p.open(wait=True, timeout=15)
     except Exception as exc:  # psycopg_pool.PoolTimeout hides the libpq reason; probe once for it
