@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from common.db import LIBPQ_HINT, describe_target, settings_query
 from common.errors import DatabaseError, DatabaseSilent, DatabaseUnavailable, message_lines
-from common.pg_watchdog import WATCHDOG, Watch, new_socket_to, socket_fds, timeouts_for, with_libpq_limits
+from common.pg_sockets import new_socket_to, socket_fds
+from common.pg_watchdog import WATCHDOG, Watch, timeouts_for, with_libpq_limits
 #: Size of the driver's record batches. Its default, 16 MB, left the archiver's peak RSS ~15 MB
 #: higher on the 2M-row bench (265-272 MB against 253-258 MB), at the same speed; 1 MB gave no more.
 BATCH_BYTES = 4 << 20

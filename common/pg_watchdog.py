@@ -25,9 +25,6 @@ psycopg.Error` clean-up still runs): exit 3, kind database, with a one-line mess
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import struct
 import threading
 import time
 import weakref
@@ -39,6 +36,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from common.config import DatabaseTimeouts
+from common.pg_sockets import shut, since_last_byte, sockets_to
 
 log = logging.getLogger("archiver")
 
@@ -75,33 +73,6 @@ class ServerSilent(psycopg.OperationalError):
     silent = True
 
 
-#: struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32s; tcpi_last_data_recv is the 12th.
-_TCP_INFO_LEN = 104
-_LAST_DATA_RECV = struct.Struct("=I")
-_LAST_DATA_RECV_OFFSET = 8 + 11 * 4
-
-
-def _since_last_byte(fd: int) -> float | None:
-    """Seconds since this TCP socket last received data (the kernel's count), None if unknown."""
-    try:
-        with socket.socket(fileno=os.dup(fd)) as s:
-            raw = s.getsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_INFO", 11), _TCP_INFO_LEN)
-    except OSError:
-        return None  # a Unix-domain socket, or not Linux
-    if len(raw) < _LAST_DATA_RECV_OFFSET + 4:
-        return None
-    return float(_LAST_DATA_RECV.unpack_from(raw, _LAST_DATA_RECV_OFFSET)[0]) / 1000
-
-
-def _shut(fd: int) -> None:
-    """End a connection under the thread waiting on it: its poll() wakes, its read sees EOF."""
-    try:
-        with socket.socket(fileno=os.dup(fd)) as s:
-            s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
 class Watch:
     """One registered session: where it goes, its backend, how to find its socket, its wait."""
 
@@ -124,7 +95,7 @@ class Watch:
             return 0.0
         silent = now - self.busy_since
         fd = self.fd()
-        since = _since_last_byte(fd) if fd is not None else None
+        since = since_last_byte(fd) if fd is not None else None
         return min(silent, since) if since is not None else silent
 
     @contextmanager
@@ -222,7 +193,7 @@ class Watchdog:
             with self.lock:
                 self.gave_up[target] = (time.monotonic(), msg)
                 for w in [w for w in self.watches if w.target == target]:
-                    self._break(w, msg)
+                    self._break(w, msg, whole_server=True)
             return
         for w in ws:
             state, event = answer.get(w.pid, (None, None))
@@ -247,11 +218,16 @@ class Watchdog:
                 terminate(w.info, w.pid, t.probe_seconds)  # its locks go now, not when TCP notices
 
     @staticmethod
-    def _break(w: Watch, msg: str) -> None:
+    def _break(w: Watch, msg: str, *, whole_server: bool = False) -> None:
         w.broken = msg
         fd = w.fd()
         if fd is not None:
-            _shut(fd)
+            shut(fd)
+        elif whole_server:
+            # A session whose socket is not known (an ADBC one, when it could not be told apart):
+            # every socket of this process to that silent server goes, as they would all hang.
+            for other in sockets_to(w.info):
+                shut(other)
 
 
 WATCHDOG = Watchdog()
@@ -275,7 +251,7 @@ def _bounded(work: Callable[[dict[str, Any]], None], seconds: int) -> dict[str, 
         return box
     conn = box.get("conn")
     if conn is not None:
-        _shut(conn.pgconn.socket)
+        shut(conn.pgconn.socket)
     return None
 
 
@@ -355,36 +331,3 @@ def describe(info: str) -> str:
         return "<unparseable DSN>"
     host = d.get("host") or d.get("hostaddr") or "localhost"
     return f"{host}:{d.get('port') or 5432}/{d.get('dbname') or d.get('user') or ''}"
-
-
-def socket_fds() -> set[int]:
-    """This process's open sockets (Linux /proc; empty elsewhere)."""
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return set()
-    out = set()
-    for name in names:
-        try:
-            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                out.add(int(name))
-        except OSError:
-            continue
-    return out
-
-
-def new_socket_to(before: set[int], info: str) -> int | None:
-    """The one socket opened since `before` to the server of `info` (the ADBC driver shows libpq's
-    socket to nobody), None when there is not exactly one: it is then watched by time alone."""
-    d = conninfo_to_dict(info)
-    port = int(str(d.get("port") or 5432).split(",")[0])
-    found = []
-    for fd in socket_fds() - before:
-        try:
-            with socket.socket(fileno=os.dup(fd)) as s:
-                peer = s.getpeername()
-        except OSError:
-            continue
-        if (isinstance(peer, tuple) and peer[1] == port) or (isinstance(peer, str) and ".s.PGSQL." in peer):
-            found.append(fd)
-    return found[0] if len(found) == 1 else None
