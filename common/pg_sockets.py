@@ -70,20 +70,24 @@ def _is_server(peer: Any, info: str) -> bool:
     return (isinstance(peer, tuple) and peer[1] == port) or (isinstance(peer, str) and ".s.PGSQL." in peer)
 
 
-def sockets_to(info: str) -> list[int]:
-    """This process's sockets to the server of `info`: its port on one of the host's addresses."""
-    d = conninfo_to_dict(info)
-    host = str(d.get("hostaddr") or d.get("host") or "localhost").split(",")[0]
+#: The far ends of parked sockets: never closed, so a parked wait never ends (nor fails).
+_PARKED: list[socket.socket] = []
+
+
+def park(fd: int) -> None:
+    """Put a quiet local socket in place of this one (dup2) and end the real connection: a thread
+    waiting on it wakes, finds nothing to read and waits on for good, and the driver under it
+    never sees its connection fail. For a driver that would abort the process on that (the ADBC
+    PostgreSQL driver below 1.11: apache/arrow-adbc#3878); its waiter is abandoned instead."""
+    quiet, far = socket.socketpair()
+    quiet.setblocking(False)  # libpq's sockets are non-blocking: a read finds nothing, it polls
+    _PARKED.extend((quiet, far))
+    old = os.dup(fd)
     try:
-        addresses = {a[4][0] for a in socket.getaddrinfo(host, None)} if not host.startswith("/") else set()
-    except OSError:
-        return []
-    out = []
-    for fd in socket_fds():
-        peer = _peer(fd)
-        if _is_server(peer, info) and (isinstance(peer, str) or peer[0] in addresses):
-            out.append(fd)
-    return out
+        os.dup2(quiet.fileno(), fd)
+        shut(old)  # wakes the poll() on the old socket
+    finally:
+        os.close(old)
 
 
 def new_socket_to(before: set[int], info: str) -> int | None:

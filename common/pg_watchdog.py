@@ -36,7 +36,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from common.config import DatabaseTimeouts
-from common.pg_sockets import shut, since_last_byte, sockets_to
+from common.pg_sockets import park, shut, since_last_byte
 
 log = logging.getLogger("archiver")
 
@@ -76,12 +76,15 @@ class ServerSilent(psycopg.OperationalError):
 class Watch:
     """One registered session: where it goes, its backend, how to find its socket, its wait."""
 
-    def __init__(self, dog: Watchdog, *, info: str, target: str, pid: int, fd: Callable[[], int | None]) -> None:
+    def __init__(self, dog: Watchdog, *, info: str, target: str, pid: int | None, fd: Callable[[], int | None],
+                 timeouts: DatabaseTimeouts, parks: bool) -> None:
         self.dog, self.info, self.target, self.pid, self._fd = dog, info, target, pid, fd
-        self.timeouts = timeouts_for(info)
+        self.timeouts, self.parks = timeouts, parks
         self.busy_since: float | None = None
         self.serial = 0
         self.broken: str | None = None
+        #: A wait ended by parking its socket (pg_sockets.park): the thread in it never returns.
+        self.parked = False
         self.closed = False
 
     def fd(self) -> int | None:
@@ -101,9 +104,9 @@ class Watch:
     @contextmanager
     def waiting(self) -> Iterator[None]:
         """Around one wait on the server; a wait the watchdog ended raises ServerSilent."""
-        if self.broken:
-            raise ServerSilent(self.broken)
         with self.dog.lock:
+            if self.broken:
+                raise ServerSilent(self.broken)
             self.serial += 1
             self.busy_since = time.monotonic()
         try:
@@ -127,8 +130,12 @@ class Watchdog:
         #: target -> (monotonic time, message) of the last time it was given up on, for /health.
         self.gave_up: dict[str, tuple[float, str]] = {}
 
-    def register(self, *, info: str, target: str, pid: int, fd: Callable[[], int | None]) -> Watch:
-        w = Watch(self, info=info, target=target, pid=pid, fd=fd)
+    def register(self, *, info: str, target: str, pid: int | None, fd: Callable[[], int | None],
+                 timeouts: DatabaseTimeouts | None = None, parks: bool = False) -> Watch:
+        """`pid`: the session's backend (None until known: judged only by whether the server
+        answers). `parks`: end its waits by parking the socket instead of shutting it down (for a
+        driver that must never see the connection fail under it: archiver/arrow_source.py)."""
+        w = Watch(self, info=info, target=target, pid=pid, fd=fd, timeouts=timeouts or timeouts_for(info), parks=parks)
         with self.lock:
             self.watches.add(w)
             if self._thread is None:
@@ -185,7 +192,7 @@ class Watchdog:
         t = ws[0].timeouts
         asked = time.monotonic()
         serials = {w: w.serial for w in ws}
-        answer = probe(ws[0].info, [w.pid for w in ws], t.probe_seconds)
+        answer = probe(ws[0].info, [w.pid for w in ws if w.pid is not None], t.probe_seconds)
         if answer is None:
             msg = (f"database {target} stopped answering: no answer for {t.silence_seconds:g}s, nor to a new"
                    f" connection within {t.probe_seconds}s (database_timeouts)")
@@ -193,10 +200,10 @@ class Watchdog:
             with self.lock:
                 self.gave_up[target] = (time.monotonic(), msg)
                 for w in [w for w in self.watches if w.target == target]:
-                    self._break(w, msg, whole_server=True)
+                    self._break(w, msg)
             return
         for w in ws:
-            state, event = answer.get(w.pid, (None, None))
+            state, event = answer.get(w.pid, (None, None)) if w.pid is not None else ("active", None)
             # Waiting on this client while this client hears nothing: only judged where the
             # kernel counts the bytes received (a known socket), not by the wait's length alone.
             on_us = event in ("ClientWrite", "ClientRead") and w.fd() is not None
@@ -214,20 +221,22 @@ class Watchdog:
                 log.warning("%s; ending it", msg)
                 self.gave_up[target] = (time.monotonic(), msg)
                 self._break(w, msg)
-            if state is not None:
+            if state is not None and w.pid is not None and w.broken:
                 terminate(w.info, w.pid, t.probe_seconds)  # its locks go now, not when TCP notices
 
     @staticmethod
-    def _break(w: Watch, msg: str, *, whole_server: bool = False) -> None:
+    def _break(w: Watch, msg: str) -> None:
+        """End a session (under the lock): its wait fails, or, for one that parks, is left for good
+        (its caller stops waiting for it: w.parked); an idle one fails on its next use."""
         w.broken = msg
         fd = w.fd()
-        if fd is not None:
-            shut(fd)
-        elif whole_server:
-            # A session whose socket is not known (an ADBC one, when it could not be told apart):
-            # every socket of this process to that silent server goes, as they would all hang.
-            for other in sockets_to(w.info):
-                shut(other)
+        if not w.parks:
+            if fd is not None:
+                shut(fd)
+        elif w.busy_since is not None:
+            if fd is not None:
+                park(fd)
+            w.parked = True
 
 
 WATCHDOG = Watchdog()

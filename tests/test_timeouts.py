@@ -26,6 +26,7 @@ from archive_checks import archived_ids, assert_invariant, table_ids
 from common import layout
 from common.config import DatabaseTimeouts
 from common.db import connect
+from common.errors import DatabaseSilent
 from common.pg_watchdog import WATCHDOG, ServerSilent, remember, with_libpq_limits
 from common.storage import LocalStorage, S3Storage
 from conftest import free_port, http_get, make_config, seed_audit, throwaway_database
@@ -309,3 +310,27 @@ def test_a_session_whose_answer_stops_mid_stream_is_given_up_on_while_the_server
     assert "ClientWrite" in str(failed.value)
     assert time.monotonic() - t0 < 1.5 + 3 + 2
     conn.close()
+
+
+@pytest.mark.parametrize(("silence", "said"), [("server", "stopped answering"), ("mid-answer", "its answer was lost")])
+def test_the_archivers_adbc_reader_gives_up_on_a_silent_server(silence: str, said: str, pg_dsn: str,
+                                                                pg_proxy: TcpProxy) -> None:
+    # The ADBC driver 1.8 aborts the process when a connection fails under a query: the watchdog
+    # parks its socket instead, and the reader's caller gets DatabaseSilent (archiver/arrow_source.py).
+    from archiver.arrow_source import ArrowSource
+
+    limits = DatabaseTimeouts(**LIMITS)
+    info = with_libpq_limits(pg_proxy.dsn(pg_dsn), limits)
+    remember(info, limits)
+    with ArrowSource(info, {"application_name": "pg-archiver timeouts-test"}) as source:
+        assert source.read("SELECT 1 AS one").column(0)[0].as_py() == 1
+        if silence == "server":
+            pg_proxy.stall()
+        else:  # each connection's answers stop after 8 KB: the server and a new session still answer
+            pg_proxy.stall_after(8192)
+        t0 = time.monotonic()
+        with pytest.raises(DatabaseSilent, match=said):
+            source.read("SELECT repeat('x', 1000) AS x FROM generate_series(1, 20000)")
+        assert time.monotonic() - t0 < 1.5 + 3 + 2
+        with pytest.raises(DatabaseSilent):  # and every later use, at once
+            source.read("SELECT 1 AS one")
