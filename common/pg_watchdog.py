@@ -124,7 +124,8 @@ class Watchdog:
     """One per process: the registered sessions and the thread that watches their waits."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Reentrant: a session collected (weakref.finalize: unregister) while this thread holds it.
+        self.lock = threading.RLock()
         self.watches: set[Watch] = set()
         self._thread: threading.Thread | None = None
         #: target -> (monotonic time, message) of the last time it was given up on, for /health.
