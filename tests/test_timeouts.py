@@ -334,3 +334,23 @@ def test_the_archivers_adbc_reader_gives_up_on_a_silent_server(silence: str, sai
         assert time.monotonic() - t0 < 1.5 + 3 + 2
         with pytest.raises(DatabaseSilent):  # and every later use, at once
             source.read("SELECT 1 AS one")
+
+
+# -- the config --------------------------------------------------------------------------------
+def test_database_timeouts_reach_every_session_of_a_database_and_bad_values_are_refused() -> None:
+    from common.config import parse_config
+    from common.db import conninfo
+    from common.errors import ConfigError
+    from common.pg_watchdog import timeouts_for
+
+    cfg = parse_config({"databases": [{"name": "db", "dsn": "host=db.example.com dbname=db keepalives_idle=99"}],
+                        "database_timeouts": {"silence_seconds": 7, "tcp_user_timeout_seconds": 12}})
+    info = conninfo(cfg.database("db"))
+    params = conninfo_to_dict(info)
+    assert (params["tcp_user_timeout"], params["keepalives"], params["connect_timeout"]) == ("12000", "1", "10")
+    assert params["keepalives_idle"] == "99"  # the DSN's own value wins
+    assert timeouts_for(info).silence_seconds == 7
+    with pytest.raises(ConfigError, match="database_timeouts.probe_seconds"):
+        parse_config({"database_timeouts": {"probe_seconds": 1}})
+    with pytest.raises(ConfigError, match="database_timeouts.statement_seconds: unknown key"):
+        parse_config({"database_timeouts": {"statement_seconds": 1}})
