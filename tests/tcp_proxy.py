@@ -125,6 +125,9 @@ class TcpProxy:
         for s in socks:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                # Wakes the other direction's thread blocked in recv() (it holds the socket open:
+                # a close() alone would neither end its wait nor send the reset).
+                s.shutdown(socket.SHUT_RD)
                 s.close()
             except OSError:
                 pass

@@ -229,14 +229,30 @@ def test_tool_gives_up_on_a_silent_service_with_exit_3(name: str, args: tuple[st
 
 
 # -- a healthy server is never cut short ---------------------------------------------------------
-def test_a_statement_longer_than_the_silence_limit_on_a_healthy_server_completes(pg_dsn: str, pg_proxy: TcpProxy) -> None:
+def test_a_statement_longer_than_the_silence_limit_on_a_healthy_but_slow_network_completes(
+        pg_dsn: str, pg_proxy: TcpProxy) -> None:
     limits = DatabaseTimeouts(**LIMITS)
     info = with_libpq_limits(pg_proxy.dsn(pg_dsn), limits)
     remember(info, limits)
     with connect(info, {"application_name": "pg-archiver timeouts-test"}) as conn:
+        pg_proxy.slice(512)  # and its answer trickles in, 512 bytes every 20 ms: slow, not silent
+        pg_proxy.delay(0.02)
         t0 = time.monotonic()
-        assert conn.execute("SELECT pg_sleep(3.5), 42").fetchone() == ("", 42)
+        row = conn.execute("SELECT pg_sleep(3.5), repeat('x', 20000)").fetchone()
+        assert row is not None and row[1] == "x" * 20000
         assert time.monotonic() - t0 >= 3.5  # past the silence limit, and a probe that found it active
+
+
+def test_a_reset_is_no_silence_the_session_fails_at_once_with_libpqs_reason(pg_dsn: str, pg_proxy: TcpProxy) -> None:
+    limits = DatabaseTimeouts(**LIMITS)
+    info = with_libpq_limits(pg_proxy.dsn(pg_dsn), limits)
+    remember(info, limits)
+    with connect(info, {"application_name": "pg-archiver timeouts-test"}) as conn:
+        pg_proxy.reset_after(4096)  # in the middle of the next answer's body
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as failed:
+            conn.execute("SELECT repeat('x', 100000)").fetchone()
+        assert not isinstance(failed.value, ServerSilent) and time.monotonic() - t0 < 1
 
 
 def test_a_session_gives_up_on_a_silent_server_and_health_reports_it_meanwhile(pg_dsn: str, pg_proxy: TcpProxy) -> None:
