@@ -167,7 +167,7 @@ class HealthChecker:
             return dict(fut.result())
 
         databases = {name: outcome(f, {}) for name, f in dbs.items()}
-        stalls = WATCHDOG.stalls()
+        stalls = [s for s in WATCHDOG.stalls() if s["target"] in _targets(cfg)]  # this config's databases only
         return {
             "database": {"status": "ok" if all(d["status"] == "ok" for d in databases.values()) and not stalls else "down",
                          "databases": databases, "stalls": stalls},
@@ -218,6 +218,17 @@ class HealthChecker:
         store = fallback_storage(cfg)
         files, nbytes = store.pending() if store is not None else (0, 0)
         return {"pending_files": files, "bytes": nbytes, "dir": str(store.root) if store else None}
+
+
+def _targets(cfg: Config) -> set[str]:
+    """host:port/dbname of each configured database, as the watchdog names them."""
+    out = set()
+    for db in cfg.databases:
+        try:
+            out.add(describe_target(conninfo(db)))
+        except Exception:  # noqa: BLE001 - an unreadable password_file: its check says so
+            continue
+    return out
 
 
 def _writable(path: Path) -> bool:
