@@ -319,7 +319,8 @@ class WatchedConnection(psycopg.Connection[Any]):
 
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
         w = self._watch
-        if w is None:
+        if w is None or timeout is not None:
+            # A wait with its own limit (psycopg's notifies(): a LISTEN session is silent by design)
             return super().wait(gen, interval, timeout)
         with w.waiting():
             return super().wait(gen, interval, timeout)
