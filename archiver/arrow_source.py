@@ -7,17 +7,23 @@ it halved the archiver's client CPU for reading and cut the server's COPY time b
 it only reads, in autocommit, so every query is one statement with one snapshot."""
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from types import TracebackType
+from typing import Any
 
 import adbc_driver_manager
 import adbc_driver_postgresql as adbc_pg
 import pyarrow as pa
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from common.db import LIBPQ_HINT, describe_target, settings_query
-from common.errors import DatabaseError, DatabaseUnavailable, message_lines
+from common.errors import DatabaseError, DatabaseSilent, DatabaseUnavailable, message_lines
+from common.pg_sockets import new_socket_to, socket_fds
+from common.pg_watchdog import WATCHDOG, ServerSilent, timeouts_for, with_libpq_limits
 
-CONNECT_TIMEOUT = 10  # seconds, as for the psycopg pool (common/db.py)
 #: Size of the driver's record batches. Its default, 16 MB, left the archiver's peak RSS ~15 MB
 #: higher on the 2M-row bench (265-272 MB against 253-258 MB), at the same speed; 1 MB gave no more.
 BATCH_BYTES = 4 << 20
@@ -46,16 +52,34 @@ class ArrowSource:
 
     def __init__(self, info: str, settings: dict[str, str]) -> None:
         self.target = describe_target(info)
-        if "connect_timeout" not in conninfo_to_dict(info):
-            info = make_conninfo(info, connect_timeout=CONNECT_TIMEOUT)  # libpq's default is to wait forever
+        limits = timeouts_for(info)
+        # libpq's connect_timeout (its default is to wait forever), but no keepalives and no
+        # tcp_user_timeout: the 1.8 driver aborts the whole process on an error libpq raises
+        # itself, a connection lost under a query among them (a result without a SQLSTATE:
+        # apache/arrow-adbc#3878, fixed in 1.11). The watchdog bounds its waits instead, and parks
+        # the socket of one it gives up on (common/pg_sockets.py park): that query's thread (_Worker)
+        # is left waiting for good, and the caller gets DatabaseSilent.
+        info = make_conninfo(with_libpq_limits(info, limits), keepalives=0, tcp_user_timeout=0)
+        self._worker = _Worker()
+        before = socket_fds()
         try:
             # libpq takes a key=value conninfo as readily as a URI; the password stays inside it.
             self._db = adbc_pg.connect(info)
             self._conn = adbc_driver_manager.AdbcConnection(self._db)
         except adbc_driver_manager.Error as exc:
             self._close_all()
+            self._worker.stop()
             raise DatabaseUnavailable(f"cannot connect to database {self.target}: {reason(exc)}") from None
-        self.apply(settings)
+        fd = new_socket_to(before, info)
+        # Watched from here on; its backend's pid is known after the first query.
+        self._watch = WATCHDOG.register(info=info, target=self.target, pid=None, fd=lambda: fd, timeouts=limits,
+                                        parks=True)
+        try:
+            self.apply(settings)
+            self._watch.pid = int(self._run("SELECT pg_backend_pid() AS pid").column(0)[0].as_py())
+        except BaseException:
+            self.close()
+            raise
 
     def apply(self, settings: dict[str, str]) -> None:
         self._run(settings_query(settings).as_string(None))
@@ -73,20 +97,53 @@ class ArrowSource:
         return str(self._run("SELECT txid_current_snapshot()::text AS snapshot").column(0)[0].as_py())
 
     def _run(self, query: str) -> pa.Table:
+        """Run on the worker thread; waited for here until it ends or the watchdog parks it."""
+        w = self._watch
+        if w.broken:
+            raise DatabaseSilent(w.broken)
+        done = self._worker.submit(lambda: self._execute_watched(query))
         try:
-            stmt = adbc_driver_manager.AdbcStatement(self._conn)
-            try:
-                stmt.set_options(**{adbc_pg.StatementOptions.BATCH_SIZE_HINT_BYTES.value: str(BATCH_BYTES)})
-                stmt.set_sql_query(query)
-                stream, _ = stmt.execute_query()
-                return pa.RecordBatchReader.from_stream(stream).read_all()
-            finally:
-                stmt.close()
+            while True:
+                try:
+                    return done.result(timeout=0.25)
+                except FutureTimeout:
+                    if w.parked:
+                        raise DatabaseSilent(w.broken or "database stopped answering") from None
         except adbc_driver_manager.Error as exc:
+            if w.broken:
+                raise DatabaseSilent(w.broken) from None
             raise DatabaseError(f"reading from database {self.target} failed: {reason(exc)}") from None
 
+    def _execute_watched(self, query: str) -> pa.Table:
+        try:
+            with self._watch.waiting():
+                return self._execute(query)
+        except ServerSilent as exc:  # already given up on: the driver was not called
+            raise DatabaseSilent(str(exc)) from None
+
+    def _execute(self, query: str) -> pa.Table:
+        stmt = adbc_driver_manager.AdbcStatement(self._conn)
+        try:
+            stmt.set_options(**{adbc_pg.StatementOptions.BATCH_SIZE_HINT_BYTES.value: str(BATCH_BYTES)})
+            stmt.set_sql_query(query)
+            stream, _ = stmt.execute_query()
+            return pa.RecordBatchReader.from_stream(stream).read_all()
+        finally:
+            stmt.close()
+
     def close(self) -> None:
-        self._close_all()
+        w = getattr(self, "_watch", None)
+        if w is None:
+            self._close_all()
+        elif w.parked:
+            # A query still runs in the driver on the parked socket: its handles stay open (and
+            # referenced, never collected) for as long as the process lives.
+            WATCHDOG.unregister(w)
+            _ABANDONED.append(self)
+        else:
+            with WATCHDOG.closing(w):  # its socket is never touched once closed (a reused fd)
+                self._close_all()
+        self._worker.stop()
 
     def _close_all(self) -> None:
         for handle in (getattr(self, "_conn", None), getattr(self, "_db", None)):
@@ -103,3 +160,33 @@ class ArrowSource:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+#: ArrowSources whose query was parked (ArrowSource.close): kept so nothing closes their handles.
+_ABANDONED: list[ArrowSource] = []
+
+
+class _Worker:
+    """The one thread that calls the driver for a session (the connection is not for concurrent
+    use), so the caller can stop waiting on a query the watchdog parked. A daemon thread: a parked
+    one must not keep the process from exiting."""
+
+    def __init__(self) -> None:
+        self._q: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
+        threading.Thread(target=self._loop, daemon=True, name="adbc-session").start()
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        self._q.put((fn, fut))
+        return fut
+
+    def stop(self) -> None:
+        self._q.put(None)
+
+    def _loop(self) -> None:
+        while (item := self._q.get()) is not None:
+            fn, fut = item
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(exc)

@@ -22,7 +22,7 @@ from common import iceberg
 from common.config import Config, DatabaseConfig
 from common.digest import secret as digest_secret
 from common.db import conninfo, pool, session_settings
-from common.errors import UNREACHABLE, ConfigError, ErrorKind, ServiceUnavailable, classify
+from common.errors import UNREACHABLE, ConfigError, DatabaseSilent, ErrorKind, ServiceUnavailable, classify, is_silence
 from common.expiry import untimed_message
 from archiver.ops.events import NullObserver, Observer, TableResult, run_stop_reason
 from common.exit_codes import ExitCode
@@ -119,7 +119,7 @@ def check_session_budget(cfg: Config, db: DatabaseConfig) -> None:
 def exit_code(results: list[TableResult], controls: RunControls) -> ExitCode:
     if controls.signal_received == signal.SIGINT:
         return ExitCode.INTERRUPTED
-    if any(r.error_kind in UNREACHABLE for r in results):
+    if any(r.error_kind in UNREACHABLE or r.silent for r in results):
         return ExitCode.UNAVAILABLE
     if any(r.status == "failed" for r in results):
         return ExitCode.FAILURE
@@ -150,12 +150,14 @@ def _run_database(cfg: Config, db: DatabaseConfig, *, sink: ArchiveSink, checkpo
                                    checkpoints=checkpoints, controls=controls, observer=observer, hook=hook, now=now)
                     results[i] = _run_table(job)
                 observer.table_done(results[i])
-    except ServiceUnavailable as exc:
+                if results[i].silent and i + 1 < len(tables):  # its other tables fail now, not each after a wait
+                    raise DatabaseSilent(results[i].error or "database stopped answering")
+    except (ServiceUnavailable, DatabaseSilent) as exc:
         _code, kind, message = classify(exc)
         log.error("database %s failed: %s", db.name, message, extra={"database": db.name})
         for r in results:
             if r.status == "pending":
-                r.status, r.error, r.error_kind = "failed", message, kind
+                r.status, r.error, r.error_kind, r.silent = "failed", message, kind, is_silence(exc)
                 observer.table_done(r)
     return results
 
@@ -175,7 +177,7 @@ def _run_table(job: TableJob) -> TableResult:
         log.warning("%s", exc, extra=ctx)
     except BaseException as exc:  # noqa: BLE001 - one table failing must not stop the others
         _code, r.error_kind, message = classify(exc)
-        r.status, r.error = "failed", message
+        r.status, r.error, r.silent = "failed", message, is_silence(exc)
         log.error("table %s failed: %s", r.name, message, extra=ctx, exc_info=log.isEnabledFor(logging.DEBUG))
         if isinstance(exc, KeyboardInterrupt):
             raise

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from common.errors import ConfigError
 
@@ -42,8 +42,11 @@ class S3Config(_Strict):
     local_fallback_dir: str | None = None
     #: botocore "standard" retry mode attempts before an upload counts as failed.
     max_attempts: int = Field(default=3, ge=1)
+    #: Seconds to open a connection, and to wait for any answer (or to send the next chunk) on
+    #: one; botocore retries both up to max_attempts, so a silent S3 is given up on within about
+    #: max_attempts * (read_timeout + backoff): ~50 s by default (issue 31, docs/runbooks.md: Timeouts).
     connect_timeout: float = Field(default=5.0, gt=0)
-    read_timeout: float = Field(default=60.0, gt=0)
+    read_timeout: float = Field(default=15.0, gt=0)
     #: Uploads in flight per table: S3 latency, not bandwidth, bounds small objects.
     max_concurrency: int = Field(default=4, ge=1, le=16)
     #: Seconds the circuit breaker waits before probing S3 again after an outage (issue 3).
@@ -129,6 +132,23 @@ class TableConfig(TableOptions):
         return (self.primary_key,) if isinstance(self.primary_key, str) else tuple(self.primary_key)
 
 
+class DatabaseTimeouts(_Strict):
+    """How long a tool waits on a silent PostgreSQL (issue 31; common/pg_watchdog.py). libpq's
+    own limits end a connection whose peer stopped acknowledging (tcp_user_timeout, keepalives);
+    the watchdog ends one that is acknowledged but unanswered (a proxy or a failed-over primary that
+    keeps the connection open): after silence_seconds without a byte it asks the server over a new
+    connection whether the session is still working, and gives up when that gets no answer within
+    probe_seconds, so a long statement of a healthy server is never cut short."""
+
+    connect_seconds: int = Field(default=10, ge=2)  # libpq rounds anything smaller up to 2
+    silence_seconds: float = Field(default=30.0, gt=0)
+    probe_seconds: int = Field(default=15, ge=2)
+    tcp_user_timeout_seconds: float = Field(default=30.0, gt=0)
+    keepalives_idle_seconds: int = Field(default=10, ge=1)
+    keepalives_interval_seconds: int = Field(default=5, ge=1)
+    keepalives_count: int = Field(default=4, ge=1)
+
+
 class DatabaseConfig(_Strict):
     name: str
     dsn: str | None = None
@@ -140,6 +160,12 @@ class DatabaseConfig(_Strict):
     password_file: str | None = None
     replica_dsns: list[str] = Field(default_factory=list)
     tables: list[TableConfig] = Field(default_factory=list)
+    #: The config's database_timeouts (set by Config), so conninfo(db) can carry them.
+    _timeouts: DatabaseTimeouts = PrivateAttr(default_factory=lambda: DatabaseTimeouts())
+
+    @property
+    def timeouts(self) -> DatabaseTimeouts:
+        return self._timeouts
 
     @field_validator("name")
     @classmethod
@@ -226,6 +252,7 @@ class Config(_Strict):
     local_dir: str | None = None
     defaults: Defaults = Field(default_factory=Defaults)
     databases: list[DatabaseConfig] = Field(default_factory=list)
+    database_timeouts: DatabaseTimeouts = Field(default_factory=DatabaseTimeouts)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint_dir: str = "/var/lib/archiver/checkpoints"
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
@@ -242,6 +269,8 @@ class Config(_Strict):
         names = [d.name for d in self.databases]
         if len(names) != len(set(names)):
             raise ValueError("databases: names must be unique")
+        for db in self.databases:
+            db._timeouts = self.database_timeouts
         return self
 
     def database(self, name: str) -> DatabaseConfig:

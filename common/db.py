@@ -10,23 +10,29 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from common.config import DatabaseConfig
 from common.errors import ConfigError, DatabaseUnavailable, UsageError, message_lines
+from common.pg_watchdog import WatchedConnection, describe, remember, timeouts_for, with_libpq_limits
 from common.pgtypes import COLUMNS_SQL, SESSION_SETTINGS, TableSchema, schema_from_rows
 
 
 def conninfo(db: DatabaseConfig) -> str:
-    """Build a libpq conninfo string; the password comes from password_env / password_file only."""
+    """Build a libpq conninfo string; the password comes from password_env / password_file only.
+    It carries libpq's limits of the config's database_timeouts, and every session opened with it
+    is watched with them (common/pg_watchdog.py)."""
     params: dict[str, Any] = {}
     if not db.dsn:
         params = {"host": db.host, "port": db.port, "dbname": db.dbname or db.name, "user": db.user}
     password = _password(db)
     if password is not None:
         params["password"] = password
-    return make_conninfo(db.dsn or "", **{k: v for k, v in params.items() if v is not None})
+    info = make_conninfo(db.dsn or "", **{k: v for k, v in params.items() if v is not None})
+    info = with_libpq_limits(info, db.timeouts)
+    remember(info, db.timeouts)
+    return info
 
 
 def _password(db: DatabaseConfig) -> str | None:
@@ -42,12 +48,7 @@ def _password(db: DatabaseConfig) -> str | None:
 
 def describe_target(info: str) -> str:
     """host:port/dbname for messages: never the password or the full DSN."""
-    try:
-        d = conninfo_to_dict(info)
-    except psycopg.ProgrammingError:
-        return "<unparseable DSN>"
-    host = d.get("host") or d.get("hostaddr") or "localhost"
-    return f"{host}:{d.get('port') or 5432}/{d.get('dbname') or d.get('user') or ''}"
+    return describe(info)
 
 
 #: The default of defaults.application_name in the config (common.config), for sessions of a tool
@@ -84,13 +85,16 @@ def apply_settings(conn: psycopg.Connection[Any], settings: dict[str, str]) -> N
     conn.commit()
 
 
-def connect(info: str, settings: dict[str, str], *, connect_timeout: int = 10,
+def connect(info: str, settings: dict[str, str], *, connect_timeout: int | None = None,
             autocommit: bool = False) -> psycopg.Connection[Any]:
     """A session with `settings` applied (DatabaseUnavailable, with libpq's reason and never the
     password, when none can be made). autocommit: for sessions that only read the catalog or
-    pg_stat_* and must not hold a transaction open (health checks, replica lag)."""
+    pg_stat_* and must not hold a transaction open (health checks, replica lag). Its waits on the
+    server are bounded (common/pg_watchdog.py); connect_timeout: database_timeouts' by default."""
+    info = with_libpq_limits(info, timeouts_for(info))  # connect_timeout among them, unless the DSN has one
+    extra = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
     try:
-        conn = psycopg.connect(info, connect_timeout=connect_timeout, autocommit=autocommit)
+        conn = WatchedConnection.connect(info, autocommit=autocommit, **extra)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to database {describe_target(info)}: {libpq_reason(exc)}") from None
     try:
@@ -119,9 +123,10 @@ def pool(info: str, settings: dict[str, str], *, size: int) -> Iterator[Connecti
     # Probe once first: a refused connection fails in milliseconds with libpq's reason, where the
     # pool would keep retrying until its timeout.
     connect(info, settings).close()
-    p = ConnectionPool(info, min_size=1, max_size=max(size, 1), open=False,
-                       configure=lambda c: apply_settings(c, settings),
-                       kwargs={"connect_timeout": 10, "autocommit": False}, name="archiver")
+    p: ConnectionPool[Any] = ConnectionPool(
+        with_libpq_limits(info, timeouts_for(info)), min_size=1, max_size=max(size, 1), open=False,
+        connection_class=WatchedConnection, configure=lambda c: apply_settings(c, settings),
+        kwargs={"autocommit": False}, name="archiver")
     try:
         p.open(wait=True, timeout=15)
     except Exception as exc:  # psycopg_pool.PoolTimeout hides the libpq reason; probe once for it

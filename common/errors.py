@@ -78,6 +78,19 @@ class SessionLost(ArchiverError):
     kind = ErrorKind.DATABASE
 
 
+class DatabaseSilent(SessionLost):
+    """The server stopped answering a session (common/pg_watchdog.py gave up on it): exit 3, kind
+    database; a run ends with exit 3 on it (psycopg sessions raise pg_watchdog.ServerSilent, which
+    carries the same `silent` mark)."""
+
+    silent = True
+
+
+def is_silence(exc: BaseException) -> bool:
+    """Whether a service stopped answering (rather than answering with an error, or refusing)."""
+    return bool(getattr(exc, "silent", False))
+
+
 class DatabaseError(ArchiverError):
     """A statement failed or the session was lost mid-run (the server is otherwise reachable)."""
 
@@ -112,6 +125,8 @@ def classify(exc: BaseException) -> Classified:
 
     # The server answered in a live session (statement_timeout, lock_timeout, a deadlock): a
     # failed statement, whatever class psycopg files it under.
+    if is_silence(exc):  # pg_watchdog.ServerSilent: its message says what went silent, and the limit
+        return Classified(ExitCode.UNAVAILABLE, ErrorKind.DATABASE, first_line(exc))
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return Classified(ExitCode.FAILURE, ErrorKind.CONFIG,
                           f"the database role lacks a right: {first_line(exc)} (docs/runbooks.md: Database Roles)")
@@ -125,6 +140,11 @@ def classify(exc: BaseException) -> Classified:
         return Classified(ExitCode.UNAVAILABLE, ErrorKind.DATABASE, f"database unreachable: {first_line(exc)}")
     if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.NoCredentialsError)):
         return Classified(ExitCode.UNAVAILABLE, ErrorKind.S3, f"S3 unreachable: {first_line(exc)}")
+    if isinstance(exc, bex.ReadTimeoutError):  # connected, then silent: after s3.max_attempts tries
+        return Classified(ExitCode.UNAVAILABLE, ErrorKind.S3, f"S3 stopped answering: {first_line(exc)}"
+                          " (s3.read_timeout, s3.max_attempts)")
+    if isinstance(exc, (bex.ConnectionError, bex.HTTPClientError)):  # reset, closed mid-answer
+        return Classified(ExitCode.UNAVAILABLE, ErrorKind.S3, f"S3 connection lost: {first_line(exc)}")
     if isinstance(exc, bex.ClientError):
         return _s3_answer(exc)
     if isinstance(exc, OSError):

@@ -25,6 +25,8 @@ class TableResult:
     rolled_back_batches: int = 0
     error: str | None = None
     error_kind: str | None = None  # an ErrorKind value (common.errors), None unless failed
+    #: Failed because a service stopped answering (common.errors.is_silence): the run exits 3.
+    silent: bool = False
     resumed: int = 0
     #: Expired rows left in the table because a foreign key still references them, and the
     #: referencing tables (archiver/references.py).

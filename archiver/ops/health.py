@@ -20,6 +20,7 @@ from typing import Any
 from common.config import Config, DatabaseConfig
 from common.db import application_name, connect, conninfo, describe_target
 from common.errors import first_line
+from common.pg_watchdog import WATCHDOG
 from common.jsonout import render_json
 from archiver.ops.events import TableResult
 from archiver.ops.metrics import result_name
@@ -120,6 +121,10 @@ class HealthChecker:
     def judge(checks: dict[str, Any], last_run: dict[str, Any] | None, *, fallback_configured: bool) -> tuple[str, list[str]]:
         unhealthy = [f"database {name} unreachable: {c.get('error', c['status'])}"
                      for name, c in checks["database"]["databases"].items() if c["status"] != "ok"]
+        # A session of the run waiting on a silent server, or given up on in the last minute
+        # (common/pg_watchdog.py): the stall, while it lasts, even if a new connection works.
+        unhealthy += [f"database {s['target']} silent for {s['silent_seconds']:g}s on a session of the run"
+                      if "silent_seconds" in s else s["error"] for s in checks["database"].get("stalls", [])]
         degraded: list[str] = []
         s3 = checks["s3"]
         if s3["status"] != "ok":
@@ -162,9 +167,10 @@ class HealthChecker:
             return dict(fut.result())
 
         databases = {name: outcome(f, {}) for name, f in dbs.items()}
+        stalls = [s for s in WATCHDOG.stalls() if s["target"] in _targets(cfg)]  # this config's databases only
         return {
-            "database": {"status": "ok" if all(d["status"] == "ok" for d in databases.values()) else "down",
-                         "databases": databases},
+            "database": {"status": "ok" if all(d["status"] == "ok" for d in databases.values()) and not stalls else "down",
+                         "databases": databases, "stalls": stalls},
             "s3": outcome(s3, {"storage": cfg.storage}),
             "fallback": outcome(fallback, {"pending_files": 0, "bytes": 0, "dir": cfg.s3.local_fallback_dir}),
         }
@@ -212,6 +218,17 @@ class HealthChecker:
         store = fallback_storage(cfg)
         files, nbytes = store.pending() if store is not None else (0, 0)
         return {"pending_files": files, "bytes": nbytes, "dir": str(store.root) if store else None}
+
+
+def _targets(cfg: Config) -> set[str]:
+    """host:port/dbname of each configured database, as the watchdog names them."""
+    out = set()
+    for db in cfg.databases:
+        try:
+            out.add(describe_target(conninfo(db)))
+        except Exception:  # noqa: BLE001 - an unreadable password_file: its check says so
+            continue
+    return out
 
 
 def _writable(path: Path) -> bool:
