@@ -18,7 +18,7 @@ from common.config import Config, load_config
 from common.iceberg import require as require_iceberg
 from common.exit_codes import ExitCode
 from common.logging_setup import setup_logging
-from common.s3client import fallback_storage, primary_storage
+from common.archive.s3client import fallback_storage, primary_storage
 
 log = logging.getLogger("archiver")
 
@@ -110,8 +110,8 @@ def run(opts: ArchiverOptions, *, env: Environment | None = None) -> int:
 
 
 def _migrate(cfg: Config, opts: ArchiverOptions, env: Environment) -> int:
-    """The one-off move of an archive to the current layout (archiver/migrate.py); archives nothing."""
-    from archiver.migrate import migrate_layout
+    """The one-off move of an archive to the current layout (archiver/migration/layout.py); archives nothing."""
+    from archiver.migration.layout import migrate_layout
 
     setup_logging(None if opts.dry_run else cfg.logging, verbose=opts.verbose)
     fallback = fallback_storage(cfg)
@@ -122,8 +122,8 @@ def _migrate(cfg: Config, opts: ArchiverOptions, env: Environment) -> int:
 
 
 def _withdraw(cfg: Config, opts: ArchiverOptions, env: Environment) -> int:
-    """--withdraw KEY (archiver/migrate.py's neighbour in the runbook's repair of a damaged object)."""
-    from archiver.migrate import withdraw_by_hand
+    """--withdraw KEY (archiver/migration/layout.py's neighbour in the runbook's repair of a damaged object)."""
+    from archiver.migration.layout import withdraw_by_hand
 
     setup_logging(cfg.logging, verbose=opts.verbose)
     fallback = fallback_storage(cfg)

@@ -19,10 +19,10 @@ import adbc_driver_postgresql as adbc_pg
 import pyarrow as pa
 from psycopg.conninfo import make_conninfo
 
-from common.db import LIBPQ_HINT, describe_target, settings_query
+from common.pg.db import LIBPQ_HINT, describe_target, settings_query
 from common.errors import DatabaseError, DatabaseSilent, DatabaseUnavailable, message_lines
-from common.pg_sockets import new_socket_to, socket_fds
-from common.pg_watchdog import WATCHDOG, ServerSilent, timeouts_for, with_libpq_limits
+from common.pg.sockets import new_socket_to, socket_fds
+from common.pg.watchdog import WATCHDOG, ServerSilent, timeouts_for, with_libpq_limits
 
 #: Size of the driver's record batches. Its default, 16 MB, left the archiver's peak RSS ~15 MB
 #: higher on the 2M-row bench (265-272 MB against 253-258 MB), at the same speed; 1 MB gave no more.
@@ -57,7 +57,7 @@ class ArrowSource:
         # tcp_user_timeout: the 1.8 driver aborts the whole process on an error libpq raises
         # itself, a connection lost under a query among them (a result without a SQLSTATE:
         # apache/arrow-adbc#3878, fixed in 1.11). The watchdog bounds its waits instead, and parks
-        # the socket of one it gives up on (common/pg_sockets.py park): that query's thread (_Worker)
+        # the socket of one it gives up on (common/pg/sockets.py park): that query's thread (_Worker)
         # is left waiting for good, and the caller gets DatabaseSilent.
         info = make_conninfo(with_libpq_limits(info, limits), keepalives=0, tcp_user_timeout=0)
         self._worker = _Worker()

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import psycopg
 
 from common.config import ResolvedOptions
-from common.db import application_name, connect
+from common.pg.db import application_name, connect
 from common.errors import DatabaseUnavailable, first_line
 from archiver.ops.events import TableResult
 

@@ -1,4 +1,4 @@
-"""The table job's run digest (issue 17, common/digest.py): at the end of each table's run, one
+"""The table job's run digest (issue 17, common/archive/digest.py): at the end of each table's run, one
 digest listing every object whose move finished, chained to the table's previous digest.
 
 Crash safety: every batch is written to a small journal beside the table's checkpoint before its
@@ -17,10 +17,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from common import digest
-from common.manifest import Manifest
-from common.storage import Storage
-from common.table_index import list_table, load_index
+from common.archive import digest
+from common.archive.manifest import Manifest
+from common.archive.storage import Storage
+from common.archive.table_index import list_table, load_index
 
 log = logging.getLogger("archiver")
 

@@ -14,19 +14,19 @@ from psycopg import sql
 
 from archiver import partitions
 from archiver.delete_guard import DeletesRefused, check_deletes
-from archiver.family_dry_run import family_dry_run
+from archiver.family.dry_run import family_dry_run
 from archiver.references import Reference, kept_message, read_references, refusal
 from archiver.selection import Selection
 from archiver.table_check import inspect_table
 from common import iceberg
 from common.config import Config
-from common.db import application_name, connect, conninfo, describe_target, session_settings
-from common.digest import secret as digest_secret
+from common.pg.db import application_name, connect, conninfo, describe_target, session_settings
+from common.archive.digest import secret as digest_secret
 from common.epoch import day_sql
 from common.expiry import count_untimed, cutoff_for, database_now, untimed_message
 from common.errors import ServiceUnavailable, first_line
 from common.exit_codes import ExitCode
-from common.s3client import check_object_lock, primary_storage
+from common.archive.s3client import check_object_lock, primary_storage
 
 log = logging.getLogger("archiver")
 

@@ -13,11 +13,12 @@ import pyarrow.compute as pc
 import archiver
 from archiver.reader import Batch
 from archiver.selection import Bound, Selection
-from common import batch_writer, layout
+from common import batch_writer
+from common.archive import layout
 from common.config import ResolvedOptions
 from common.epoch import time_iso
 from common.key_range import key_range, natural_column
-from common.manifest import Manifest, sha256_hex
+from common.archive.manifest import Manifest, sha256_hex
 from common.pgtypes import column_docs
 
 

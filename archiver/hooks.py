@@ -22,10 +22,10 @@ and after_upload per batch (no delete), then:
   after_detach                 DETACH committed, the batches still pending
   before_drop                  the batches finished, the detached leaf not yet dropped
 
-`--migrate-layout` (archiver/migrate.py):
+`--migrate-layout` (archiver/migration/layout.py):
   after_migration_set          a table's legacy manifests are stored in a set, not yet deleted
   after_replacement            an object of mixed schema has its replacement and manifest stored
-                               (common/replace.py; erase passes it too)
+                               (common/archive/replace.py; erase passes it too)
   after_migration_digest       a table's rewrites are recorded in its digest chain, no old object removed
   after_old_removed            one replaced object is removed
   before_iceberg               the tables migrated and rewritten, their Iceberg tables not yet updated

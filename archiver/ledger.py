@@ -33,11 +33,12 @@ from archiver.selection import Bound
 from archiver.sink import ArchiveSink
 from datetime import datetime, timedelta
 
-from common import batch_writer, manifest_sets
+from common import batch_writer
+from common.archive import manifest_sets
 from common.errors import DataIntegrityError
-from common.manifest import Manifest
-from common.storage import Storage
-from common.table_index import TableIndex, list_table, load_index
+from common.archive.manifest import Manifest
+from common.archive.storage import Storage
+from common.archive.table_index import TableIndex, list_table, load_index
 
 log = logging.getLogger("archiver")
 

@@ -28,7 +28,7 @@ from psycopg import sql
 from archiver.checkpoint import Checkpoint
 from archiver.delete_guard import delete_triggers
 from archiver.selection import Selection
-from common.db import qualified
+from common.pg.db import qualified
 from common.errors import DatabaseError, first_line
 
 log = logging.getLogger("archiver")

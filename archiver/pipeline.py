@@ -26,8 +26,8 @@ from archiver.hooks import Hook
 from archiver.reader import WINDOW_BYTES, Batch
 from archiver.sink import FallbackFull
 from common.errors import ServiceUnavailable
-from common.storage import BytesRefused
-from common.manifest import Manifest
+from common.archive.storage import BytesRefused
+from common.archive.manifest import Manifest
 
 _DONE = object()
 #: Encoded batches waiting for or in an upload, per upload thread: while the mover deletes and

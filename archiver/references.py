@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from common.db import qualified
+from common.pg.db import qualified
 from common.errors import ArchiverError, ErrorKind
 
 #: pg_constraint.confdeltype

@@ -14,19 +14,19 @@ from archiver.dry_run import plan
 from archiver.hooks import Hook, env_hook, no_hook
 from archiver.references import kept_message
 from archiver.sink import ArchiveSink
-from archiver.family_job import FamilyJob
+from archiver.family.job import FamilyJob
 from archiver.table_job import TableBusy, TableJob
 from archiver.arrow_source import ArrowSource
 from archiver.checkpoint import CheckpointStore
 from common import iceberg
 from common.config import Config, DatabaseConfig
-from common.digest import secret as digest_secret
-from common.db import conninfo, pool, session_settings
+from common.archive.digest import secret as digest_secret
+from common.pg.db import conninfo, pool, session_settings
 from common.errors import UNREACHABLE, ConfigError, DatabaseSilent, ErrorKind, ServiceUnavailable, classify, is_silence
 from common.expiry import untimed_message
 from archiver.ops.events import NullObserver, Observer, TableResult, run_stop_reason
 from common.exit_codes import ExitCode
-from common.s3client import check_object_lock, fallback_storage, primary_storage
+from common.archive.s3client import check_object_lock, fallback_storage, primary_storage
 from common.units import human_bytes
 
 log = logging.getLogger("archiver")

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from archiver.references import Reference
-from common.db import qualified
+from common.pg.db import qualified
 from common.epoch import day_numbers
 from common.expiry import ExpiredRows
 from common.pgtypes import Column, read_natively

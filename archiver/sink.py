@@ -3,7 +3,7 @@ fallback directory with the same key layout (issue 3), behind a circuit breaker 
 not cost botocore's retries on every batch. Also drains the fallback directory back to S3.
 
 A batch is its data object alone while it is stored (`put`, in the upload threads); what makes it
-count as archived is its manifest in a manifest set (common/manifest_sets.py), which the table job
+count as archived is its manifest in a manifest set (common/archive/manifest_sets.py), which the table job
 has the sink `record` for a whole group of stored batches, once their rows' delete is done but not
 yet committed (archiver/table_job.py): one request for the group instead of one per batch."""
 from __future__ import annotations
@@ -18,13 +18,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from archiver.hooks import Hook, no_hook
 from common.errors import ArchiverError, DataIntegrityError, ErrorKind, S3Unavailable, first_line
-from common import manifest_sets
-from common.layout import data_key, is_manifest, table_root
-from common.manifest import Manifest, sha256_hex
-from common.fallback import FallbackDir
-from common.storage import Storage, is_disk_full
-from common.table_index import TableListing
-from common.withdrawals import withdraw as record_withdrawal
+from common.archive import manifest_sets
+from common.archive.layout import data_key, is_manifest, table_root
+from common.archive.manifest import Manifest, sha256_hex
+from common.archive.fallback import FallbackDir
+from common.archive.storage import Storage, is_disk_full
+from common.archive.table_index import TableListing
+from common.archive.withdrawals import withdraw as record_withdrawal
 
 log = logging.getLogger("archiver.sink")
 
@@ -46,7 +46,7 @@ def _upload_holds(primary: Storage, prefix: str) -> Any:
     """Only with Object Lock configured: its import (DuckDB, for --where holds) is not paid otherwise."""
     if getattr(primary, "object_lock", None) is None:
         return None
-    from common.hold_scope import UploadHolds
+    from common.lifecycle.hold_scope import UploadHolds
     return UploadHolds.for_store(primary, prefix)
 
 
@@ -159,7 +159,7 @@ class ArchiveSink:
     def take_back(self, manifest: Manifest, location: str, *, recorded: bool) -> None:
         """Take back a stored batch whose rows stay in the table (they will be archived again).
         `recorded`: a manifest set lists it, so it counts as archived until a withdrawal record
-        (common/withdrawals.py) says otherwise; that record must be stored (an error propagates,
+        (common/archive/withdrawals.py) says otherwise; that record must be stored (an error propagates,
         and the batch stays pending for the next run), or its rows would count twice once archived
         again. The data object goes too, where Object Lock allows: engines that read the table's
         folder as it lies would read its rows. Under Object Lock it stays, with a record even when

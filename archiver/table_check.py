@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 
 from common.config import TableConfig
-from common.db import qualified, table_oid, table_schema, unique_keys
+from common.pg.db import qualified, table_oid, table_schema, unique_keys
 from common.epoch import UNITS, from_epoch, is_integer_time, plausible_units
 from common.errors import UsageError
 from common.pgtypes import Column, TableSchema

@@ -35,12 +35,12 @@ from archiver.sink import ArchiveSink, FallbackFull
 from archiver.table_check import inspect_table
 from common import iceberg
 from common.config import Config, DatabaseConfig, ResolvedOptions, TableConfig
-from common.db import apply_settings, table_unlock, try_table_lock
-from common.digest import secret as digest_secret
+from common.pg.db import apply_settings, table_unlock, try_table_lock
+from common.archive.digest import secret as digest_secret
 from common.errors import ArchiverError, first_line
 from common.expiry import count_untimed, cutoff_for, database_now, untimed_message
-from common.manifest import Manifest
-from common.storage import BytesRefused
+from common.archive.manifest import Manifest
+from common.archive.storage import BytesRefused
 
 log = logging.getLogger("archiver")
 #: Stored batches whose rows one DELETE removes together.
@@ -117,7 +117,7 @@ class TableJob:
         iceberg.after_change(self.cfg, self.sink.primary, self.db.name, self.t.schema_, self.t.name)
 
     def _references(self, oid: int) -> tuple[Reference, ...]:
-        """The references whose referenced rows stay in the table (archiver/family_job.py moves
+        """The references whose referenced rows stay in the table (archiver/family/job.py moves
         the referencing rows along instead)."""
         return blocking_references(self.conn, oid, self.result.name, deletes=self.opts.delete_after_archive)
 

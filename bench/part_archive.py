@@ -7,8 +7,8 @@ from typing import Any
 from bench import baseline
 from bench.context import Archived, Context
 from bench.env import s3_requests
-from common.storage import S3Storage
-from common.table_index import by_table, load_table
+from common.archive.storage import S3Storage
+from common.archive.table_index import by_table, load_table
 from bench.pgstats import ServerCost, ServerProbe
 from bench.report import PartResult
 from bench.seed import count
@@ -55,7 +55,7 @@ def keep_least(part: PartResult, side: str, cost: ServerCost | None) -> None:
 
 def archived_rows(ctx: Context, archived: Archived) -> tuple[int, int, int]:
     """(rows, objects, bytes) according to the manifests in the archiver's bucket (the objects that
-    count as archived: common/table_index.py)."""
+    count as archived: common/archive/table_index.py)."""
     store = S3Storage(ctx.client, archived.bucket)
     rows = objects = nbytes = 0
     for table, _infos in by_table(store.list(""), ""):

@@ -20,7 +20,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("read from PostgreSQL (ADBC binary COPY)", ("archiver/arrow_source.py", "read_window (")),
     ("Parquet/JSONL encode", ("common/batch_writer.py",)),
     ("day split + batching", ("archiver/reader.py",)),
-    ("upload + verify (S3)", ("archiver/sink.py", "common/storage.py", "botocore/", "boto3/", "urllib3/")),
+    ("upload + verify (S3)", ("archiver/sink.py", "common/archive/storage.py", "botocore/", "boto3/", "urllib3/")),
     ("DELETE + commit", ("._delete (", "Connection.commit (psycopg")),
     ("reader waits for uploader (queue full)", ("Queue.put (",)),
     ("uploader waits for reader (queue empty)", ("._next (", "Queue.get (")),

@@ -26,7 +26,7 @@ from bench.context import Context
 from bench.env import REPO, moto_endpoint, s3_client
 from bench.report import PartResult, server_table, table, write_json
 from bench.seed import databases
-from common.db import describe_target
+from common.pg.db import describe_target
 from common.errors import first_line
 
 DEFAULT_DSN = "host=127.0.0.1 port=5432 user=root dbname=postgres"

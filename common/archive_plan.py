@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from itertools import groupby
 
-from common.catalog import ArchiveObject, Catalog, TableRef
+from common.archive.catalog import ArchiveObject, Catalog, TableRef
 
 
 @dataclass

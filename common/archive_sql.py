@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from common import batch_writer
-from common.catalog import ArchiveObject, Catalog
+from common.archive.catalog import ArchiveObject, Catalog
 from common.errors import UsageError, first_line
 from common.arrow_types import Exceptions, exceptions_of
 from common.conform import conform, reader_schema

@@ -115,7 +115,7 @@ class TableConfig(TableOptions):
     where: str | None = None
     #: Tables that reference this one through a foreign key (issue 28): `refuse` (the default)
     #: refuses a reference that ON DELETE would change; `archive` moves the referencing rows, at
-    #: any depth, with the rows they reference (archiver/family_job.py).
+    #: any depth, with the rows they reference (archiver/family/job.py).
     children: Literal["refuse", "archive"] = "refuse"
 
     @model_validator(mode="after")
@@ -133,7 +133,7 @@ class TableConfig(TableOptions):
 
 
 class DatabaseTimeouts(_Strict):
-    """How long a tool waits on a silent PostgreSQL (issue 31; common/pg_watchdog.py). libpq's
+    """How long a tool waits on a silent PostgreSQL (issue 31; common/pg/watchdog.py). libpq's
     own limits end a connection whose peer stopped acknowledging (tcp_user_timeout, keepalives);
     the watchdog ends one that is acknowledged but unanswered (a proxy or a failed-over primary that
     keeps the connection open): after silence_seconds without a byte it asks the server over a new
@@ -170,7 +170,7 @@ class DatabaseConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _not_the_control_folder(cls, value: str) -> str:
-        # The database's folder would be the archive's control folder (common/layout.py).
+        # The database's folder would be the archive's control folder (common/archive/layout.py).
         if value == "_control":
             raise ValueError("'_control' is the name of the archive's control folder: choose another name")
         return value

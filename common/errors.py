@@ -79,7 +79,7 @@ class SessionLost(ArchiverError):
 
 
 class DatabaseSilent(SessionLost):
-    """The server stopped answering a session (common/pg_watchdog.py gave up on it): exit 3, kind
+    """The server stopped answering a session (common/pg/watchdog.py gave up on it): exit 3, kind
     database; a run ends with exit 3 on it (psycopg sessions raise pg_watchdog.ServerSilent, which
     carries the same `silent` mark)."""
 

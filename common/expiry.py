@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from psycopg import sql
 
 from common.config import TableConfig
-from common.db import qualified
+from common.pg.db import qualified
 from common.epoch import from_epoch, to_epoch
 from common.pgtypes import TableSchema
 

@@ -1,7 +1,7 @@
 """Named points where tests step in (issue 3): a tool hands its components one Hook and they call
 it with the point's name; production runs hand them the environment's, a no-op unless
 ARCHIVER_TEST_KILL_AT is set. The archiver's points are listed in archiver/hooks.py, the erase
-tool's in common/replace.py."""
+tool's in common/archive/replace.py."""
 from __future__ import annotations
 
 import os

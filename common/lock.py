@@ -6,7 +6,7 @@ A locked object version cannot be deleted until its retain-until date (COMPLIANC
 GOVERNANCE: only with s3:BypassGovernanceRetention). A DELETE without a version id still
 "succeeds" in a locked (always versioned) bucket: it only lays a delete marker over the version,
 and anyone allowed to delete the marker brings the object back. So the archiver never relies on a
-delete of a locked object: it takes a batch back with a withdrawal record (common/withdrawals.py)."""
+delete of a locked object: it takes a batch back with a withdrawal record (common/archive/withdrawals.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

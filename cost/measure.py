@@ -14,12 +14,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from common import layout, manifest_sets
+from common.archive import layout, manifest_sets
 from common.config import Config
 from common.errors import ArchiverError, ConfigError, DataIntegrityError
-from common.manifest import Manifest
-from common.s3client import fallback_storage, primary_storage
-from common.storage import ObjectInfo, Storage
+from common.archive.manifest import Manifest
+from common.archive.s3client import fallback_storage, primary_storage
+from common.archive.storage import ObjectInfo, Storage
 
 log = logging.getLogger("archiver.cost")
 _READERS = 8

@@ -12,10 +12,10 @@ DAYS_PER_MONTH = 30
 #: Assumed size of an archive object when neither --objects, --avg-object-mb nor a measurement says.
 DEFAULT_OBJECT_MB = Decimal(4)
 #: Assumed size of an archive object's manifest. The archiver stores them in manifest sets of up to
-#: 8 (common/manifest_sets.py); the estimate prices each as an object and a PUT of its own, an upper
+#: 8 (common/archive/manifest_sets.py); the estimate prices each as an object and a PUT of its own, an upper
 #: bound that errs on the side of the bill.
 DEFAULT_MANIFEST_KB = Decimal("2.5")
-#: Where the archiver writes every manifest whatever s3.storage_class is (common/storage.py
+#: Where the archiver writes every manifest whatever s3.storage_class is (common/archive/storage.py
 #: S3Storage.put): readable without a restore, and not billed at the IA classes' 128 KB minimum.
 MANIFEST_CLASS = "STANDARD"
 

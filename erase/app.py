@@ -1,7 +1,7 @@
 """The erase tool behind the CLI (issue 17): find the objects holding rows that match --where, refuse
 the table when any of them cannot be rewritten (COMPLIANCE lock, or not readable without an S3
 restore), otherwise replace each, record the erasure in the table's digest chain, and remove the
-old objects (common/replace.py says in what order, and why a kill at any point is safe)."""
+old objects (common/archive/replace.py says in what order, and why a kill at any point is safe)."""
 from __future__ import annotations
 
 import logging
@@ -12,20 +12,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from common import digest, holds, iceberg, replace
-from common.catalog import Catalog, TableRef, resolve_table
+from common import iceberg
+from common.archive import digest, replace
+from common.lifecycle import holds
+from common.archive.catalog import Catalog, TableRef, resolve_table
 from common.cli import Environment
 from common.config import Config, load_config
 from common.errors import ArchiverError, UsageError
 from common.exit_codes import ExitCode
-from common.hold_scope import holding
+from common.lifecycle.hold_scope import holding
 from common.hooks import Hook, env_hook
 from common.jsonout import render_json
 from common.lock import head_lock
 from common.logging_setup import setup_logging
-from common.manifest import sha256_hex
-from common.s3client import check_object_lock
-from common.storage import S3Storage
+from common.archive.manifest import sha256_hex
+from common.archive.s3client import check_object_lock
+from common.archive.storage import S3Storage
 from erase.find import Found, find
 from erase.rewrite import Replaced, erasure, rewrite
 
@@ -139,7 +141,7 @@ def _held(catalog: Catalog, ref: TableRef, found: Found) -> list[tuple[str, str]
 
 def _record_and_remove(cfg: Config, catalog: Catalog, out: Outcome, *, key_secret: bytes | None, hook: Hook) -> None:
     """The digest of this erasure (and of any an interrupted run left unrecorded), then the old
-    objects (common/replace.py). An interrupted --migrate-layout rewrite is finished too: it is
+    objects (common/archive/replace.py). An interrupted --migrate-layout rewrite is finished too: it is
     recorded without an erasure record (it erased nothing)."""
     pending = list(out.found.interrupted)
     ref = out.ref

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from common.archive_plan import plan
 from common.archive_sql import Engine, Query, union_schema
-from common.catalog import ArchiveObject, Catalog, TableRef
+from common.archive.catalog import ArchiveObject, Catalog, TableRef
 from common.arrow_types import exceptions_of
 
 

@@ -1,5 +1,5 @@
 """Rewriting one object without the erased rows, crash-safely, on the replace machinery erase shares
-with `archiver --migrate-layout` (common/replace.py, which says in what order the replacement is
+with `archiver --migrate-layout` (common/archive/replace.py, which says in what order the replacement is
 stored, the digest written and the old object removed, and at which points ARCHIVER_TEST_KILL_AT
 kills: after_replacement, after_erase_digest, after_old_removed). A rerun finds a replacement whose
 old object is still there (catalog.superseded), records it in the digest if no digest does yet, and
@@ -10,16 +10,17 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from common import batch_writer, replace
+from common import batch_writer
+from common.archive import replace
 from common.archive_sql import Engine
-from common.catalog import ArchiveObject, Catalog
-from common.digest import Erasure
+from common.archive.catalog import ArchiveObject, Catalog
+from common.archive.digest import Erasure
 from common.errors import DataIntegrityError
 from common.hooks import Hook
 from common.conform import conform
 from common.arrow_types import exceptions_of, split_exceptions, with_exceptions
 from common.pgtypes import arrow_schema, column_docs, encodings_of
-from common.replace import Replaced
+from common.archive.replace import Replaced
 
 __all__ = ["Replaced", "erasure", "rewrite"]
 

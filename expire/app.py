@@ -9,16 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from common import digest, holds as holds_mod, iceberg
-from common.catalog import Catalog, TableRef, resolve_table
+from common import iceberg
+from common.archive import digest
+from common.lifecycle import holds as holds_mod
+from common.archive.catalog import Catalog, TableRef, resolve_table
 from common.cli import Environment, check_configured_tables, table_matches
 from common.config import Config, load_config
 from common.exit_codes import ExitCode
 from common.hooks import Hook, env_hook
 from common.jsonout import render_json
 from common.logging_setup import setup_logging
-from common.s3client import check_object_lock
-from common.table_session import table_session
+from common.archive.s3client import check_object_lock
+from common.lifecycle.table_session import table_session
 from expire.metrics import write_textfile
 from expire.outcome import TableOutcome
 from expire.plan import Bucket, Plan, make_plan

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from common.files import atomic_write
-from common.holds import age_days
+from common.lifecycle.holds import age_days
 from expire.outcome import TableOutcome
 
 KEPT_REASONS = ("legal_hold", "s3_legal_hold", "object_lock")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.catalog import TableRef
-from common.holds import Hold
+from common.archive.catalog import TableRef
+from common.lifecycle.holds import Hold
 from expire.plan import Plan
 from expire.table import Done
 

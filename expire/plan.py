@@ -2,7 +2,7 @@
 
 An object is due when its newest row (its manifest's max_ts) is older than the table's
 archive_retention_days by the database's clock. A due object is kept when an active legal hold
-holds it (common/hold_scope.py), when S3 reports a legal hold on it, or while its Object Lock
+holds it (common/lifecycle/hold_scope.py), when S3 reports a legal hold on it, or while its Object Lock
 retention has not ended (the date is reported). Objects still in the fallback directory are left to
 the drain: expiry deletes from the archive store only."""
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from common.catalog import ArchiveObject, Catalog, TableRef
-from common.hold_scope import holding
-from common.holds import Hold
-from common.legal_hold import bucket_locked
+from common.archive.catalog import ArchiveObject, Catalog, TableRef
+from common.lifecycle.hold_scope import holding
+from common.lifecycle.holds import Hold
+from common.lifecycle.legal_hold import bucket_locked
 from common.lock import head_lock
-from common.storage import S3Storage
+from common.archive.storage import S3Storage
 
 log = logging.getLogger("expire")
 

@@ -2,7 +2,7 @@
 
 1. finish what an interrupted expiry left: objects its record names that the chain still lists,
    or that are still stored;
-2. the expiry record (common/expirations.py): from here on no reader counts the objects;
+2. the expiry record (common/archive/expirations.py): from here on no reader counts the objects;
 3. the digest (kind `expire`): the chain says which objects went, how many rows, when;
 4. the deletes: the data objects (every version in a versioned bucket), legacy sidecars, and the
    manifest sets none of whose manifests counts any more;
@@ -18,12 +18,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from common import digest, expirations, layout
-from common.catalog import ArchiveObject, Catalog, TableRef
+from common.archive import digest, layout
+from common.archive import expirations
+from common.archive.catalog import ArchiveObject, Catalog, TableRef
 from common.errors import first_line
 from common.hooks import Hook
-from common.manifest_sets import read as read_set, read_sidecar
-from common.table_index import TableIndex, TableListing, load_table
+from common.archive.manifest_sets import read as read_set, read_sidecar
+from common.archive.table_index import TableIndex, TableListing, load_table
 from expire.plan import Bucket, Plan
 
 log = logging.getLogger("expire")

@@ -1,7 +1,7 @@
 """The hold tool behind the CLI (issue 29): place a legal hold on a table's archived objects (by
 days, by rows, or the whole table), release one, or list them.
 
-Placing: the hold record first (common/holds.py; from then on every tool honours it), then, on a
+Placing: the hold record first (common/lifecycle/holds.py; from then on every tool honours it), then, on a
 bucket with Object Lock, S3's own legal hold on each object it holds, then the digest. Releasing:
 the release record, then S3's legal hold lifted from the objects no other hold in force holds,
 then the digest. A kill -9 between the steps leaves the hold in force (placing) or released
@@ -14,19 +14,20 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from common import digest, holds as holds_mod
-from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
+from common.archive import digest
+from common.lifecycle import holds as holds_mod
+from common.archive.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
 from common.cli import Environment
 from common.config import Config, load_config
 from common.errors import UsageError
 from common.exit_codes import ExitCode
-from common.hold_scope import engine, holding, matches
+from common.lifecycle.hold_scope import engine, holding, matches
 from common.hooks import Hook, env_hook
 from common.jsonout import render_json
 from common.logging_setup import setup_logging
-from common.s3client import check_object_lock
-from common.table_session import table_session
-from common.legal_hold import Legal
+from common.archive.s3client import check_object_lock
+from common.lifecycle.table_session import table_session
+from common.lifecycle.legal_hold import Legal
 
 log = logging.getLogger("hold")
 

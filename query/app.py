@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import pyarrow as pa
 
-from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
+from common.archive.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
 from common.cli import Environment
 from common.config import load_config
 from common.errors import UsageError

@@ -11,11 +11,11 @@ import logging
 from datetime import date
 from typing import Any
 
-from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
+from common.archive.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
 from common.config import Config
 from common.errors import ArchiverError, UsageError
-from common import manifest_sets
-from common.layout import control_database_prefix, is_manifest_set, table_of_control
+from common.archive import manifest_sets
+from common.archive.layout import control_database_prefix, is_manifest_set, table_of_control
 from restore.engine import RestoreReport, restore_objects, select_objects
 
 log = logging.getLogger("restore")

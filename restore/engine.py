@@ -11,11 +11,11 @@ from typing import Any
 import psycopg
 
 from common.config import Config
-from common.db import application_name, connect, conninfo, session_settings
+from common.pg.db import application_name, connect, conninfo, session_settings
 from common.errors import ArchiverError, SessionLost, UsageError, first_line, session_lost
 from common.hooks import env_hook
 from common.pgtypes import TableSchema
-from common.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
+from common.archive.catalog import ArchiveObject, Catalog, TableRef, parse_range, resolve_table
 from restore.commits import CommitBatch, Progress
 from restore.drift import ColumnPlan, plan_columns
 from restore.loader import STRATEGIES, Loader, ObjectResult, prefetched, prepare

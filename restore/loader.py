@@ -28,12 +28,12 @@ from psycopg import sql
 
 from common import batch_writer
 from common.errors import ArchiverError, DataIntegrityError, session_lost
-from common.manifest import Manifest
+from common.archive.manifest import Manifest
 from common.arrow_types import Exceptions, exceptions_of, pg_texts
 from common.pgtypes import TableSchema, read_archive_metadata
 from common.readahead import in_order
 from common.units import rows_within
-from common.catalog import ArchiveObject, Catalog, TableRef
+from common.archive.catalog import ArchiveObject, Catalog, TableRef
 from restore import copybinary
 from restore.copytext import to_copy_text
 from restore.drift import ColumnPlan

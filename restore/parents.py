@@ -13,8 +13,8 @@ import pyarrow as pa
 from psycopg import sql
 
 from common import batch_writer
-from common.catalog import ArchiveObject, Catalog
-from common.db import qualified, table_oid, table_schema
+from common.archive.catalog import ArchiveObject, Catalog
+from common.pg.db import qualified, table_oid, table_schema
 from common.errors import ArchiverError
 from common.key_range import natural_column
 

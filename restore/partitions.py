@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from common.catalog import ArchiveObject
-from common.db import qualified
+from common.archive.catalog import ArchiveObject
+from common.pg.db import qualified
 from common.errors import ArchiverError, DataIntegrityError, session_lost
 
 log = logging.getLogger("restore")

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from common.jsonout import render_json
 from common.units import human_bytes
-from common.catalog import ArchiveObject
+from common.archive.catalog import ArchiveObject
 from restore.engine import RestoreReport
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from common.db import find_table_oid, primary_key_columns, qualified, table_schema, table_unlock, try_table_lock, unique_keys
+from common.pg.db import find_table_oid, primary_key_columns, qualified, table_schema, table_unlock, try_table_lock, unique_keys
 from common.errors import ArchiverError, DataIntegrityError, UsageError
 from common.pgtypes import TableSchema
 

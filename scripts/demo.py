@@ -71,7 +71,7 @@ def connect_or_explain(dsn: str) -> psycopg.Connection:
     except psycopg.OperationalError as exc:
         d = conninfo_to_dict(dsn)
         where = f"{d.get('host', 'localhost')}:{d.get('port', 5432)} as user {d.get('user', '?')}"
-        from common.db import libpq_reason
+        from common.pg.db import libpq_reason
 
         reason = libpq_reason(exc)
         sys.exit(f"demo: cannot reach PostgreSQL at {where}: {reason}\n"
@@ -169,7 +169,7 @@ def config_document(dsn: str, store: dict[str, Any]) -> dict[str, Any]:
 
 def archive(dsn: str, seeded: int) -> None:
     from common.config import load_config
-    from common.s3client import primary_storage
+    from common.archive.s3client import primary_storage
 
     cfg = load_config(CONFIG)
     python, config = shown(Path(sys.executable), ROOT), shown(CONFIG, ROOT)

@@ -4,9 +4,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from common import layout, manifest_sets, withdrawals
-from common.manifest import Manifest
-from common.storage import Storage
+from common.archive import layout, manifest_sets, withdrawals
+from common.archive.manifest import Manifest
+from common.archive.storage import Storage
 from common.units import human_bytes
 
 

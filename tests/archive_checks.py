@@ -11,14 +11,14 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from common import batch_writer
-from common.manifest import Manifest
-from common.storage import Storage
-from common.table_index import by_table, load_table
+from common.archive.manifest import Manifest
+from common.archive.storage import Storage
+from common.archive.table_index import by_table, load_table
 
 
 def archived(store: Storage, prefix: str = "", *, root: str = "") -> dict[str, Manifest]:
     """Every data object under `prefix` that counts as archived in the store (its manifest recorded,
-    not withdrawn; common/table_index.py), with its manifest: the definition every reader uses.
+    not withdrawn; common/archive/table_index.py), with its manifest: the definition every reader uses.
     `root`: the archive's s3.prefix."""
     out: dict[str, Manifest] = {}
     for ident, _infos in by_table(store.list(prefix), root):
@@ -94,8 +94,8 @@ def edit_manifest(store: Storage, key: str, prefix: str = "", **changes: Any) ->
     its entry's identity recomputed: what someone rewriting the archive by hand would do."""
     import json
 
-    from common.manifest import sha256_hex
-    from common.manifest_sets import entry_bytes
+    from common.archive.manifest import sha256_hex
+    from common.archive.manifest_sets import entry_bytes
 
     skey = set_holding(store, key, prefix)
     doc = json.loads(store.get(skey))
@@ -111,7 +111,7 @@ def drop_manifest(store: Storage, key: str, prefix: str = "") -> None:
     """Remove `key`'s entry from the set that holds it (the set stored again)."""
     import json
 
-    from common.manifest import sha256_hex
+    from common.archive.manifest import sha256_hex
 
     skey = set_holding(store, key, prefix)
     doc = json.loads(store.get(skey))
@@ -123,12 +123,12 @@ def drop_manifest(store: Storage, key: str, prefix: str = "") -> None:
 def copy_archived(source: Storage, target: Storage, key: str, new_key: str | None = None, prefix: str = "") -> str:
     """Copy an archived object and its manifest (in a set of its own) to `target`, under `new_key`
     if given (its manifest then names that key): what an archiver would have written there."""
-    from common import manifest_sets
+    from common.archive import manifest_sets
 
     manifest = archived(source, root=prefix)[key]
     data = source.get(key)
     if new_key is not None:
-        from common import layout
+        from common.archive import layout
 
         parsed = layout.parse_key(prefix, new_key)
         assert parsed is not None

@@ -1,5 +1,5 @@
 """Helpers of the compliance tests (issue 17): a bucket with Object Lock, and what the archive
-holds as every reader counts it (through common.catalog, which skips withdrawn batches)."""
+holds as every reader counts it (through common.archive.catalog, which skips withdrawn batches)."""
 from __future__ import annotations
 
 import uuid
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from common import batch_writer
-from common.catalog import Catalog, resolve_table
+from common.archive.catalog import Catalog, resolve_table
 from common.config import Config
 
 

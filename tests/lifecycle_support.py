@@ -16,11 +16,11 @@ import psycopg
 
 from archive_checks import archived
 from archiver.runner import run_archive
-from common import digest
-from common.catalog import parse_ts
+from common.archive import digest
+from common.archive.catalog import parse_ts
 from common.cli import Environment
 from common.config import load_config
-from common.storage import S3Storage
+from common.archive.storage import S3Storage
 from conftest import make_config, seed_audit
 from expire.app import ExpireOptions, run as expire
 from hold.app import HoldOptions, run as hold

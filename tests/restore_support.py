@@ -17,10 +17,10 @@ from psycopg import sql
 
 from archive_checks import archived
 from archiver.runner import run_archive
-from common import layout
+from common.archive import layout
 from common.config import Config, load_config
-from common.manifest import Manifest
-from common.storage import S3Storage
+from common.archive.manifest import Manifest
+from common.archive.storage import S3Storage
 from common.pgtypes import SESSION_SETTINGS
 from conftest import AUDIT_DDL, make_config, throwaway_database
 

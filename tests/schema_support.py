@@ -15,7 +15,7 @@ from psycopg import sql
 
 from archive_checks import archived
 from common import batch_writer
-from common.storage import Storage
+from common.archive.storage import Storage
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = ("tenant_id", "id")

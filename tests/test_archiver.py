@@ -18,13 +18,14 @@ from archiver.controls import RunControls
 from archiver.main import cli
 from archiver.app import ArchiverOptions
 from archiver.runner import dry_run, run_archive
-from common import batch_writer, layout
+from common import batch_writer
+from common.archive import layout
 from common.config import TableConfig, load_config
-from common.db import table_oid, table_schema
+from common.pg.db import table_oid, table_schema
 from common.expiry import ExpiredRows
 from common.exit_codes import ExitCode
-from common.s3client import make_client
-from common.storage import LocalStorage, S3Storage
+from common.archive.s3client import make_client
+from common.archive.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
 from schema_support import LONG_SCHEMA, LONG_TABLE
 from s3_events import once_after

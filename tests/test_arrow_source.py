@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from archiver.arrow_source import ArrowSource
-from common.db import session_settings
+from common.pg.db import session_settings
 from common.errors import DatabaseError, ServiceUnavailable
 from common.pgtypes import _uuid_text
 

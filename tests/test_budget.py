@@ -23,7 +23,7 @@ from archiver.runner import run_archive
 from common import batch_writer
 from common.config import load_config
 from common.exit_codes import ExitCode
-from common.storage import LocalStorage
+from common.archive.storage import LocalStorage
 from conftest import make_config
 
 T = TypeVar("T")

@@ -26,9 +26,10 @@ from archiver.runner import dry_run, run_archive
 from restore.children import restore_family
 from restore.engine import restore
 from validate.checks import validate
-from common import batch_writer, layout
+from common import batch_writer
+from common.archive import layout
 from common.config import load_config
-from common.storage import S3Storage
+from common.archive.storage import S3Storage
 from conftest import make_config
 
 ROOT = Path(__file__).resolve().parent.parent

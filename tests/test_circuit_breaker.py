@@ -17,12 +17,12 @@ import pytest
 
 from archive_checks import archived
 from archiver.sink import ArchiveSink
-from common import layout
+from common.archive import layout
 from common.config import load_config
-from common.fallback import FallbackDir
-from common.manifest import Manifest
-from common.s3client import make_client
-from common.storage import S3Storage
+from common.archive.fallback import FallbackDir
+from common.archive.manifest import Manifest
+from common.archive.s3client import make_client
+from common.archive.storage import S3Storage
 from conftest import make_config
 from tcp_proxy import TcpProxy
 

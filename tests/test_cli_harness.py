@@ -24,7 +24,7 @@ from common.errors import ConfigError, UsageError
 from common.exit_codes import ExitCode
 from cost.app import CostOptions
 from cost.app import run as run_cost
-from common.catalog import resolve_table
+from common.archive.catalog import resolve_table
 from validate.inventory import build_scope
 from wizard.introspect import TableInfo, resolve_table as wizard_resolve_table
 

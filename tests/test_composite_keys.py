@@ -16,7 +16,7 @@ from archiver import reader
 from archiver.runner import run_archive
 from common.config import load_config
 from common.exit_codes import ExitCode
-from common.storage import LocalStorage, S3Storage
+from common.archive.storage import LocalStorage, S3Storage
 from conftest import make_config
 from restore.engine import restore
 from restore.loader import RestoreConflict

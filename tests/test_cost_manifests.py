@@ -17,9 +17,9 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from common import layout
-from common.manifest import sha256_hex
-from common.storage import S3Storage
+from common.archive import layout
+from common.archive.manifest import sha256_hex
+from common.archive.storage import S3Storage
 from conftest import make_config
 from cost.estimate import monthly_cost_by_class
 from cost.main import cli

@@ -13,10 +13,10 @@ import yaml
 from click.testing import CliRunner, Result
 
 from archive_checks import archived
-from common import layout
+from common.archive import layout
 from common.config import load_config
-from common.manifest import Manifest, sha256_hex
-from common.storage import LocalStorage, S3Storage
+from common.archive.manifest import Manifest, sha256_hex
+from common.archive.storage import LocalStorage, S3Storage
 from conftest import free_port, make_config, seed_audit
 from cost.main import cli
 from test_cost_cli import as_json

@@ -16,7 +16,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from archive_checks import archived_ids, assert_invariant, table_ids
 from common.exit_codes import ExitCode
-from common.storage import S3Storage
+from common.archive.storage import S3Storage
 from conftest import make_config, seed_audit
 from schema_support import archiver, seed_partitioned
 

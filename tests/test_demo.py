@@ -26,10 +26,10 @@ from botocore.exceptions import EndpointConnectionError
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from common import digest, layout, manifest_sets, withdrawals
+from common.archive import digest, layout, manifest_sets, withdrawals
 from common.config import parse_config
-from common.manifest import sha256_hex
-from common.storage import LocalStorage
+from common.archive.manifest import sha256_hex
+from common.archive.storage import LocalStorage
 from conftest import ADMIN_DSN
 from demo_support import REPO, demo_steps, demo_summary
 from demo_support import demo as demo_script

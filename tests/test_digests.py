@@ -21,13 +21,13 @@ import pytest
 from archiver.hooks import HOOK_ENV
 from archiver.runner import run_archive
 from archive_checks import archived, drop_manifest, edit_manifest
-from common import layout, manifest_sets
-from common.storage import S3Storage
+from common.archive import layout, manifest_sets
+from common.archive.storage import S3Storage
 from common.config import Config, load_config
-from common.digest import Digest
+from common.archive.digest import Digest
 from common.errors import ConfigError
 from common.exit_codes import ExitCode
-from common.manifest import Manifest, hex_to_b64, sha256_hex
+from common.archive.manifest import Manifest, hex_to_b64, sha256_hex
 from compliance_support import all_keys, locked_bucket  # noqa: F401 - fixture
 from conftest import make_config
 from validate.checks import validate

@@ -42,7 +42,7 @@ from archiver.app import ArchiverOptions, check_filters, make_controls
 from archiver.app import run as run_archiver_app
 from archiver.runner import run_archive
 from archive_checks import drop_manifest
-from common.storage import LocalStorage
+from common.archive.storage import LocalStorage
 from common.config import DatabaseConfig, load_config, parse_config
 from common.exit_codes import ExitCode
 from archiver.ops.health import HealthChecker, RunState
@@ -61,7 +61,7 @@ from demo_support import DEMO_CONFIG, demo_config
 from docs_support import (DEPLOY, EXAMPLE, LOG_PATH, README, REPO, RUNBOOK, SOURCES, Command, Grep, all_key_paths,
                           backticked, example_keys, extract_commands, fenced_blocks, field_for, headings, package_strings,
                           rel, runbook_greps, section, slug, table_rows, uncommented_example)
-from common.catalog import resolve_table
+from common.archive.catalog import resolve_table
 from restore.engine import parse_range
 from validate.inventory import build_scope
 from validate.report import PROBLEM_TYPES

@@ -16,7 +16,7 @@ from archiver.dry_run import plan
 from archiver.runner import run_archive
 from common.config import Config, load_config
 from common.exit_codes import ExitCode
-from common.storage import LocalStorage, S3Storage
+from common.archive.storage import LocalStorage, S3Storage
 from conftest import make_config
 from restore.engine import restore
 from restore_support import dump

@@ -29,7 +29,7 @@ from common.epoch import EPOCH, epoch_days, from_epoch, to_epoch
 from common.errors import UsageError
 from common.expiry import ClockReading
 from common.exit_codes import ExitCode
-from common.storage import LocalStorage
+from common.archive.storage import LocalStorage
 from conftest import make_config, throwaway_database
 from query.app import QueryOptions, run as run_query
 from restore.engine import restore

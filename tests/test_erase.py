@@ -18,8 +18,9 @@ import psycopg
 import pytest
 
 from archiver.runner import run_archive
-from common import batch_writer, layout
-from common.catalog import ArchiveNotFound, Catalog, resolve_table
+from common import batch_writer
+from common.archive import layout
+from common.archive.catalog import ArchiveNotFound, Catalog, resolve_table
 from common.cli import Environment
 from common.config import Config, load_config
 from common.exit_codes import ExitCode
@@ -235,7 +236,7 @@ def test_erasing_from_a_composite_key_table_keeps_whole_key_ranges(tmp_path: Pat
     """(tenant_id, id) keys: the replacement manifests carry the key as the archiver writes it
     (lists), and exactly the other tenants' rows stay archived."""
     from schema_support import archived_keys, seed_composite
-    from common.storage import S3Storage
+    from common.archive.storage import S3Storage
 
     seed_composite(pg)
     # 120 days: a dozen days archived, each object rewritten (every day holds each tenant's rows)

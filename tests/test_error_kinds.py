@@ -15,11 +15,11 @@ from archiver.ops.notify import NEXT_STEPS
 from archiver.runner import run_archive
 from archiver.sink import FallbackFull
 from common.config import load_config
-from common.db import connect
+from common.pg.db import connect
 from common.errors import (ArchiverError, ConfigError, DatabaseError, DatabaseUnavailable, DataIntegrityError, ErrorKind,
                            Interrupted, S3Unavailable, UsageError, classify)
 from common.exit_codes import ExitCode
-from common.manifest import Manifest, sha256_hex
+from common.archive.manifest import Manifest, sha256_hex
 
 from conftest import ADMIN_DSN, make_config
 
@@ -66,7 +66,7 @@ CASES: list[tuple[str, Callable[[int], BaseException], ExitCode, ErrorKind, str]
     ("a right the role lacks", lambda _: from_server("SET ROLE pg_read_all_stats; SELECT * FROM pg_authid"), ExitCode.FAILURE,
      ErrorKind.CONFIG, r"^the database role lacks a right: permission denied for table pg_authid \(docs/runbooks\.md"),
     ("libpq refused (raw)", refused_pg, ExitCode.UNAVAILABLE, ErrorKind.DATABASE, r"^database unreachable: connection .*refused"),
-    ("common.db.connect refused", lambda port: raised(lambda: connect(f"host=127.0.0.1 port={port} dbname=x user=x", {})),
+    ("common.pg.db.connect refused", lambda port: raised(lambda: connect(f"host=127.0.0.1 port={port} dbname=x user=x", {})),
      ExitCode.UNAVAILABLE, ErrorKind.DATABASE_UNREACHABLE, r"^cannot connect to database 127\.0\.0\.1:\d+/x: .*refused"),
     ("botocore endpoint refused", refused_s3, ExitCode.UNAVAILABLE, ErrorKind.S3, r"^S3 unreachable: Could not connect"),
     ("S3Unavailable", lambda _: S3Unavailable("S3 upload of k failed and no s3.local_fallback_dir is configured"),

@@ -18,8 +18,9 @@ import psycopg
 import pytest
 
 from archive_checks import archived, archived_ids, assert_invariant, table_ids
-from common import batch_writer, layout
-from common.storage import LocalStorage, S3Storage
+from common import batch_writer
+from common.archive import layout
+from common.archive.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,7 +252,7 @@ def test_signal_finishes_the_batch_and_exits_promptly(tmp_path: Path, pg_dsn: st
 # -- one archiver per table ------------------------------------------------------------------
 
 def _hold_table_lock(conn: psycopg.Connection[Any]) -> None:
-    from common.db import LOCK_CLASS
+    from common.pg.db import LOCK_CLASS
     oid = conn.execute("SELECT 'audit_logs'::regclass::oid").fetchone()[0]
     conn.execute("SELECT pg_advisory_lock(%s)", ((LOCK_CLASS << 32) | oid,))
 

@@ -24,7 +24,7 @@ from archiver.references import read_references
 from archiver.runner import run_archive
 from common.config import load_config
 from common.exit_codes import ExitCode
-from common.storage import LocalStorage, S3Storage
+from common.archive.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
 from schema_support import seed_partitioned
 

@@ -2,7 +2,7 @@
 the archiver registers the archive's own Parquet objects with pyiceberg, in a real SQL catalog (a
 throwaway database on the local PostgreSQL) and in the Iceberg REST catalog SeaweedFS serves. A
 pyiceberg scan and polars.scan_iceberg of the current snapshot return exactly the rows restore
-would bring back (common/catalog.py, as restore reads the archive): after a run, after erase,
+would bring back (common/archive/catalog.py, as restore reads the archive): after a run, after erase,
 after a kill -9 between the upload and the Iceberg commit, each row once. validate compares the
 snapshot's files with the manifests, and the dry run names the table and what it would register."""
 from __future__ import annotations
@@ -398,7 +398,7 @@ def test_a_catalog_that_is_down_fails_the_table_and_the_next_run_catches_up(
 def test_migrate_layout_registers_what_it_moves(scenario: Scenario) -> None:
     """An archive of the legacy layout (manifests beside their objects), archived before the section
     was there: --migrate-layout names what it would register, then moves and registers it."""
-    from common.storage import S3Storage
+    from common.archive.storage import S3Storage
     from test_layout import to_legacy
 
     doc = yaml.safe_load(scenario.config.read_text())

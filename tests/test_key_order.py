@@ -16,7 +16,7 @@ import pytest
 from archiver.controls import RunControls
 from archiver.runner import run_archive
 from common.config import load_config
-from common.storage import LocalStorage
+from common.archive.storage import LocalStorage
 from archive_checks import archived_ids, assert_invariant
 from conftest import make_config
 

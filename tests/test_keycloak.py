@@ -24,9 +24,9 @@ from click.testing import CliRunner, Result
 
 from archive_checks import archived_ids, assert_invariant, manifests, table_ids
 from archiver.main import cli as archiver_cli
-from common import layout
-from common.table_index import load_table
-from common.storage import S3Storage
+from common.archive import layout
+from common.archive.table_index import load_table
+from common.archive.storage import S3Storage
 from conftest import make_config, throwaway_database
 from erase.main import cli as erase_cli
 from query.main import cli as query_cli

@@ -21,13 +21,13 @@ import pytest
 
 from archive_checks import archived, archived_ids
 from archiver.runner import run_archive
-from common import layout, manifest_sets
-from common.manifest import sha256_hex
-from common.manifest_sets import entry_bytes
+from common.archive import layout, manifest_sets
+from common.archive.manifest import sha256_hex
+from common.archive.manifest_sets import entry_bytes
 from common.cli import Environment
 from common.config import load_config
 from common.exit_codes import ExitCode
-from common.storage import LocalStorage, S3Storage, Storage
+from common.archive.storage import LocalStorage, S3Storage, Storage
 from conftest import make_config
 from query.app import QueryOptions
 from query.app import run as query
@@ -198,8 +198,8 @@ def test_a_sidecar_whose_copies_differ_is_kept_and_reported(legacy: tuple[Path, 
 
 def test_fallback_directory_migrates_too(tmp_path: Path, local_archive: tuple[Path, int]) -> None:
     """A batch that waited in the fallback directory since before the upgrade keeps its manifest."""
-    from archiver.migrate import migrate_layout
-    from common.fallback import FallbackDir
+    from archiver.migration.layout import migrate_layout
+    from common.archive.fallback import FallbackDir
 
     fallback = FallbackDir(tmp_path / "fallback")
     key = legacy_batch(local_archive, fallback)
@@ -233,7 +233,7 @@ def test_taking_back_a_legacy_batch_records_it(tmp_path: Path, local_archive: tu
 def test_draining_a_batch_with_both_sidecars_uploads_it_once(tmp_path: Path, local_archive: tuple[Path, int],
                                                             s3_client: Any, bucket: str) -> None:
     from archiver.sink import ArchiveSink
-    from common.fallback import FallbackDir
+    from common.archive.fallback import FallbackDir
 
     fallback = FallbackDir(tmp_path / "fb")
     key = legacy_batch(local_archive, fallback)

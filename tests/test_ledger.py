@@ -15,11 +15,12 @@ from archiver.ledger import MoveLedger, position_after
 from archiver.selection import Bound
 from archiver.sink import ArchiveSink
 from archive_checks import archived
-from common import batch_writer, layout, manifest_sets
-from common.fallback import FallbackDir
-from common.manifest import Manifest, sha256_hex
+from common import batch_writer
+from common.archive import layout, manifest_sets
+from common.archive.fallback import FallbackDir
+from common.archive.manifest import Manifest, sha256_hex
 from common.pgtypes import Column, TableSchema
-from common.storage import LocalStorage, Storage
+from common.archive.storage import LocalStorage, Storage
 
 DB, SCHEMA, TABLE = "production_db", "public", "audit_logs"
 DAY = date(2024, 1, 1)

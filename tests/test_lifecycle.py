@@ -15,11 +15,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from common import layout
+from common.archive import layout
 from common.cli import Environment
-from common.db import table_oid, try_table_lock
+from common.pg.db import table_oid, try_table_lock
 from common.exit_codes import ExitCode
-from common.table_session import TableBusy
+from common.lifecycle.table_session import TableBusy
 from cost.app import CostOptions, run as cost
 from erase.app import EraseOptions, run as erase
 from expire.app import ExpireOptions, run as expire

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from archiver.runner import run_archive
-from common import layout
+from common.archive import layout
 from common.config import load_config
 from compliance_support import locked_bucket  # noqa: F401 - fixture
 from lifecycle_support import Archive, assert_valid, chain_kinds, cli, make_archive, run_expire, run_hold, write_config

@@ -6,11 +6,11 @@ import json
 from dataclasses import asdict
 from datetime import date
 
-from common import digest
-from common.expirations import ExpiredObject, ExpiryRecord, ExpiredSet
-from common.holds import Hold
-from common.table_index import TableIndex
-from common.withdrawals import Withdrawn
+from common.archive import digest
+from common.archive.expirations import ExpiredObject, ExpiryRecord, ExpiredSet
+from common.lifecycle.holds import Hold
+from common.archive.table_index import TableIndex
+from common.archive.withdrawals import Withdrawn
 from test_validate_parts import recorded
 
 

@@ -15,12 +15,12 @@ from archive_checks import archived_ids, assert_invariant, table_ids
 from archiver.app import ArchiverOptions, make_controls
 from archiver.runner import run_archive
 from archiver.pipeline import INFLIGHT_PER_UPLOAD
-from common import layout
+from common.archive import layout
 from common.cli import Environment
 from common.config import load_config
 from common.exit_codes import ExitCode
-from common.s3client import make_client
-from common.storage import LocalStorage, S3Storage
+from common.archive.s3client import make_client
+from common.archive.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit, throwaway_database
 from s3_events import once_after
 

@@ -1,4 +1,4 @@
-"""Directory stores (common/storage.py LocalStorage: local_dir and the fallback directory) keep S3's
+"""Directory stores (common/archive/storage.py LocalStorage: local_dir and the fallback directory) keep S3's
 keys, whose components may be longer than a filesystem name (255 bytes)."""
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from common import layout
-from common.fallback import FallbackDir
-from common.manifest import sha256_hex
-from common.storage import LocalStorage
+from common.archive import layout
+from common.archive.fallback import FallbackDir
+from common.archive.manifest import sha256_hex
+from common.archive.storage import LocalStorage
 
 DAY_KEY = "year=2024/month=01/day=01/part-20240101-abc.parquet"
 #: a schema.table of non-ASCII names as long as PostgreSQL allows, as layout quotes it: ~380 bytes

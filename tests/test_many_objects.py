@@ -30,12 +30,13 @@ from psycopg import sql
 
 from archive_checks import archived
 from archiver.runner import run_archive
-from common import batch_writer, layout, manifest_sets
+from common import batch_writer
+from common.archive import layout, manifest_sets
 from common.cli import Environment
 from common.config import load_config
 from common.key_range import iso, key_range, natural_column
-from common.manifest import Manifest, sha256_hex
-from common.storage import S3Storage
+from common.archive.manifest import Manifest, sha256_hex
+from common.archive.storage import S3Storage
 from conftest import make_config, once_per_server, seed_audit, throwaway_database
 from erase.app import EraseOptions, run as erase
 from expire.app import ExpireOptions, run as expire

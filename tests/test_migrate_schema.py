@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import archiver.reader
-from archiver.migrate import migrate_layout
+from archiver.migration.layout import migrate_layout
 from archiver.runner import run_archive
-from common import layout
+from common.archive import layout
 from common.config import load_config
 from common.exit_codes import ExitCode
-from common.storage import S3Storage
+from common.archive.storage import S3Storage
 from compliance_support import catalog_ids, locked_bucket  # noqa: F401 - fixture
 from conftest import make_config
 from restore.engine import restore
@@ -150,7 +150,7 @@ def test_kill_during_the_rewrite_loses_and_duplicates_no_row(legacy: tuple[Path,
 
 def test_a_table_being_archived_is_skipped_and_the_migration_exits_1(legacy: tuple[Path, bytes], pg: psycopg.Connection[Any],
                                                                    bucket: str, s3_client: Any) -> None:
-    from common.db import find_table_oid, try_table_lock
+    from common.pg.db import find_table_oid, try_table_lock
 
     config, _before = legacy
     snapshot = versions(s3_client, bucket)

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from archiver.runner import run_archive
-from common import layout
+from common.archive import layout
 from common.config import load_config
 from common.errors import ConfigError
 from common.exit_codes import ExitCode

@@ -31,7 +31,7 @@ from common.errors import ConfigError
 from archiver.ops.health import HealthChecker, RunState
 from archiver.ops.http_server import serve_endpoints
 from archiver.ops.metrics import ArchiverMetrics
-from common.storage import LocalStorage
+from common.archive.storage import LocalStorage
 
 ISSUE_METRICS = ["archiver_rows_archived_total", "archiver_batches_total", "archiver_bytes_uploaded_total",
                  "archiver_batch_duration_seconds", "archiver_last_success_timestamp_seconds",
@@ -125,7 +125,7 @@ def test_batches_waiting_in_the_fallback_directory_are_degraded(pg_dsn: str, tmp
     cfg = config(tmp_path, dsn=pg_dsn)  # storage: local, fallback dir configured but unused by local
     cfg = cfg.model_copy(update={"storage": "s3", "s3": cfg.s3.model_copy(update={"endpoint_url": closed_endpoint()})})
     fb = LocalStorage(tmp_path / "fallback", location="fallback")
-    from common.manifest import sha256_hex
+    from common.archive.manifest import sha256_hex
     for key, data in [("db/public.t/year=2020/month=01/day=01/part-1.parquet", b"x" * 100),
                       ("db/public.t/year=2020/month=01/day=01/part-1.parquet.manifest.json", b"{}")]:
         fb.put(key, data, sha256=sha256_hex(data))

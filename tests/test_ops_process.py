@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import yaml
 from archive_checks import archived
-from common.storage import LocalStorage
+from common.archive.storage import LocalStorage
 from conftest import free_port, make_config, seed_audit
 from conftest import http_get as fetch
 from prometheus_client.parser import text_string_to_metric_families

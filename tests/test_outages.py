@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from archive_checks import OnceAt, archived_ids, assert_invariant, table_ids
 from archiver.main import cli
 from archiver.runner import run_archive
-from common import layout
+from common.archive import layout
 from common.config import load_config
 from common.exit_codes import ExitCode
-from common.s3client import make_client
-from common.storage import LocalStorage, S3Storage
+from common.archive.s3client import make_client
+from common.archive.storage import LocalStorage, S3Storage
 from conftest import make_config, seed_audit
 from schema_support import LONG_SCHEMA, LONG_TABLE
 from tcp_proxy import TcpProxy

@@ -21,8 +21,8 @@ from archive_checks import archived_ids, assert_invariant, table_ids
 from archiver.main import cli
 from archiver.ops.surface import OpsSurface
 from common.config import load_config
-from common.fallback import FallbackDir
-from common.storage import LocalStorage
+from common.archive.fallback import FallbackDir
+from common.archive.storage import LocalStorage
 
 HELD = "monitoring ports are held by another archiver of this config"
 

@@ -16,7 +16,7 @@ from archive_checks import archived_ids, assert_invariant, table_ids
 from archiver.runner import run_archive
 from common.config import load_config
 from common.exit_codes import ExitCode
-from common.storage import LocalStorage, S3Storage
+from common.archive.storage import LocalStorage, S3Storage
 from conftest import make_config
 from schema_support import archiver, partitions_of, seed_partitioned
 

@@ -14,7 +14,7 @@ from archiver.encoding import Encoded
 from archiver.hooks import Hook
 from archiver.pipeline import READ_AHEAD, BatchPipeline
 from archiver.reader import Batch
-from common.manifest import Manifest
+from common.archive.manifest import Manifest
 
 DAY = date(2024, 1, 1)
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from archive_checks import copy_archived
 
-from common.storage import S3Storage
+from common.archive.storage import S3Storage
 
 from conftest import make_config
 from restore.main import cli

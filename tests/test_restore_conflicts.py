@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from common.db import LOCK_CLASS
+from common.pg.db import LOCK_CLASS
 from common.config import load_config
 from common.errors import ArchiverError
 from conftest import make_config

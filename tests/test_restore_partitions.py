@@ -205,7 +205,7 @@ def test_a_bound_is_recorded_as_it_reads_back_where_the_database_turns_standard_
     # There pg_get_expr doubles a backslash ('ACME\\Corp'); restore reads bounds with the setting on,
     # so it would have created a partition for the value `ACME\\Corp`, and no row would fit it.
     from archiver.partitions import leaves
-    from common.db import apply_settings
+    from common.pg.db import apply_settings
     from common.pgtypes import SESSION_SETTINGS
     dbname = pg.execute("SELECT current_database()").fetchone()[0]
     pg.execute(f'ALTER DATABASE "{dbname}" SET standard_conforming_strings = off')

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from archive_checks import copy_archived
 
-from common.storage import S3Storage
+from common.archive.storage import S3Storage
 from common.errors import ArchiverError, DataIntegrityError
-from common.catalog import ArchiveNotFound
+from common.archive.catalog import ArchiveNotFound
 from restore.engine import list_archives, request_s3_restore, restore
 from restore.main import cli
 from restore_support import Archived, archive, seed_days, arch, shared  # noqa: F401 - fixtures

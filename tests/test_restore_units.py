@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import DataIntegrityError, UsageError
 from common.pgtypes import Column, TableSchema
-from common.catalog import parse_ts
+from common.archive.catalog import parse_ts
 from restore.copytext import to_copy_text
 from restore.drift import SchemaDrift, plan_columns
 from restore.engine import parse_range

@@ -13,8 +13,8 @@ from archiver.runner import run_archive
 from common.config import load_config
 from common.errors import ErrorKind
 from common.exit_codes import ExitCode
-from common.s3client import make_client
-from common.storage import S3Storage
+from common.archive.s3client import make_client
+from common.archive.storage import S3Storage
 from conftest import make_config
 from validate.checks import validate
 

@@ -1,4 +1,4 @@
-"""How an upload is verified before rows are deleted on its strength (issue 2, common/storage.py):
+"""How an upload is verified before rows are deleted on its strength (issue 2, common/archive/storage.py):
 by the checksum S3 returns for the PUT, else by a HEAD. Against a local HTTP endpoint that answers
 like S3 but can be made to lie (moto echoes whatever checksum it is sent)."""
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pytest_httpserver import HTTPServer
 
 from common.config import load_config
 from common.errors import DataIntegrityError
-from common.manifest import hex_to_b64
-from common.s3client import make_client
-from common.storage import S3Storage
+from common.archive.manifest import hex_to_b64
+from common.archive.s3client import make_client
+from common.archive.storage import S3Storage
 from conftest import make_config
 
 BODY = b"archive bytes"

@@ -23,12 +23,12 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from archive_checks import archived_ids, assert_invariant, table_ids
-from common import layout
+from common.archive import layout
 from common.config import DatabaseTimeouts
-from common.db import connect
+from common.pg.db import connect
 from common.errors import DatabaseSilent
-from common.pg_watchdog import WATCHDOG, ServerSilent, remember, with_libpq_limits
-from common.storage import LocalStorage, S3Storage
+from common.pg.watchdog import WATCHDOG, ServerSilent, remember, with_libpq_limits
+from common.archive.storage import LocalStorage, S3Storage
 from conftest import free_port, http_get, make_config, seed_audit, throwaway_database
 from tcp_proxy import TcpProxy
 
@@ -39,7 +39,7 @@ LIMITS = {"silence_seconds": 1.5, "probe_seconds": 2, "connect_seconds": 2, "tcp
           "keepalives_idle_seconds": 2, "keepalives_interval_seconds": 1, "keepalives_count": 2}
 S3_LIMITS = {"connect_timeout": 1, "read_timeout": 1, "max_attempts": 2, "probe_interval_seconds": 3600}
 BOUND = 20.0
-#: The one-line messages of a silent database and a silent S3 (common/pg_watchdog.py, common/errors.py).
+#: The one-line messages of a silent database and a silent S3 (common/pg/watchdog.py, common/errors.py).
 PG_SILENT = ("stopped answering", "answer was lost", "timeout expired")
 S3_SILENT = ("S3 stopped answering", "S3 connection lost", "Read timeout")
 
@@ -361,9 +361,9 @@ def test_the_archivers_adbc_reader_gives_up_on_a_silent_server(silence: str, sai
 # -- the config --------------------------------------------------------------------------------
 def test_database_timeouts_reach_every_session_of_a_database_and_bad_values_are_refused() -> None:
     from common.config import parse_config
-    from common.db import conninfo
+    from common.pg.db import conninfo
     from common.errors import ConfigError
-    from common.pg_watchdog import timeouts_for
+    from common.pg.watchdog import timeouts_for
 
     cfg = parse_config({"databases": [{"name": "db", "dsn": "host=db.example.com dbname=db keepalives_idle=99"}],
                         "database_timeouts": {"silence_seconds": 7, "tcp_user_timeout_seconds": 12}})

@@ -16,10 +16,10 @@ import pytest
 from archiver.runner import run_archive
 from common import batch_writer
 from common.config import load_config
-from common.db import apply_settings
+from common.pg.db import apply_settings
 from common.arrow_types import exceptions_of
 from common.pgtypes import SESSION_SETTINGS, to_copy_csv
-from common.storage import LocalStorage
+from common.archive.storage import LocalStorage
 from conftest import make_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "type_matrix.sql"

@@ -21,11 +21,12 @@ from psycopg.conninfo import make_conninfo
 
 from archiver.runner import run_archive
 from archive_checks import archived, drop_manifest, edit_manifest, set_holding
-from common import batch_writer, layout, manifest_sets
-from common.storage import S3Storage
+from common import batch_writer
+from common.archive import layout, manifest_sets
+from common.archive.storage import S3Storage
 from common.config import Config, load_config
 from common.errors import ConfigError, ServiceUnavailable, UsageError
-from common.manifest import Manifest, hex_to_b64
+from common.archive.manifest import Manifest, hex_to_b64
 from conftest import ADMIN_DSN, free_port, make_config, once_per_server, seed_audit
 from validate.checks import validate
 from validate.dbcheck import LiveRows

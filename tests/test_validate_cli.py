@@ -15,8 +15,8 @@ import yaml
 from click.testing import CliRunner
 
 from archive_checks import drop_manifest
-from common import layout
-from common.storage import S3Storage
+from common.archive import layout
+from common.archive.storage import S3Storage
 from conftest import free_port, make_config
 from test_validate import Pristine, pristine, pristines  # noqa: F401 - the module-scoped archive fixtures
 from validate.main import cli

@@ -12,13 +12,13 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from common.storage import ObjectInfo
+from common.archive.storage import ObjectInfo
 from validate.app import Progress
 from validate.checks import bounded_map
-from common.manifest import Manifest
-from common.manifest_sets import Recorded
-from common.table_index import TableIndex, TableListing, by_table
-from common.withdrawals import Withdrawal, Withdrawn
+from common.archive.manifest import Manifest
+from common.archive.manifest_sets import Recorded
+from common.archive.table_index import TableIndex, TableListing, by_table
+from common.archive.withdrawals import Withdrawal, Withdrawn
 from validate.inventory import Scope, tables
 from validate.objects import Checked, utc_days
 from validate.overlap import OverlapFinder, Span, shared_keys

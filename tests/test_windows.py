@@ -17,10 +17,11 @@ from archive_checks import archived_ids, assert_invariant, manifests, table_ids
 from archiver import reader
 from archiver.controls import RunControls
 from archiver.runner import run_archive
-from common import batch_writer, layout
+from common import batch_writer
+from common.archive import layout
 from common.config import load_config
 from common.exit_codes import ExitCode
-from common.storage import LocalStorage
+from common.archive.storage import LocalStorage
 from conftest import make_config
 
 

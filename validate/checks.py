@@ -14,17 +14,18 @@ from typing import Any, TypeVar
 import pyarrow as pa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from common import batch_writer, iceberg, layout
+from common import batch_writer, iceberg
+from common.archive import layout
 from common.config import Config
 from common.errors import ConfigError, S3Unavailable, first_line
-from common.s3client import fallback_storage, primary_storage
-from common.manifest import replaced
-from common.storage import S3Storage, Storage
-from common.table_index import TableListing, load_index
+from common.archive.s3client import fallback_storage, primary_storage
+from common.archive.manifest import replaced
+from common.archive.storage import S3Storage, Storage
+from common.archive.table_index import TableListing, load_index
 from validate.children import orphaned
 from validate.dbcheck import LiveRows
 from validate.erasures import Supersessions
-from common.digest import secret as digest_secret
+from common.archive.digest import secret as digest_secret
 from validate.digests import DigestAudit
 from validate.inventory import Entry, Scope, TableId, build_scope, tables
 from validate.leftovers import incomplete_uploads, pending_fallback

@@ -12,10 +12,10 @@ from psycopg import sql
 
 from common import batch_writer
 from common.key_range import natural_column
-from common.manifest import Manifest
+from common.archive.manifest import Manifest
 from common.pgtypes import TableSchema
-from common.storage import Storage
-from common.table_index import load_table
+from common.archive.storage import Storage
+from common.archive.table_index import load_table
 
 #: Missing parent keys named per object.
 SAMPLE = 3

@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from common.config import Config, DatabaseConfig, TableConfig
-from common.db import application_name, conninfo, pool, qualified, session_settings, table_oid, table_schema
+from common.pg.db import application_name, conninfo, pool, qualified, session_settings, table_oid, table_schema
 from common.errors import UsageError
 
 log = logging.getLogger("validate.db")

@@ -1,4 +1,4 @@
-"""The digest chain check (issue 17, common/digest.py): each table's digests are read oldest first;
+"""The digest chain check (issue 17, common/archive/digest.py): each table's digests are read oldest first;
 each must name the one before it by key and sha256 (the first names none) and, with
 s3.digest_key_env, carry a valid HMAC-SHA256 signature. Replaying the chain gives the objects the
 archive should hold and what each should be: an object whose manifest now says other bytes, size
@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from common import layout
-from common.digest import Digest, DigestEntry, Erasure, Expired, name, prefixes
+from common.archive import layout
+from common.archive.digest import Digest, DigestEntry, Erasure, Expired, name, prefixes
 from common.errors import DataIntegrityError
-from common.fallback import FallbackDir
-from common.manifest import sha256_hex
-from common.storage import ObjectInfo, S3Storage, Storage
-from common.table_index import TableIndex, TableListing
-from common.withdrawals import Withdrawn
+from common.archive.fallback import FallbackDir
+from common.archive.manifest import sha256_hex
+from common.archive.storage import ObjectInfo, S3Storage, Storage
+from common.archive.table_index import TableIndex, TableListing
+from common.archive.withdrawals import Withdrawn
 from validate.inventory import Entry, TableId
 from validate.objects import Checked
 from validate.report import Problem, Report, problem

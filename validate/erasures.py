@@ -1,6 +1,6 @@
 """Erasures that stopped half way (issue 17, erase/rewrite.py): the replacement and its manifest,
 which names the object it replaces, are stored, and that object is still there. Restore, query and
-erase already count the replacement instead of it (common/catalog.py). Validate says the same, once,
+erase already count the replacement instead of it (common/archive/catalog.py). Validate says the same, once,
 as `unfinished_erasure`: before, the pair showed as `overlapping_archives`, whose repair ("remove
 the other object") could remove the replacement and bring the erased rows back, the old object
 as `orphaned_file` once the erasure's digest no longer recorded it, and its rows counted twice."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from common.manifest import replaced
+from common.archive.manifest import replaced
 from validate.objects import Checked
 from validate.report import Report, problem
 
@@ -39,7 +39,7 @@ class Supersessions:
         for key, new in sorted(pairs.items()):
             seen = self._seen[key]
             report.summary.rows -= seen.rows
-            if (self._seen[new].replaces or {}).get("kind") == "migrate":  # common/replace.py, for --migrate-layout
+            if (self._seen[new].replaces or {}).get("kind") == "migrate":  # common/archive/replace.py, for --migrate-layout
                 report.add(problem("unfinished_erasure", key, f"replaced by {new} (the same rows in the table's "
                                    "schema), but archiver --migrate-layout stopped before removing it (restore and "
                                    "query already count the replacement instead): run it again; do not remove "

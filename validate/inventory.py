@@ -1,6 +1,6 @@
 """What to check: the key prefixes in scope (--database / --table), and the archive read one table at
 a time: each table's folder (its data objects, and the legacy layout's keys) and its control folder
-(manifest sets, digests, withdrawal records: common/table_index.py), so memory holds one table's
+(manifest sets, digests, withdrawal records: common/archive/table_index.py), so memory holds one table's
 listing, never the bucket's."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from common import layout
+from common.archive import layout
 from common.cli import check_configured_tables, table_matches
 from common.config import Config, DatabaseConfig, TableConfig
-from common.manifest_sets import Recorded
-from common.storage import ObjectInfo, Storage
-from common.table_index import TableId, TableListing, by_table
+from common.archive.manifest_sets import Recorded
+from common.archive.storage import ObjectInfo, Storage
+from common.archive.table_index import TableId, TableListing, by_table
 
 @dataclass(frozen=True)
 class Scope:

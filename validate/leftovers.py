@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from common import layout
-from common.fallback import QUARANTINE, FallbackDir
-from common.storage import LocalStorage
-from common.table_index import TableListing, load_index
+from common.archive import layout
+from common.archive.fallback import QUARANTINE, FallbackDir
+from common.archive.storage import LocalStorage
+from common.archive.table_index import TableListing, load_index
 from validate.inventory import Scope
 from validate.report import Problem, problem
 

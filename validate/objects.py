@@ -16,13 +16,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
-from common import batch_writer, conform, layout
+from common import batch_writer, conform
+from common.archive import layout
 from common.config import ObjectLockConfig
 from common.epoch import day_numbers
 from common.lock import head_lock, shortfall
-from common.manifest import Manifest, hex_to_b64
+from common.archive.manifest import Manifest, hex_to_b64
 from common.pgtypes import EPOCH_ORDINAL, TableSchema, arrow_schema, utc_days
-from common.storage import S3Storage, Storage
+from common.archive.storage import S3Storage, Storage
 from validate.dbcheck import LiveRows
 from validate.inventory import Entry
 from validate.children import parent_references

@@ -12,7 +12,7 @@ import click
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from common.db import application_name, connect, describe_target, session_settings
+from common.pg.db import application_name, connect, describe_target, session_settings
 from common.errors import ServiceUnavailable, UsageError
 from wizard.model import DEFAULT_PASSWORD_ENV, DatabaseAnswer, Flags
 from wizard.prompts import Prompter, env_name_check, nonempty_check

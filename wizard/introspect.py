@@ -14,7 +14,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from common.config import TableConfig
-from common.db import primary_key_columns, qualified, table_oid, table_schema, unique_keys
+from common.pg.db import primary_key_columns, qualified, table_oid, table_schema, unique_keys
 from common.cli import select_table
 from common.expiry import ExpiredRows, cutoff_for, database_now
 

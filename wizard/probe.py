@@ -9,9 +9,9 @@ from typing import Any
 from botocore.exceptions import NoCredentialsError
 
 from common.config import S3Config, parse_config
-from common.manifest import sha256_hex
-from common.s3client import make_client
-from common.storage import S3Storage
+from common.archive.manifest import sha256_hex
+from common.archive.s3client import make_client
+from common.archive.storage import S3Storage
 
 PROBE_BODY = b"pg-archiver wizard write probe; safe to delete\n"
 

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from common.config import Config, DatabaseConfig
-from common.db import application_name, connect, conninfo, describe_target
+from common.pg.db import application_name, connect, conninfo, describe_target
 from common.errors import first_line
-from common.pg_watchdog import WATCHDOG
+from common.pg.watchdog import WATCHDOG
 from common.jsonout import render_json
 from archiver.ops.events import TableResult
 from archiver.ops.metrics import result_name
-from common.s3client import fallback_storage, make_client
+from common.archive.s3client import fallback_storage, make_client
 
 log = logging.getLogger("archiver.health")
 JSON = "application/json"
@@ -122,7 +122,7 @@ class HealthChecker:
         unhealthy = [f"database {name} unreachable: {c.get('error', c['status'])}"
                      for name, c in checks["database"]["databases"].items() if c["status"] != "ok"]
         # A session of the run waiting on a silent server, or given up on in the last minute
-        # (common/pg_watchdog.py): the stall, while it lasts, even if a new connection works.
+        # (common/pg/watchdog.py): the stall, while it lasts, even if a new connection works.
         unhealthy += [f"database {s['target']} silent for {s['silent_seconds']:g}s on a session of the run"
                       if "silent_seconds" in s else s["error"] for s in checks["database"].get("stalls", [])]
         degraded: list[str] = []

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from archiver.ops.events import STOP_REASONS, TableResult, run_stop_reason
 from common.files import atomic_write
-from common.s3client import s3_requests
+from common.archive.s3client import s3_requests
 
 log = logging.getLogger("archiver.metrics")
 

@@ -13,7 +13,7 @@ from archiver.ops.metrics import ArchiverMetrics
 from archiver.ops.notify import Notifications
 from common.config import Config
 from common.errors import ConfigError, classify, first_line
-from common.s3client import fallback_storage
+from common.archive.s3client import fallback_storage
 
 log = logging.getLogger("archiver")
 

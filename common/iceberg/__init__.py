@@ -18,8 +18,8 @@ from common.errors import ArchiverError, ConfigError, first_line
 
 if TYPE_CHECKING:
     from common.iceberg.sync import SyncResult
-    from common.storage import Storage
-    from common.table_index import TableIndex, TableListing
+    from common.archive.storage import Storage
+    from common.archive.table_index import TableIndex, TableListing
 
 log = logging.getLogger("iceberg")
 INSTALL = "pip install 'pg-archiver[iceberg]'"

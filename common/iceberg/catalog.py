@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from common import layout
+from common.archive import layout
 from common.config import Config
-from common.storage import key_path
+from common.archive.storage import key_path
 
 DEFAULT_NAME = "archive"
 #: Catalog properties whose values are never shown (pyiceberg's names for secrets).
@@ -158,7 +158,7 @@ def source(database: str, schema: str, table: str) -> str:
 
 
 def location(cfg: Config, database: str, schema: str, table: str) -> str:
-    """Where the Iceberg table's metadata goes: the table's control folder (common/layout.py),
+    """Where the Iceberg table's metadata goes: the table's control folder (common/archive/layout.py),
     outside every table's folder, so engines reading the folder see only the data."""
     return f"{_root(cfg)}{layout.control_prefix(cfg.s3.prefix, database, schema, table)}iceberg"
 

@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common import layout
+from common.archive import layout
 from common.iceberg.schema import partition_value
 from common.pgtypes import EPOCH_ORDINAL
 

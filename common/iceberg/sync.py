@@ -1,5 +1,5 @@
 """Reconciles an archived table's Iceberg table with its archive: the current snapshot's data files
-become exactly the objects restore would read from the archive store (common/catalog.py: the
+become exactly the objects restore would read from the archive store (common/archive/catalog.py: the
 data objects whose manifest counts, less those an erasure replaced), in one commit.
 
 Reconciling, not appending what a run just stored, is what makes every change safe to interrupt:
@@ -32,11 +32,11 @@ from common.iceberg import catalog as cat
 from common.iceberg.datafiles import data_file
 from common.iceberg.schema import (LISTING_PROPERTY, NAME_MAPPING, SOURCE_PROPERTY, iceberg_schema, partition_spec,
                                    table_properties)
-from common.manifest import replaced
-from common.manifest_sets import Recorded
+from common.archive.manifest import replaced
+from common.archive.manifest_sets import Recorded
 from common.pgtypes import TableSchema, arrow_schema
-from common.storage import Storage
-from common.table_index import TableIndex, TableListing, list_table, load_index
+from common.archive.storage import Storage
+from common.archive.table_index import TableIndex, TableListing, list_table, load_index
 
 log = logging.getLogger("iceberg")
 #: Parquet footers read at once (each a ranged GET or two).

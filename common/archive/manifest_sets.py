@@ -6,9 +6,9 @@ object, and a folder that engines read as a table only after skipping the sideca
 archiver stores a group's objects, deletes their rows in a transaction it has not committed, then
 stores ONE set for the group and only then commits (archiver/table_job.py): about one request per
 data object, and still no row leaves the table before the manifest that counts its object is
-stored. Restore, query, validate and erase read a table's sets once (common/table_index.py).
+stored. Restore, query, validate and erase read a table's sets once (common/archive/table_index.py).
 
-Each entry is a manifest exactly as a sidecar held it (common/manifest.py, with `replaces` for an
+Each entry is a manifest exactly as a sidecar held it (common/archive/manifest.py, with `replaces` for an
 erasure's replacement) and the SHA-256 of its bytes (`manifest_sha256`): that identity is what run
 digests and withdrawal records name, so a batch archived again under the same key (same rows, same
 bytes) is told from the one taken back. Set names sort in the order they were written."""
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from common import layout
+from common.archive import layout
 from common.errors import DataIntegrityError
-from common.manifest import Manifest, read_manifest, sha256_hex
+from common.archive.manifest import Manifest, read_manifest, sha256_hex
 
 SET_VERSION = 1
 
@@ -106,6 +106,6 @@ def read(data: bytes, *, key: str) -> list[Recorded]:
 
 
 def read_sidecar(data: bytes, *, key: str) -> Recorded:
-    """A legacy per-object manifest (common/layout.py): its identity is the SHA-256 of its bytes."""
+    """A legacy per-object manifest (common/archive/layout.py): its identity is the SHA-256 of its bytes."""
     manifest, replaces = read_manifest(data, key=key)
     return Recorded(manifest, sha256_hex(data), replaces, key)

@@ -1,7 +1,7 @@
 """`--migrate-layout`'s second half (issue 27): objects written before archives had one schema per
 table hold some columns as another type than the table's schema gives them (`mixed_schema`: a
 timestamp column as text in a batch where a value was infinity). Each is rewritten in its table's
-schema (common/conform.py) the way erase replaces an object (common/replace.py): the replacement is
+schema (common/conform.py) the way erase replaces an object (common/archive/replace.py): the replacement is
 stored and verified (the same rows, each value restoring to the same text PostgreSQL gave), its
 manifest names the object it replaces, a digest of kind `migrate` records the replacements, then
 the old object goes. Kill points: after_replacement, after_migration_digest, after_old_removed.
@@ -20,19 +20,20 @@ from typing import Any
 import pyarrow as pa
 
 from archiver.hooks import Hook
-from common import batch_writer, conform, layout, replace
+from common import batch_writer, conform
+from common.archive import layout, replace
 from common.arrow_types import exceptions_of, parse_text, pg_texts
-from common.catalog import ArchiveObject, Catalog, TableRef
+from common.archive.catalog import ArchiveObject, Catalog, TableRef
 from common.config import Config
-from common.digest import secret
+from common.archive.digest import secret
 from common.errors import DataIntegrityError
 from common.lock import head_lock
 from common.pgtypes import TableSchema, arrow_schema, column_docs, encodings_of
-from common.s3client import check_object_lock
-from common.storage import S3Storage
-from common.table_index import by_table
+from common.archive.s3client import check_object_lock
+from common.archive.storage import S3Storage
+from common.archive.table_index import by_table
 
-log = logging.getLogger("archiver.migrate")
+log = logging.getLogger("archiver.migration.layout")
 REASON = "mixed_schema"
 
 
@@ -157,7 +158,7 @@ def _table(cfg: Config, catalog: Catalog, ref: TableRef, todo: list[ArchiveObjec
 
 
 def rewrite(catalog: Catalog, obj: ArchiveObject, *, level: int, migrated_at: str, hook: Hook) -> replace.Replaced:
-    """Store and verify the object in its table's schema (common/replace.py's step 1)."""
+    """Store and verify the object in its table's schema (common/archive/replace.py's step 1)."""
     assert obj.manifest is not None
     data = catalog.read(obj)
     obj.manifest.check(data)

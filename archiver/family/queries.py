@@ -1,4 +1,4 @@
-"""The SQL over a child's rows (archiver/family.py): the export of the rows that reference a batch's
+"""The SQL over a child's rows (archiver/family/members.py): the export of the rows that reference a batch's
 parent rows, the row locks taken before a family's deletes, the deletes themselves (exactly the
 exported rows, unchanged since the export, and none that a row of the next generation still
 references), and the counts recovery and the dry run need. Values go in as typed literals (one
@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from archiver.family import Child, Family
+from archiver.family.members import Child, Family
 from archiver.references import Reference
 from archiver.selection import _read_as
-from common.db import qualified
+from common.pg.db import qualified
 from common.pgtypes import TableSchema, read_natively
 
 _INTEGERS = ("int2", "int4", "int8")

@@ -15,14 +15,14 @@ from psycopg_pool import ConnectionPool
 
 from common.config import DatabaseConfig
 from common.errors import ConfigError, DatabaseUnavailable, UsageError, message_lines
-from common.pg_watchdog import WatchedConnection, describe, remember, timeouts_for, with_libpq_limits
+from common.pg.watchdog import WatchedConnection, describe, remember, timeouts_for, with_libpq_limits
 from common.pgtypes import COLUMNS_SQL, SESSION_SETTINGS, TableSchema, schema_from_rows
 
 
 def conninfo(db: DatabaseConfig) -> str:
     """Build a libpq conninfo string; the password comes from password_env / password_file only.
     It carries libpq's limits of the config's database_timeouts, and every session opened with it
-    is watched with them (common/pg_watchdog.py)."""
+    is watched with them (common/pg/watchdog.py)."""
     params: dict[str, Any] = {}
     if not db.dsn:
         params = {"host": db.host, "port": db.port, "dbname": db.dbname or db.name, "user": db.user}
@@ -90,7 +90,7 @@ def connect(info: str, settings: dict[str, str], *, connect_timeout: int | None 
     """A session with `settings` applied (DatabaseUnavailable, with libpq's reason and never the
     password, when none can be made). autocommit: for sessions that only read the catalog or
     pg_stat_* and must not hold a transaction open (health checks, replica lag). Its waits on the
-    server are bounded (common/pg_watchdog.py); connect_timeout: database_timeouts' by default."""
+    server are bounded (common/pg/watchdog.py); connect_timeout: database_timeouts' by default."""
     info = with_libpq_limits(info, timeouts_for(info))  # connect_timeout among them, unless the DSN has one
     extra = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
     try:

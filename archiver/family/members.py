@@ -1,7 +1,7 @@
 """`children: archive` (issue 28): the family of an archived table, read from the catalog before
 anything is exported. Every table that references the archived table through a foreign key,
 directly or through other children, at any depth and with any ON DELETE action, is a child: the
-rows that reference a batch's rows are archived and deleted with it (archiver/family_job.py).
+rows that reference a batch's rows are archived and deleted with it (archiver/family/job.py).
 
 Refused, before anything is exported: a child that references two archived tables (two members of
 the family, or a member and another configured table), a cycle (a member referencing one of its
@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from archiver.references import Reference, RefusedReferences, read_references
-from common.db import table_oid, table_schema, unique_keys
+from common.pg.db import table_oid, table_schema, unique_keys
 from common.pgtypes import TableSchema
 
 #: Foreign keys a table holds (it is the referencing side), top-level constraints only, with the

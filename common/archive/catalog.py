@@ -1,6 +1,6 @@
 """What archives a table has, for restore, query and erase: its objects in the archive store (S3 or
 local_dir) and in the S3-outage fallback directory, each with its manifest, ordered by time. Only
-objects whose manifest is recorded (common/table_index.py) count as archived, exactly as the
+objects whose manifest is recorded (common/archive/table_index.py) count as archived, exactly as the
 archiver itself decides. Dates select UTC day partitions (--start-date/--end-date)."""
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from common import layout
+from common.archive import layout
 from common.config import Config
 from common.cli import ambiguous, match_tables
 from common.errors import ArchiverError, ConfigError, DataIntegrityError, S3Unavailable, UsageError
-from common.manifest import Manifest, replaced
-from common.manifest_sets import Recorded
+from common.archive.manifest import Manifest, replaced
+from common.archive.manifest_sets import Recorded
 from common.pgtypes import TableSchema
-from common.s3client import fallback_storage, primary_storage
-from common.storage import ObjectInfo, S3Storage, Storage
-from common.table_index import is_archive_name, load_table
+from common.archive.s3client import fallback_storage, primary_storage
+from common.archive.storage import ObjectInfo, S3Storage, Storage
+from common.archive.table_index import is_archive_name, load_table
 
 log = logging.getLogger("catalog")
 
@@ -61,7 +61,7 @@ class ArchiveObject:
     storage_class: str
     manifest: Manifest | None  # None while the manifest itself sits in an archive storage class
     restore_state: str | None = None  # archive classes: None (not requested) | ongoing | available
-    manifest_key: str = ""  # where its manifest is (either layout: common.layout)
+    manifest_key: str = ""  # where its manifest is (either layout: common.archive.layout)
     manifest_sha256: str | None = None  # of the manifest's bytes: what a withdrawal record names
     #: An erasure's replacement names the object it replaces (erase/rewrite.py): {key, manifest_sha256, ...}.
     replaces: dict[str, Any] | None = None

@@ -36,11 +36,11 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from common.config import DatabaseTimeouts
-from common.pg_sockets import park, shut, since_last_byte
+from common.pg.sockets import park, shut, since_last_byte
 
 log = logging.getLogger("archiver")
 
-#: The timeouts of each conninfo common.db.conninfo built from a config (a handful per process);
+#: The timeouts of each conninfo common.pg.db.conninfo built from a config (a handful per process);
 #: a DSN nobody registered (a replica's, a test's) gets the defaults.
 _TIMEOUTS: dict[str, DatabaseTimeouts] = {}
 _DEFAULT = DatabaseTimeouts()

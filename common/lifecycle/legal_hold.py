@@ -1,7 +1,7 @@
 """S3's own legal hold (PutObjectLegalHold, issue 29) on the objects a legal hold holds, on a bucket
 with Object Lock: with it ON, S3 refuses to delete the object version whatever its retention, so
 a hold is kept even against a tool that knows nothing of the hold records. A bucket without
-Object Lock has no such flag; there the records alone hold (common/holds.py)."""
+Object Lock has no such flag; there the records alone hold (common/lifecycle/holds.py)."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +11,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from common.storage import S3Storage
+from common.archive.storage import S3Storage
 
 log = logging.getLogger("holds")
 

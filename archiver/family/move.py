@@ -24,17 +24,18 @@ from psycopg import sql
 import archiver
 from archiver.delete_guard import refused_by_database
 from archiver.encoding import Encoded, key_lists, manifest_key
-from archiver.family import Child, Family
-from archiver.family_sql import ChildRelation, match, present_values, referencing_query, unchanged_query
+from archiver.family.members import Child, Family
+from archiver.family.queries import ChildRelation, match, present_values, referencing_query, unchanged_query
 from archiver.reader import Source
 from archiver.selection import Selection
-from common import batch_writer, layout
+from common import batch_writer
+from common.archive import layout
 from common.arrow_types import Exceptions, split_exceptions
 from common.config import ResolvedOptions
-from common.db import qualified
+from common.pg.db import qualified
 from common.errors import ArchiverError
 from common.key_range import key_range, natural_column
-from common.manifest import Manifest, sha256_hex
+from common.archive.manifest import Manifest, sha256_hex
 from common.pgtypes import TableSchema, arrow_schema, column_docs, from_arrow_read, xids
 
 log = logging.getLogger("archiver")

@@ -17,9 +17,9 @@ from botocore.exceptions import ClientError
 from common.errors import DataIntegrityError
 from common.config import ObjectLockConfig
 from common.files import TEMP_PREFIX, atomic_write
-from common.layout import MANIFEST_SUFFIX, is_control_key
+from common.archive.layout import MANIFEST_SUFFIX, is_control_key
 from common.lock import put_arguments
-from common.manifest import hex_to_b64, sha256_hex
+from common.archive.manifest import hex_to_b64, sha256_hex
 
 log = logging.getLogger("storage")
 
@@ -176,7 +176,7 @@ class S3Storage:
 #: non-ASCII) is a 379-byte folder once percent-quoted, and every write to a local archive or the
 #: fallback directory failed with "File name too long". Such a key component is kept as folders
 #: of at most _PIECE_BYTES, each but the last ending in _CONTINUED, which no quoted name holds
-#: (common/layout.py quotes "!"). Shorter components, so every key written before, keep their path.
+#: (common/archive/layout.py quotes "!"). Shorter components, so every key written before, keep their path.
 _NAME_BYTES = 255
 _PIECE_BYTES = 200
 _CONTINUED = "!~"

@@ -10,9 +10,9 @@ import botocore.session
 from botocore.config import Config as BotoConfig
 
 from common.config import Config
-from common.fallback import FallbackDir
+from common.archive.fallback import FallbackDir
 from common.lock import check_bucket
-from common.storage import LocalStorage, S3Storage, Storage
+from common.archive.storage import LocalStorage, S3Storage, Storage
 
 
 def make_client(cfg: Config) -> Any:

@@ -5,7 +5,7 @@ of it (an erasure's replaced objects, with what was erased: rows, when, the pred
 never the values), and the sha256 of the previous digest's bytes. The digests form a chain from
 the first one on; with `s3.digest_key_env` each is also signed with HMAC-SHA256 of that secret.
 
-Digests live in the table's control folder, `digests/` (common/layout.py), outside the table's
+Digests live in the table's control folder, `digests/` (common/archive/layout.py), outside the table's
 folder, so no engine reads them as data; archives of the legacy layout keep theirs in
 `<table location>/_digests/`, and the chain reads both (a digest is known by its name in either).
 Their names sort in the order they were written (UTC time to the microsecond), so the chain's head
@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from common import layout
+from common.archive import layout
 from common.config import Config
 from common.errors import ConfigError, DataIntegrityError
-from common.manifest import Manifest, sha256_hex
+from common.archive.manifest import Manifest, sha256_hex
 
 DIGEST_VERSION = 1
 SIGNATURE_ALGORITHM = "HMAC-SHA256"

@@ -1,13 +1,13 @@
 """Replacing an archived object by a rewrite of it, crash-safely: what the erase tool (issue 17,
 erase/rewrite.py: the object without the erased rows) and `archiver --migrate-layout` (issue 27,
-archiver/rewrite_schema.py: the object in its table's one schema) share.
+archiver/migration/schema.py: the object in its table's one schema) share.
 
 The steps for each object, and the named points tests kill the process at (ARCHIVER_TEST_KILL_AT,
 common/hooks.py):
   1. store(): the replacement (same folder, a new name) is stored and read back (the bytes made,
      and the caller's check of its rows), then its manifest, in a manifest set of its own, which
      names the object it replaces: from that PUT on every reader counts the replacement instead of
-     the old object (common/catalog.py), so no row is counted twice or lost -> after_replacement
+     the old object (common/archive/catalog.py), so no row is counted twice or lost -> after_replacement
   2. finish(), once per table: a digest records the replacements and the objects they remove
      (`kind` erase or migrate)                -> after_erase_digest / after_migration_digest
   3. the old object goes, every version (and a legacy sidecar manifest of it, if it has one); the
@@ -26,18 +26,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from common import batch_writer, digest, layout, manifest_sets
-from common.catalog import ArchiveObject, Catalog, TableRef
+from common import batch_writer
+from common.archive import digest, layout, manifest_sets
+from common.archive.catalog import ArchiveObject, Catalog, TableRef
 from common.config import Config
-from common.db import application_name, connect, conninfo, find_table_oid, session_settings, table_unlock, try_table_lock
-from common.digest import DigestEntry, Erasure
+from common.pg.db import application_name, connect, conninfo, find_table_oid, session_settings, table_unlock, try_table_lock
+from common.archive.digest import DigestEntry, Erasure
 from common.epoch import time_iso
 from common.errors import DataIntegrityError
 from common.hooks import Hook
 from common.key_range import key_range, natural_column
 from common.lock import head_lock
-from common.manifest import Manifest, sha256_hex
-from common.storage import S3Storage, Storage
+from common.archive.manifest import Manifest, sha256_hex
+from common.archive.storage import S3Storage, Storage
 
 #: The Parquet metadata a rewrite writes anew (the rest of the old object's is kept).
 META_KEYS = ("format_version", "schema_fingerprint", "columns", "exceptions")

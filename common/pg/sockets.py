@@ -1,4 +1,4 @@
-"""The sockets under PostgreSQL sessions, for common/pg_watchdog.py: how long one has been silent
+"""The sockets under PostgreSQL sessions, for common/pg/watchdog.py: how long one has been silent
 (the kernel's count), shutting one down under the thread that waits on it, and finding the socket
 of a session whose driver shows it to nobody (ADBC). Linux (/proc, TCP_INFO); elsewhere a session
 is watched by time alone."""

@@ -10,9 +10,9 @@ withdraws: the manifest (and so the record) of a later batch under the same key 
 archived again give the same object name) differs by its created_at, so only the withdrawn
 version is ever skipped.
 
-Records live in the table's control folder, `withdrawn/` (common/layout.py); archives of the legacy
+Records live in the table's control folder, `withdrawn/` (common/archive/layout.py); archives of the legacy
 layout keep theirs in `<table location>/_withdrawn/`. Every reader consults both
-(common/table_index.py).
+(common/archive/table_index.py).
 
 Why records and not a rewrite of the manifest set that lists the batch: a set is one commit of
 several batches, stored under Object Lock like the rest, and may not be changed; a record names
@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from common import layout
+from common.archive import layout
 from common.errors import DataIntegrityError
-from common.manifest import Manifest, sha256_hex
+from common.archive.manifest import Manifest, sha256_hex
 
 log = logging.getLogger("archiver")
 

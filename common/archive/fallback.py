@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import IO
 
-from common.layout import is_control_key, is_manifest
-from common.storage import LocalStorage, key_path
+from common.archive.layout import is_control_key, is_manifest
+from common.archive.storage import LocalStorage, key_path
 
 #: Set aside inside the fallback directory; LocalStorage.list skips dot-directories, so a
 #: quarantined batch is never drained or counted as pending.

@@ -6,11 +6,11 @@ pyarrow.dataset, Athena and Trino pointed at it read the table with no filter. E
 about the table (manifest sets, run digests, withdrawal records, and what later tools record:
 holds, expiries, Iceberg metadata) lives in its control folder, outside every table's folder:
 
-    <prefix>/_control/<database>/<schema>.<table>/manifests/   one manifest set per commit (common/manifest_sets.py)
-                                                  digests/     the run digest chain (common/digest.py)
-                                                  withdrawn/   batches taken back (common/withdrawals.py)
-                                                  holds/       legal holds and their releases (common/holds.py)
-                                                  expired/     objects deleted by expiry (common/expirations.py)
+    <prefix>/_control/<database>/<schema>.<table>/manifests/   one manifest set per commit (common/archive/manifest_sets.py)
+                                                  digests/     the run digest chain (common/archive/digest.py)
+                                                  withdrawn/   batches taken back (common/archive/withdrawals.py)
+                                                  holds/       legal holds and their releases (common/lifecycle/holds.py)
+                                                  expired/     objects deleted by expiry (common/archive/expirations.py)
                                                   iceberg/     the table's Iceberg metadata, with an
                                                                SQL catalog (common/iceberg)
 

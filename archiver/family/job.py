@@ -1,5 +1,5 @@
 """A table with `children: archive` (issue 28): the table job, with every batch's children's rows
-exported, stored and deleted with it (archiver/family.py finds the family, archiver/family_move.py
+exported, stored and deleted with it (archiver/family/members.py finds the family, archiver/family/move.py
 moves a batch's).
 
 Crash safety, on top of the table job's (archiver/ledger.py): a batch's pending entry in the
@@ -21,13 +21,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from archiver import family_move
+from archiver.family import move as family_move
 from archiver.checkpoint import Checkpoint, CheckpointStore
 from archiver.delete_guard import DeletesRefused, check_deletes
 from archiver.digest import RunDigest
 from archiver.encoding import Encoded
-from archiver.family import Child, Family, RefusedFamily, discover, family_lines
-from archiver.family_move import ChildPart, ChildRows
+from archiver.family.members import Child, Family, RefusedFamily, discover, family_lines
+from archiver.family.move import ChildPart, ChildRows
 from archiver.ledger import CountPresent, MoveLedger, Move, _stores, position_after
 from archiver.mover import DELETE_ATTEMPTS, RowMover
 from archiver.pipeline import Stored
@@ -36,14 +36,15 @@ from archiver.references import Reference
 from archiver.selection import Selection
 from archiver.sink import ArchiveSink
 from archiver.table_job import TableJob
-from common import batch_writer, iceberg, manifest_sets
-from common.db import table_schema
-from common.digest import secret as digest_secret
+from common import batch_writer, iceberg
+from common.archive import manifest_sets
+from common.pg.db import table_schema
+from common.archive.digest import secret as digest_secret
 from common.errors import ArchiverError, DataIntegrityError
-from common.manifest import Manifest
+from common.archive.manifest import Manifest
 from common.pgtypes import TableSchema
-from common.storage import Storage
-from common.table_index import TableIndex, list_table, load_index
+from common.archive.storage import Storage
+from common.archive.table_index import TableIndex, list_table, load_index
 
 log = logging.getLogger("archiver")
 

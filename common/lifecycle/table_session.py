@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from common.config import Config
-from common.db import application_name, connect, conninfo, find_table_oid, session_settings, table_unlock, try_table_lock
+from common.pg.db import application_name, connect, conninfo, find_table_oid, session_settings, table_unlock, try_table_lock
 from common.errors import ArchiverError
 from common.expiry import database_now
 

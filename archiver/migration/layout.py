@@ -1,5 +1,5 @@
 """`--migrate-layout` (issue 27): move an archive written in the legacy layout to the current one
-(common/layout.py), in the archive store and the fallback directory, table by table:
+(common/archive/layout.py), in the archive store and the fallback directory, table by table:
 
 - per-object sidecar manifests (`_<name>.manifest.json`, or `<name>.manifest.json` from before
   issue 16) go into manifest sets in the table's control folder, each keeping its identity (the
@@ -13,7 +13,7 @@ already copied with the same bytes, is only deleted. Under Object Lock nothing i
 copies are made, the originals stay (readers count each once) and are reported. A legacy-named
 sidecar whose bytes differ from its hidden copy is left in place and reported (validate shows it).
 Then objects whose column types differ from their table's schema (`mixed_schema`) are rewritten in
-it, verified, as erase replaces an object (archiver/rewrite_schema.py, common/replace.py); an object
+it, verified, as erase replaces an object (archiver/migration/schema.py, common/archive/replace.py); an object
 under Object Lock is reported, not rewritten. `--dry-run` counts what would move and be rewritten,
 and changes nothing."""
 from __future__ import annotations
@@ -23,17 +23,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from archiver.hooks import Hook, env_hook
-from archiver.rewrite_schema import Rewrites, rewrite_schemas
-from common import iceberg, layout, manifest_sets
-from common.catalog import Catalog
+from archiver.migration.schema import Rewrites, rewrite_schemas
+from common import iceberg
+from common.archive import layout, manifest_sets
+from common.archive.catalog import Catalog
 from common.config import Config
 from common.errors import ArchiverError, DataIntegrityError
-from common.manifest import sha256_hex
-from common.storage import Storage
-from common.table_index import READERS, TableListing, by_table, list_table, load_index, load_table
-from common.withdrawals import withdraw
+from common.archive.manifest import sha256_hex
+from common.archive.storage import Storage
+from common.archive.table_index import READERS, TableListing, by_table, list_table, load_index, load_table
+from common.archive.withdrawals import withdraw
 
-log = logging.getLogger("archiver.migrate")
+log = logging.getLogger("archiver.migration.layout")
 #: Manifests per set written by the migration: a set is read whole by every reader of the table.
 SET_ENTRIES = 1000
 
@@ -48,7 +49,7 @@ class Migration:
     removed: int = 0  # legacy keys deleted, their copies verified
     locked: list[str] = field(default_factory=list)  # legacy keys kept: the bucket has Object Lock
     conflicts: list[str] = field(default_factory=list)  # a legacy-named sidecar unlike its hidden copy
-    rewrites: Rewrites = field(default_factory=Rewrites)  # objects of mixed schema (archiver/rewrite_schema.py)
+    rewrites: Rewrites = field(default_factory=Rewrites)  # objects of mixed schema (archiver/migration/schema.py)
     iceberg: list[str] = field(default_factory=list)  # each Iceberg table's sync (the iceberg: section)
 
     @property

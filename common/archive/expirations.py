@@ -2,13 +2,13 @@
 table's archive retention.
 
 One record per expiry run and table, `<control folder>/expired/<UTC time>-<sha256[:12]>.json`,
-written BEFORE any object it names is deleted. From then on every reader (common/table_index.py)
+written BEFORE any object it names is deleted. From then on every reader (common/archive/table_index.py)
 counts those manifests as gone on purpose, not as archived: a kill -9 between the record and the
 deletes leaves objects that no reader counts and that the next `expire` deletes (it finishes what
 a record names first). Like a withdrawal record, an entry names the exact manifest (its bytes'
 SHA-256): the same rows archived again later under the same key are not taken for it.
 
-The table's digest chain records the expiry too (common/digest.py, kind `expire`), so validate
+The table's digest chain records the expiry too (common/archive/digest.py, kind `expire`), so validate
 tells an expired object from a lost one and the chain stays whole."""
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from common import layout
+from common.archive import layout
 from common.errors import DataIntegrityError
-from common.manifest import sha256_hex
+from common.archive.manifest import sha256_hex
 
 RECORD_VERSION = 1
 

@@ -8,7 +8,7 @@ it and when, and the objects it held when placed. A release is a second record,
 and the pair is the evidence. Both are also recorded in the table's digest chain (kind `hold`).
 
 A hold holds every object in its scope, including objects written after it was placed: its scope,
-not its list of objects, is what every tool judges (common/hold_scope.py). The list is the record
+not its list of objects, is what every tool judges (common/lifecycle/hold_scope.py). The list is the record
 of what the hold found when placed, and the objects whose S3 legal hold it turned on."""
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
-from common import layout
+from common.archive import layout
 from common.errors import DataIntegrityError
-from common.manifest import sha256_hex
+from common.archive.manifest import sha256_hex
 
 RELEASE_SUFFIX = ".release.json"
 
@@ -161,7 +161,7 @@ def active(store: Any, prefix: str, database: str, schema: str, table: str) -> l
 
 
 def event(hold: Hold, action: str) -> dict[str, Any]:
-    """What the digest chain records of a placement or a release (common/digest.py, kind `hold`)."""
+    """What the digest chain records of a placement or a release (common/archive/digest.py, kind `hold`)."""
     if action == "release":
         assert hold.released is not None
         return {"hold_id": hold.hold_id, "action": "release", "reason": hold.released.reason,

@@ -9,8 +9,8 @@ from typing import Any
 
 from archiver import partitions
 from archiver.delete_guard import DeletesRefused, check_deletes
-from archiver.family import RefusedFamily, discover, family_lines
-from archiver.family_sql import moving_query
+from archiver.family.members import RefusedFamily, discover, family_lines
+from archiver.family.queries import moving_query
 from archiver.references import kept_message
 from archiver.selection import Selection
 from common.config import Config, TableConfig

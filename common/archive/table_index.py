@@ -1,7 +1,7 @@
 """What one table's archive holds in one store (S3, a local archive, the fallback directory): its
 data objects, and the manifests that make them count as archived, read from the table's control
-folder (manifest sets, common/manifest_sets.py) and from the legacy layout inside the table's folder
-(per-object sidecars), less the batches a withdrawal record takes back (common/withdrawals.py).
+folder (manifest sets, common/archive/manifest_sets.py) and from the legacy layout inside the table's folder
+(per-object sidecars), less the batches a withdrawal record takes back (common/archive/withdrawals.py).
 
 Two listings (the table's folder and its control folder) and one GET per manifest set: the
 archiver's recovery, restore, query, erase, validate and the migration all read a table this way."""
@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import unquote
 
-from common import batch_writer, expirations, layout
+from common import batch_writer
+from common.archive import expirations
+from common.archive import layout
 from common.errors import DataIntegrityError
-from common.manifest_sets import Recorded, read as read_set, read_sidecar
-from common.storage import ObjectInfo, Storage
-from common.withdrawals import Withdrawn, read as read_record
+from common.archive.manifest_sets import Recorded, read as read_set, read_sidecar
+from common.archive.storage import ObjectInfo, Storage
+from common.archive.withdrawals import Withdrawn, read as read_record
 
 log = logging.getLogger("catalog")
 #: (database, schema, table)
@@ -40,7 +42,7 @@ class TableListing:
     strays: list[ObjectInfo] = field(default_factory=list)  # anything else under the table's folder
     legacy: list[ObjectInfo] = field(default_factory=list)  # every key of the legacy layout
     others: list[ObjectInfo] = field(default_factory=list)  # other control records (holds, ...)
-    expiries: list[ObjectInfo] = field(default_factory=list)  # expiry records (common/expirations.py)
+    expiries: list[ObjectInfo] = field(default_factory=list)  # expiry records (common/archive/expirations.py)
 
     def add(self, info: ObjectInfo) -> None:
         key = info.key

@@ -16,12 +16,13 @@ from datetime import date
 
 from common.archive_sql import Engine, Query, union_schema
 from common.arrow_types import exceptions_of
-from common import batch_writer, layout
-from common.catalog import ArchiveObject, Catalog
-from common.holds import Hold, active
-from common.legal_hold import set_on
-from common.manifest import Manifest
-from common.storage import S3Storage
+from common import batch_writer
+from common.archive import layout
+from common.archive.catalog import ArchiveObject, Catalog
+from common.lifecycle.holds import Hold, active
+from common.lifecycle.legal_hold import set_on
+from common.archive.manifest import Manifest
+from common.archive.storage import S3Storage
 
 log = logging.getLogger("holds")
 

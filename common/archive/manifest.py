@@ -100,7 +100,7 @@ def replaced(objects: Iterable[tuple[str, str | None, dict[str, Any] | None]]) -
     """Which objects an erasure has replaced, from each object's (key, sha256 of its manifest's
     bytes, what its manifest says it replaces): {old key: replacement key}. A replacement names
     the old object and the exact manifest it replaced, so an object archived again under the same
-    key later is not taken for it (common/catalog.py, validate/erasures.py)."""
+    key later is not taken for it (common/archive/catalog.py, validate/erasures.py)."""
     items = list(objects)
     named = {(r.get("key"), r.get("manifest_sha256")): key for key, _sha, r in items if r}
     return {key: named[(key, sha)] for key, sha, _r in items if sha is not None and (key, sha) in named}
