@@ -209,9 +209,11 @@ class MoveLedger:
             log.info("finished the interrupted move of %s: its %d rows were already deleted", m.key, m.rows, extra=self.ctx)
         return data
 
-    def _verified_copy(self, m: Manifest, sink: ArchiveSink) -> tuple[Storage, bytes] | None:
+    def _verified_copy(self, m: Manifest, sink: ArchiveSink, *, table: str = "the table",
+                       recorded: Callable[[Storage, Manifest], bool] | None = None) -> tuple[Storage, bytes] | None:
         """The batch's first complete stored copy (primary, then fallback); an incomplete one is
-        removed on the way (its rows are still in the table)."""
+        removed on the way (its rows are still in `table`; a family's child passes its own)."""
+        recorded = recorded or self._recorded
         for store in _stores(sink):
             if store.head(m.key) is None:
                 continue
@@ -219,8 +221,9 @@ class MoveLedger:
             try:
                 m.check(data)
             except DataIntegrityError as exc:
-                log.warning("interrupted upload %s is incomplete (%s); removed, its rows stay in the table", m.key, exc, extra=self.ctx)
-                sink.take_back(m, store.location, recorded=self._recorded(store, m))
+                log.warning("interrupted upload %s is incomplete (%s); removed, its rows stay in %s", m.key, exc, table,
+                            extra=self.ctx)
+                sink.take_back(m, store.location, recorded=recorded(store, m))
                 continue
             return store, data
         return None

@@ -28,7 +28,7 @@ from archiver.digest import RunDigest
 from archiver.encoding import Encoded
 from archiver.family.members import Child, Family, RefusedFamily, discover, family_lines
 from archiver.family.move import ChildPart, ChildRows
-from archiver.ledger import CountPresent, MoveLedger, Move, _stores, position_after
+from archiver.ledger import CountPresent, MoveLedger, Move, position_after
 from archiver.mover import DELETE_ATTEMPTS, RowMover
 from archiver.pipeline import Stored
 from archiver.reader import Batch
@@ -40,7 +40,7 @@ from common import batch_writer, iceberg
 from common.archive import manifest_sets
 from common.pg.db import table_schema
 from common.archive.digest import secret as digest_secret
-from common.errors import ArchiverError, DataIntegrityError
+from common.errors import ArchiverError
 from common.archive.manifest import Manifest
 from common.pgtypes import TableSchema
 from common.archive.storage import Storage
@@ -105,20 +105,7 @@ class FamilyLedger(MoveLedger):
     def _finish_child(self, m: Manifest, sink: ArchiveSink) -> None:
         """A child's object of an interrupted move: judged by its own rows, as the table's is."""
         child = self._child(m)
-        found: tuple[Storage, bytes] | None = None
-        for store in _stores(sink):
-            if store.head(m.key) is None:
-                continue
-            data = store.get(m.key)
-            try:
-                m.check(data)
-            except DataIntegrityError as exc:
-                log.warning("interrupted upload %s is incomplete (%s); removed, its rows stay in %s", m.key, exc,
-                            child.name, extra=self.ctx)
-                sink.take_back(m, store.location, recorded=self._child_recorded(store, m))
-                continue
-            found = (store, data)
-            break
+        found = self._verified_copy(m, sink, table=child.name, recorded=self._child_recorded)
         if found is None:
             log.info("interrupted child object %s never reached storage; its rows stay in %s", m.key, child.name,
                      extra=self.ctx)
