@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +99,7 @@ def test_fsync_eio_on_state_fails_the_table_and_loses_no_rows(
     assert again.returncode == ExitCode.OK, again.stderr[-2000:]
     s3 = S3Storage(s3_client, bucket)
     assert_invariant(original, table_ids(pg), archived_ids(s3, LocalStorage(tmp_path / "fallback")))
-    assert pg.execute("SELECT count(*) FROM audit_logs WHERE created_at < now() - interval '90 days'").fetchone()[0] == 0
+    assert pg.execute("SELECT count(*) FROM audit_logs WHERE created_at < now() - interval '90 days'").fetchone() == (0,)
 
 
 def test_fsync_eio_in_the_fallback_directory_deletes_no_rows(
@@ -110,8 +109,9 @@ def test_fsync_eio_in_the_fallback_directory_deletes_no_rows(
     fsync of the directory its folder was created in fails): its rows stay in the table."""
     seed_audit(pg, rows=400, days=130)
     original = table_ids(pg)
-    down: Callable[..., Path] = lambda endpoint: make_config(  # noqa: E731
-        tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=endpoint, defaults={"batch_size": 3})
+
+    def down(endpoint: str) -> Path:
+        return make_config(tmp_path, dsn=pg_dsn, bucket=bucket, endpoint=endpoint, defaults={"batch_size": 3})
 
     failed = archive_under_fault(strace, down(f"http://127.0.0.1:{free_tcp_port}"), tmp_path / "fallback", "1")
 
