@@ -85,6 +85,16 @@ class DatabaseError(ArchiverError):
     kind = ErrorKind.DATABASE
 
 
+class DataIntegrityError(ArchiverError):
+    """An archive does not match its manifest: a checksum or size differs, or similar."""
+
+    kind = ErrorKind.INTEGRITY
+
+
+class Interrupted(ArchiverError):
+    exit_code = ExitCode.INTERRUPTED
+
+
 class StateNotSaved(ArchiverError):
     """A checkpoint or journal could not be written and fsynced (EIO, ENOSPC, EROFS, ...): the step
     it was to record did not happen, and the next run goes on from the last state that was saved.
@@ -97,16 +107,6 @@ class StateNotSaved(ArchiverError):
         reason = exc.strerror or type(exc).__name__
         return cls(f"{what} {path} could not be saved durably ({reason}, errno {exc.errno}); the table stopped "
                    "there and the next run resumes from the last saved state: check the disk under checkpoint_dir")
-
-
-class DataIntegrityError(ArchiverError):
-    """An archive does not match its manifest: a checksum or size differs, or similar."""
-
-    kind = ErrorKind.INTEGRITY
-
-
-class Interrupted(ArchiverError):
-    exit_code = ExitCode.INTERRUPTED
 
 
 class Classified(NamedTuple):
