@@ -32,19 +32,20 @@ class Accounting:
     stale: list[int] = field(default_factory=list)  # once, but not with the v last written: a lost update
     extra: list[int] = field(default_factory=list)  # not expected (the writer deleted it), yet present
     orphans: list[str] = field(default_factory=list)  # data objects no manifest set counts
+    missing: list[str] = field(default_factory=list)  # counted by a set, yet not in the bucket
     fallback_files: int = 0  # files still held in the fallback directory after the final run
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.stale or self.extra or self.fallback_files)
+        return not (self.lost or self.duplicated or self.stale or self.extra or self.missing or self.fallback_files)
 
     def line(self, cycles: int) -> str:
         return f"cycles {cycles}, rows archived {self.rows_archived}, lost {len(self.lost)}, duplicated {len(self.duplicated)}"
 
     def details(self) -> str:
         out = (f"objects {self.objects}, stale updates {len(self.stale)}, extra rows {len(self.extra)}, "
-               f"orphan objects {len(self.orphans)}, files left in the fallback directory {self.fallback_files}")
-        for name in ("lost", "duplicated", "stale", "extra", "orphans"):
+               f"orphan objects {len(self.orphans)}, missing objects {len(self.missing)}, files left in the fallback directory {self.fallback_files}")
+        for name in ("lost", "duplicated", "stale", "extra", "orphans", "missing"):
             items = getattr(self, name)
             if items:
                 out += f"\n  {name}: {sorted(items)[:20]}"
@@ -62,7 +63,8 @@ def account(s3: Any, dsn: str, expected: dict[int, int], fallback: Path) -> Acco
             seen[row_id] += 1
             version[row_id] = v
     counted, data_keys = counted_objects(s3)
-    for key in sorted(counted):
+    acc.missing = sorted(counted - set(data_keys))
+    for key in sorted(counted - set(acc.missing)):
         body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         table = pq.read_table(io.BytesIO(body), columns=["id", "v"])
         ids, vs = table.column("id").to_pylist(), table.column("v").to_pylist()
@@ -70,7 +72,7 @@ def account(s3: Any, dsn: str, expected: dict[int, int], fallback: Path) -> Acco
         for row_id, v in zip(ids, vs):
             seen[row_id] += 1
             version[row_id] = v
-    acc.objects = len(counted)
+    acc.objects = len(counted) - len(acc.missing)
     acc.orphans = sorted(set(data_keys) - counted)
     acc.lost = [i for i in expected if seen[i] == 0]
     acc.duplicated = [i for i, n in seen.items() if n > 1]
