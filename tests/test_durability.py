@@ -28,22 +28,26 @@ STRACE = shutil.which("strace") or "/usr/bin/strace"
 
 
 @pytest.fixture(scope="module")
-def strace() -> str:
-    """strace, when it may trace a child here (a container without CAP_SYS_PTRACE, or with a
-    seccomp profile that refuses ptrace, cannot inject anything: then these tests say so)."""
+def strace() -> list[str]:
+    """strace and its options, when it may trace a child here (a container without
+    CAP_SYS_PTRACE, or whose seccomp profile refuses ptrace, cannot inject anything: then these
+    tests say so). --seccomp-bpf stops the child only at fsync, where the kernel supports it."""
     if not os.access(STRACE, os.X_OK):
         pytest.skip(f"strace is not installed ({STRACE}): cannot inject fsync errors")
-    probe = subprocess.run([STRACE, "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync", "true"],
-                           capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        pytest.skip(f"strace cannot ptrace in this environment: {probe.stderr.strip()[:200]}")
-    return STRACE
+    error = ""
+    for options in (["--seccomp-bpf"], []):
+        cmd = [STRACE, "-f", "-qq", *options, "-o", "/dev/null", "-e", "trace=fsync", "true"]
+        probe = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if probe.returncode == 0:
+            return [STRACE, "-f", "-qq", *options]
+        error = error or probe.stderr.strip()[:200]
+    pytest.skip(f"strace cannot ptrace in this environment: {error}")
 
 
-def archive_under_fault(strace: str, config: Path, path: Path, when: str) -> subprocess.CompletedProcess[str]:
+def archive_under_fault(strace: list[str], config: Path, path: Path, when: str) -> subprocess.CompletedProcess[str]:
     """One archiver run whose fsync() of `path` (a file, or a directory's own fsync) fails with EIO
     at the `when`-th call (strace syntax: "3" once, "3+" from then on); every other fsync is real."""
-    cmd = [strace, "-f", "-qq", "--seccomp-bpf", "-o", "/dev/null", "-P", str(path), "-e", "trace=fsync",
+    cmd = [*strace, "-o", "/dev/null", "-P", str(path), "-e", "trace=fsync",
            "-e", f"inject=fsync:error=EIO:when={when}", sys.executable, "-m", "archiver.main", "--config", str(config)]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
 
@@ -78,7 +82,7 @@ CASES = [
 
 @pytest.mark.parametrize(("where", "when", "message", "mid_run"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_fsync_eio_on_state_fails_the_table_and_loses_no_rows(
-        strace: str, tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str,
+        strace: list[str], tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str,
         s3_endpoint: str, where: str, when: str, message: str, mid_run: bool) -> None:
     seed_audit(pg, rows=400, days=130)  # ~120 expired rows: ~40 batches of 3, one checkpoint save each
     original = table_ids(pg)
@@ -103,7 +107,7 @@ def test_fsync_eio_on_state_fails_the_table_and_loses_no_rows(
 
 
 def test_fsync_eio_in_the_fallback_directory_deletes_no_rows(
-        strace: str, tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str,
+        strace: list[str], tmp_path: Path, pg_dsn: str, pg: psycopg.Connection[Any], s3_client: Any, bucket: str,
         s3_endpoint: str, free_tcp_port: int) -> None:
     """S3 is down, and the first batch held in the fallback directory cannot be made durable (the
     fsync of the directory its folder was created in fails): its rows stay in the table."""
