@@ -4,7 +4,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: venv demo test bench typecheck clean
+.PHONY: venv demo test bench soak typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) bench/run.py
+
+# Not in CI: kill -9, S3 cuts and stalls and a second archiver under live writes (scripts/soak.py);
+# CYCLES=20 for a shorter one, SOAK_ARGS for the others (--seed, --rows, ...).
+soak: $(STAMP)
+	$(VPY) scripts/soak.py $(if $(CYCLES),--cycles $(CYCLES)) $(SOAK_ARGS)
 
 typecheck: $(STAMP)
 	$(VPY) -m mypy common archiver restore validate cost wizard query erase expire hold bench scripts

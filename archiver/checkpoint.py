@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from common.files import atomic_write
+from common.errors import StateNotSaved
+from common.files import atomic_write, replace_durable
 
 log = logging.getLogger("archiver.checkpoint")
 CHECKPOINT_VERSION = 1
@@ -89,10 +90,13 @@ class CheckpointStore:
                               doc.get("retiring"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             aside = path.with_name(path.name + f".corrupt-{int(time.time())}")
-            os.replace(path, aside)
+            replace_durable(path, aside)
             raise CorruptCheckpoint(f"checkpoint {path} is corrupt ({exc}); moved to {aside.name}") from None
 
     def save(self, cp: Checkpoint) -> None:
         path = self.path(cp.database, cp.schema, cp.table)
         cp.updated_at = time.time()
-        atomic_write(path, json.dumps(cp.to_json(), default=str).encode())
+        try:
+            atomic_write(path, json.dumps(cp.to_json(), default=str).encode())
+        except OSError as exc:  # it counts only once on disk: the caller must not go on as if saved
+            raise StateNotSaved.of("checkpoint", path, exc) from exc

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from common.archive import digest
+from common.errors import StateNotSaved
+from common.files import append_durable, fsync_dir
 from common.archive.manifest import Manifest
 from common.archive.storage import Storage
 from common.archive.table_index import list_table, load_index
@@ -38,11 +40,10 @@ class RunDigest:
     def note(self, keys: Iterable[str]) -> None:
         """Before these batches' uploads start: journaled, so a crash cannot hide them."""
         lines = "".join(json.dumps({"key": k}) + "\n" for k in keys)
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.journal, "a", encoding="utf-8") as fh:
-            fh.write(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            append_durable(self.journal, lines.encode())
+        except OSError as exc:  # unjournaled, an upload could be missing from every digest
+            raise StateNotSaved.of("digest journal", self.journal, exc) from exc
 
     def done(self, manifest: Manifest) -> None:
         self.entries[manifest.key] = digest.DigestEntry.of(manifest)
@@ -86,9 +87,15 @@ class RunDigest:
         if not keys:
             self.journal.unlink(missing_ok=True)
             return
+        # Not atomic_write: its temp name is longer than this one, and the longest journal names
+        # (archiver/checkpoint.py: NAME_BYTES) would not fit the file system's 255 bytes.
         tmp = self.journal.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps({"key": k}) + "\n" for k in sorted(keys)), encoding="utf-8")
+        with open(tmp, "wb") as fh:
+            fh.write("".join(json.dumps({"key": k}) + "\n" for k in sorted(keys)).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, self.journal)
+        fsync_dir(self.journal.parent)
 
 
     def _stored_entries(self, stores: list[Storage], keys: set[str]) -> dict[str, digest.DigestEntry]:

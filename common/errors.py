@@ -25,6 +25,7 @@ class ErrorKind(StrEnum):
     S3_UNREACHABLE = "s3_unreachable"  # S3 down and no fallback directory to hold the batch
     S3 = "s3"  # botocore could not reach S3 mid-run
     FALLBACK = "fallback"  # the local fallback directory is full or unwritable
+    STATE = "state"  # a tool's own state (checkpoint, digest journal) could not be written durably
     CONFIG = "config"  # the config or the command line is unusable
     INTEGRITY = "integrity"  # an archive differs from its manifest (checksum, size, rows)
     CONFLICT = "conflict"  # a batch rolled back because its rows changed (a batch kind, never a failure)
@@ -105,6 +106,20 @@ class DataIntegrityError(ArchiverError):
 
 class Interrupted(ArchiverError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class StateNotSaved(ArchiverError):
+    """A checkpoint or journal could not be written and fsynced (EIO, ENOSPC, EROFS, ...): the step
+    it was to record did not happen, and the next run goes on from the last state that was saved.
+    A failed table (exit 1), not an unreachable service: nothing outside this host is at fault."""
+
+    kind = ErrorKind.STATE
+
+    @classmethod
+    def of(cls, what: str, path: object, exc: OSError) -> StateNotSaved:
+        reason = exc.strerror or type(exc).__name__
+        return cls(f"{what} {path} could not be saved durably ({reason}, errno {exc.errno}); the table stopped "
+                   "there and the next run resumes from the last saved state: check the disk under checkpoint_dir")
 
 
 class Classified(NamedTuple):

@@ -19,7 +19,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int | None 
     a file naming secrets' variables, 0o644 for one another user reads) is set before the file
     gets its name; without it the file keeps mkstemp's 0600."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMP_PREFIX}{target.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -33,6 +33,46 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int | None 
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
+
+
+def append_durable(path: str | os.PathLike[str], data: bytes) -> None:
+    """Append `data` to `path` (a journal) and make it survive a crash once this returns: the file
+    is fsynced, and its directory too when this append created it (else the file may vanish)."""
+    target = Path(path)
+    make_dirs(target.parent)
+    created = not target.exists()
+    with open(target, "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if created:
+        fsync_dir(target.parent)
+
+
+def replace_durable(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Move `src` to `dst` (same file system) so the move survives a crash: both directories are
+    fsynced (the new name is in one, the removal of the old one in the other)."""
+    source, target = Path(src), Path(dst)
+    make_dirs(target.parent)
+    os.replace(source, target)
+    fsync_dir(target.parent)
+    if source.parent != target.parent:
+        fsync_dir(source.parent)
+
+
+def make_dirs(path: Path) -> None:
+    """mkdir -p, durably: a directory created here is only there after a crash once its parent is
+    fsynced, and a file renamed into it would vanish with it."""
+    missing: list[Path] = []
+    for d in (path, *path.parents):
+        if d.is_dir():
+            break
+        missing.append(d)
+    if not missing:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    for d in reversed(missing):
+        fsync_dir(d.parent)
 
 
 def fsync_dir(path: Path) -> None:

@@ -17,7 +17,7 @@ from archiver.sink import FallbackFull
 from common.config import load_config
 from common.pg.db import connect
 from common.errors import (ArchiverError, ConfigError, DatabaseError, DatabaseUnavailable, DataIntegrityError, ErrorKind,
-                           Interrupted, S3Unavailable, UsageError, classify)
+                           Interrupted, S3Unavailable, StateNotSaved, UsageError, classify)
 from common.exit_codes import ExitCode
 from common.archive.manifest import Manifest, sha256_hex
 
@@ -77,6 +77,8 @@ CASES: list[tuple[str, Callable[[int], BaseException], ExitCode, ErrorKind, str]
      r"size 3 differs from manifest size 4$"),
     ("checksum mismatch", lambda _: raised(lambda: manifest_for(b"abcd").check(b"abce")), ExitCode.FAILURE,
      ErrorKind.INTEGRITY, r"checksum mismatch"),
+    ("state not saved", lambda _: StateNotSaved.of("checkpoint", "/c/db/t.json", OSError(5, "Input/output error")),
+     ExitCode.FAILURE, ErrorKind.STATE, r"^checkpoint /c/db/t\.json could not be saved durably \(Input/output error, errno 5\)"),
     ("config", lambda _: ConfigError("config.yaml: s3.bucket: required"), ExitCode.USAGE, ErrorKind.CONFIG, r"^config\.yaml"),
     ("usage", lambda _: UsageError("--table x: not a configured table"), ExitCode.USAGE, ErrorKind.CONFIG, r"^--table x"),
     ("statement failed", lambda _: DatabaseError("reading from database h:5432/x failed: boom"), ExitCode.FAILURE,

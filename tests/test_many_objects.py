@@ -200,3 +200,73 @@ def test_expire_plans_every_object_listed_past_the_first_page(tmp_path: Path, ma
     [table] = json.loads(out.getvalue())["tables"]
     expired = {e["key"] for e in table["expired"]}
     assert table["objects"] == len(expired) == OBJECTS and set(many.last_page.values()) <= expired
+
+
+# -- a control folder past 1,000 keys --------------------------------------------------------
+#: Run digests kept from earlier runs: a table archived daily for three years has this many. They
+#: sort before the manifest sets (`digests/` < `manifests/`), so the sets are listed on page two.
+EARLIER_DIGESTS = 1000
+
+
+@dataclass(frozen=True)
+class LongLived:
+    dsn: str
+    bucket: str
+    ids: frozenset[int]
+
+
+@pytest.fixture(scope="module")
+def long_lived(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[LongLived]:
+    """A small archive whose table's control folder holds EARLIER_DIGESTS digests before its sets:
+    copies of its own digest under earlier names (one listing page of digests costs only PUTs:
+    restore and query never read them). Erase finds its objects through the same listing
+    (common/archive/catalog.py) but replays every digest: a thousand GETs, too slow for what it adds."""
+    client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    bucket = f"long-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    tmp_path = tmp_path_factory.mktemp("long-lived")
+    with throwaway_database("long_lived") as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        seed_audit(conn, rows=30, days=3, end_days_ago=100)
+        ids = frozenset(r[0] for r in conn.execute("SELECT id FROM audit_logs"))
+        _results, code = run_archive(load_config(make_config(tmp_path, dsn=dsn, bucket=bucket, endpoint=moto_server)))
+        assert code == 0
+        store = S3Storage(client, bucket)
+        control = layout.control_prefix("", "production_db", "public", "audit_logs")
+        (digest_key,) = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=control + layout.DIGESTS)["Contents"]]
+        body = store.get(digest_key)
+        names = [f"{control}{layout.DIGESTS}2020{n:010d}T000000000000Z-{n:012x}.json" for n in range(EARLIER_DIGESTS)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda k: store.put(k, body, sha256=sha256_hex(body), verify=False), names))
+        listed = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=control)
+                  for o in page.get("Contents", [])]
+        assert not any(map(layout.is_manifest_set, listed[:PAGE])) and any(map(layout.is_manifest_set, listed[PAGE:]))
+        yield LongLived(dsn, bucket, ids)
+
+
+@pytest.fixture()
+def long_config(tmp_path: Path, long_lived: LongLived, moto_server: str) -> Path:
+    return make_config(tmp_path, dsn=long_lived.dsn, bucket=long_lived.bucket, endpoint=moto_server)
+
+
+def test_restore_all_reads_the_sets_listed_past_the_first_page(long_config: Path, long_lived: LongLived) -> None:
+    target = f"copy_{uuid.uuid4().hex[:8]}"
+    out = io.StringIO()
+    code = restore(RestoreOptions(config_path=long_config, database="production_db", table="audit_logs",
+                                  restore_all=True, target_table=f"public.{target}"),
+                   env=Environment(stdout=out, stderr=io.StringIO()))
+    assert code == 0, out.getvalue()
+    with psycopg.connect(long_lived.dsn, autocommit=True) as conn:
+        restored = sorted(r[0] for r in conn.execute(sql.SQL("SELECT id FROM {}").format(sql.Identifier(target))))
+    assert restored == sorted(long_lived.ids)
+
+
+def query_ids(config: Path) -> list[int]:
+    out = io.StringIO()
+    code = query(QueryOptions(config_path=config, database="production_db", table="audit_logs", columns=("id",),
+                              output_format="jsonl"), env=Environment(stdout=out, stderr=io.StringIO()))
+    assert code == 0
+    return sorted(json.loads(line)["id"] for line in out.getvalue().splitlines())
+
+
+def test_query_reads_the_sets_listed_past_the_first_page(long_config: Path, long_lived: LongLived) -> None:
+    assert query_ids(long_config) == sorted(long_lived.ids)

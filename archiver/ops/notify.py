@@ -43,6 +43,8 @@ NEXT_STEPS: dict[str, tuple[str, str]] = {
     "s3": ("S3 Outage", "check S3 (aws s3 ls s3://{bucket}/) and the credentials; no rows were deleted for the failed batch"),
     "fallback": ("S3 Outage", "the fallback directory is full or unwritable: free space (du -sh {fallback}) and "
                  "restore S3 access; no rows were deleted for the failed batch"),
+    "state": ("Archival Failure", "a checkpoint or digest journal could not be written durably: check the disk "
+              "under checkpoint_dir (dmesg, df -h), then rerun: python -m archiver.main --config {config}"),
     "integrity": ("Data Loss Suspected", "stop archival and validate: python -m validate.main --config {config} --verbose"),
     "config": ("Recover from Configuration Error", "check the config: python -m archiver.main --config {config} --dry-run"),
     "other": ("Archival Failure", "read the log (tail -n 200 {log}) and the health endpoint (curl {health}), "

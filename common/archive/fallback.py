@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import IO
 
+from common.files import replace_durable
 from common.archive.layout import is_control_key, is_manifest
 from common.archive.storage import LocalStorage, key_path
 
@@ -77,6 +78,4 @@ class FallbackDir(LocalStorage):
         for key in keys:
             src = key_path(self.root, key)
             if src.exists():
-                dst = key_path(self.quarantine_root, key)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
+                replace_durable(src, key_path(self.quarantine_root, key))
