@@ -226,6 +226,8 @@ class ArchiveSink:
                 for manifest, data in objects:
                     if data is not None:
                         self.primary.put(manifest.key, data, sha256=manifest.sha256)
+                        if self.holds is not None:  # written into a hold's scope while S3 was down
+                            self.holds.after_put(manifest, data)
                     elif not self._in_primary(manifest):
                         raise DataIntegrityError(f"{manifest.key} is in neither the fallback directory nor (whole) in S3")
                 body = fallback.get(info.key)

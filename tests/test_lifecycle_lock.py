@@ -8,14 +8,17 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import psycopg
 import pytest
 
 from archiver.runner import run_archive
 from common.archive import layout
+from common.archive.s3client import make_client
 from common.config import load_config
 from compliance_support import locked_bucket  # noqa: F401 - fixture
+from tcp_proxy import TcpProxy
 from lifecycle_support import Archive, assert_valid, chain_kinds, cli, make_archive, run_expire, run_hold, write_config
 
 
@@ -117,6 +120,24 @@ def test_objects_written_later_into_a_hold_are_held(tmp_path: Path, pg_dsn: str,
     assert code == 0 and kept == {k: (by_day if _day(arch, k) == day_104 else by_row)["holds"][0]["hold_id"] for k in held}
     assert set(arch.keys()) & arch.due() == held
     assert_valid(arch, s3_client)
+
+
+def test_batches_drained_from_the_fallback_directory_into_a_hold_are_held(
+        tmp_path: Path, pg_dsn: str, locked_bucket: str, moto_server: str, s3_client: Any) -> None:
+    lock = {"mode": "GOVERNANCE", "retain_days": 1}
+    arch = make_archive(tmp_path, pg_dsn, locked_bucket, moto_server, s3_client, lock=lock, retention_days=106)
+    run_hold(arch, s3_client)  # the whole table
+    proxy = TcpProxy(int(urlparse(moto_server).port or 0))
+    try:  # S3 answers the run's Object Lock check, then goes away before its first upload
+        cfg = load_config(write_config(tmp_path, pg_dsn, locked_bucket, proxy.url, lock=lock))
+        client = make_client(cfg)
+        client.meta.events.register("before-call.s3.PutObject", lambda **_: proxy.cut())
+        _results, code = run_archive(cfg, s3_client=client)
+    finally:
+        proxy.close()
+    assert code == 0 and any((tmp_path / "fallback").rglob("*.parquet"))
+    drained = archive_the_rest(arch, tmp_path, moto_server, s3_client, lock)
+    assert drained and {k: legal_hold(s3_client, locked_bucket, k) for k in drained} == {k: "ON" for k in drained}
 
 
 def _day(arch: Archive, key: str) -> date:
