@@ -1,6 +1,6 @@
 """`make soak` (issue 31): N cycles of archiver runs against a 200k-row table while a writer inserts,
 updates and deletes rows; each cycle kills the archiver with SIGKILL at a random moment (most of
-them), may overlap a second archiver, and may cut S3 or stall it (scripts/soak_proxy.py in front
+them), may overlap a second archiver, and may cut S3 or stall it (tests/tcp_proxy.py in front
 of moto's server). Every `--check-every` cycles and at the end, the writer stops, one clean run
 finishes what the kills left, and an accounting independent of the archiver's code
 (scripts/soak_check.py) checks that every row ever inserted and not deleted by the writer is in

@@ -1,5 +1,5 @@
 """What the soak runs against (scripts/soak.py): a throwaway PostgreSQL database with the soak table,
-moto's S3 server in a child process on a loopback port behind a FaultyProxy, the archiver's config,
+moto's S3 server in a child process on a loopback port behind a TcpProxy, the archiver's config,
 and the archiver runs themselves. Everything binds 127.0.0.1."""
 from __future__ import annotations
 
@@ -25,9 +25,12 @@ import yaml
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from soak_proxy import FaultyProxy
 
 ROOT = Path(__file__).resolve().parent.parent
+# The test suite's TCP proxy (cut, stall, restore): one proxy for the tests and the soak.
+sys.path.insert(0, str(ROOT / "tests"))
+from tcp_proxy import TcpProxy  # noqa: E402 - after the path it lives on
+
 ADMIN_DSN = os.environ.get("ARCHIVER_SOAK_DSN") or os.environ.get(
     "ARCHIVER_TEST_DSN", "host=127.0.0.1 port=5432 user=root dbname=postgres")
 BUCKET = "soak-archive"
@@ -54,7 +57,7 @@ CREATE INDEX ON {TABLE} (created_at);
 class Env:
     dsn: str
     s3_url: str  # moto itself (for the checks)
-    proxy: FaultyProxy  # what the archivers talk to
+    proxy: TcpProxy  # what the archivers talk to
     work: Path
     config: Path
 
@@ -73,7 +76,7 @@ def environment(*, rows: int, keep: bool) -> Iterator[Env]:
     os.environ.update(AWS_ENV)
     try:
         with _moto(work) as s3_url, _database() as dsn:
-            proxy = FaultyProxy(int(s3_url.rsplit(":", 1)[1]))
+            proxy = TcpProxy(int(s3_url.rsplit(":", 1)[1]))
             try:
                 boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
                 seed(dsn, rows)
