@@ -5,7 +5,8 @@
 2. the expiry record (common/archive/expirations.py): from here on no reader counts the objects;
 3. the digest (kind `expire`): the chain says which objects went, how many rows, when;
 4. the deletes: the data objects (every version in a versioned bucket), legacy sidecars, and the
-   manifest sets none of whose manifests counts any more;
+   manifest sets none of whose manifests counts any more (also those a run killed before this
+   cleanup left);
    (the Iceberg table, where one is configured, drops them first: `before_deletes`, as erase does).
 
 A rerun after a kill at any step does the rest: step 1 redoes 3 and 4 for the record of step 2."""
@@ -51,7 +52,7 @@ def expire_table(catalog: Catalog, ref: TableRef, plan: Plan, *, bucket: Bucket,
     listing, index = load_table(store, prefix, ref.database, ref.schema, ref.table)
     chain_head = digest.head(store, prefix, ref.database, ref.schema, ref.table)
     live = digest.replay(store, prefix, ref.database, ref.schema, ref.table) if chain_head else {}
-    pending = _unfinished(store, listing, index, live)
+    pending, leftover = _unfinished(store, listing, index, live)
     done.finished = len(pending)
     if plan.due:
         record = expirations.ExpiryRecord(ref.database, ref.schema, ref.table, plan.now.isoformat(),
@@ -75,7 +76,8 @@ def expire_table(catalog: Catalog, ref: TableRef, plan: Plan, *, bucket: Bucket,
         # An earlier expiry's key counted again (archived anew since) is not that expiry's object.
         for key in sorted(k for k in pending if k in listing.data and (k in this_run or k not in index.objects)):
             _delete(store, key, bucket=bucket, done=done, hook=hook)
-        done.sets_deleted = _delete_sets(store, index, pending, bucket=bucket)
+        hook("before_expiry_sets")
+        done.sets_deleted = _delete_sets(store, index, {**leftover, **pending}, bucket=bucket)
     return done
 
 
@@ -88,11 +90,14 @@ def _entry(obj: ArchiveObject) -> expirations.ExpiredObject:
                                      obj.manifest.max_ts)
 
 
-def _unfinished(store: Any, listing: TableListing, index: TableIndex, live: dict[str, digest.DigestEntry]) -> Pending:
+def _unfinished(store: Any, listing: TableListing, index: TableIndex,
+                live: dict[str, digest.DigestEntry]) -> tuple[Pending, Pending]:
     """What earlier expiry records name and a kill -9 left undone: objects still stored that no
     manifest that counts names (the same key archived again later would have one), and objects the
-    chain still lists. Each with its expiry's time and setting."""
+    chain still lists, each with its expiry's time and setting; then those whose only remains are
+    their manifests in sets (killed between the deletes and the sets' cleanup)."""
     out: Pending = {}
+    leftover: Pending = {}
     for info in listing.expiries:
         record = expirations.read(store, info.key)
         for o in record.objects:
@@ -100,7 +105,9 @@ def _unfinished(store: Any, listing: TableListing, index: TableIndex, live: dict
             chained = o.key in live and live[o.key].manifest_sha256 == o.manifest_sha256
             if stored or chained:
                 out[o.key] = (o, record.expired_at, record.retention_days)
-    return out
+            elif any(r.sha256 == o.manifest_sha256 for r in index.recorded(o.key)):
+                leftover[o.key] = (o, record.expired_at, record.retention_days)
+    return out, leftover
 
 
 def _record_in_chain(store: Any, prefix: str, ref: TableRef, pending: Pending, live: dict[str, digest.DigestEntry],

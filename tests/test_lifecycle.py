@@ -15,7 +15,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from common.archive import layout
+from archiver.runner import run_archive
+from common.archive import layout, manifest_sets
+from common.archive.storage import S3Storage
 from common.cli import Environment
 from common.pg.db import table_oid, try_table_lock
 from common.exit_codes import ExitCode
@@ -130,6 +132,26 @@ def test_kill_during_expiry_then_a_rerun_finishes_it(arch: Archive, s3_client: A
     assert code == 0
     assert not {o.key for o in arch.store.list("")} & due
     assert chain_kinds(arch).count("expire") == 1
+    assert_valid(arch, s3_client)
+
+
+def sets_of_only(store: S3Storage, keys: set[str]) -> list[str]:
+    """The manifest sets every manifest of which is one of `keys`."""
+    sets = [o.key for o in store.list("") if layout.is_manifest_set(o.key)]
+    return [k for k in sets if not {r.key for r in manifest_sets.read(store.get(k), key=k)} - keys]
+
+
+def test_a_kill_before_the_sets_cleanup_leaves_no_set_of_expired_objects(tmp_path: Path, pg_dsn: str, bucket: str,
+                                                                         moto_server: str, s3_client: Any) -> None:
+    arch = make_archive(tmp_path, pg_dsn, bucket, moto_server, s3_client, retention_days=106)  # a set of its own
+    first = set(arch.keys())
+    _results, code = run_archive(load_config(write_config(tmp_path, pg_dsn, bucket, moto_server)), s3_client=s3_client)
+    due = arch.due()
+    assert code == 0 and first < due and sets_of_only(arch.store, first)
+    killed = cli("expire.main", "--config", str(arch.config), env={"ARCHIVER_TEST_KILL_AT": "before_expiry_sets:1"})
+    assert killed.returncode == -9, killed.stderr
+    code, _doc = run_expire(arch, s3_client)
+    assert code == 0 and not sets_of_only(arch.store, due)
     assert_valid(arch, s3_client)
 
 
