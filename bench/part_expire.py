@@ -103,6 +103,7 @@ def run(ctx: Context, *, repeat: int = 1) -> PartResult:
         return part
     archived = ctx.archived
     assert archived is not None, "the expire part needs the archiver's archives"
+    started = time.monotonic()
     stored = data_keys(ctx.client, archived.bucket)
     part.extra.update(archive_retention_days=ARCHIVE_RETENTION_DAYS, objects_before=len(stored))
     for attempt in range(1, repeat + 1):
@@ -115,6 +116,8 @@ def run(ctx: Context, *, repeat: int = 1) -> PartResult:
         if not _baseline_once(ctx, part, attempt, before, expected, len(stored)) or \
                 not _expire_once(ctx, part, attempt, expected, len(stored)):
             break
+    # Whether the part fits the default run (README): copies, checks and validate included.
+    part.extra["part_seconds"] = round(time.monotonic() - started, 1)
     return part
 
 
@@ -152,7 +155,8 @@ def _expire_once(ctx: Context, part: PartResult, attempt: int, expected: set[str
     if run.returncode != 0:
         part.fail(f"expire exited {run.returncode}: {run.tail(3)}")
     if ok:
-        ok = _check_after(ctx, part, cfg, bucket, stored - len(expected))
+        # validate once (the attempts are identical): it costs about as much as the expiry
+        ok = _check_after(ctx, part, cfg, bucket, stored - len(expected), validate=attempt == 1)
     drop_bucket(ctx.client, bucket)
     return ok
 
@@ -178,12 +182,14 @@ def _check_expired(part: PartResult, stdout: str, expected: set[str], counted: P
     return True
 
 
-def _check_after(ctx: Context, part: PartResult, cfg: Path, bucket: str, remaining: int) -> bool:
+def _check_after(ctx: Context, part: PartResult, cfg: Path, bucket: str, remaining: int, *, validate: bool) -> bool:
     """Exactly the not-due objects remain, and validate finds no problem in what is left."""
     left = len(data_keys(ctx.client, bucket))
     if left != remaining:
         part.fail(f"{left} data objects left after expire, expected {remaining}")
         return False
+    if not validate:
+        return True
     check = measure([PYTHON, "-m", "validate.main", "--config", str(cfg), "--output-format", "json"],
                     log=ctx.work / f"{cfg.stem}-validate")
     try:
@@ -192,5 +198,10 @@ def _check_after(ctx: Context, part: PartResult, cfg: Path, bucket: str, remaini
         doc = {}
     if check.returncode != 0 or not doc.get("ok") or doc.get("problems"):
         part.fail(f"validate after expire: exit {check.returncode}, problems {doc.get('problems') or check.tail(3)}")
+        return False
+    rows = doc.get("summary", {}).get("rows")
+    part.extra.update(validate_after_seconds=round(check.seconds, 2), validate_after_rows=rows)
+    if rows != ctx.seeded.eligible - part.rows:  # the archived rows less the expired ones
+        part.fail(f"validate counts {rows} archived rows after expire, expected {ctx.seeded.eligible - part.rows}")
         return False
     return True
