@@ -63,6 +63,14 @@ def copy_bucket(client: Any, source: str, target: str) -> int:
     return len(keys)
 
 
+def copy_timed(part: PartResult, client: Any, source: str, target: str) -> int:
+    """copy_bucket, its seconds kept in part.extra["copy_seconds_each"] (the part's overhead)."""
+    started = time.monotonic()
+    copied = copy_bucket(client, source, target)
+    part.extra.setdefault("copy_seconds_each", []).append(round(time.monotonic() - started, 2))
+    return copied
+
+
 def drop_bucket(client: Any, bucket: str) -> None:
     """Empty and delete a bucket: moto keeps every object in memory."""
     keys = [k for k, _ in list_keys(client, bucket)]
@@ -125,7 +133,7 @@ def _baseline_once(ctx: Context, part: PartResult, attempt: int, before: date, e
                    stored: int) -> bool:
     assert ctx.archived is not None
     bucket = f"expire-baseline{attempt}"
-    part.extra["copied_objects"] = copy_bucket(ctx.client, ctx.archived.bucket, bucket)
+    part.extra["copied_objects"] = copy_timed(part, ctx.client, ctx.archived.bucket, bucket)
     seconds, deleted, requests = baseline_expire(ctx.client, bucket, before)
     part.baseline_seconds = min(seconds, part.baseline_seconds or seconds)
     part.extra.setdefault("baseline_seconds_each", []).append(seconds)
@@ -142,7 +150,7 @@ def _baseline_once(ctx: Context, part: PartResult, attempt: int, before: date, e
 def _expire_once(ctx: Context, part: PartResult, attempt: int, expected: set[str], stored: int) -> bool:
     assert ctx.archived is not None
     bucket = f"expire{attempt}"
-    copy_bucket(ctx.client, ctx.archived.bucket, bucket)
+    copy_timed(part, ctx.client, ctx.archived.bucket, bucket)
     cfg = ctx.config(f"expire{attempt}", ctx.archived.dsn, bucket,
                      table_options={"archive_retention_days": ARCHIVE_RETENTION_DAYS})
     counted = ctx.work / f"expire{attempt}.requests.json"
