@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ def cutoff(dsn: str, days: int = ARCHIVE_RETENTION_DAYS) -> datetime:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT now() - make_interval(days => %s)", (days,)).fetchone()
     assert row is not None
-    return row[0]  # type: ignore[no-any-return]
+    # UTC: the day partitions are UTC days, whatever the session's TimeZone
+    return row[0].astimezone(timezone.utc)  # type: ignore[no-any-return]
 
 
 def day_of(key: str) -> date | None:
@@ -118,7 +119,7 @@ def run(ctx: Context, *, repeat: int = 1) -> PartResult:
         before = cutoff(archived.dsn).date()
         # The objects whose whole day lies before the cutoff day; expire must pick exactly these
         # (its rule is the newest row < cutoff: the cutoff's own day is never due unless the run
-        # falls in the last seconds of a UTC day).
+        # falls in the last minutes of a UTC day).
         expected = {k for k in stored if (d := day_of(k)) is not None and d < before}
         part.extra.update(due=len(expected), remaining=len(stored) - len(expected))
         if not _baseline_once(ctx, part, attempt, before, expected, len(stored)) or \
