@@ -12,7 +12,7 @@ RSS_TARGET_MB = 300.0
 @dataclass
 class PartResult:
     name: str
-    target_ratio: float
+    target_ratio: float | None  # None: the issue sets none (printed as `-`, no verdict)
     status: str = "ok"  # ok | failed | skipped
     note: str = ""
     rows: int = 0
@@ -33,14 +33,19 @@ class PartResult:
     def rows_per_second(self) -> float | None:
         return self.rows / self.tool_seconds if self.tool_seconds else None
 
+    @property
+    def ratio_ok(self) -> bool | None:
+        if self.ratio is None or self.target_ratio is None:
+            return None
+        return self.ratio <= self.target_ratio
+
     def fail(self, problem: str) -> None:
         self.status = "failed"
         self.problems.append(problem)
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
-        doc.update(ratio=self.ratio, rows_per_second=self.rows_per_second,
-                   ratio_ok=None if self.ratio is None else self.ratio <= self.target_ratio,
+        doc.update(ratio=self.ratio, rows_per_second=self.rows_per_second, ratio_ok=self.ratio_ok,
                    rss_ok=None if self.peak_rss_mb is None else self.peak_rss_mb < RSS_TARGET_MB)
         return doc
 
@@ -60,11 +65,12 @@ def table(parts: list[PartResult]) -> str:
         if p.status == "skipped":
             lines.append(f"{p.name:<22} skipped: {p.note}")
             continue
-        ratio = _num(p.ratio, ".2f") + "x" + _verdict(None if p.ratio is None else p.ratio <= p.target_ratio)
+        ratio = _num(p.ratio, ".2f") + "x" + _verdict(p.ratio_ok)
+        target = "-" if p.target_ratio is None else f"{p.target_ratio:.2f}x"
         rss = _num(p.peak_rss_mb, ".0f") + _verdict(None if p.peak_rss_mb is None else p.peak_rss_mb < RSS_TARGET_MB)
         status = p.status + (f" ({'; '.join(p.problems)})" if p.problems else "")
         lines.append(f"{p.name:<22} {_num(p.baseline_seconds, '.1f'):>10} {_num(p.tool_seconds, '.1f'):>8} "
-                     f"{ratio:>12} {p.target_ratio:>6.2f}x {rss:>15} {_num(p.rows_per_second, ',.0f'):>9}  {status}")
+                     f"{ratio:>12} {target:>7} {rss:>15} {_num(p.rows_per_second, ',.0f'):>9}  {status}")
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import click
 import psycopg
 
-from bench import part_archive, part_partitions, part_query, part_restore, part_validate, pyspy
+from bench import part_archive, part_expire, part_partitions, part_query, part_restore, part_validate, pyspy
 from bench.context import Context
 from bench.env import REPO, moto_endpoint, s3_client
 from bench.report import PartResult, server_table, table, write_json
@@ -30,7 +30,7 @@ from common.pg.db import describe_target
 from common.errors import first_line
 
 DEFAULT_DSN = "host=127.0.0.1 port=5432 user=root dbname=postgres"
-PARTS = ("archive", "partitions", "restore", "validate", "query")
+PARTS = ("archive", "partitions", "restore", "validate", "query", "expire")
 
 
 def preflight(dsn: str) -> str:
@@ -73,6 +73,8 @@ def run_parts(ctx: Context, parts: tuple[str, ...], *, rss_scaling: bool,
         results.append(part_validate.run(ctx, repeat=repeat))
     if "query" in parts:
         results.extend(part_query.run(ctx))
+    if "expire" in parts:  # last: it works on copies of the archive, but the others need none
+        results.append(part_expire.run(ctx, repeat=repeat))
     if ctx.profile:
         extra["profile"] = pyspy.profile_archiver(ctx)
     if rss_scaling:
@@ -140,8 +142,11 @@ def main(rows: int, quick: bool, parts_: str, batch_size: int, repeat: int, rss_
     for r in results:
         if r.extra.get("s3_requests_per_object") is not None:
             ops = ", ".join(f"{op} {n}" for op, n in sorted(r.extra["s3_requests"].items(), key=lambda x: -x[1]))
-            click.echo(f"\n{r.name}: {r.extra['s3_requests_per_object']:.2f} S3 requests per archived object "
+            verb = "expired" if r.name == "expire" else "archived"
+            click.echo(f"\n{r.name}: {r.extra['s3_requests_per_object']:.2f} S3 requests per {verb} object "
                        f"({r.extra['objects']} objects; {ops})")
+            if r.extra.get("baseline_requests") is not None:
+                click.echo(f"  baseline: {r.extra['baseline_requests']} requests (list pages and DeleteObjects of 1,000)")
     print_extra(extra)
     write_json(output, {
         "created_at": datetime.now(timezone.utc).isoformat(), "rows": rows, "eligible": seeded.eligible,
