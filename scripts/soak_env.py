@@ -12,7 +12,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,13 +22,13 @@ import boto3
 import psycopg
 import yaml
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 
 ROOT = Path(__file__).resolve().parent.parent
 # The test suite's TCP proxy (cut, stall, restore): one proxy for the tests and the soak.
 sys.path.insert(0, str(ROOT / "tests"))
-from tcp_proxy import TcpProxy  # noqa: E402 - after the path it lives on
+from pg_databases import throwaway_database  # noqa: E402 - after the path it lives on
+from tcp_proxy import TcpProxy  # noqa: E402
 
 ADMIN_DSN = os.environ.get("ARCHIVER_SOAK_DSN") or os.environ.get(
     "ARCHIVER_TEST_DSN", "host=127.0.0.1 port=5432 user=root dbname=postgres")
@@ -75,7 +74,7 @@ def environment(*, rows: int, keep: bool) -> Iterator[Env]:
     work = Path(tempfile.mkdtemp(prefix="pg-archiver-soak-"))
     os.environ.update(AWS_ENV)
     try:
-        with _moto(work) as s3_url, _database() as dsn:
+        with _moto(work) as s3_url, throwaway_database("archiver_soak", admin_dsn=ADMIN_DSN) as dsn:
             proxy = TcpProxy(int(s3_url.rsplit(":", 1)[1]))
             try:
                 boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
@@ -136,18 +135,6 @@ def kill9(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-@contextmanager
-def _database() -> Iterator[str]:
-    name = f"archiver_soak_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(ADMIN_DSN, dbname=name)
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @contextmanager

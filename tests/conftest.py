@@ -16,12 +16,10 @@ import boto3
 import psycopg
 import pytest
 import yaml
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 import seaweedfs
 
-ADMIN_DSN = os.environ.get("ARCHIVER_TEST_DSN", "host=127.0.0.1 port=5432 user=root dbname=postgres")
+from pg_databases import ADMIN_DSN, throwaway_database  # noqa: E402,F401 - tests import both from here
 BUCKET = "audit-archives"
 
 
@@ -168,19 +166,6 @@ def bucket(s3_client: Any) -> Iterator[str]:
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=name):
         if keys := [{"Key": o["Key"]} for o in page.get("Contents", [])]:
             s3_client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
-
-
-@contextmanager
-def throwaway_database(prefix: str = "archiver_test") -> Iterator[str]:
-    """Create a database on the test server, yield its DSN, drop it afterwards."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(ADMIN_DSN, dbname=name)
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture()
