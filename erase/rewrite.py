@@ -67,7 +67,7 @@ def erasure(obj: ArchiveObject, new_key: str, replaces: dict[str, Any]) -> Erasu
 
 
 def verify(engine: Engine, key: str, stored: bytes, *, fmt: str, rows: int) -> None:
-    """The stored replacement read back: the rows we kept, none that matches."""
+    """The replacement before it is stored: the rows we kept, none that matches."""
     table = batch_writer.decode(stored, fmt=fmt)[0]
     if table.num_rows != rows or (rows and int(pc.sum(engine.matching(table)).as_py() or 0)):
         raise DataIntegrityError(f"{key}: the replacement does not hold exactly the rows kept; nothing removed")

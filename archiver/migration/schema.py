@@ -179,7 +179,7 @@ def rewrite(catalog: Catalog, obj: ArchiveObject, *, level: int, migrated_at: st
 
 
 def verify(key: str, stored: bytes, old: pa.Table, old_exceptions: dict[str, Any]) -> None:
-    """The stored replacement read back holds the old object's rows, in order, in the table's
+    """The replacement (checked before it is stored) holds the old object's rows, in order, in the table's
     schema: no column stored otherwise, and each value reads as PostgreSQL's text of the old
     value (the same text, or text PostgreSQL parses to the same value)."""
     table, schema, _enc, doc = batch_writer.decode(stored, fmt="parquet")

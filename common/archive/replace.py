@@ -4,8 +4,8 @@ archiver/migration/schema.py: the object in its table's one schema) share.
 
 The steps for each object, and the named points tests kill the process at (ARCHIVER_TEST_KILL_AT,
 common/hooks.py):
-  1. store(): the replacement (same folder, a new name) is stored and read back (the bytes made,
-     and the caller's check of its rows), then its manifest, in a manifest set of its own, which
+  1. store(): the replacement (same folder, a new name) has its rows checked by the caller, is
+     stored and verified by the store's checksum, then its manifest, in a manifest set of its own, which
      names the object it replaces: from that PUT on every reader counts the replacement instead of
      the old object (common/archive/catalog.py), so no row is counted twice or lost -> after_replacement
   2. finish(), once per table: a digest records the replacements and the objects they remove
@@ -60,14 +60,13 @@ def replacement_key(key: str, data: bytes, fmt: str) -> str:
 
 def store(catalog: Catalog, obj: ArchiveObject, *, new_key: str, data: bytes, manifest: bytes,
           check: Callable[[bytes], None], hook: Hook) -> DigestEntry:
-    """Step 1: the replacement stored and verified (`check` judges the rows read back and raises
-    DataIntegrityError when they are not what they must be), then its manifest."""
+    """Step 1: the replacement judged (`check` raises DataIntegrityError when its rows are not what
+    they must be: nothing is stored then), stored and verified, then its manifest. The store
+    verifies what it stored (S3's SHA-256 of the object, or a re-read where S3 gives none;
+    common/archive/storage.py), so the bytes are not read back here."""
     target = catalog.store_for(obj)
+    check(data)
     target.put(new_key, data, sha256=sha256_hex(data))
-    stored = bytes(target.get(new_key))
-    if stored != data:
-        raise DataIntegrityError(f"{new_key}: the stored replacement differs from the bytes written; nothing removed")
-    check(stored)
     manifest_sets.write(target, prefix=catalog.prefix, manifests=[manifest])
     hook("after_replacement")
     return DigestEntry.of(Manifest.from_bytes(manifest, key=new_key), manifest)
