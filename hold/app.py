@@ -21,7 +21,7 @@ from common.cli import Environment
 from common.config import Config, load_config
 from common.errors import UsageError
 from common.exit_codes import ExitCode
-from common.lifecycle.hold_scope import engine, holding, matches
+from common.lifecycle.hold_scope import covers, engine, holding, matches
 from common.hooks import Hook, env_hook
 from common.jsonout import render_json
 from common.logging_setup import setup_logging
@@ -173,8 +173,7 @@ def _to_lift(catalog: Catalog, ref: TableRef, hold: holds_mod.Hold, others: list
     for obj in catalog.list_objects(ref):
         if not legal.is_on(obj.key):
             continue
-        mine = obj.key in hold.objects or hold.covers_day(obj.day) or (hold.scope == "where" and matches(catalog, hold, obj))
-        if mine and not holding(catalog, others, obj):
+        if covers(catalog, hold, obj) and not holding(catalog, others, obj):
             lifted.append(obj.key)
     return lifted
 

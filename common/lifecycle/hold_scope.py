@@ -52,15 +52,14 @@ def matches(catalog: Catalog, hold: Hold, obj: ArchiveObject) -> bool:
         return bool(e.matching(rows, exceptions_of(doc)).true_count)
 
 
+def covers(catalog: Catalog, hold: Hold, obj: ArchiveObject) -> bool:
+    """Whether the object is in the hold's scope (active or not), cheapest judgement first."""
+    return obj.key in hold.objects or hold.covers_day(obj.day) or (hold.scope == "where" and matches(catalog, hold, obj))
+
+
 def holding(catalog: Catalog, holds: Sequence[Hold], obj: ArchiveObject) -> list[Hold]:
-    """The active holds that hold this object, cheapest judgement first."""
-    found = []
-    for h in holds:
-        if not h.active:
-            continue
-        if obj.key in h.objects or h.covers_day(obj.day) or (h.scope == "where" and matches(catalog, h, obj)):
-            found.append(h)
-    return found
+    """The active holds that hold this object."""
+    return [h for h in holds if h.active and covers(catalog, h, obj)]
 
 
 def holding_batch(holds: Sequence[Hold], manifest: Manifest, data: bytes, day: date) -> list[Hold]:
